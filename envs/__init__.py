@@ -1,0 +1,54 @@
+"""toolgym environments and their registry.
+
+`envs.make("sudoku", size=4)` builds an env by short name; every registered env is also
+known to Gymnasium, so `gymnasium.make("toolgym/Sudoku-v0")` works once `envs` is imported.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from typing import Callable
+
+import gymnasium as gym
+
+from envs.base import ToolCall, ToolEnv, ToolError, tool, tool_schema
+
+__all__ = ["ToolCall", "ToolEnv", "ToolError", "tool", "tool_schema", "register", "make", "resolve", "names"]
+
+_REGISTRY: dict[str, str] = {}  # short name -> "module:Class"
+
+
+def register(name: str, entry_point: str, gym_id: str) -> None:
+    """Register an env under a short name and a Gymnasium id (e.g. "toolgym/Sudoku-v0")."""
+    _REGISTRY[name] = entry_point
+    if gym_id not in gym.registry:
+        gym.register(id=gym_id, entry_point=entry_point)
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def resolve(name: str) -> Callable[..., ToolEnv]:
+    """The env class for a short name or a "module:Class" import path."""
+    entry_point = _REGISTRY.get(name, name if ":" in name else None)
+    if entry_point is None:
+        close = difflib.get_close_matches(name, names(), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown env {name!r} (known: {', '.join(names())}, or 'module:Class'){hint}")
+    module_name, _, attr = entry_point.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load env {name!r} from {entry_point!r}: {e}") from e
+    if not (isinstance(cls, type) and issubclass(cls, ToolEnv)):
+        raise ValueError(f"env {name!r} ({entry_point}) is not a ToolEnv subclass")
+    return cls
+
+
+def make(name: str, **kwargs) -> ToolEnv:
+    return resolve(name)(**kwargs)
+
+
+register("sudoku", "envs.sudoku:SudokuEnv", "toolgym/Sudoku-v0")

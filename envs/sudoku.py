@@ -1,0 +1,94 @@
+"""Sudoku as a tool environment: `place(row, col, digit)` and `show_board()`.
+
+The episode ends when the puzzle is solved (reward 1), after `max_invalid` invalid moves,
+or at `max_turns`. `progress` (the share of empty cells now holding their solution digit)
+is reported in `info` for shaped rewards.
+"""
+
+from __future__ import annotations
+
+import random
+
+from envs.base import ToolEnv, ToolError, tool
+from envs.sudoku_puzzles import box_shape, generate, peers
+
+
+class SudokuEnv(ToolEnv):
+    default_max_turns = 40
+
+    def __init__(self, size: int = 4, difficulty: str | int = "easy", max_turns: int | None = None,
+                 max_invalid: int | None = 8, render_mode: str | None = None):
+        box_shape(size)  # validates size
+        super().__init__(max_turns=max_turns, max_invalid=max_invalid, render_mode=render_mode)
+        self.size = size
+        self.difficulty = difficulty
+        self.board: list[int] = []
+
+    def setup(self, options: dict) -> str:
+        size = options.get("size", self.size)
+        difficulty = options.get("difficulty", self.difficulty)
+        rng = random.Random(int(self.np_random.integers(2**63)))
+        self.puzzle, self.solution = generate(size, difficulty, rng)
+        self.size, self.board = size, list(self.puzzle)
+        bh, bw = box_shape(size)
+        return (
+            f"Solve this {size}x{size} Sudoku. Every row, every column and every {bh}x{bw} box must "
+            f"contain each digit from 1 to {size} exactly once. Empty cells are shown as '.'. "
+            f"Fill them one at a time with the place tool.\n\n{self.board_text()}"
+        )
+
+    @tool
+    def place(self, row: int, col: int, digit: int) -> str:
+        """Write a digit into an empty cell of the board.
+
+        Args:
+            row: Row number, counting from 1 at the top.
+            col: Column number, counting from 1 at the left.
+            digit: The digit to write, from 1 to the board size.
+        """
+        n = self.size
+        for name, value in (("row", row), ("col", col), ("digit", digit)):
+            if not 1 <= value <= n:
+                raise ToolError(f"{name} must be between 1 and {n}, got {value}.")
+        cell = (row - 1) * n + (col - 1)
+        if self.puzzle[cell]:
+            raise ToolError(f"row {row}, column {col} is a given clue and cannot be changed.")
+        clash = [p for p in peers(n)[cell] if self.board[p] == digit]
+        if clash:
+            r, c = divmod(clash[0], n)
+            raise ToolError(f"{digit} is already in the same row, column or box (at row {r + 1}, column {c + 1}).")
+        self.board[cell] = digit
+        if self.solved:
+            self.step_reward += 1.0
+            self.terminated = True
+            return f"Placed {digit} at row {row}, column {col}. Solved!\n{self.board_text()}"
+        return f"Placed {digit} at row {row}, column {col}.\n{self.board_text()}"
+
+    @tool
+    def show_board(self) -> str:
+        """Show the current board."""
+        return self.board_text()
+
+    @property
+    def solved(self) -> bool:
+        return bool(self.board) and self.board == self.solution
+
+    def facts(self) -> dict:
+        empty = [i for i, v in enumerate(self.puzzle) if v == 0]
+        correct = sum(self.board[i] == self.solution[i] for i in empty)
+        return {"progress": correct / len(empty) if empty else 1.0, "cells_filled": correct}
+
+    def board_text(self) -> str:
+        n = self.size
+        bh, bw = box_shape(n)
+        lines = []
+        for r in range(n):
+            if r and r % bh == 0:
+                lines.append("-" * (2 * n + 2 * (n // bw - 1) + 5))
+            cells = [str(v) if v else "." for v in self.board[r * n:(r + 1) * n]]
+            groups = [" ".join(cells[i:i + bw]) for i in range(0, n, bw)]
+            lines.append(f"Row {r + 1}: " + " | ".join(groups))
+        return "\n".join(lines)
+
+    def render(self) -> str | None:
+        return self.board_text() if self.render_mode == "ansi" else None

@@ -1,0 +1,38 @@
+"""GRPO training of a tool-using agent.
+
+    python launch/grpo.py --env sudoku
+    accelerate launch launch/grpo.py --env sudoku --set grpo.max_steps=200
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from rl.cli import add_run_arguments, check_resolvable, config_from_args, print_config  # noqa: E402
+from rl.config import ConfigError  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser)
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args, resume=args.resume)
+        check_resolvable(cfg)
+    except (ConfigError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
+    if args.dry_run:
+        print_config(cfg)
+        return 0
+    from rl.trainer import train
+
+    out = train(cfg, resume=args.resume)
+    print(f"run finished: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

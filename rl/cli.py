@@ -1,0 +1,68 @@
+"""Command-line options shared by the launch scripts, turned into a `RunConfig`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import envs
+from rewards import get_reward, parse_reward_spec
+from rl.config import ConfigError, RunConfig, load_config, to_yaml
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--env", help="env name; loads configs/<env>.yaml when it exists")
+    parser.add_argument("--config", help="YAML config file (default: configs/<env>.yaml)")
+    parser.add_argument("--model", help="shortcut for --set model.name=...")
+    parser.add_argument("--name", help="run name: outputs go to <output_dir>/<name>/")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value by dotted key, e.g. grpo.learning_rate=1e-5")
+    parser.add_argument("--reward", dest="rewards", action="append", default=[], metavar="NAME_OR_PATH[=WEIGHT]",
+                        help="add a reward: a built-in name or module.path:function, with an optional weight")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+
+def config_from_args(args: argparse.Namespace, resume: bool = False) -> RunConfig:
+    path = args.config
+    if path is None and args.env and (CONFIGS / f"{args.env}.yaml").exists():
+        path = CONFIGS / f"{args.env}.yaml"
+    overrides = list(args.overrides)
+    if args.env:
+        overrides.insert(0, f"env.name={args.env}")
+    if args.model:
+        overrides.append(f"model.name={args.model}")
+    if args.name:
+        overrides.append(f"name={args.name}")
+    cfg = load_config(path, overrides)
+    if resume and not cfg.name:
+        cfg.name = _latest_run(cfg)
+    saved = Path(cfg.output_dir) / cfg.name / "config.yaml"
+    if resume and saved.exists():  # continue the run as it was configured, plus any new overrides
+        cfg = load_config(saved, [o for o in overrides if not o.startswith("env.name=")])
+    for spec in args.rewards:
+        name, weight = parse_reward_spec(spec)
+        cfg.rewards[name] = weight
+    if not cfg.name:
+        cfg.name = f"{cfg.env.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return cfg
+
+
+def check_resolvable(cfg: RunConfig) -> None:
+    """Fail on an unknown env or a bad reward path now, before any model loads."""
+    envs.resolve(cfg.env.name)
+    for spec in cfg.rewards:
+        get_reward(spec)
+
+
+def _latest_run(cfg: RunConfig) -> str:
+    runs = sorted(Path(cfg.output_dir).glob(f"{cfg.env.name}-*"), key=lambda p: p.stat().st_mtime)
+    if not runs:
+        raise ConfigError(f"--resume: no runs of env {cfg.env.name!r} under {cfg.output_dir}/; pass --name")
+    return runs[-1].name
+
+
+def print_config(cfg: RunConfig) -> None:
+    print(to_yaml(cfg), end="")

@@ -1,0 +1,260 @@
+"""Typed run configuration: dataclasses, loaded from YAML, overridden with dotted keys.
+
+    cfg = load_config("configs/sudoku.yaml", overrides=["grpo.learning_rate=1e-5"])
+
+Unknown or misspelt keys are errors that name the key and what is accepted. Imports no
+torch, so `--dry-run` and config errors are instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+VISION_MODULES = ["vision_tower", "vision_model", "multi_modal_projector", "visual", "image_newline", "mm_projector"]
+
+
+@dataclass
+class RolloutSettings:
+    max_turns: int = 8  # model turns per episode (the cap on tool iterations)
+    max_new_tokens: int = 64  # per model turn
+    max_completion_tokens: int = 1024  # model + tool tokens after the prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    step_timeout_s: float = 30.0  # per env step, including reset
+    env_workers: int = 16
+    system_prompt: str = ""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
+
+
+@dataclass
+class ModelConfig:
+    name: str = "gemma-3-270m"  # built-in name, hub id or local path
+    dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16
+    attn_implementation: str = "sdpa"
+    chat_template: str = ""  # built-in name, trl:<name> or path; empty = the tokenizer's own
+    tool_format: str = "hermes"
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = True
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    exclude_modules: list[str] = field(default_factory=lambda: list(VISION_MODULES))
+    modules_to_save: list[str] = field(default_factory=list)  # e.g. embed_tokens for new special tokens
+
+
+@dataclass
+class EnvConfig:
+    name: str = "sudoku"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    train_seeds: list[int] = field(default_factory=lambda: [0, 100_000])  # [start, stop)
+
+
+@dataclass
+class GRPOSection:
+    learning_rate: float = 1e-5
+    num_generations: int = 4
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 100
+    loss_type: str = "dapo"
+    beta: float = 0.0
+    epsilon: float = 0.2
+    epsilon_high: float = 0.0  # 0 = same as epsilon
+    scale_rewards: str = "group"
+    mask_truncated_completions: bool = False
+    gradient_checkpointing: bool = False
+    logging_steps: int = 1
+    save_steps: int = 50
+    save_total_limit: int = 3
+    seed: int = 0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+
+
+@dataclass
+class LogConfig:
+    wandb: str = "auto"  # auto (online if logged in, else offline), online, offline, off
+    project: str = "toolgym"
+    sample_episodes: int = 1  # episodes per step written to episodes.jsonl
+
+
+@dataclass
+class RunConfig:
+    name: str = ""  # default: <env>-<timestamp>
+    output_dir: str = "runs"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    grpo: GRPOSection = field(default_factory=GRPOSection)
+    rewards: dict[str, float] = field(default_factory=lambda: {"solved": 1.0})
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2 booleans: only true/false are booleans, so `wandb: off` stays a string."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _check_value(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            if option is type(None) and value is None:
+                return None
+            try:
+                return _check_value(value, option, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"config key {key!r}: {value!r} does not match {hint}")
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str) and _looks_numeric(value):  # YAML 1.1 reads 1e-5 as a string
+        return float(value)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r} expects a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check_value(v, item, key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r} expects a mapping, got {value!r}")
+        _, item = typing.get_args(hint)
+        return {k: _check_value(v, item, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(hint, type) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
+        raise ConfigError(f"config key {key!r} expects {hint.__name__}, got {value!r}")
+    return value
+
+
+def _apply(obj: Any, data: dict, prefix: str = "", merge_dicts: bool = False) -> None:
+    """Merge a nested mapping into a dataclass instance, strictly.
+
+    A mapping-valued key (env.kwargs, rewards) is replaced by a config file, but merged
+    into by a dotted override, so `--set env.kwargs.size=9` keeps the other kwargs.
+    """
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(key, fields, n=1)
+            hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown config key {full!r} (known: {', '.join(prefix + f for f in fields)}){hint}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {full!r} is a section; give a mapping, got {value!r}")
+            _apply(current, value, f"{full}.", merge_dicts)
+        else:
+            value = _check_value(value, hints[key], full)
+            if merge_dicts and isinstance(current, dict) and isinstance(value, dict):
+                value = _deep_merge(current, value)
+            setattr(obj, key, value)
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(out.get(k), dict) and isinstance(v, dict) else v
+    return out
+
+
+def _nest(dotted: str, value: Any) -> dict:
+    out: Any = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """"grpo.learning_rate=1e-5" -> ("grpo.learning_rate", 1e-05); values are parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"bad override {text!r} (expected key.path=value, e.g. grpo.learning_rate=1e-5)")
+    value = _yaml(raw) if raw.strip() else ""
+    return key.strip(), value
+
+
+def _looks_numeric(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
+    cfg = RunConfig()
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        data = _yaml(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
+        _apply(cfg, data)
+    for item in overrides:
+        key, value = parse_override(item)
+        _apply(cfg, _nest(key, value), merge_dicts=True)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    g = cfg.grpo
+    if g.num_generations < 2:
+        raise ConfigError(f"grpo.num_generations must be >= 2 for group-relative advantages, got {g.num_generations}")
+    total = g.per_device_train_batch_size * g.gradient_accumulation_steps
+    if total % g.num_generations:
+        raise ConfigError(
+            f"grpo.per_device_train_batch_size * gradient_accumulation_steps ({total}) must be a multiple of "
+            f"grpo.num_generations ({g.num_generations})")
+    if g.loss_type not in ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo"):
+        raise ConfigError(f"unknown grpo.loss_type {g.loss_type!r} (accepted: grpo, dapo, dr_grpo, bnpo, cispo, sapo, luspo)")
+    if g.scale_rewards not in ("group", "batch", "none"):
+        raise ConfigError(f"unknown grpo.scale_rewards {g.scale_rewards!r} (accepted: group, batch, none)")
+    if cfg.log.wandb not in ("auto", "online", "offline", "off"):
+        raise ConfigError(f"unknown log.wandb {cfg.log.wandb!r} (accepted: auto, online, offline, off)")
+    if len(cfg.env.train_seeds) != 2 or cfg.env.train_seeds[0] >= cfg.env.train_seeds[1]:
+        raise ConfigError(f"env.train_seeds must be [start, stop) with start < stop, got {cfg.env.train_seeds}")
+    if not cfg.rewards:
+        raise ConfigError("no rewards configured (e.g. rewards: {solved: 1.0})")
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

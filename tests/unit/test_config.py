@@ -1,0 +1,70 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rl.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_yaml_and_dotted_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("grpo:\n  learning_rate: 1e-5\n  num_generations: 2\nenv:\n  kwargs: {size: 9}\nlog: {wandb: off}\n")
+    cfg = load_config(path, ["grpo.learning_rate=3e-4", "rollout.max_turns=3", "env.kwargs.difficulty=hard"])
+    assert cfg.grpo.learning_rate == 3e-4 and isinstance(cfg.grpo.learning_rate, float)
+    assert cfg.grpo.num_generations == 2 and cfg.rollout.max_turns == 3
+    assert cfg.env.kwargs == {"size": 9, "difficulty": "hard"}
+    assert cfg.log.wandb == "off"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("grpo.learnig_rate=1", "unknown config key 'grpo.learnig_rate'.*did you mean 'grpo.learning_rate'"),
+    ("nope=1", "unknown config key 'nope'"),
+    ("grpo.max_steps=ten", "config key 'grpo.max_steps' expects int, got 'ten'"),
+    ("grpo=3", "config key 'grpo' is a section"),
+    ("grpo.num_generations=1", "num_generations must be >= 2"),
+    ("grpo.loss_type=ppo", "unknown grpo.loss_type 'ppo'"),
+    ("log.wandb=maybe", "unknown log.wandb 'maybe'"),
+    ("novalue", "bad override 'novalue'"),
+])
+def test_bad_config_is_named(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rollout:\n  max_turn: 3\n")
+    with pytest.raises(ConfigError, match="unknown config key 'rollout.max_turn'"):
+        load_config(path)
+
+
+def test_shipped_config_loads():
+    cfg = load_config(ROOT / "configs" / "sudoku.yaml")
+    assert cfg.env.name == "sudoku" and cfg.model.name == "gemma-3-270m"
+    assert cfg.rollout.chat_template_kwargs == {"enable_thinking": False}
+
+
+def run_launch(*args):
+    return subprocess.run([sys.executable, str(ROOT / "launch" / "grpo.py"), *args], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+
+
+def test_dry_run_prints_resolved_config():
+    result = run_launch("--env", "sudoku", "--dry-run", "--set", "grpo.learning_rate=2e-6", "--reward", "solved=3")
+    assert result.returncode == 0, result.stderr
+    assert "learning_rate: 2.0e-06" in result.stdout and "solved: 3.0" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env", "sudokku"], "unknown env 'sudokku' (known: sudoku"),
+    (["--env", "sudoku", "--set", "grpo.lr=1"], "unknown config key 'grpo.lr'"),
+    (["--env", "sudoku", "--reward", "no_such_pkg.rewards:shaped=0.5"], "bad reward path 'no_such_pkg.rewards:shaped'"),
+    (["--env", "sudoku", "--reward", "solved=heavy"], "bad reward weight 'heavy'"),
+])
+def test_launch_errors_exit_before_any_model_loads(args, message):
+    result = run_launch(*args)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Loading weights" not in result.stderr

@@ -1,0 +1,86 @@
+import pytest
+
+from envs.base import ToolCall
+from rl.toolcalls import FORMATS, get_format
+
+CALLS = [
+    ToolCall("place", {"row": 1, "col": 2, "digit": 3}),
+    ToolCall("show_board", {}),
+    ToolCall("search", {"query": 'a "quoted", {braced} string: with colons', "limit": 5}),
+    ToolCall("configure", {"flags": [True, False, None], "ratio": -0.25, "nested": {"a": [1, 2], "b": "x y"}}),
+    ToolCall("unicode", {"text": "café ünïcödé ✓"}),
+]
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "gemma4"])
+@pytest.mark.parametrize("call", CALLS, ids=lambda c: c.name)
+def test_round_trip(fmt, call):
+    f = get_format(fmt)
+    turn = f.parse(f.render_call(call))
+    assert turn.errors == [] and turn.calls == [call] and turn.content == ""
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "gemma4"])
+def test_several_calls_and_surrounding_text(fmt):
+    f = get_format(fmt)
+    text = "Let me look.\n" + f.render_call(CALLS[1]) + "\nthen\n" + f.render_call(CALLS[0])
+    turn = f.parse(text)
+    assert turn.calls == [CALLS[1], CALLS[0]] and turn.errors == []
+    assert turn.content == "Let me look.\n\nthen"
+
+
+def test_exact_wire_formats():
+    assert get_format("hermes").render_call(CALLS[0]) == (
+        '<tool_call>\n{"name": "place", "arguments": {"row": 1, "col": 2, "digit": 3}}\n</tool_call>')
+    assert get_format("gemma4").render_call(ToolCall("lane_change", {"direction": "left", "n": 2})) == (
+        '<|tool_call>call:lane_change{direction:<|"|>left<|"|>,n:2}<tool_call|>')
+    assert get_format("gemma4").render_response("observe", "clear road") == (
+        '<|tool_response>response:observe{value:<|"|>clear road<|"|>}<tool_response|>')
+    assert get_format("hermes").render_response("observe", "ok") == "<tool_response>\nok\n</tool_response>"
+
+
+def test_gemma4_parses_quoted_keys_and_whitespace():
+    turn = get_format("gemma4").parse('<|tool_call>call:f{<|"|>a<|"|>:1,b:{c:true}}<tool_call|>')
+    assert turn.calls == [ToolCall("f", {"a": 1, "b": {"c": True}})]
+
+
+def test_unclosed_call_is_still_parsed():
+    """A stop string may eat the closing tag; a complete body still counts."""
+    turn = get_format("hermes").parse('<tool_call>\n{"name": "show_board", "arguments": {}}\n')
+    assert turn.calls == [ToolCall("show_board", {})] and turn.errors == []
+
+
+@pytest.mark.parametrize("fmt, text, why", [
+    ("hermes", '<tool_call>{"name": "place", "arguments": {"row": 1,}}</tool_call>', "invalid JSON"),
+    ("hermes", "<tool_call>place(1, 2, 3)</tool_call>", "invalid JSON"),
+    ("hermes", '<tool_call>["place"]</tool_call>', 'a JSON object with a string "name"'),
+    ("hermes", '<tool_call>{"name": "place", "arguments": [1, 2]}</tool_call>', '"arguments" must be a JSON object'),
+    ("hermes", '<tool_call>{"name": "place", "arguments": {"row": 1', "invalid JSON"),
+    ("gemma4", "<|tool_call>place{row:1}<tool_call|>", "expected 'call:<tool name>{...}'"),
+    ("gemma4", "<|tool_call>call:place{row:1,col:}<tool_call|>", "expected a value"),
+    ("gemma4", '<|tool_call>call:place{note:<|"|>open}<tool_call|>', "unterminated string"),
+    ("gemma4", "<|tool_call>call:place{row:1} extra<tool_call|>", "unexpected text after the arguments"),
+])
+def test_malformed_calls_give_an_explicit_error(fmt, text, why):
+    f = get_format(fmt)
+    turn = f.parse(text)
+    assert turn.calls == []
+    assert len(turn.errors) == 1 and why in turn.errors[0]
+    assert turn.errors[0].startswith("Malformed tool call:") and f.example in turn.errors[0]
+
+
+def test_a_bad_call_does_not_hide_a_good_one():
+    f = get_format("hermes")
+    turn = f.parse("<tool_call>{oops}</tool_call>" + f.render_call(CALLS[1]))
+    assert turn.calls == [CALLS[1]] and len(turn.errors) == 1
+
+
+def test_plain_text_has_no_calls_and_no_errors():
+    for f in FORMATS.values():
+        assert f.parse("I will think about it.") .calls == []
+        assert f.parse("I will think about it.").errors == []
+
+
+def test_unknown_format_is_named():
+    with pytest.raises(ValueError, match=r"unknown tool-call format 'xml' \(known: gemma4, hermes\)"):
+        get_format("xml")
