@@ -33,6 +33,9 @@ class RolloutSettings:
     step_timeout_s: float = 30.0  # per env step, including reset
     env_workers: int = 16
     system_prompt: str = ""
+    # Text that opens every model turn, e.g. '<tool_call>\n{"name": "' to nudge a base model
+    # into calling tools. Its tokens are context (env_mask 0); parsing sees prefix + reply.
+    response_prefix: str = ""
     chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
 
 

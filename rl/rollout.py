@@ -133,6 +133,7 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
     timing = {"generation_s": 0.0, "env_s": 0.0, "generated_tokens": 0}
     params = SamplingParams(settings.temperature, settings.top_p, settings.top_k, settings.max_new_tokens,
                             chat.stop_token_ids)
+    prefix_ids = chat.encode(settings.response_prefix) if settings.response_prefix else []
     try:
         t0 = time.perf_counter()
         first = _run_all(pool, episodes, lambda ep: _reset(ep, options), settings.step_timeout_s)
@@ -144,7 +145,7 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
             messages = [{"role": "user", "content": observation}]
             if settings.system_prompt:
                 messages.insert(0, {"role": "system", "content": settings.system_prompt})
-            ep.prompt_ids = chat.prompt_ids(messages, ep.env.tool_schemas())
+            ep.prompt_ids = chat.prompt_ids(messages, ep.env.tool_schemas()) + prefix_ids
 
         while active := [ep for ep in episodes if ep.stop_reason is None]:
             budget = max(settings.max_completion_tokens - len(ep.completion_ids) for ep in active)
@@ -160,8 +161,7 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
                 ep.append(ids, logprobs, mask=1)
                 ep.model_turns += 1
                 timing["generated_tokens"] += len(ids)
-                text = chat.decode(ids[:-1] if ep.stopped_with is not None else ids)
-                texts.append(text)
+                texts.append(settings.response_prefix + chat.decode(ids[:-1] if ep.stopped_with is not None else ids))
 
             t0 = time.perf_counter()
             by_episode = dict(zip(map(id, active), texts))
@@ -171,7 +171,7 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
             for ep in active:
                 ep.stop_reason = _first_stop(ep, settings)
                 if ep.stop_reason is None:
-                    tool_ids = chat.tool_turn_ids(ep.pending, ep.stopped_with)
+                    tool_ids = chat.tool_turn_ids(ep.pending, ep.stopped_with) + prefix_ids
                     if len(ep.completion_ids) + len(tool_ids) >= settings.max_completion_tokens:
                         ep.stop_reason = "token_budget"
                     else:

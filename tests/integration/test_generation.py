@@ -1,0 +1,49 @@
+"""The transformers backend: left padding, stop tokens and logprobs, on a tiny model."""
+
+import pytest
+import torch
+
+from rl.generation import SamplingParams, TransformersBackend
+from rl.models import tiny_model
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = tiny_model(vocab_size=384, seed=3)
+    m.eval()
+    return m
+
+
+PROMPTS = [[2, 10, 11, 12, 13, 14, 15], [2, 40, 41], [2, 90, 91, 92, 93]]
+
+
+def test_batched_greedy_equals_one_at_a_time(model):
+    backend = TransformersBackend(model, pad_token_id=0)
+    params = SamplingParams(temperature=0, max_new_tokens=12)
+    batched = backend.generate(PROMPTS, params)
+    for prompt, gen in zip(PROMPTS, batched):
+        [alone] = backend.generate([prompt], params)
+        assert gen.token_ids == alone.token_ids
+        assert gen.logprobs == pytest.approx(alone.logprobs, abs=1e-4)
+
+
+def test_logprobs_match_a_forward_pass(model):
+    backend = TransformersBackend(model, pad_token_id=0)
+    params = SamplingParams(temperature=0.7, max_new_tokens=10, seed=1)
+    for prompt, gen in zip(PROMPTS, backend.generate(PROMPTS, params)):
+        ids = torch.tensor([prompt + gen.token_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(prompt) - 1:-1] / 0.7
+        expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(gen.token_ids)[:, None]).squeeze(-1)
+        assert gen.logprobs == pytest.approx(expected.tolist(), abs=1e-4)
+
+
+def test_generation_stops_at_a_stop_token(model):
+    backend = TransformersBackend(model, pad_token_id=0)
+    [free] = backend.generate([PROMPTS[0]], SamplingParams(temperature=0, max_new_tokens=12))
+    stop = free.token_ids[3]
+    [stopped] = backend.generate([PROMPTS[0]], SamplingParams(temperature=0, max_new_tokens=12, stop_token_ids=[stop]))
+    first = free.token_ids.index(stop)
+    assert stopped.token_ids == free.token_ids[:first + 1] and stopped.stopped_with == stop
+    assert free.stopped_with is None

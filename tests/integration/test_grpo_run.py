@@ -1,0 +1,39 @@
+"""launch/grpo.py end to end on the tiny model: metrics, episodes, checkpoints, resume."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def launch(*args, cwd):
+    result = subprocess.run([sys.executable, str(ROOT / "launch" / "grpo.py"), *args], capture_output=True, text=True,
+                            timeout=600, cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_run_writes_metrics_episodes_checkpoints_and_resumes(tmp_path):
+    common = ["--env", "sudoku", "--model", "tiny", "--name", "smoke", "--set", f"output_dir={tmp_path}",
+              "--set", "log.wandb=off", "--set", "grpo.save_steps=2", "--set", "rollout.max_turns=3",
+              "--set", "grpo.per_device_train_batch_size=4", "--set", "grpo.gradient_accumulation_steps=1"]
+    launch(*common, "--set", "grpo.max_steps=2", cwd=tmp_path)
+    run = tmp_path / "smoke"
+    assert (run / "checkpoint-2" / "trainer_state.json").exists()
+    assert (run / "final" / "adapter_model.safetensors").exists()
+    assert (run / "final" / "chat_template.jinja").exists()
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").open()]
+    steps = [m for m in metrics if "reward" in m]
+    assert [m["step"] for m in steps] == [1, 2]
+    for key in ("env/solved", "env/model_turns", "env/format_errors", "rollout/tokens_per_s",
+                "rewards/solved/mean", "rewards/sudoku_progress/mean"):
+        assert key in steps[0], key
+    episodes = [json.loads(line) for line in (run / "episodes.jsonl").open()]
+    assert episodes and "<start_of_turn>model" in episodes[0]["text"] and "info" in episodes[0]
+
+    result = launch(*common, "--set", "grpo.max_steps=3", "--resume", cwd=tmp_path)
+    resumed = [json.loads(line) for line in (run / "metrics.jsonl").open() if '"reward"' in line]
+    assert [m["step"] for m in resumed] == [1, 2, 3], "resume must continue at step 3, not restart"
+    assert "run finished" in result.stdout
