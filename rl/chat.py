@@ -78,6 +78,17 @@ class ChatFormat:
                 after = after[len(stop):]
         return after
 
+    def closing_ids(self) -> list[int]:
+        """The template's end of a model turn, up to its stop token (e.g. `<end_of_turn>`).
+
+        Appended as context when a turn ended on a stop string instead of a stop token.
+        """
+        rendered = self.render([{"role": "user", "content": "."}, {"role": "assistant", "content": _SENTINEL}],
+                               None, add_generation_prompt=False)
+        ids = self.encode(rendered[rendered.index(_SENTINEL) + len(_SENTINEL):])
+        stop = next((i for i, t in enumerate(ids) if t in self.stop_token_ids), None)
+        return ids if stop is None else ids[:stop + 1]
+
     def tool_turn_ids(self, results: list[dict], stopped_with: int | None) -> list[int]:
         return self.encode(self.tool_turn_text(results, stopped_with))
 

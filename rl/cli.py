@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -51,8 +53,18 @@ def config_from_args(args: argparse.Namespace, resume: bool = False) -> RunConfi
 
 
 def check_resolvable(cfg: RunConfig) -> None:
-    """Fail on an unknown env or a bad reward path now, before any model loads."""
-    envs.resolve(cfg.env.name)
+    """Fail on an unknown env or a bad reward path now, before any model loads.
+
+    User modules (`my_rewards:fn`, `my_envs:MyEnv`) are imported from the current
+    directory or from installed packages.
+    """
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    env_cls = envs.resolve(cfg.env.name)
+    try:
+        env_cls(**cfg.env.kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"env {cfg.env.name!r} rejects env.kwargs {cfg.env.kwargs}: {e}") from e
     for spec in cfg.rewards:
         get_reward(spec)
 

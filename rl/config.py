@@ -36,6 +36,9 @@ class RolloutSettings:
     # Text that opens every model turn, e.g. '<tool_call>\n{"name": "' to nudge a base model
     # into calling tools. Its tokens are context (env_mask 0); parsing sees prefix + reply.
     response_prefix: str = ""
+    # End a model turn right after its first tool call (a stop string such as </tool_call>).
+    # Base models otherwise ramble past the call; it also means one call per turn.
+    stop_after_tool_call: bool = False
     chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
 
 

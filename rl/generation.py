@@ -21,16 +21,26 @@ class SamplingParams:
     top_k: int = 0
     max_new_tokens: int = 64
     stop_token_ids: list[int] = field(default_factory=list)
+    stop_strings: list[str] = field(default_factory=list)  # kept in the output, like vLLM's include_stop_str_in_output
     seed: int | None = None
 
 
 @dataclass
 class Generation:
-    """One sampled continuation. `stopped_with` is the stop token it ended on, if any."""
+    """One sampled continuation.
+
+    `stopped_with` is the stop token it ended on; `stop_string` the stop string it ended
+    with (its tokens are the last ones). Both None: cut off at `max_new_tokens`.
+    """
 
     token_ids: list[int]
     logprobs: list[float]
     stopped_with: int | None = None
+    stop_string: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.stopped_with is not None or self.stop_string is not None
 
 
 class GenerationBackend(Protocol):
@@ -50,9 +60,10 @@ class TransformersBackend:
 
     name = "hf"
 
-    def __init__(self, model: "torch.nn.Module", pad_token_id: int, batch_size: int | None = None):
+    def __init__(self, model: "torch.nn.Module", tokenizer, batch_size: int | None = None):
         self.model = model
-        self.pad_token_id = pad_token_id
+        self.tokenizer = tokenizer
+        self.pad_token_id = tokenizer.pad_token_id
         self.batch_size = batch_size
 
     def update_weights(self, model: "torch.nn.Module") -> None:
@@ -90,6 +101,7 @@ class TransformersBackend:
                     temperature=None if greedy else params.temperature,
                     top_p=None if greedy else params.top_p, top_k=None if greedy else (params.top_k or 0),
                     eos_token_id=params.stop_token_ids or None, pad_token_id=self.pad_token_id,
+                    stop_strings=params.stop_strings or None, tokenizer=self.tokenizer if params.stop_strings else None,
                     output_logits=True, return_dict_in_generate=True,
                 )
         finally:
@@ -99,14 +111,21 @@ class TransformersBackend:
         logits = logits / (params.temperature if not greedy else 1.0)
         logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.to(logits.device).unsqueeze(-1))
         logprobs = logprobs.squeeze(-1).cpu()
-        stops = set(params.stop_token_ids)
         outputs = []
         for row in range(len(prompts)):
-            ids = new_tokens[row].tolist()
-            stopped_with = None
-            for j, tok in enumerate(ids):
-                if tok in stops:
-                    ids, stopped_with = ids[:j + 1], tok
-                    break
-            outputs.append(Generation(ids, logprobs[row, :len(ids)].tolist(), stopped_with))
+            ids, stopped_with, stop_string = self._cut(new_tokens[row].tolist(), params)
+            outputs.append(Generation(ids, logprobs[row, :len(ids)].tolist(), stopped_with, stop_string))
         return outputs
+
+    def _cut(self, ids: list[int], params: SamplingParams) -> tuple[list[int], int | None, str | None]:
+        """Cut a padded row after its first stop token or stop string."""
+        stops = set(params.stop_token_ids)
+        for j, tok in enumerate(ids):
+            if tok in stops:
+                return ids[:j + 1], tok, None
+            if params.stop_strings:
+                text = self.tokenizer.decode(ids[:j + 1])
+                hit = next((s for s in params.stop_strings if s in text), None)
+                if hit:
+                    return ids[:j + 1], None, hit
+        return ids, None, None

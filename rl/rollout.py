@@ -13,8 +13,9 @@ Follow one episode from `reset` to its loss mask:
    timeout ends only that episode (`env_error`), never the batch.
 5. The tool results are rendered by the chat template and appended as TOKENS with
    `env_mask` 0; earlier turns are never re-tokenised.
-6. An episode stops when one of `STOP_CONDITIONS` holds. Trailing env tokens after the
-   last model turn are dropped: nothing follows them to learn from.
+6. An episode stops when one of `STOP_CONDITIONS` holds. Env tokens after the last model
+   turn are dropped (nothing follows them to learn from), except the template's
+   end-of-turn when the turn ended on a stop string (`stop_after_tool_call`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class _Episode:
     format_errors: int = 0
     stop_reason: str | None = None
     pending: list[dict] = field(default_factory=list)  # env messages for the next tool turn
-    stopped_with: int | None = None
+    stopped_with: int | None = None  # the stop token that ended the last model turn
+    stop_string: str | None = None  # or the stop string that did
 
     def append(self, ids: list[int], logprobs: list[float] | None, mask: int) -> None:
         self.completion_ids += ids
@@ -131,8 +133,10 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
     episodes = [_Episode(env, seed) for env, seed in zip(envs, seeds)]
     pool = cf.ThreadPoolExecutor(max_workers=max(1, min(settings.env_workers, len(episodes))))
     timing = {"generation_s": 0.0, "env_s": 0.0, "generated_tokens": 0}
+    end_of_call = chat.tool_format.end_of_call if settings.stop_after_tool_call else ""
     params = SamplingParams(settings.temperature, settings.top_p, settings.top_k, settings.max_new_tokens,
-                            chat.stop_token_ids)
+                            chat.stop_token_ids, [end_of_call] if end_of_call else [])
+    closing_ids = chat.closing_ids() if end_of_call else []
     prefix_ids = chat.encode(settings.response_prefix) if settings.response_prefix else []
     try:
         t0 = time.perf_counter()
@@ -157,7 +161,9 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
             for ep, gen in zip(active, generations):
                 room = settings.max_completion_tokens - len(ep.completion_ids)
                 ids, logprobs = gen.token_ids[:room], gen.logprobs[:room]
-                ep.stopped_with = gen.stopped_with if len(ids) == len(gen.token_ids) else None
+                whole = len(ids) == len(gen.token_ids)
+                ep.stopped_with = gen.stopped_with if whole else None
+                ep.stop_string = gen.stop_string if whole else None
                 ep.append(ids, logprobs, mask=1)
                 ep.model_turns += 1
                 timing["generated_tokens"] += len(ids)
@@ -172,10 +178,12 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
                 ep.stop_reason = _first_stop(ep, settings)
                 if ep.stop_reason is None:
                     tool_ids = chat.tool_turn_ids(ep.pending, ep.stopped_with) + prefix_ids
-                    if len(ep.completion_ids) + len(tool_ids) >= settings.max_completion_tokens:
-                        ep.stop_reason = "token_budget"
-                    else:
+                    if len(ep.completion_ids) + len(tool_ids) < settings.max_completion_tokens:
                         ep.append(tool_ids, None, mask=0)
+                        continue
+                    ep.stop_reason = "token_budget"
+                if ep.stop_string and len(ep.completion_ids) + len(closing_ids) <= settings.max_completion_tokens:
+                    ep.append(closing_ids, None, mask=0)  # close the last turn as the template would
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # a hung env thread must not block us
 

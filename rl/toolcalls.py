@@ -32,6 +32,7 @@ class ParsedTurn:
 class ToolCallFormat:
     name: str = ""
     example: str = ""  # shown in error messages: what a well-formed call looks like
+    end_of_call: str = ""  # a stop string that ends a turn after one call (rollout.stop_after_tool_call)
 
     def parse(self, text: str) -> ParsedTurn:
         raise NotImplementedError
@@ -72,7 +73,8 @@ def _strip_spans(text: str, spans: list[tuple[int, int, str, bool]]) -> str:
 class HermesFormat(ToolCallFormat):
     name = "hermes"
     open_tag, close_tag = "<tool_call>", "</tool_call>"
-    example = '<tool_call>\n{"name": "<tool name>", "arguments": {"<argument>": <value>}}\n</tool_call>'
+    end_of_call = close_tag
+    example = '<tool_call>\n{"name": "tool_name", "arguments": {"argument_name": "value"}}\n</tool_call>'
 
     def parse(self, text: str) -> ParsedTurn:
         spans = _block_spans(text, self.open_tag, self.close_tag)
@@ -212,7 +214,8 @@ def _gemma4_value(value: Any) -> str:
 class Gemma4Format(ToolCallFormat):
     name = "gemma4"
     open_tag, close_tag = "<|tool_call>", "<tool_call|>"
-    example = f"<|tool_call>call:<tool name>{{<argument>:{_Q}<text>{_Q}}}<tool_call|>"
+    end_of_call = close_tag
+    example = f"<|tool_call>call:tool_name{{argument_name:{_Q}value{_Q}}}<tool_call|>"
 
     def parse(self, text: str) -> ParsedTurn:
         spans = _block_spans(text, self.open_tag, self.close_tag)

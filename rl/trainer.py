@@ -24,6 +24,7 @@ from trl.models import unwrap_model_for_generation
 
 from rewards import get_reward
 from rl.chat import ChatFormat
+from rl.cli import check_resolvable
 from rl.config import RunConfig, to_yaml
 from rl.generation import TransformersBackend
 from rl.models import load_model, lora_config
@@ -68,9 +69,11 @@ class EpisodeRollouts:
             raise RuntimeError(f"rollout got {len(prompts)} prompts but {len(seeds)} dataset rows")
         timing: dict[str, float] = {}
         started = time.perf_counter()
-        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator) as model:
+        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
+                                         gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
+                                         gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs) as model:
             if self.backend is None:
-                self.backend = TransformersBackend(model, trainer.processing_class.pad_token_id)
+                self.backend = TransformersBackend(model, trainer.processing_class)
             self.backend.update_weights(model)
             trajectories = run_episodes(self.envs_for(len(seeds)), seeds, self.backend, self.chat,
                                         self.cfg.rollout, metrics=timing)
@@ -132,6 +135,7 @@ def _report_to(cfg: RunConfig) -> list[str]:
 
 def build_trainer(cfg: RunConfig):
     """Everything TRL needs, validated in cheap-first order: env and rewards before the model."""
+    check_resolvable(cfg)
     env_cls = envs_registry.resolve(cfg.env.name)
     reward_funcs, reward_weights = resolve_rewards(cfg)
     tool_format = get_format(cfg.model.tool_format)

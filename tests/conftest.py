@@ -47,12 +47,16 @@ class ScriptedBackend:
         for ids in prompts:
             context = self.tokenizer.decode(ids)
             turn = context.count("<start_of_turn>model") - 1
-            tokens = self.tokenizer.encode(self.policy(context, turn), add_special_tokens=False)
+            text = self.policy(context, turn)
+            hit = next((s for s in params.stop_strings if s in text), None)
+            if hit:  # like a real backend: cut right after the stop string, keep it
+                text = text[:text.index(hit) + len(hit)]
+            tokens = self.tokenizer.encode(text, add_special_tokens=False)
             stopped = None
-            if self.stop and len(tokens) < params.max_new_tokens:
+            if self.stop and not hit and len(tokens) < params.max_new_tokens:
                 tokens, stopped = tokens + [self.end_of_turn], self.end_of_turn
             tokens = tokens[: params.max_new_tokens]
-            out.append(Generation(tokens, [-1.0] * len(tokens), stopped))
+            out.append(Generation(tokens, [-1.0] * len(tokens), stopped, hit if len(tokens) else None))
         return out
 
     def update_weights(self, model) -> None:

@@ -181,3 +181,22 @@ def test_response_prefix_opens_every_model_turn_as_context(chat, scripted, tiny_
     second_turn_start = traj.env_mask.index(1, traj.env_mask.index(0))
     assert traj.completion_ids[second_turn_start - len(prefix_ids):second_turn_start] == prefix_ids
     assert traj.env_mask[second_turn_start - len(prefix_ids):second_turn_start] == [0] * len(prefix_ids)
+
+
+def test_stop_after_tool_call_cuts_the_turn_and_closes_it_as_context(chat, scripted, tiny_tokenizer):
+    call = '<tool_call>\n{"name": "show_board", "arguments": {}}\n</tool_call>'
+    backend = scripted(lambda context, turn: call + "\nand then I ramble <tool_call>{broken")
+    [traj] = run_episodes([envs.make("sudoku")], [0], backend, chat,
+                          RolloutSettings(max_turns=2, stop_after_tool_call=True))
+    assert traj.info["tool_calls"] == 2 and traj.info["format_errors"] == 0
+    model_text = tiny_tokenizer.decode([t for t, m in zip(traj.completion_ids, traj.env_mask) if m])
+    assert model_text == call + call and "ramble" not in chat.decode(traj.completion_ids)
+    eot = tiny_tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    assert traj.completion_ids[-1] == eot and traj.env_mask[-1] == 0  # closed by the template, not the model
+    reference = envs.make("sudoku")
+    first_obs, _ = reference.reset(seed=0)
+    board, *_ = reference.step({"name": "show_board", "arguments": {}})
+    conversation = [{"role": "user", "content": first_obs}, {"role": "assistant", "content": call},
+                    {"role": "tool", "name": "show_board", "content": board}, {"role": "assistant", "content": call}]
+    full = tiny_tokenizer.apply_chat_template(conversation, tools=reference.tool_schemas(), tokenize=False)
+    assert tiny_tokenizer.decode(traj.prompt_ids + traj.completion_ids) == full.removesuffix("\n")
