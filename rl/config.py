@@ -60,6 +60,7 @@ class LoraConfig:
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     exclude_modules: list[str] = field(default_factory=lambda: list(VISION_MODULES))
     modules_to_save: list[str] = field(default_factory=list)  # e.g. embed_tokens for new special tokens
+    ensure_weight_tying: bool = True  # a trained embed_tokens stays tied to lm_head in tied models
 
 
 @dataclass

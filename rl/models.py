@@ -162,4 +162,5 @@ def lora_config(cfg: LoraConfig, model: torch.nn.Module):
         target_modules=targets[0] if targets == ["all-linear"] else targets,
         exclude_modules=exclude,
         modules_to_save=cfg.modules_to_save or None,
+        ensure_weight_tying=cfg.ensure_weight_tying and bool(cfg.modules_to_save),
     )

@@ -68,3 +68,4 @@ def test_launch_errors_exit_before_any_model_loads(args, message):
     result = run_launch(*args)
     assert result.returncode == 2 and message in result.stderr
     assert "Loading weights" not in result.stderr
+
