@@ -15,13 +15,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset
-
-import envs as envs_registry
 import torch
+from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
+import envs as envs_registry
 from rewards import get_reward
 from rl.chat import ChatFormat
 from rl.cli import check_resolvable
@@ -78,6 +77,9 @@ class EpisodeRollouts:
             trajectories = run_episodes(self.envs_for(len(seeds)), seeds, self.backend, self.chat,
                                         self.cfg.rollout, metrics=timing)
         elapsed = time.perf_counter() - started
+        for i, t in enumerate(trajectories):
+            if t.info["env_error"]:  # a crashed or hung env may still be mid-step in its thread: replace it
+                self.env_pool[i] = self.env_cls(**self.cfg.env.kwargs)
         mode = "train" if trainer.model.training else "eval"
         self._log_metrics(trainer._metrics[mode], trajectories, timing, elapsed)
         if self.log_dir is not None and trainer.accelerator.is_main_process:
@@ -88,7 +90,8 @@ class EpisodeRollouts:
         infos = [t.info for t in trajectories]
         n = max(len(infos), 1)
         mean = lambda key: sum(float(i.get(key) or 0) for i in infos) / n  # noqa: E731
-        for key in ("solved", "model_turns", "tool_calls", "invalid_actions", "format_errors", "tool_errors"):
+        for key in ("solved", "model_turns", "tool_calls", "invalid_actions", "no_tool_calls", "format_errors",
+                    "tool_errors"):
             metrics[f"env/{key}"].append(mean(key))
         metrics["env/crashed"].append(sum(bool(i.get("env_error")) for i in infos) / n)
         metrics["rollout/tokens_per_s"].append(timing.get("generated_tokens", 0) / max(elapsed, 1e-9))

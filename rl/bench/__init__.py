@@ -1,0 +1,77 @@
+"""Benchmarks: each suite measures toolgym against a baseline run beside it, in the same run.
+
+A suite is a function registered with `@suite("name")` that takes the parsed options and
+returns rows (dicts). `launch/bench.py --suite NAME` writes them as JSON (with the
+machine's description) and as a Markdown table. Speed targets are checked here, never in
+timed tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+Suite = Callable[[dict], list[dict]]
+SUITES: dict[str, Suite] = {}
+_MODULES = ["rl.bench.sandbox", "rl.bench.remote", "rl.bench.rollout"]  # each registers its suites
+
+
+def suite(name: str) -> Callable[[Suite], Suite]:
+    def wrap(fn: Suite) -> Suite:
+        SUITES[name] = fn
+        return fn
+
+    return wrap
+
+
+def load_suites() -> dict[str, Suite]:
+    for module in _MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # the module exists but a dependency of it is missing
+                raise
+    return SUITES
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:
+        pass
+    return info
+
+
+def markdown(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def run(name: str, options: dict, out_dir: Path) -> Path:
+    suites = load_suites()
+    if name not in suites:
+        raise ValueError(f"unknown benchmark suite {name!r} (known: {', '.join(sorted(suites))})")
+    started = time.time()
+    rows = suites[name](options)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"suite": name, "options": options, "machine": machine(), "started": started,
+              "seconds": time.time() - started, "rows": rows}
+    path = out_dir / f"{name}.json"
+    path.write_text(json.dumps(result, indent=2))
+    (out_dir / f"{name}.md").write_text(f"# {name}\n\n{markdown(rows)}")
+    return path
