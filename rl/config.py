@@ -93,6 +93,31 @@ class GRPOSection:
 
 
 @dataclass
+class SFTSection:
+    demos: str = ""  # a saved demonstrations dataset; empty = generate num_episodes with the env's expert
+    num_episodes: int = 200
+    explore: float = 0.1  # share of expert turns that look at the board instead of moving
+    learning_rate: float = 2e-4
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 4
+    gradient_accumulation_steps: int = 1
+    max_length: int = 2048
+    logging_steps: int = 5
+    save_steps: int = 500
+    seed: int = 0
+
+
+@dataclass
+class EvalSection:
+    episodes: int = 200
+    seed_start: int = 10_000_000  # held out: no training seed range may reach it
+    temperature: float = 0.0  # 0 = greedy
+    k: int = 1  # samples per seed; >1 reports pass@k (needs temperature > 0)
+    batch_size: int = 16  # episodes played together
+
+
+@dataclass
 class LogConfig:
     wandb: str = "auto"  # auto (online if logged in, else offline), online, offline, off
     project: str = "toolgym"
@@ -109,6 +134,8 @@ class RunConfig:
     rollout: RolloutSettings = field(default_factory=RolloutSettings)
     grpo: GRPOSection = field(default_factory=GRPOSection)
     rewards: dict[str, float] = field(default_factory=lambda: {"solved": 1.0})
+    sft: SFTSection = field(default_factory=SFTSection)
+    eval: EvalSection = field(default_factory=EvalSection)
     log: LogConfig = field(default_factory=LogConfig)
 
 
@@ -255,6 +282,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"unknown log.wandb {cfg.log.wandb!r} (accepted: auto, online, offline, off)")
     if len(cfg.env.train_seeds) != 2 or cfg.env.train_seeds[0] >= cfg.env.train_seeds[1]:
         raise ConfigError(f"env.train_seeds must be [start, stop) with start < stop, got {cfg.env.train_seeds}")
+    if cfg.env.train_seeds[1] > cfg.eval.seed_start:
+        raise ConfigError(f"env.train_seeds {cfg.env.train_seeds} reach into the held-out eval seeds "
+                          f"(eval.seed_start={cfg.eval.seed_start}); keep training seeds below it")
+    if cfg.eval.k > 1 and cfg.eval.temperature <= 0:
+        raise ConfigError(f"eval.k={cfg.eval.k} samples per seed need eval.temperature > 0 (greedy repeats itself)")
     if not cfg.rewards:
         raise ConfigError("no rewards configured (e.g. rewards: {solved: 1.0})")
 

@@ -12,6 +12,7 @@ Names:
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -104,12 +105,20 @@ def tiny_model(vocab_size: int, seed: int = 0, hidden_size: int = 64, layers: in
     return Gemma3ForCausalLM(config)
 
 
+def model_path(name: str) -> str:
+    """Where a model name points: the Gemma cache, a run's `final/` model, or the name itself."""
+    if name == GEMMA_270M:
+        return str(gemma_270m_path())
+    if (Path(name) / "final").is_dir() and not (Path(name) / "config.json").exists():
+        return str(Path(name) / "final")  # a toolgym run directory
+    return name
+
+
 def load_tokenizer(cfg: ModelConfig):
     if cfg.name == TINY:
         tokenizer = tiny_tokenizer()
     else:
-        path = gemma_270m_path() if cfg.name == GEMMA_270M else cfg.name
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
+        tokenizer = AutoTokenizer.from_pretrained(model_path(cfg.name))
     template = cfg.chat_template or ("gemma3_tools" if cfg.name in (GEMMA_270M, TINY) else "")
     if template:
         tokenizer.chat_template = load_template(template)
@@ -127,13 +136,26 @@ def load_model(cfg: ModelConfig, tokenizer=None):
     if cfg.name == TINY:
         model = tiny_model(len(tokenizer)).to(dtype)
     else:
-        path = gemma_270m_path() if cfg.name == GEMMA_270M else cfg.name
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation=cfg.attn_implementation)
+        model = _from_pretrained(model_path(cfg.name), dtype, cfg.attn_implementation)
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def _from_pretrained(path: str, dtype: torch.dtype, attn_implementation: str) -> torch.nn.Module:
+    """A model directory, or a LoRA adapter directory merged into its base model."""
+    adapter_config = Path(path) / "adapter_config.json"
+    if not adapter_config.exists():
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+    from peft import PeftModel
+
+    base_name = json.loads(adapter_config.read_text())["base_model_name_or_path"]
+    if Path(base_name).name == GEMMA_270M and not Path(base_name).exists():
+        base_name = GEMMA_270M  # trained on another machine: use this machine's cache
+    base = _from_pretrained(model_path(base_name), dtype, attn_implementation)
+    return PeftModel.from_pretrained(base, path).merge_and_unload()
 
 
 def exclude_pattern(names: list[str]) -> str | None:

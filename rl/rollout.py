@@ -25,10 +25,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from envs.base import ToolEnv
+from envs.base import ToolCall, ToolEnv
 from rl.chat import ChatFormat
 from rl.config import RolloutSettings
-from rl.generation import GenerationBackend, SamplingParams
+from rl.generation import Generation, GenerationBackend, SamplingParams
 
 
 @dataclass
@@ -121,12 +121,15 @@ def _run_all(pool: cf.ThreadPoolExecutor, episodes: list[_Episode], fn: Callable
     return results
 
 
-def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: GenerationBackend, chat: ChatFormat,
-                 settings: RolloutSettings, options: dict | None = None,
-                 metrics: dict[str, float] | None = None) -> list[Trajectory]:
+def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: GenerationBackend | None, chat: ChatFormat,
+                 settings: RolloutSettings, options: dict | None = None, metrics: dict[str, float] | None = None,
+                 policy: Callable[[ToolEnv], ToolCall | str] | None = None) -> list[Trajectory]:
     """Play one episode per (env, seed) pair, all together, and return their trajectories.
 
-    `metrics`, if given, receives timing and token counts for the whole batch.
+    `metrics`, if given, receives timing and token counts for the whole batch. `policy`,
+    if given, stands in for the model (experts, random play): it sees the env and returns
+    an action, which is rendered in the tool-call format and laid out exactly as model
+    tokens would be.
     """
     if len(envs) != len(seeds):
         raise ValueError(f"got {len(envs)} envs but {len(seeds)} seeds")
@@ -155,7 +158,10 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
             budget = max(settings.max_completion_tokens - len(ep.completion_ids) for ep in active)
             params.max_new_tokens = min(settings.max_new_tokens, budget)
             t0 = time.perf_counter()
-            generations = backend.generate([ep.context for ep in active], params)
+            if policy is not None:
+                generations = [_policy_turn(chat, policy(ep.env), settings.response_prefix) for ep in active]
+            else:
+                generations = backend.generate([ep.context for ep in active], params)
             timing["generation_s"] += time.perf_counter() - t0
             texts = []
             for ep, gen in zip(active, generations):
@@ -190,6 +196,16 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
     if metrics is not None:
         metrics.update(timing)
     return [_trajectory(ep) for ep in episodes]
+
+
+def _policy_turn(chat: ChatFormat, action: ToolCall | str, prefix: str) -> Generation:
+    """A policy's action as the tokens a model would have produced for it, ending its turn."""
+    text = action if isinstance(action, str) else chat.tool_format.render_call(action)
+    text = text.removeprefix(prefix)  # the prefix is context, not the policy's output
+    ending = chat.closing_ids()
+    stop = ending[-1] if ending and ending[-1] in chat.stop_token_ids else None
+    ids = chat.encode(text) + ([stop] if stop is not None else [])
+    return Generation(ids, [0.0] * len(ids), stop)
 
 
 def _trajectory(ep: _Episode) -> Trajectory:

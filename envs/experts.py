@@ -1,0 +1,72 @@
+"""Reference policies: an expert and a uniformly random legal-move player per environment.
+
+A policy looks at the env's full state (it is allowed to: it stands in for a model in
+demonstrations and evaluation rows) and returns the next action as a `ToolCall`.
+`expert_for(env)` / `random_for(env)` pick the policy that fits an env instance.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable
+
+from envs.base import ToolCall, ToolEnv
+from envs.sudoku import SudokuEnv
+from envs.sudoku_puzzles import peers
+
+Policy = Callable[[ToolEnv], ToolCall]
+
+
+class SudokuExpert:
+    """Places solution digits, most-constrained cell first, with an occasional `show_board`."""
+
+    def __init__(self, explore: float = 0.1, seed: int = 0):
+        self.explore = explore
+        self.rng = random.Random(seed)
+
+    def __call__(self, env: SudokuEnv) -> ToolCall:
+        if self.rng.random() < self.explore:
+            return ToolCall("show_board", {})
+        n = env.size
+        empty = [c for c, v in enumerate(env.board) if v == 0]
+        cell = min(empty, key=lambda c: (len(_candidates(env, c)), c))
+        return ToolCall("place", {"row": cell // n + 1, "col": cell % n + 1, "digit": env.solution[cell]})
+
+
+class SudokuRandom:
+    """A uniformly random legal move: a random empty cell, a random digit no peer holds."""
+
+    def __init__(self, seed: int = 0):
+        self.rng = random.Random(seed)
+
+    def __call__(self, env: SudokuEnv) -> ToolCall:
+        n = env.size
+        empty = [c for c, v in enumerate(env.board) if v == 0]
+        cell = self.rng.choice(empty)
+        digits = sorted(_candidates(env, cell)) or list(range(1, n + 1))
+        return ToolCall("place", {"row": cell // n + 1, "col": cell % n + 1, "digit": self.rng.choice(digits)})
+
+
+def _candidates(env: SudokuEnv, cell: int) -> set[int]:
+    used = {env.board[p] for p in peers(env.size)[cell]}
+    return set(range(1, env.size + 1)) - used
+
+
+EXPERTS: dict[type, Callable[..., Policy]] = {SudokuEnv: SudokuExpert}
+RANDOM: dict[type, Callable[..., Policy]] = {SudokuEnv: SudokuRandom}
+
+
+def _lookup(table: dict[type, Callable[..., Policy]], env: ToolEnv, kind: str, **kwargs) -> Policy:
+    for cls in type(env).__mro__:
+        if cls in table:
+            return table[cls](**kwargs)
+    known = ", ".join(c.__name__ for c in table)
+    raise ValueError(f"no {kind} policy for {type(env).__name__} (available for: {known})")
+
+
+def expert_for(env: ToolEnv, **kwargs) -> Policy:
+    return _lookup(EXPERTS, env, "expert", **kwargs)
+
+
+def random_for(env: ToolEnv, **kwargs) -> Policy:
+    return _lookup(RANDOM, env, "random", **kwargs)

@@ -1,0 +1,52 @@
+"""Evaluate a model, or a reference policy, on held-out seeds that no training run uses.
+
+    python launch/eval.py --env sudoku --model runs/demo --episodes 200
+    python launch/eval.py --env sudoku --policy expert --episodes 200
+    python launch/eval.py --env sudoku --model runs/demo --set eval.temperature=1.0 --set eval.k=4
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from rl.cli import add_run_arguments, check_resolvable, config_from_args  # noqa: E402
+from rl.config import ConfigError  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser)
+    parser.add_argument("--episodes", type=int, help="shortcut for --set eval.episodes=N")
+    parser.add_argument("--policy", choices=["expert", "random"], help="evaluate a reference policy, not a model")
+    parser.add_argument("--out", default="runs/eval", help="folder for <label>.json and results.md")
+    args = parser.parse_args(argv)
+    if args.episodes:
+        args.overrides.append(f"eval.episodes={args.episodes}")
+    try:
+        cfg = config_from_args(args)
+        check_resolvable(cfg)
+    except (ConfigError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
+    from rl.episodes import MARKDOWN_HEADER, evaluate, markdown_row
+
+    result = evaluate(cfg, policy=args.policy or "")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    label = Path(result["label"]).name or result["label"]
+    (out / f"{cfg.env.name}-{label}.json").write_text(json.dumps(result, indent=2))
+    table = out / "results.md"
+    if not table.exists():
+        table.write_text(MARKDOWN_HEADER + "\n")
+    with table.open("a") as f:
+        f.write(markdown_row(result) + "\n")
+    print(MARKDOWN_HEADER)
+    print(markdown_row(result))
+    print(f"results: {out / f'{cfg.env.name}-{label}.json'}, table: {table}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,41 @@
+"""Supervised warm-start on expert demonstrations (then GRPO with --model runs/<name>).
+
+    python launch/sft.py --env sudoku --name sft-demo --set sft.num_episodes=200
+    python launch/sft.py --env sudoku --name sft-demo2 --set sft.demos=runs/sft-demo/demos
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from rl.cli import add_run_arguments, check_resolvable, config_from_args, print_config  # noqa: E402
+from rl.config import ConfigError  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser)
+    parser.add_argument("--num-episodes", type=int, help="shortcut for --set sft.num_episodes=N")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    args = parser.parse_args(argv)
+    if args.num_episodes:
+        args.overrides.append(f"sft.num_episodes={args.num_episodes}")
+    try:
+        cfg = config_from_args(args, resume=args.resume)
+        check_resolvable(cfg)
+    except (ConfigError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
+    if args.dry_run:
+        print_config(cfg)
+        return 0
+    from rl.sft import train_sft
+
+    out = train_sft(cfg, resume=args.resume)
+    print(f"SFT finished: {out} (train on: python launch/grpo.py --env {cfg.env.name} --model {out})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Playing batches of episodes outside training: demonstrations and evaluation.
+
+Both go through `run_episodes`, the same engine and token layout as GRPO rollouts, so a
+demonstration is exactly the sequence the model would have produced, and an evaluation
+measures exactly what training optimises.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Callable
+
+import envs as envs_registry
+from envs.experts import expert_for, random_for
+from rl.chat import ChatFormat
+from rl.config import RunConfig
+from rl.rollout import Trajectory, run_episodes
+from rl.toolcalls import get_format
+
+POLICIES = {"expert": expert_for, "random": random_for}
+
+
+def chat_for(cfg: RunConfig, tokenizer) -> ChatFormat:
+    return ChatFormat(tokenizer, get_format(cfg.model.tool_format), cfg.rollout.chat_template_kwargs)
+
+
+def play(cfg: RunConfig, chat: ChatFormat, seeds: list[int], backend=None, policy: Callable | None = None,
+         settings=None, batch_size: int = 16) -> list[Trajectory]:
+    """Episodes for `seeds`, `batch_size` at a time, with a model backend or a policy."""
+    env_cls = envs_registry.resolve(cfg.env.name)
+    settings = settings or cfg.rollout
+    out: list[Trajectory] = []
+    for start in range(0, len(seeds), batch_size):
+        chunk = seeds[start:start + batch_size]
+        batch = [env_cls(**cfg.env.kwargs) for _ in chunk]
+        out += run_episodes(batch, chunk, backend, chat, settings, policy=policy)
+    return out
+
+
+def make_policy(cfg: RunConfig, name: str, seed: int = 0, **kwargs) -> Callable:
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r} (accepted: {', '.join(POLICIES)})")
+    probe = envs_registry.make(cfg.env.name, **cfg.env.kwargs)
+    return POLICIES[name](probe, seed=seed, **kwargs)
+
+
+def demonstrations(cfg: RunConfig, tokenizer, num_episodes: int | None = None):
+    """Expert episodes on training seeds, as a `datasets.Dataset` ready for SFT.
+
+    Columns: `input_ids` (prompt + completion), `completion_mask` (1 on the expert's
+    tokens only, so tool results carry no loss), `seed`, `text`, `info` (JSON).
+    """
+    from datasets import Dataset
+
+    n = num_episodes or cfg.sft.num_episodes
+    start, stop = cfg.env.train_seeds
+    if n > stop - start:
+        raise ValueError(f"sft.num_episodes={n} exceeds the training seed range {cfg.env.train_seeds}")
+    seeds = list(range(start, start + n))
+    chat = chat_for(cfg, tokenizer)
+    expert = make_policy(cfg, "expert", seed=cfg.sft.seed, explore=cfg.sft.explore)
+    # the demonstration writes whole calls itself: no response prefix
+    settings = dataclasses.replace(cfg.rollout, response_prefix="")
+    trajectories = play(cfg, chat, seeds, policy=expert, settings=settings, batch_size=64)
+    rows = {"input_ids": [], "completion_mask": [], "seed": [], "text": [], "info": []}
+    for seed, t in zip(seeds, trajectories):
+        rows["input_ids"].append(t.prompt_ids + t.completion_ids)
+        rows["completion_mask"].append([0] * len(t.prompt_ids) + t.env_mask)
+        rows["seed"].append(seed)
+        rows["text"].append(chat.decode(t.prompt_ids + t.completion_ids))
+        rows["info"].append(json.dumps(t.info))
+    return Dataset.from_dict(rows)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a rate: sane at 0% and 100%, unlike the normal approximation."""
+    if n == 0:
+        return 0.0, 0.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def summarize(trajectories: list[Trajectory], k: int = 1) -> dict:
+    """Solve rate with its 95% interval, returns, turns, error rates; pass@k over k samples per seed."""
+    infos = [t.info for t in trajectories]
+    n = len(infos)
+    solved = sum(bool(i.get("solved")) for i in infos)
+    low, high = wilson_interval(solved, n)
+    total = lambda key: sum(float(i.get(key) or 0) for i in infos)  # noqa: E731
+    summary = {
+        "episodes": n,
+        "solve_rate": solved / n if n else 0.0,
+        "solve_rate_ci95": [low, high],
+        "mean_return": total("episode_return") / n if n else 0.0,
+        "mean_turns": total("model_turns") / n if n else 0.0,
+        "invalid_call_rate": total("invalid_actions") / max(total("turns"), 1),
+        "format_error_rate": total("format_errors") / max(total("model_turns"), 1),
+        "tool_call_rate": total("tool_calls") / max(total("model_turns"), 1),
+        "env_errors": sum(bool(i.get("env_error")) for i in infos),
+    }
+    if k > 1:
+        seeds = n // k
+        summary[f"pass@{k}"] = sum(any(infos[j * seeds + s].get("solved") for j in range(k))
+                                   for s in range(seeds)) / max(seeds, 1)
+    return summary
+
+
+def evaluate(cfg: RunConfig, policy: str = "") -> dict:
+    """Evaluate the configured model (or a reference `policy`: expert, random) on held-out seeds."""
+    from rl.generation import TransformersBackend
+    from rl.models import load_model, load_tokenizer
+
+    e = cfg.eval
+    seeds = list(range(e.seed_start, e.seed_start + e.episodes))
+    backend, policy_fn = None, None
+    if policy:
+        tokenizer = load_tokenizer(cfg.model)
+        policy_fn = make_policy(cfg, policy, seed=e.seed_start)
+        label = policy
+    else:
+        import torch
+
+        torch.manual_seed(e.seed_start)
+        model, tokenizer = load_model(cfg.model)
+        backend = TransformersBackend(model, tokenizer)
+        label = cfg.model.name
+    chat = chat_for(cfg, tokenizer)
+    settings = dataclasses.replace(cfg.rollout, temperature=e.temperature)
+    trajectories: list[Trajectory] = []
+    for _ in range(e.k):  # sample j of every seed, then sample j+1: pass@k reads them back in this order
+        trajectories += play(cfg, chat, seeds, backend=backend, policy=policy_fn, settings=settings,
+                             batch_size=e.batch_size)
+    return {"label": label, "env": cfg.env.name, "env_kwargs": cfg.env.kwargs, "seeds": [seeds[0], seeds[-1] + 1],
+            "temperature": e.temperature, "k": e.k, **summarize(trajectories, e.k)}
+
+
+def markdown_row(result: dict) -> str:
+    low, high = result["solve_rate_ci95"]
+    cells = [result["label"], result["env"], str(result["episodes"]),
+             f"{result['solve_rate']:.1%} [{low:.1%}, {high:.1%}]", f"{result['mean_return']:.3f}",
+             f"{result['mean_turns']:.2f}", f"{result['invalid_call_rate']:.1%}", f"{result['format_error_rate']:.1%}",
+             f"{result['pass@' + str(result['k'])]:.1%}" if result["k"] > 1 else "-"]
+    return "| " + " | ".join(cells) + " |"
+
+
+MARKDOWN_HEADER = ("| policy | env | episodes | solve rate [95% CI] | mean return | mean turns | invalid calls "
+                   "| format errors | pass@k |\n|---|---|---|---|---|---|---|---|---|")

@@ -1,0 +1,58 @@
+"""Supervised warm-start on expert demonstrations, with TRL's SFTTrainer.
+
+The demonstrations come from `rl.episodes.demonstrations`: the exact token layout of a
+rollout, with loss only on the expert's tokens (`completion_mask`), never on tool
+results. The result is a full model in `runs/<name>/final` (LoRA is merged), which
+`launch/grpo.py --model runs/<name>` starts from.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from datasets import load_from_disk
+from trl import SFTConfig, SFTTrainer
+
+from rl.cli import check_resolvable
+from rl.config import RunConfig, to_yaml
+from rl.episodes import demonstrations
+from rl.models import load_model, lora_config
+from rl.progress import JsonlLogger
+from rl.trainer import _report_to, latest_checkpoint, run_dir
+
+
+def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
+    check_resolvable(cfg)
+    out = run_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(to_yaml(cfg))
+    model, tokenizer = load_model(cfg.model)
+    if cfg.sft.demos:
+        dataset = load_from_disk(cfg.sft.demos)
+    else:
+        dataset = demonstrations(cfg, tokenizer)
+        dataset.save_to_disk(str(out / "demos"))
+    s = cfg.sft
+    args = SFTConfig(
+        output_dir=str(out), run_name=cfg.name, learning_rate=s.learning_rate, num_train_epochs=s.num_train_epochs,
+        max_steps=s.max_steps, per_device_train_batch_size=s.per_device_train_batch_size,
+        gradient_accumulation_steps=s.gradient_accumulation_steps, max_length=s.max_length,
+        completion_only_loss=True, logging_steps=s.logging_steps, save_steps=s.save_steps, seed=s.seed,
+        report_to=_report_to(cfg), use_cpu=not torch.cuda.is_available(), bf16=model.dtype == torch.bfloat16,
+        gradient_checkpointing=cfg.grpo.gradient_checkpointing,
+    )
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                         train_dataset=dataset.select_columns(["input_ids", "completion_mask"]),
+                         peft_config=lora_config(cfg.lora, model))
+    trainer.add_callback(JsonlLogger(out / "metrics.jsonl"))
+    checkpoint = latest_checkpoint(out) if resume else None
+    if resume and checkpoint is None:
+        raise FileNotFoundError(f"--resume: no checkpoint-* under {out}")
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    final = trainer.model
+    if hasattr(final, "merge_and_unload"):
+        final = final.merge_and_unload()
+    final.save_pretrained(str(out / "final"))
+    tokenizer.save_pretrained(str(out / "final"))
+    return out
