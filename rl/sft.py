@@ -18,6 +18,7 @@ from rl.cli import check_resolvable
 from rl.config import RunConfig, to_yaml
 from rl.episodes import demonstrations
 from rl.models import load_model, lora_config
+from rl.plots import save_curve
 from rl.progress import JsonlLogger
 from rl.trainer import _report_to, latest_checkpoint, run_dir
 
@@ -55,4 +56,5 @@ def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
         final = final.merge_and_unload()
     final.save_pretrained(str(out / "final"))
     tokenizer.save_pretrained(str(out / "final"))
+    save_curve(out)
     return out

@@ -27,6 +27,7 @@ from rl.cli import check_resolvable
 from rl.config import RunConfig, to_yaml
 from rl.generation import TransformersBackend
 from rl.models import load_model, lora_config
+from rl.plots import save_curve
 from rl.progress import JsonlLogger, RunProgress
 from rl.rollout import Trajectory, run_episodes
 from rl.toolcalls import get_format
@@ -202,4 +203,5 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     trainer.save_model(str(out / "final"))
     trainer.processing_class.save_pretrained(str(out / "final"))
+    save_curve(out)
     return out
