@@ -126,6 +126,8 @@ def evaluate(cfg: RunConfig, policy: str = "") -> dict:
 
         torch.manual_seed(e.seed_start)
         model, tokenizer = load_model(cfg.model)
+        if torch.cuda.is_available():
+            model = model.to("cuda")
         backend = TransformersBackend(model, tokenizer)
         label = cfg.model.name
     chat = chat_for(cfg, tokenizer)
