@@ -81,20 +81,23 @@ class EpisodeRollouts:
         for i, t in enumerate(trajectories):
             if t.info["env_error"]:  # a crashed or hung env may still be mid-step in its thread: replace it
                 self.env_pool[i] = self.env_cls(**self.cfg.env.kwargs)
-        mode = "train" if trainer.model.training else "eval"
-        self._log_metrics(trainer._metrics[mode], trajectories, timing, elapsed)
+        self._log_metrics(trainer, trajectories, timing, elapsed)
         if self.log_dir is not None and trainer.accelerator.is_main_process:
             self._log_samples(trainer.state.global_step, trajectories)
         return to_trl(trajectories, fallback_id=trainer.processing_class.eos_token_id)
 
-    def _log_metrics(self, metrics: dict, trajectories: list[Trajectory], timing: dict, elapsed: float) -> None:
-        infos = [t.info for t in trajectories]
-        n = max(len(infos), 1)
-        mean = lambda key: sum(float(i.get(key) or 0) for i in infos) / n  # noqa: E731
-        for key in ("solved", "model_turns", "tool_calls", "invalid_actions", "no_tool_calls", "format_errors",
-                    "tool_errors"):
-            metrics[f"env/{key}"].append(mean(key))
-        metrics["env/crashed"].append(sum(bool(i.get("env_error")) for i in infos) / n)
+    ENV_METRICS = ("solved", "model_turns", "tool_calls", "invalid_actions", "no_tool_calls", "format_errors",
+                   "tool_errors")
+
+    def _log_metrics(self, trainer, trajectories: list[Trajectory], timing: dict, elapsed: float) -> None:
+        """Episode metrics averaged over every process's episodes; timings are this process's."""
+        mode = "train" if trainer.model.training else "eval"
+        metrics = trainer._metrics[mode]
+        rows = [[float(t.info.get(k) or 0) for k in self.ENV_METRICS] + [float(bool(t.info.get("env_error")))]
+                for t in trajectories]
+        values = trainer.accelerator.gather(torch.tensor(rows, device=trainer.accelerator.device)).mean(0).tolist()
+        for key, value in zip((*self.ENV_METRICS, "crashed"), values):
+            metrics[f"env/{key}"].append(value)
         metrics["rollout/tokens_per_s"].append(timing.get("generated_tokens", 0) / max(elapsed, 1e-9))
         metrics["rollout/generation_s"].append(timing.get("generation_s", 0.0))
         metrics["rollout/env_s"].append(timing.get("env_s", 0.0))

@@ -37,3 +37,17 @@ def test_run_writes_metrics_episodes_checkpoints_and_resumes(tmp_path):
     resumed = [json.loads(line) for line in (run / "metrics.jsonl").open() if '"reward"' in line]
     assert [m["step"] for m in resumed] == [1, 2, 3], "resume must continue at step 3, not restart"
     assert "run finished" in result.stdout
+
+
+def test_two_processes_under_accelerate(tmp_path):
+    """Data-parallel ranks each roll out their own slice of the batch; metrics are gathered."""
+    result = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+         str(ROOT / "launch" / "grpo.py"), "--env", "sudoku", "--model", "tiny", "--name", "ddp",
+         "--set", f"output_dir={tmp_path}", "--set", "log.wandb=off", "--set", "grpo.max_steps=1",
+         "--set", "grpo.per_device_train_batch_size=4", "--set", "grpo.gradient_accumulation_steps=1",
+         "--set", "rollout.max_turns=2"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").open() if '"reward"' in line]
+    assert len(steps) == 1 and steps[0]["env/model_turns"] == 2.0
