@@ -72,4 +72,4 @@ def parse_reward_spec(spec: str) -> tuple[str, float]:
         raise ValueError(f"bad reward weight {weight!r} in {spec!r} (expected a number, e.g. {name}=0.5)") from None
 
 
-from rewards import episode, sudoku  # noqa: E402,F401  (registers the built-ins)
+from rewards import code, episode, games, sudoku  # noqa: E402,F401  (registers the built-ins)

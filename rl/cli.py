@@ -33,11 +33,11 @@ def config_from_args(args: argparse.Namespace, resume: bool = False) -> RunConfi
         path = CONFIGS / f"{args.env}.yaml"
     overrides = list(args.overrides)
     if args.env:
-        overrides.insert(0, f"env.name={args.env}")
+        overrides.insert(0, f"env.name={args.env!r}")  # quoted: "2048" is a name, not a number
     if args.model:
-        overrides.append(f"model.name={args.model}")
+        overrides.append(f"model.name={args.model!r}")
     if args.name:
-        overrides.append(f"name={args.name}")
+        overrides.append(f"name={args.name!r}")
     cfg = load_config(path, overrides)
     if resume and not cfg.name:
         cfg.name = _latest_run(cfg)

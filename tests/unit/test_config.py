@@ -59,7 +59,7 @@ def test_dry_run_prints_resolved_config():
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--env", "sudokku"], "unknown env 'sudokku' (known: sudoku"),
+    (["--env", "sudokku"], "unknown env 'sudokku' (known: "),
     (["--env", "sudoku", "--set", "grpo.lr=1"], "unknown config key 'grpo.lr'"),
     (["--env", "sudoku", "--reward", "no_such_pkg.rewards:shaped=0.5"], "bad reward path 'no_such_pkg.rewards:shaped'"),
     (["--env", "sudoku", "--reward", "solved=heavy"], "bad reward weight 'heavy'"),

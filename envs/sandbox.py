@@ -1,0 +1,246 @@
+"""Run model-written Python in a separate, locked-down process, thousands of times per step.
+
+    box = Sandbox()
+    result = box.run("def f(x):\\n    return x * 2", entry="f", args=[21])
+    result.status, result.value  # ("ok", 42)
+
+Every run gets a fresh process forked from a warm fork server (`envs/forkserver.py`),
+never reused after model code ran in it. The process has CPU-time, address-space,
+file-size and process-count rlimits, a wall-clock deadline that kills its whole process
+tree, no network, a private scratch directory as its whole filesystem, an empty
+environment, and capped stdout/stderr. Which of these the OS allowed is in
+`Sandbox.isolation` and in every result's `isolation` ("namespaces" or "weak").
+
+A run can also hand the model's function to a trusted *driver*, a function in a module
+beside `forkserver.py` (e.g. `game2048_rules:play_games`) that runs outside the sandbox
+and calls the model's function once per move or test input. Game state, inputs,
+references and timings stay on the trusted side, so the model's code cannot fake them.
+
+Nothing here imports torch; model code never runs in the calling process.
+"""
+
+from __future__ import annotations
+
+import array
+import ast
+import atexit
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from envs.forkserver import read_frame, write_frame
+
+STATUSES = ("ok", "timeout", "memory", "killed", "error")
+STDLIB_SAFE = ("math", "cmath", "random", "itertools", "functools", "collections", "heapq", "bisect", "array",
+               "operator", "statistics", "fractions", "decimal", "copy", "string", "typing", "dataclasses", "re")
+
+
+@dataclass(frozen=True)
+class Limits:
+    wall_s: float = 10.0  # whole run, including every driver call
+    cpu_s: float = 10.0
+    memory_mb: int = 512  # address space on top of the interpreter's own
+    file_mb: int = 8  # largest file the code may write
+    scratch_mb: int = 16  # the whole scratch filesystem
+    procs: int = 8  # processes and threads of the run's uid
+    output_bytes: int = 64 * 1024  # each of stdout and stderr
+
+
+@dataclass
+class Result:
+    status: str  # ok | timeout | memory | killed | error
+    value: Any = None
+    stdout: str = ""
+    stderr: str = ""
+    error: str = ""
+    truncated: bool = False  # stdout or stderr hit the cap
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+    isolation: str = ""  # "namespaces" or "weak"; see Sandbox.isolation for the details
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+@dataclass
+class _Server:
+    proc: subprocess.Popen
+    sock: socket.socket
+    isolation: dict = field(default_factory=dict)
+
+
+class Sandbox:
+    """A warm fork server that runs untrusted code, one fresh process per run; thread-safe."""
+
+    def __init__(self, limits: Limits | None = None):
+        self.limits = limits or Limits()
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+
+    @property
+    def isolation(self) -> dict:
+        """The mechanisms in force: network, filesystem, processes, user; mode "namespaces" or "weak"."""
+        return dict(self._ensure().isolation)
+
+    def run(self, code: str, entry: str | None = None, args: list | tuple = (), *, driver: str | None = None,
+            driver_args: dict | None = None, limits: Limits | None = None,
+            allowed_imports: list[str] | tuple[str, ...] | None = None) -> Result:
+        """Run `code`, then call `entry(*args)` (or hand `entry` to `driver`); never raises for bad code.
+
+        `allowed_imports` is a runtime gate on top-level imports (None = whatever the
+        sandbox has); it is a courtesy, not a security boundary: check code statically
+        with `imports_outside` as well.
+        """
+        if driver and not entry:
+            raise ValueError(f"driver {driver!r} needs an entry function to drive")
+        limits = limits or self.limits
+        request = {"code": code, "entry": entry, "args": list(args), "driver": driver,
+                   "driver_args": driver_args or {}, "limits": asdict(limits),
+                   "allowed_imports": None if allowed_imports is None else list(allowed_imports)}
+        req_r, req_w = os.pipe()
+        resp_r, resp_w = os.pipe()
+        try:
+            self._send_fds([req_r, resp_w])
+        finally:
+            os.close(req_r)
+            os.close(resp_w)
+        try:
+            write_frame(req_w, request)
+            os.close(req_w)
+            req_w = -1
+            reply = read_frame(resp_r)  # the runner always answers by the deadline (plus its grace)
+        except (EOFError, OSError, ValueError) as e:
+            return Result("killed", error=f"the sandbox runner died ({type(e).__name__}: {e})",
+                          isolation=self.isolation["mode"])
+        finally:
+            if req_w >= 0:
+                os.close(req_w)
+            os.close(resp_r)
+        return Result(**reply)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._server:
+                self._server.sock.close()
+                try:
+                    self._server.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self._server.proc.kill()
+                self._server = None
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the fork server ---------------------------------------------------------------
+
+    def _ensure(self) -> _Server:
+        with self._lock:
+            if self._server is None or self._server.proc.poll() is not None:
+                self._server = _start_server()
+            return self._server
+
+    def _send_fds(self, fds: list[int]) -> None:
+        for attempt in (0, 1):
+            server = self._ensure()
+            try:
+                with self._lock:
+                    server.sock.sendmsg([b"r"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                return
+            except OSError:
+                if attempt:
+                    raise
+                with self._lock:
+                    self._server = None  # it died: start a new one
+
+
+def _start_server() -> _Server:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    script = Path(__file__).with_name("forkserver.py")
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-E", "-s", str(script), str(theirs.fileno())],
+                            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, cwd="/")
+    theirs.close()
+    hello = ours.recv(4096)
+    if not hello:
+        raise RuntimeError(f"the sandbox fork server failed to start (exit code {proc.wait()})")
+    server = _Server(proc, ours, json.loads(hello))
+    atexit.register(ours.close)
+    return server
+
+
+_default: Sandbox | None = None
+_default_lock = threading.Lock()
+
+
+def default_sandbox() -> Sandbox:
+    """The process-wide sandbox that environments share (one fork server per trainer process)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Sandbox()
+        return _default
+
+
+# ---------------------------------------------------------------------------------------
+# Static checks, shared by the envs and the reward functions
+
+
+def parse_function(code: str, name: str) -> str | None:
+    """Why `code` does not define a function `name`, or None when it does."""
+    try:
+        tree = ast.parse(code)
+    except SyntaxError as e:
+        return f"syntax error on line {e.lineno}: {e.msg}"
+    if not any(isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == name for n in tree.body):
+        defined = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        return f"no top-level function named {name!r} (defined: {', '.join(defined) or 'none'})"
+    return None
+
+
+def imports_outside(code: str, allowed: list[str] | tuple[str, ...]) -> list[str]:
+    """Modules `code` imports that are not in `allowed`; also `__import__`/`importlib` tricks.
+
+    Unsloth's "no cheating" check: the model must write the algorithm, not import it.
+    """
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return []
+    allowed_set, bad = set(allowed), []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [("." * node.level) + (node.module or "")]
+        elif isinstance(node, ast.Name) and node.id in ("__import__", "importlib", "eval", "exec", "compile"):
+            names = [node.id + "()"]
+        elif isinstance(node, ast.Attribute) and node.attr in ("__subclasses__", "__globals__", "__builtins__"):
+            names = ["." + node.attr]
+        for name in names:
+            if name.partition(".")[0] not in allowed_set and name not in bad:
+                bad.append(name)
+    return bad
+
+
+def extract_code(text: str) -> str:
+    """The Python code in a model reply: the last ```python fenced block, else the text itself."""
+    import re
+
+    blocks = re.findall(r"```(?:python|py)?\s*\n(.*?)```", text, flags=re.S)
+    return (blocks[-1] if blocks else text).strip("\n")
+
+
+__all__ = ["Limits", "Result", "Sandbox", "STATUSES", "STDLIB_SAFE", "default_sandbox", "extract_code",
+           "imports_outside", "parse_function", "replace"]
