@@ -1,0 +1,91 @@
+"""The CARLA client against the local driving simulator, served by openenv's create_app in a real process."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+import envs
+from envs.base import ToolCall
+from tests.integration.test_remote import serve
+
+
+@pytest.fixture(scope="module")
+def driving_server():
+    with serve("--app", "envs.driving_sim:app_factory", "--set", "max_sessions=1") as (_, url):
+        yield url
+
+
+def escape(env) -> str:
+    """The lane away from the pedestrians (the scenario mirrors itself by seed)."""
+    return "right" if env.last["current_lane"] == "lane_0" else "left"
+
+
+def drive(env, plan: list[str], seed: int = 0, scenario: str | None = None):
+    obs, info = env.reset(seed=seed, options={"scenario": scenario} if scenario else None)
+    out = (obs, 0.0, False, False, info)
+    for name in plan:
+        args = {"direction": escape(env)} if name == "lane_change" else {}
+        out = env.step(ToolCall(name, args))
+        if out[2] or out[3]:
+            break
+    return out
+
+
+@pytest.mark.parametrize("plan, rubric, outcome, hit", [
+    (["observe", "lane_change"], 1.0, "passed", 0),  # swerve in time
+    (["emergency_stop"], 0.0, "collision", 3),  # braking falls short
+    (["observe", "observe", "lane_change"], 1.0, "collision", 2),  # late: spares one, still beats inaction
+    (["observe", "observe", "observe"], 0.0, "collision", 3),  # inaction
+])
+def test_escape_scenario_outcomes_come_from_the_physics(driving_server, plan, rubric, outcome, hit):
+    env = envs.make("carla", urls=[driving_server])
+    _, reward, terminated, truncated, info = drive(env, plan + ["observe"] * 6)
+    assert terminated and not truncated
+    assert (info["rubric_reward"], info["outcome"], info["pedestrians_hit"]) == (rubric, outcome, hit)
+    assert reward == rubric and info["episode_return"] == rubric and info["solved"] == (rubric == 1.0)
+    assert env.url is None  # the one-session server is free again
+    env.close()
+
+
+def test_observations_carry_text_and_a_camera_image(driving_server):
+    env = envs.make("carla", urls=[driving_server])
+    obs, _ = env.reset(seed=1)
+    assert "3 pedestrian(s) in your lane" in obs and "Speed: 60.0 km/h." in obs and "- pedestrian at" in obs
+    image = Image.open(io.BytesIO(env.camera_jpeg))
+    assert image.format == "JPEG" and image.size == (128, 128)
+    obs, *_ = env.step(ToolCall("observe"))
+    assert env.last["simulation_time"] == pytest.approx(0.5)  # ten ticks of 0.05 s
+    assert env.last_image().size == (128, 128)
+    env.close()
+
+
+def test_braking_saves_the_crossing_pedestrian(driving_server):
+    env = envs.make("carla", urls=[driving_server])
+    *_, info = drive(env, ["emergency_stop"] + ["observe"] * 6, scenario="pedestrian_crossing")
+    assert (info["outcome"], info["pedestrians_hit"], info["rubric_reward"]) == ("stopped", 0, 1.0)
+    env.close()
+
+
+def test_out_of_turns_the_car_drives_on_to_the_end(driving_server):
+    env = envs.make("carla", urls=[driving_server], max_turns=1)
+    obs, _, _, truncated, info = drive(env, ["observe"])
+    assert truncated and "You are out of turns" in obs and "COLLISION" in obs
+    assert info["outcome"] == "collision" and info["rubric_reward"] == 0.0 and env.url is None
+
+
+def test_bad_tool_arguments_never_reach_the_server(driving_server):
+    env = envs.make("carla", urls=[driving_server], images=False)
+    env.reset(seed=0)
+    obs, _, terminated, _, info = env.step(ToolCall("lane_change", {"direction": "up"}))
+    assert "must be one of ['left', 'right']" in obs and info["invalid_actions"] == 1 and not terminated
+    assert env.last["simulation_time"] == 0.0
+    env.close()
+
+
+def test_unknown_scenario_is_named(driving_server):
+    env = envs.make("carla", urls=[driving_server], timing={"reset_attempts": 1})
+    with pytest.raises(RuntimeError, match="unknown scenario 'moon_landing' \\(known: trolley_micro_escape_exists"):
+        env.reset(seed=0, options={"scenario": "moon_landing"})
