@@ -12,8 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rl.cli import add_run_arguments, check_resolvable, config_from_args  # noqa: E402
-from rl.config import ConfigError  # noqa: E402
+from rl.cli import add_run_arguments, resolve_or_exit  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -25,11 +24,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.episodes:
         args.overrides.append(f"eval.episodes={args.episodes}")
-    try:
-        cfg = config_from_args(args)
-        check_resolvable(cfg)
-    except (ConfigError, ValueError) as e:
-        parser.exit(2, f"error: {e}\n")
+    cfg = resolve_or_exit(parser, args)
     from rl.episodes import MARKDOWN_HEADER, evaluate, markdown_row
 
     result = evaluate(cfg, policy=args.policy or "")

@@ -10,8 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rl.cli import add_run_arguments, check_resolvable, config_from_args, print_config  # noqa: E402
-from rl.config import ConfigError  # noqa: E402
+from rl.cli import add_run_arguments, resolve_or_exit  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -22,14 +21,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.num_episodes:
         args.overrides.append(f"sft.num_episodes={args.num_episodes}")
-    try:
-        cfg = config_from_args(args, resume=args.resume)
-        check_resolvable(cfg)
-    except (ConfigError, ValueError) as e:
-        parser.exit(2, f"error: {e}\n")
-    if args.dry_run:
-        print_config(cfg)
-        return 0
+    cfg = resolve_or_exit(parser, args, resume=args.resume)
     from rl.sft import train_sft
 
     out = train_sft(cfg, resume=args.resume)

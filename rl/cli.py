@@ -76,5 +76,21 @@ def _latest_run(cfg: RunConfig) -> str:
     return runs[-1].name
 
 
+def resolve_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace, resume: bool = False) -> RunConfig:
+    """The run's config, checked (env, env kwargs, rewards) before any model loads; exit 2 with the error.
+
+    With `--dry-run`, prints the resolved config and exits 0.
+    """
+    try:
+        cfg = config_from_args(args, resume=resume)
+        check_resolvable(cfg)
+    except (ConfigError, ValueError) as e:
+        parser.exit(2, f"error: {e}\n")
+    if getattr(args, "dry_run", False):
+        print_config(cfg)
+        parser.exit(0)
+    return cfg
+
+
 def print_config(cfg: RunConfig) -> None:
     print(to_yaml(cfg), end="")
