@@ -217,7 +217,8 @@ class ToolEnv(gym.Env):
 
     @classmethod
     def tool_schemas(cls) -> list[dict]:
-        return [tool_schema(fn) for fn in cls.tools().values()]
+        """The tools' schemas; derived once per tool (every episode's prompt needs them)."""
+        return [_cached_schema(fn) for fn in cls.tools().values()]
 
     # -- gymnasium API -----------------------------------------------------------------
 

@@ -34,12 +34,8 @@ from rl.toolcalls import get_format
 
 
 def resolve_rewards(cfg: RunConfig) -> tuple[list, list[float]]:
-    """Reward functions and weights; fails on a bad name or path before any model loads."""
-    funcs, weights = [], []
-    for spec, weight in cfg.rewards.items():
-        funcs.append(get_reward(spec))
-        weights.append(float(weight))
-    return funcs, weights
+    """Reward functions and their weights, in config order."""
+    return [get_reward(spec) for spec in cfg.rewards], [float(w) for w in cfg.rewards.values()]
 
 
 def run_dir(cfg: RunConfig) -> Path:
@@ -142,7 +138,7 @@ def _report_to(cfg: RunConfig) -> list[str]:
 
 def build_trainer(cfg: RunConfig):
     """Everything TRL needs, validated in cheap-first order: env and rewards before the model."""
-    check_resolvable(cfg)
+    check_resolvable(cfg)  # env, env kwargs and reward paths, before the model loads
     env_cls = envs_registry.resolve(cfg.env.name)
     reward_funcs, reward_weights = resolve_rewards(cfg)
     tool_format = get_format(cfg.model.tool_format)
