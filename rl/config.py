@@ -31,7 +31,10 @@ class RolloutSettings:
     top_p: float = 1.0
     top_k: int = 0
     step_timeout_s: float = 30.0  # per env step, including reset
-    env_workers: int = 16
+    env_workers: int = 16  # env threads shared by the batch's episodes
+    # Batch-only backends (transformers): a batch starts when every live episode waits for
+    # the model, or this long after the first one asked, so a slow env delays nobody more.
+    batch_wait_s: float = 0.5
     system_prompt: str = ""
     # Text that opens every model turn, e.g. '<tool_call>\n{"name": "' to nudge a base model
     # into calling tools. Its tokens are context (env_mask 0); parsing sees prefix + reply.
@@ -156,7 +159,7 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|Tr
 
 
 def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_Loader)
 
 
 def _check_value(value: Any, hint: Any, key: str) -> Any:

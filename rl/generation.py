@@ -1,13 +1,21 @@
 """Generation backends: token ids in, token ids and logprobs out.
 
-The rollout engine talks only to `GenerationBackend`. The transformers backend lives
-here; vLLM backends implement the same three members (`generate`, `update_weights`,
-`name`), so the engine never knows which one it has.
+The rollout engine talks only to `GenerationBackend` (`generate`, `update_weights`,
+`name`), so it never knows which one it has. It asks for one episode's turn at a time
+through a `GenerationStream`:
+
+- a backend that can serve requests one by one (vLLM's engine, a vLLM server) opens its
+  own stream with `backend.stream()`: each request joins the running batch at once;
+- any other backend gets a `BatchedStream`, which gathers requests into batched
+  `generate` calls (the transformers backend, scripted test policies, experts).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import asyncio
+import concurrent.futures as cf
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -43,12 +51,116 @@ class Generation:
         return self.stopped_with is not None or self.stop_string is not None
 
 
+class GenerationError(RuntimeError):
+    """A request that failed for good (after any retries). It fails only its own episode."""
+
+
 class GenerationBackend(Protocol):
     name: str
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]: ...
 
-    def update_weights(self, model: "torch.nn.Module") -> None: ...
+    def update_weights(self, model: torch.nn.Module, version: int | None = None) -> bool: ...
+
+
+class GenerationStream(Protocol):
+    """Per-episode generation requests, inside the rollout's event loop."""
+
+    async def generate(self, key: int, prompt: list[int], params: SamplingParams) -> Generation: ...
+
+    def retire(self, key: int) -> None:
+        """Episode `key` asks for nothing more (it ended)."""
+
+    async def aclose(self) -> None: ...
+
+
+Batch = Callable[[list[int], list[list[int]], SamplingParams], list[Generation]]
+
+
+def open_stream(backend: GenerationBackend, episodes: int, batch_wait_s: float) -> GenerationStream:
+    opener = getattr(backend, "stream", None)
+    if opener is not None:
+        return opener()
+    return BatchedStream(lambda keys, prompts, params: backend.generate(prompts, params), episodes, batch_wait_s)
+
+
+class BatchedStream:
+    """Per-episode requests gathered into batched calls, for backends that only batch.
+
+    A batch starts when every live episode waits for the model, so episodes with fast
+    envs move in lockstep, in episode order, with the batch composition of a round-based
+    loop (deterministic, and as large as it can be). When some episode is still in a slow
+    env step, the waiting ones start anyway `wait_s` after the first of them asked, so a
+    straggler delays nobody for longer than that. One batch runs at a time, in a worker
+    thread; requests that arrive meanwhile form the next.
+    """
+
+    def __init__(self, batch: Batch, episodes: int, wait_s: float):
+        self.batch = batch
+        self.live = episodes
+        self.wait_s = wait_s
+        self.pending: list[tuple[int, list[int], SamplingParams, asyncio.Future]] = []
+        self.running = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.worker = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+
+    async def generate(self, key: int, prompt: list[int], params: SamplingParams) -> Generation:
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((key, prompt, params, future))
+        self._kick()
+        return await future
+
+    def retire(self, key: int) -> None:
+        self.live -= 1
+        self._kick()
+
+    async def aclose(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.worker.shutdown(wait=False, cancel_futures=True)
+
+    def _kick(self) -> None:
+        if self.running or not self.pending:
+            return
+        if len(self.pending) >= self.live:
+            self._start()
+        elif self.timer is None:
+            self.timer = asyncio.get_running_loop().call_later(self.wait_s, self._start)
+
+    def _start(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.running or not self.pending:
+            return
+        requests, self.pending = sorted(self.pending, key=lambda r: r[0]), []
+        self.running = True
+        asyncio.get_running_loop().create_task(self._run(requests))
+
+    async def _run(self, requests: list) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            # One call per distinct sampling setting; only the token budget may differ within one.
+            groups: dict[str, list] = {}
+            for request in requests:
+                groups.setdefault(repr(replace(request[2], max_new_tokens=0)), []).append(request)
+            for group in groups.values():
+                params = replace(group[0][2], max_new_tokens=max(r[2].max_new_tokens for r in group))
+                keys, prompts = [r[0] for r in group], [r[1] for r in group]
+                try:
+                    outputs = await loop.run_in_executor(self.worker, self.batch, keys, prompts, params)
+                except Exception as e:  # noqa: BLE001 - handed to the episodes that asked
+                    outputs = [e] * len(group)
+                for (_, _, _, future), out in zip(group, outputs):
+                    if future.done():
+                        continue
+                    if isinstance(out, Exception):
+                        future.set_exception(out)
+                    else:
+                        future.set_result(out)
+        finally:
+            self.running = False
+            self._kick()
 
 
 class TransformersBackend:
@@ -60,14 +172,15 @@ class TransformersBackend:
 
     name = "hf"
 
-    def __init__(self, model: "torch.nn.Module", tokenizer, batch_size: int | None = None):
+    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.pad_token_id = tokenizer.pad_token_id
         self.batch_size = batch_size
 
-    def update_weights(self, model: "torch.nn.Module") -> None:
+    def update_weights(self, model: torch.nn.Module, version: int | None = None) -> bool:
         self.model = model  # same process, same tensors: nothing to copy
+        return False
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         step = self.batch_size or len(prompts) or 1

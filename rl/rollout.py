@@ -1,34 +1,47 @@
 """The rollout engine: many multi-turn tool-calling episodes at once, at the token level.
 
+Each episode is its own coroutine, scheduled on its own: it goes back to the generator
+as soon as its tool result is in, never waiting for the slowest env of the batch.
 Follow one episode from `reset` to its loss mask:
 
 1. `env.reset(seed)` gives the first observation; the chat template turns it (and the
    env's tool schemas) into `prompt_ids`.
-2. Each round, ONE batched `backend.generate` call serves every episode that waits for
-   the model. The sampled tokens are appended to `completion_ids` with `env_mask` 1 and
-   their logprobs.
+2. The episode asks the backend's stream for one turn (`rl.generation`): a vLLM engine or
+   server takes it into its running batch at once; a batch-only backend gathers it with
+   the other waiting episodes. The sampled tokens are appended to `completion_ids` with
+   `env_mask` 1 and their logprobs.
 3. The turn's text is parsed into tool calls. Malformed calls become error messages and
    `format_errors`; a turn without calls goes to the env as plain text.
-4. All waiting envs step concurrently in threads, each under a deadline. A crash or a
-   timeout ends only that episode (`env_error`), never the batch.
+4. The env steps in a thread of a shared pool, under a deadline, while other episodes
+   generate or step. A crash or a timeout ends only that episode (`env_error`); so does a
+   generation request that failed for good (`generation_error`).
 5. The tool results are rendered by the chat template and appended as TOKENS with
    `env_mask` 0; earlier turns are never re-tokenised.
 6. An episode stops when one of `STOP_CONDITIONS` holds. Env tokens after the last model
    turn are dropped (nothing follows them to learn from), except the template's
-   end-of-turn when the turn ended on a stop string (`stop_after_tool_call`).
-"""
+   end-of-turn when the turn ended on a stop string (`stop_after_tool_call`)."""
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from envs.base import ToolCall, ToolEnv
 from rl.chat import ChatFormat
 from rl.config import RolloutSettings
-from rl.generation import Generation, GenerationBackend, SamplingParams
+from rl.generation import (
+    BatchedStream,
+    Generation,
+    GenerationBackend,
+    GenerationError,
+    GenerationStream,
+    SamplingParams,
+    open_stream,
+)
 
 
 @dataclass
@@ -51,6 +64,7 @@ class _Episode:
     env_info: dict = field(default_factory=dict)
     env_done: bool = False
     env_error: str | None = None
+    generation_error: str | None = None
     model_turns: int = 0
     format_errors: int = 0
     stop_reason: str | None = None
@@ -103,22 +117,113 @@ def _act(ep: _Episode, chat: ChatFormat, text: str) -> None:
             break
 
 
-def _run_all(pool: cf.ThreadPoolExecutor, episodes: list[_Episode], fn: Callable[[_Episode], Any],
-             timeout_s: float) -> list[Any]:
-    """Run `fn` on every episode concurrently; a crash or timeout marks only that episode."""
-    futures = [pool.submit(fn, ep) for ep in episodes]
-    deadline = time.monotonic() + timeout_s
-    results = []
-    for ep, fut in zip(episodes, futures):
+class _Busy:
+    """Wall time during which at least one job of a kind is in flight (jobs overlap)."""
+
+    def __init__(self):
+        self.running, self.since, self.total = 0, 0.0, 0.0
+
+    def __enter__(self):
+        if self.running == 0:
+            self.since = time.perf_counter()
+        self.running += 1
+
+    def __exit__(self, *exc):
+        self.running -= 1
+        if self.running == 0:
+            self.total += time.perf_counter() - self.since
+
+
+class _Rollout:
+    """One batch of episodes, each played by its own coroutine on one event loop."""
+
+    def __init__(self, episodes: list[_Episode], chat: ChatFormat, settings: RolloutSettings, options: dict | None,
+                 stream: GenerationStream):
+        self.episodes = episodes
+        self.chat = chat
+        self.settings = settings
+        self.options = options
+        self.stream = stream
+        self.pool = cf.ThreadPoolExecutor(max_workers=max(1, min(settings.env_workers, len(episodes))),
+                                          thread_name_prefix="env")
+        self.generating, self.stepping = _Busy(), _Busy()
+        self.generated_tokens = 0
+        end_of_call = chat.tool_format.end_of_call if settings.stop_after_tool_call else ""
+        self.params = SamplingParams(settings.temperature, settings.top_p, settings.top_k, settings.max_new_tokens,
+                                     chat.stop_token_ids, [end_of_call] if end_of_call else [])
+        self.closing_ids = chat.closing_ids() if end_of_call else []
+        self.prefix_ids = chat.encode(settings.response_prefix) if settings.response_prefix else []
+
+    async def run(self) -> None:
         try:
-            results.append(fut.result(timeout=max(0.0, deadline - time.monotonic())))
-        except cf.TimeoutError:
-            ep.env_error = f"env step timed out after {timeout_s:g} s"
-            results.append(None)
-        except Exception as e:  # noqa: BLE001 - any env failure is reported, not raised
-            ep.env_error = f"{type(e).__name__}: {e}"
-            results.append(None)
-    return results
+            await asyncio.gather(*(self.play(key, ep) for key, ep in enumerate(self.episodes)))
+        finally:
+            self.pool.shutdown(wait=False, cancel_futures=True)  # a hung env thread must not block us
+            await self.stream.aclose()
+
+    async def play(self, key: int, ep: _Episode) -> None:
+        settings = self.settings
+        try:
+            observation = await self.env_call(ep, lambda: _reset(ep, self.options))
+            if ep.env_error is not None:
+                ep.stop_reason = "env_error"
+                return
+            messages = [{"role": "user", "content": observation}]
+            if settings.system_prompt:
+                messages.insert(0, {"role": "system", "content": settings.system_prompt})
+            ep.prompt_ids = self.chat.prompt_ids(messages, ep.env.tool_schemas()) + self.prefix_ids
+            while ep.stop_reason is None:
+                budget = settings.max_completion_tokens - len(ep.completion_ids)
+                params = replace(self.params, max_new_tokens=min(settings.max_new_tokens, budget))
+                try:
+                    with self.generating:
+                        gen = await self.stream.generate(key, ep.context, params)
+                except GenerationError as e:
+                    ep.generation_error = str(e)
+                    ep.stop_reason = "generation_error"
+                    return
+                text = self.take_turn(ep, gen)
+                await self.env_call(ep, lambda text=text: _act(ep, self.chat, text))
+                self.after_env(ep)
+        finally:
+            self.stream.retire(key)
+
+    async def env_call(self, ep: _Episode, fn: Callable[[], Any]) -> Any:
+        """`fn` in an env thread under the step deadline; a crash or timeout marks only `ep`."""
+        timeout = self.settings.step_timeout_s
+        with self.stepping:
+            try:
+                return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self.pool, fn), timeout)
+            except TimeoutError:
+                ep.env_error = f"env step timed out after {timeout:g} s"
+            except Exception as e:  # noqa: BLE001 - any env failure is reported, not raised
+                ep.env_error = f"{type(e).__name__}: {e}"
+        return None
+
+    def take_turn(self, ep: _Episode, gen: Generation) -> str:
+        """Append one model turn (cut to the token budget); returns the text the env sees."""
+        room = self.settings.max_completion_tokens - len(ep.completion_ids)
+        ids, logprobs = gen.token_ids[:room], gen.logprobs[:room]
+        whole = len(ids) == len(gen.token_ids)
+        ep.stopped_with = gen.stopped_with if whole else None
+        ep.stop_string = gen.stop_string if whole else None
+        ep.append(ids, logprobs, mask=1)
+        ep.model_turns += 1
+        self.generated_tokens += len(ids)
+        return self.settings.response_prefix + self.chat.decode(ids[:-1] if ep.stopped_with is not None else ids)
+
+    def after_env(self, ep: _Episode) -> None:
+        """Stop, or append the env's reply as context for the next turn."""
+        budget = self.settings.max_completion_tokens
+        ep.stop_reason = _first_stop(ep, self.settings)
+        if ep.stop_reason is None:
+            tool_ids = self.chat.tool_turn_ids(ep.pending, ep.stopped_with) + self.prefix_ids
+            if len(ep.completion_ids) + len(tool_ids) < budget:
+                ep.append(tool_ids, None, mask=0)
+                return
+            ep.stop_reason = "token_budget"
+        if ep.stop_string and len(ep.completion_ids) + len(self.closing_ids) <= budget:
+            ep.append(self.closing_ids, None, mask=0)  # close the last turn as the template would
 
 
 def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: GenerationBackend | None, chat: ChatFormat,
@@ -126,76 +231,43 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
                  policy: Callable[[ToolEnv], ToolCall | str] | None = None) -> list[Trajectory]:
     """Play one episode per (env, seed) pair, all together, and return their trajectories.
 
-    `metrics`, if given, receives timing and token counts for the whole batch. `policy`,
-    if given, stands in for the model (experts, random play): it sees the env and returns
-    an action, which is rendered in the tool-call format and laid out exactly as model
-    tokens would be.
+    `metrics`, if given, receives timing and token counts for the whole batch:
+    `generation_s` / `env_s` are the wall time during which some episode was generating /
+    in an env step (they overlap), `wall_s` the whole rollout. `policy`, if given, stands
+    in for the model (experts, random play): it sees the env and returns an action, which
+    is rendered in the tool-call format and laid out exactly as model tokens would be.
     """
     if len(envs) != len(seeds):
         raise ValueError(f"got {len(envs)} envs but {len(seeds)} seeds")
     episodes = [_Episode(env, seed) for env, seed in zip(envs, seeds)]
-    pool = cf.ThreadPoolExecutor(max_workers=max(1, min(settings.env_workers, len(episodes))))
-    timing = {"generation_s": 0.0, "env_s": 0.0, "generated_tokens": 0}
-    end_of_call = chat.tool_format.end_of_call if settings.stop_after_tool_call else ""
-    params = SamplingParams(settings.temperature, settings.top_p, settings.top_k, settings.max_new_tokens,
-                            chat.stop_token_ids, [end_of_call] if end_of_call else [])
-    closing_ids = chat.closing_ids() if end_of_call else []
-    prefix_ids = chat.encode(settings.response_prefix) if settings.response_prefix else []
-    try:
-        t0 = time.perf_counter()
-        first = _run_all(pool, episodes, lambda ep: _reset(ep, options), settings.step_timeout_s)
-        timing["env_s"] += time.perf_counter() - t0
-        for ep, observation in zip(episodes, first):
-            if observation is None:
-                ep.stop_reason = "env_error"
-                continue
-            messages = [{"role": "user", "content": observation}]
-            if settings.system_prompt:
-                messages.insert(0, {"role": "system", "content": settings.system_prompt})
-            ep.prompt_ids = chat.prompt_ids(messages, ep.env.tool_schemas()) + prefix_ids
+    started = time.perf_counter()
 
-        while active := [ep for ep in episodes if ep.stop_reason is None]:
-            budget = max(settings.max_completion_tokens - len(ep.completion_ids) for ep in active)
-            params.max_new_tokens = min(settings.max_new_tokens, budget)
-            t0 = time.perf_counter()
-            if policy is not None:
-                generations = [_policy_turn(chat, policy(ep.env), settings.response_prefix) for ep in active]
-            else:
-                generations = backend.generate([ep.context for ep in active], params)
-            timing["generation_s"] += time.perf_counter() - t0
-            texts = []
-            for ep, gen in zip(active, generations):
-                room = settings.max_completion_tokens - len(ep.completion_ids)
-                ids, logprobs = gen.token_ids[:room], gen.logprobs[:room]
-                whole = len(ids) == len(gen.token_ids)
-                ep.stopped_with = gen.stopped_with if whole else None
-                ep.stop_string = gen.stop_string if whole else None
-                ep.append(ids, logprobs, mask=1)
-                ep.model_turns += 1
-                timing["generated_tokens"] += len(ids)
-                texts.append(settings.response_prefix + chat.decode(ids[:-1] if ep.stopped_with is not None else ids))
+    async def main() -> _Rollout:
+        if policy is not None:
+            def turns(keys: list[int], prompts, params) -> list[Generation]:
+                return [_policy_turn(chat, policy(episodes[k].env), settings.response_prefix) for k in keys]
+            stream: GenerationStream = BatchedStream(turns, len(episodes), settings.batch_wait_s)
+        else:
+            stream = open_stream(backend, len(episodes), settings.batch_wait_s)
+        rollout = _Rollout(episodes, chat, settings, options, stream)
+        await rollout.run()
+        return rollout
 
-            t0 = time.perf_counter()
-            by_episode = dict(zip(map(id, active), texts))
-            _run_all(pool, active, lambda ep: _act(ep, chat, by_episode[id(ep)]), settings.step_timeout_s)
-            timing["env_s"] += time.perf_counter() - t0
-
-            for ep in active:
-                ep.stop_reason = _first_stop(ep, settings)
-                if ep.stop_reason is None:
-                    tool_ids = chat.tool_turn_ids(ep.pending, ep.stopped_with) + prefix_ids
-                    if len(ep.completion_ids) + len(tool_ids) < settings.max_completion_tokens:
-                        ep.append(tool_ids, None, mask=0)
-                        continue
-                    ep.stop_reason = "token_budget"
-                if ep.stop_string and len(ep.completion_ids) + len(closing_ids) <= settings.max_completion_tokens:
-                    ep.append(closing_ids, None, mask=0)  # close the last turn as the template would
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)  # a hung env thread must not block us
-
+    rollout = _run_sync(main())
     if metrics is not None:
-        metrics.update(timing)
+        metrics.update(generation_s=rollout.generating.total, env_s=rollout.stepping.total,
+                       generated_tokens=rollout.generated_tokens, wall_s=time.perf_counter() - started)
     return [_trajectory(ep) for ep in episodes]
+
+
+def _run_sync(coro):
+    """Run a coroutine to completion, also when the caller already runs an event loop (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with cf.ThreadPoolExecutor(max_workers=1) as runner:
+        return runner.submit(asyncio.run, coro).result()
 
 
 def _policy_turn(chat: ChatFormat, action: ToolCall | str, prefix: str) -> Generation:
@@ -215,6 +287,7 @@ def _trajectory(ep: _Episode) -> Trajectory:
         "format_errors": ep.format_errors,
         "stop_reason": ep.stop_reason,
         "env_error": ep.env_error or "",
+        "generation_error": ep.generation_error or "",
         "model_tokens": sum(ep.env_mask),
     }
     return Trajectory(ep.prompt_ids, ep.completion_ids, ep.logprobs, ep.env_mask, info)

@@ -24,12 +24,17 @@ cleared, since its KV blocks were computed with the old weights.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
+import itertools
 import logging
 import os
+import queue
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,6 +99,8 @@ class VLLMBackend:
             enable_sleep_mode=enable_sleep_mode, enable_prefix_caching=enable_prefix_caching,
             logprobs_mode="processed_logprobs", **engine_kwargs)
         self.max_model_len = max_model_len
+        self.model_name = str(model_path)
+        self.vocab_size = self.llm.llm_engine.model_config.get_vocab_size()
         self.sleep_mode = enable_sleep_mode
         self.weights_version = weights_version
         self._frozen_in_sync = weights_version is not None  # the engine already holds every frozen tensor
@@ -119,14 +126,21 @@ class VLLMBackend:
             return [Generation([], []) for _ in prompts]
         from vllm.inputs import TokensPrompt
 
-        too_long = [len(p) for p in prompts if len(p) >= self.max_model_len]
-        if too_long:
-            raise ValueError(f"prompt of {max(too_long)} tokens does not fit max_model_len={self.max_model_len} "
-                             "(raise the backend's max_model_len)")
+        for p in prompts:
+            self.check_length(p)
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         sampling = [self._sampling_params(params, i) for i in range(len(prompts))]
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)
         return [_generation(out.outputs[0]) for out in outputs]
+
+    def check_length(self, prompt: list[int]) -> None:
+        if len(prompt) >= self.max_model_len:
+            raise ValueError(f"prompt of {len(prompt)} tokens does not fit max_model_len={self.max_model_len} "
+                             "(raise the backend's max_model_len)")
+
+    def stream(self) -> EngineStream:
+        """Per-episode requests, continuously batched by the engine (see `EngineStream`)."""
+        return EngineStream(self)
 
     @staticmethod
     def _sampling_params(params: SamplingParams, index: int):
@@ -159,21 +173,25 @@ class VLLMBackend:
         """
         if version is not None and version == self.weights_version:
             return False
+        groups = _fused_groups(self._engine_model())
+        self.load_weights(weights_for_sync(model, groups, changing_only=self._frozen_in_sync), version)
+        return True
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]], version: int | None) -> int:
+        """Reload the engine's weights from (checkpoint name, tensor) pairs; returns how many were sent.
+
+        Call it while no request runs (between rollouts, or through `EngineStream.exclusive`).
+        """
         import torch
 
         started = time.perf_counter()
-        engine_model = self.llm.llm_engine.model_executor.driver_worker.worker.get_model()
-        groups = _fused_groups(engine_model)
-        weights = _named_weights(model)
-        if self._frozen_in_sync:
-            weights = _changing(weights, groups)
         sent = 0
 
         def counted() -> Iterator[tuple[str, torch.Tensor]]:
             nonlocal sent
-            for name, _, tensor in weights:
+            for name, tensor in weights:
                 sent += 1
-                yield name, tensor() if callable(tensor) else tensor
+                yield name, tensor
 
         with torch.no_grad(), _quiet(_RELOAD_LOGGERS):
             self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
@@ -181,7 +199,13 @@ class VLLMBackend:
         self.weights_version = version
         self._frozen_in_sync = True
         self.last_sync = {"tensors": sent, "seconds": time.perf_counter() - started}
-        return True
+        return sent
+
+    def _engine_model(self):
+        return self.llm.llm_engine.model_executor.driver_worker.worker.get_model()
+
+    def fused_groups(self) -> dict[str, list[str]]:
+        return _fused_groups(self._engine_model())
 
     def sleep(self) -> None:
         """Free the engine's memory for the optimizer step (needs enable_sleep_mode; else a no-op)."""
@@ -191,6 +215,112 @@ class VLLMBackend:
     def wake_up(self) -> None:
         if self.sleep_mode:
             self.llm.wake_up()
+
+
+class EngineStream:
+    """Each episode's turn joins the engine's running batch the moment it is asked for.
+
+    A driver thread owns the engine while the stream is open: it adds queued requests,
+    runs `engine.step()` while any request is unfinished, and resolves each episode's
+    future as soon as its own request finishes, so the episode can step its env while the
+    others keep generating. Requests are matched by their id, never by position.
+    """
+
+    _STOP = object()
+
+    def __init__(self, backend: VLLMBackend):
+        self.backend = backend
+        self.engine = backend.llm.llm_engine
+        self.loop = asyncio.get_running_loop()
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.requests = itertools.count()
+        self.thread = threading.Thread(target=self._drive, name="vllm-engine", daemon=True)
+        self.thread.start()
+
+    async def generate(self, key: int, prompt: list[int], params: SamplingParams) -> Generation:
+        self.backend.check_length(prompt)
+        if params.max_new_tokens <= 0:
+            return Generation([], [])
+        n = next(self.requests)
+        future = self.loop.create_future()
+        self.inbox.put((f"episode-{key}-{n}", list(prompt), self.backend._sampling_params(params, n), future))
+        return await future
+
+    def retire(self, key: int) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        self.inbox.put(self._STOP)
+        await self.loop.run_in_executor(None, self.thread.join)
+
+    async def exclusive(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` in the driver thread once the requests already running have finished.
+
+        Requests asked for after it wait until it is done: a weight update never lands in
+        the middle of a sequence.
+        """
+        future = self.loop.create_future()
+        self.inbox.put((None, fn, None, future))
+        return await future
+
+    def _drive(self) -> None:
+        from vllm.inputs import TokensPrompt
+
+        waiting: dict[str, asyncio.Future] = {}
+        call = None  # an `exclusive` call waiting for the running requests to finish
+        while True:
+            while call is None:
+                try:  # sleep only while the engine is idle
+                    item = self.inbox.get(block=not self.engine.has_unfinished_requests())
+                except queue.Empty:
+                    break
+                if item is self._STOP:
+                    if waiting:
+                        self.engine.abort_request(list(waiting))
+                    return
+                request_id, prompt, sampling, future = item
+                if request_id is None:
+                    call = (prompt, future)
+                    break
+                try:
+                    self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt), sampling)
+                    waiting[request_id] = future
+                except Exception as e:  # noqa: BLE001 - goes to the episode that asked
+                    self._resolve(future, e)
+            if self.engine.has_unfinished_requests():
+                try:
+                    outputs = self.engine.step()
+                except Exception as e:  # noqa: BLE001 - the engine is broken: every waiting episode hears it
+                    for future in waiting.values():
+                        self._resolve(future, e)
+                    waiting.clear()
+                    continue
+                for out in outputs:
+                    if out.finished:
+                        self._resolve(waiting.pop(out.request_id), _generation(out.outputs[0]))
+            elif call is not None:
+                fn, future = call
+                call = None
+                try:
+                    self._resolve(future, _Result(fn()))
+                except Exception as e:  # noqa: BLE001 - goes to the caller
+                    self._resolve(future, e)
+
+    def _resolve(self, future: asyncio.Future, result: Any) -> None:
+        def settle() -> None:
+            if future.done():
+                return
+            if isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result.value if isinstance(result, _Result) else result)
+
+        self.loop.call_soon_threadsafe(settle)
+
+
+@dataclass
+class _Result:
+    value: Any
 
 
 def _generation(out) -> Generation:
@@ -288,6 +418,17 @@ def _merged(layer, pname: str):
         return merged.get_base_layer().get_parameter(pname).detach()
 
     return merge
+
+
+def weights_for_sync(model: torch.nn.Module, groups: dict[str, list[str]],
+                     changing_only: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """(checkpoint name, tensor) pairs to send: every weight, or only those the optimizer can
+    change (with the shards fused into one engine layer with them). LoRA merged lazily."""
+    weights = _named_weights(model)
+    if changing_only:
+        weights = _changing(weights, groups)
+    for name, _, tensor in weights:
+        yield name, tensor() if callable(tensor) else tensor
 
 
 def _fused_groups(engine_model) -> dict[str, list[str]]:

@@ -5,15 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.request
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
@@ -23,40 +18,7 @@ from envs.experts import expert_for
 from envs.remote import RemoteEnvError, RemoteToolEnv, ServerPool, pool_for
 from rl.config import RolloutSettings
 from rl.rollout import run_episodes
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running(command: list[str], port: int, cwd: Path = ROOT, start_timeout_s: float = 30.0):
-    """A server process on 127.0.0.1:`port`, up once /health answers; always killed afterwards."""
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(command, cwd=cwd, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"server exited with {proc.returncode}: {log.read().decode()[-2000:]}")
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"server on {url} did not start in {start_timeout_s} s") from None
-                time.sleep(0.1)
-        yield proc, url
-    finally:
-        proc.kill()  # SIGKILL also ends a SIGSTOPped process
-        proc.wait(timeout=10)
-        log.close()
+from tests.integration.servers import ROOT, free_port, running
 
 
 def serve(*args: str):
