@@ -13,12 +13,12 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 Suite = Callable[[dict], list[dict]]
 SUITES: dict[str, Suite] = {}
-_MODULES = ["rl.bench.sandbox", "rl.bench.remote", "rl.bench.rollout"]  # each registers its suites
+_MODULES = ["rl.bench.sandbox", "rl.bench.remote", "rl.bench.rollout", "rl.bench.agent_loop"]  # each registers its suites
 
 
 def suite(name: str) -> Callable[[Suite], Suite]:
@@ -56,7 +56,7 @@ def markdown(rows: list[dict]) -> str:
     if not rows:
         return ""
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"

@@ -84,3 +84,21 @@ def test_plain_text_has_no_calls_and_no_errors():
 def test_unknown_format_is_named():
     with pytest.raises(ValueError, match=r"unknown tool-call format 'xml' \(known: .*gemma4, hermes"):
         get_format("xml")
+
+
+def test_gemma3_tools_template_renders_structured_tool_calls_as_the_hermes_format(tiny_tokenizer):
+    """Messages with `tool_calls` (TRL's agent loop, users' own data) render exactly as the
+    rollout engine writes calls, so both read the same text."""
+    from trl.chat_template_utils import supports_tool_calling
+
+    call = ToolCall("place", {"row": 1, "col": 2, "digit": 3})
+    messages = [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "Sure.", "tool_calls": [
+                    {"type": "function", "function": {"name": "place", "arguments": call.arguments}},
+                    {"type": "function", "function": {"name": "show_board", "arguments": {}}}]},
+                {"role": "tool", "name": "place", "content": "ok"}]
+    text = tiny_tokenizer.apply_chat_template(messages, tokenize=False)
+    hermes = get_format("hermes")
+    expected = "Sure.\n" + hermes.render_call(call) + "\n" + hermes.render_call(ToolCall("show_board", {}))
+    assert f"<start_of_turn>model\n{expected}<end_of_turn>" in text
+    assert supports_tool_calling(tiny_tokenizer)
