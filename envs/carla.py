@@ -5,9 +5,10 @@ tests and demos); one server drives one car, so N concurrent episodes need N URL
 tool sends its command, lets the simulation run `ticks_per_tool` ticks (about half a
 second), then captures a camera image. The tool result is text (scene description,
 speed, nearby actors) for text-only models; the image is kept as `camera_jpeg` for
-vision-language models. The scenario ends with the server's `rubric_reward`. If the model
-runs out of turns first, the car drives on without a driver until the scenario ends, so
-the reward always reflects what happened on the road.
+vision-language models, and every frame is handed out once by `take_images()` (the
+rollout engine attaches it to the tool result). The scenario ends with the server's
+`rubric_reward`. If the model runs out of turns first, the car drives on without a
+driver until the scenario ends, so the reward always reflects what happened on the road.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ class CarlaEnv(RemoteEnv):
         self.max_play_out_ticks = max_play_out_ticks
         self.last: dict = {}
         self.camera_jpeg: bytes | None = None
+        self._new_frames: list[bytes] = []  # captured, not yet taken
 
     def setup(self, options: dict) -> str:
         scenario = options.get("scenario", self.scenario)
-        self.last, self.camera_jpeg = {}, None
+        self.last, self.camera_jpeg, self._new_frames = {}, None, []
         reset_kwargs = {"scenario_name": scenario} | ({"seed": self._seed} if self._seed is not None else {})
         result = self.open_episode(**reset_kwargs)
         self.last = {**result.observation, "done": result.done, "metadata": result.metadata or {}}
@@ -94,6 +96,8 @@ class CarlaEnv(RemoteEnv):
     def _capture(self) -> None:
         image = self.remote_step({"action_type": "capture_image"}, finish=False).observation.get("camera_image")
         self.camera_jpeg = base64.b64decode(image) if image else None
+        if self.camera_jpeg is not None:
+            self._new_frames.append(self.camera_jpeg)
 
     def describe(self) -> str:
         obs = self.last
@@ -111,14 +115,13 @@ class CarlaEnv(RemoteEnv):
         return "\n".join(p for p in parts if p)
 
     def last_image(self):
-        """The last camera frame as a PIL image (for vision-language models), or None."""
-        if self.camera_jpeg is None:
-            return None
-        import io
+        """The last camera frame as a PIL image, or None."""
+        return _image(self.camera_jpeg) if self.camera_jpeg is not None else None
 
-        from PIL import Image
-
-        return Image.open(io.BytesIO(self.camera_jpeg))
+    def take_images(self) -> list:
+        """The camera frames captured since the last call, as PIL images, each handed out once."""
+        frames, self._new_frames = self._new_frames, []
+        return [_image(frame) for frame in frames]
 
     @property
     def solved(self) -> bool:
@@ -135,3 +138,13 @@ class CarlaEnv(RemoteEnv):
             "speed_kmh": float(obs.get("speed_kmh", 0.0)),
             "sim_time_s": float(obs.get("simulation_time", 0.0)),
         }
+
+
+def _image(jpeg: bytes):
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(jpeg))
+    image.load()
+    return image

@@ -104,7 +104,7 @@ class ServerPool:
 
     def __init__(self, urls: list[str], slots: int = 1):
         if not urls:
-            raise ValueError("a remote env needs at least one server URL (env.kwargs.urls)")
+            raise ValueError("a remote env needs at least one server URL (env.kwargs.urls, or --env-urls URL ...)")
         self.urls = list(dict.fromkeys(urls))
         self.free = {url: slots for url in self.urls}
         self.cool_until = {url: 0.0 for url in self.urls}
@@ -155,6 +155,20 @@ def pool_for(urls: list[str], slots: int = 1) -> ServerPool:
         if key not in _POOLS:
             _POOLS[key] = ServerPool(list(urls), slots)
         return _POOLS[key]
+
+
+def urls_for_rank(urls: list[str] | str, rank: int, world_size: int) -> list[str]:
+    """Data-parallel rank `rank`'s own servers: every `world_size`-th URL from `rank` on.
+
+    Ranks never share a server, so a one-session server is never asked for two episodes.
+    """
+    urls = [urls] if isinstance(urls, str) else list(urls)
+    if world_size <= 1:
+        return urls
+    if len(urls) < world_size:
+        raise ValueError(f"{len(urls)} server URL(s) for {world_size} training processes: each process needs "
+                         f"servers of its own, so give at least {world_size} (env.kwargs.urls or --env-urls)")
+    return urls[rank::world_size]
 
 
 def remote_stats() -> dict[str, float]:
@@ -280,6 +294,7 @@ class RemoteEnv(ToolEnv):
         self.pool = pool_for(self.urls, slots)
         self.timing = timing if isinstance(timing, Timing) else Timing(**(timing or {}))
         self._lease: _Lease | None = None
+        self._reserved: str | None = None  # a server slot taken by `lease()` for the next reset
         self._failure: RemoteEnvError | None = None
         self._finalizer: weakref.finalize | None = None
         self._seed: int | None = None
@@ -300,6 +315,20 @@ class RemoteEnv(ToolEnv):
             raise self._failure
         return out
 
+    def lease(self) -> None:
+        """Wait for a free server (up to `timing.queue_timeout_s`) and hold it for the next reset.
+
+        The rollout engine calls this before `reset`, so an episode queued behind busy
+        servers starts its reset's deadline only once it has one.
+        """
+        if self._lease is not None or self._reserved is not None:
+            return
+        try:
+            self._reserved = self.pool.acquire(time.monotonic() + self.timing.queue_timeout_s)
+        except RemoteEnvError:
+            self.pool.stats.failed += 1
+            raise
+
     def open_episode(self, **reset_kwargs: Any):
         """Start an episode on a free server: a live session is reused, a failed one retried with backoff."""
         t = self.timing
@@ -311,8 +340,9 @@ class RemoteEnv(ToolEnv):
         errors: list[str] = []
         queue_deadline = time.monotonic() + t.queue_timeout_s
         for attempt in range(t.reset_attempts):
+            url, self._reserved = self._reserved, None
             try:
-                url = self.pool.acquire(queue_deadline)
+                url = url or self.pool.acquire(queue_deadline)
             except RemoteEnvError:
                 self.pool.stats.failed += 1
                 raise
@@ -356,6 +386,9 @@ class RemoteEnv(ToolEnv):
 
     def end_episode(self, failed: bool = False) -> None:
         """Give the server back (the rollout may stop an episode before the env does)."""
+        if self._reserved is not None:  # leased, never reset
+            url, self._reserved = self._reserved, None
+            self.pool.release(url)
         if self._lease is not None:
             lease, self._lease = self._lease, None
             if self._finalizer is not None:

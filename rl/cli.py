@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -19,6 +20,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--env", help="env name; loads configs/<env>.yaml when it exists")
     parser.add_argument("--config", help="YAML config file (default: configs/<env>.yaml)")
     parser.add_argument("--model", help="shortcut for --set model.name=...")
+    parser.add_argument("--env-urls", nargs="+", metavar="URL",
+                        help="the env's servers (remote envs such as carla; one per concurrent episode for "
+                             "one-session servers): shortcut for --set env.kwargs.urls=[...]")
     parser.add_argument("--name", help="run name: outputs go to <output_dir>/<name>/")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value by dotted key, e.g. grpo.learning_rate=1e-5")
@@ -36,6 +40,8 @@ def config_from_args(args: argparse.Namespace, resume: bool = False) -> RunConfi
         overrides.insert(0, f"env.name={args.env!r}")  # quoted: "2048" is a name, not a number
     if args.model:
         overrides.append(f"model.name={args.model!r}")
+    if getattr(args, "env_urls", None):
+        overrides.append(f"env.kwargs.urls={json.dumps(args.env_urls)}")
     if args.name:
         overrides.append(f"name={args.name!r}")
     cfg = load_config(path, overrides)

@@ -19,7 +19,10 @@ from typing import Any
 
 import yaml
 
-VISION_MODULES = ["vision_tower", "vision_model", "multi_modal_projector", "visual", "image_newline", "mm_projector"]
+# Not language-model modules, left out of LoRA: vision towers and projectors (Gemma 4 calls its
+# projector embed_vision), and Gemma 4's audio encoder alike.
+VISION_MODULES = ["vision_tower", "vision_model", "multi_modal_projector", "visual", "image_newline", "mm_projector",
+                  "embed_vision", "audio_tower", "embed_audio"]
 
 
 @dataclass

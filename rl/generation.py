@@ -71,6 +71,11 @@ class GenerationStream(Protocol):
     def retire(self, key: int) -> None:
         """Episode `key` asks for nothing more (it ended)."""
 
+    def pause(self, key: int) -> None:
+        """Episode `key` will not ask for a while (it waits for an env server); `resume` ends that."""
+
+    def resume(self, key: int) -> None: ...
+
     async def aclose(self) -> None: ...
 
 
@@ -113,6 +118,11 @@ class BatchedStream:
     def retire(self, key: int) -> None:
         self.live -= 1
         self._kick()
+
+    pause = retire  # a paused episode is not waited for
+
+    def resume(self, key: int) -> None:
+        self.live += 1
 
     async def aclose(self) -> None:
         if self.timer is not None:
@@ -171,6 +181,7 @@ class TransformersBackend:
     """
 
     name = "hf"
+    takes_images = True  # a prompt may be an `rl.vision.ImagePrompt`, for a vision-language model
 
     def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int | None = None):
         self.model = model
@@ -192,6 +203,8 @@ class TransformersBackend:
     def _generate_batch(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         import torch
 
+        from rl.vision import batch_image_inputs, prompt_images
+
         if not prompts:
             return []
         device = next(self.model.parameters()).device
@@ -201,6 +214,10 @@ class TransformersBackend:
         for row, ids in enumerate(prompts):
             input_ids[row, width - len(ids):] = torch.tensor(ids)
             attention_mask[row, width - len(ids):] = 1
+        # A vision-language model's image placeholder is the processor's to place, never the model's
+        image_token_id = getattr(self.model.config, "image_token_id", None)
+        rows = [prompt_images(p) for p in prompts]
+        images = batch_image_inputs(rows, input_ids, image_token_id) if any(rows) else {}
         greedy = params.temperature <= 0
         if params.seed is not None:
             torch.manual_seed(params.seed)
@@ -216,6 +233,8 @@ class TransformersBackend:
                     eos_token_id=params.stop_token_ids or None, pad_token_id=self.pad_token_id,
                     stop_strings=params.stop_strings or None, tokenizer=self.tokenizer if params.stop_strings else None,
                     output_logits=True, return_dict_in_generate=True,
+                    suppress_tokens=[image_token_id] if image_token_id is not None else None,
+                    **{k: v.to(device) for k, v in images.items()},
                 )
         finally:
             self.model.train(was_training)

@@ -7,6 +7,8 @@ Names:
   It is a base model, so it gets toolgym's `gemma3_tools` chat template.
 - `tiny`: a randomly initialised two-layer Gemma 3 with a small tokenizer built locally;
   for tests and smoke runs of the whole loop.
+- `tiny-vlm`: the same idea with Gemma 4's vision-language architecture (a one-layer
+  vision tower, its projector, Gemma 4's chat template and image tokens).
 - anything else: a hub id or a local path, as `from_pretrained` takes it.
 """
 
@@ -26,7 +28,13 @@ from rl.config import LoraConfig, ModelConfig
 
 GEMMA_270M = "gemma-3-270m"
 TINY = "tiny"
+TINY_VLM = "tiny-vlm"
 CHAT_SPECIAL_TOKENS = ["<start_of_turn>", "<end_of_turn>"]
+# Gemma 4's chat, tool-call and image tokens: the template and toolgym's `gemma4` format use them
+GEMMA4_SPECIAL_TOKENS = ["<|turn>", "<turn|>", "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
+                         "<tool_response|>", '<|"|>', "<|think|>", "<|channel>", "<channel|>", "<|video|>"]
+GEMMA4_MEDIA_TOKENS = {"image_token": "<|image|>", "boi_token": "<|image>", "eoi_token": "<image|>",
+                       "audio_token": "<|audio|>", "boa_token": "<|audio>", "eoa_token": "<audio|>"}
 
 
 def cache_dir() -> Path:
@@ -73,23 +81,72 @@ def gemma_270m_path() -> Path:
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer trained here on a few lines of toolgym text: no download."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>", *CHAT_SPECIAL_TOKENS]
     corpus = [
         'You can call these tools: {"name": "place", "description": "Write a digit.", "parameters": {}}',
         '<tool_call>\n{"name": "place", "arguments": {"row": 1, "col": 2, "digit": 3}}\n</tool_call>',
         "<tool_response>\nPlaced 3 at row 1, column 2.\nRow 1: 1 . | 3 .\n</tool_response>",
         "Solve this 4x4 Sudoku. Every row, column and box must contain each digit. Error: no tool call.",
-    ] * 4
+    ]
+    return _tiny_bpe(CHAT_SPECIAL_TOKENS, corpus)
+
+
+def tiny_vlm_tokenizer() -> PreTrainedTokenizerFast:
+    """Like `tiny_tokenizer`, with Gemma 4's chat, tool-call and media tokens (named as Gemma4Processor reads them)."""
+    corpus = [
+        "declaration:lane_change{description:<|\"|>Steer into the next lane.<|\"|>,parameters:{properties:{}}}",
+        '<|tool_call>call:lane_change{direction:<|"|>left<|"|>}<tool_call|><|tool_response>',
+        "response:observe{value:<|\"|>3 pedestrian(s) in your lane ahead. Speed: 60.0 km/h.<|\"|>}<tool_response|>",
+        "- pedestrian at 24.0 m (lane_0). No nearby actors detected. COLLISION! The scenario is over (passed).",
+    ]
+    return _tiny_bpe(GEMMA4_SPECIAL_TOKENS + list(GEMMA4_MEDIA_TOKENS.values()), corpus,
+                     extra_special_tokens=dict(GEMMA4_MEDIA_TOKENS))
+
+
+def _tiny_bpe(chat_tokens: list[str], corpus: list[str], **kwargs) -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", *chat_tokens]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=specials, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(corpus, trainer)
+    tok.train_from_iterator(corpus * 4, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
-                                   unk_token="<unk>")
+                                   unk_token="<unk>", **kwargs)
+
+
+def tiny_image_processor():
+    """Gemma 4's image processor (PIL backend) with 4-pixel patches: a 128x128 frame becomes 64 image tokens."""
+    from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
+
+    return Gemma4ImageProcessorPil(patch_size=4, max_soft_tokens=70, pooling_kernel_size=2)
+
+
+def tiny_vlm(tokenizer, seed: int = 0, hidden_size: int = 64) -> torch.nn.Module:
+    """A randomly initialised Gemma 4 vision-language model: two text layers, one vision layer."""
+    from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4TextConfig, Gemma4VisionConfig
+
+    torch.manual_seed(seed)
+    vocab = len(tokenizer)
+    text = Gemma4TextConfig(
+        vocab_size=vocab, vocab_size_per_layer_input=vocab, hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        hidden_size_per_layer_input=16, num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"],
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, global_head_dim=32, max_position_embeddings=4096,
+        sliding_window=512, use_bidirectional_attention="vision", pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    processor = tiny_image_processor()
+    vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                num_key_value_heads=2, head_dim=16, patch_size=processor.patch_size,
+                                pooling_kernel_size=processor.pooling_kernel_size, position_embedding_size=256)
+    token = {name: tokenizer.convert_tokens_to_ids(t) for name, t in GEMMA4_MEDIA_TOKENS.items()}
+    config = Gemma4Config(text_config=text, vision_config=vision, audio_config=None,
+                          image_token_id=token["image_token"], boi_token_id=token["boi_token"],
+                          eoi_token_id=token["eoi_token"], audio_token_id=token["audio_token"],
+                          boa_token_id=token["boa_token"], eoa_token_index=token["eoa_token"],
+                          video_token_id=tokenizer.convert_tokens_to_ids("<|video|>"))
+    return Gemma4ForConditionalGeneration(config)
 
 
 def tiny_model(vocab_size: int, seed: int = 0, hidden_size: int = 64, layers: int = 2) -> torch.nn.Module:
@@ -115,16 +172,36 @@ def model_path(name: str) -> str:
 
 
 def load_tokenizer(cfg: ModelConfig):
-    if cfg.name == TINY:
-        tokenizer = tiny_tokenizer()
+    if cfg.name in (TINY, TINY_VLM):
+        tokenizer = tiny_tokenizer() if cfg.name == TINY else tiny_vlm_tokenizer()
     else:
         tokenizer = AutoTokenizer.from_pretrained(model_path(cfg.name))
-    template = cfg.chat_template or ("gemma3_tools" if cfg.name in (GEMMA_270M, TINY) else "")
+    built_in = {GEMMA_270M: "gemma3_tools", TINY: "gemma3_tools", TINY_VLM: "trl:gemma4_v5"}
+    template = cfg.chat_template or built_in.get(cfg.name, "")
     if template:
         tokenizer.chat_template = load_template(template)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_image_tokenizer(cfg: ModelConfig, tokenizer):
+    """What turns images into tokens for a vision-language model; None for a text model."""
+    from rl.vision import ImageTokenizer
+
+    if cfg.name == TINY_VLM:
+        return ImageTokenizer(tokenizer, tiny_image_processor(), **{k: GEMMA4_MEDIA_TOKENS[k] for k in
+                                                                    ("image_token", "boi_token", "eoi_token")})
+    if cfg.name in (TINY, GEMMA_270M):
+        return None
+    from transformers import AutoConfig, AutoProcessor
+
+    path = model_path(cfg.name)
+    if getattr(AutoConfig.from_pretrained(path), "vision_config", None) is None:
+        return None
+    processor = AutoProcessor.from_pretrained(path)
+    processor.tokenizer = tokenizer  # the one carrying the chat template
+    return ImageTokenizer.from_processor(processor)
 
 
 def load_model(cfg: ModelConfig, tokenizer=None):
@@ -135,6 +212,8 @@ def load_model(cfg: ModelConfig, tokenizer=None):
     dtype = resolve_dtype(cfg.dtype)
     if cfg.name == TINY:
         model = tiny_model(len(tokenizer)).to(dtype)
+    elif cfg.name == TINY_VLM:
+        model = tiny_vlm(tokenizer).to(dtype)
     else:
         model = _from_pretrained(model_path(cfg.name), dtype, cfg.attn_implementation)
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):

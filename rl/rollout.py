@@ -5,7 +5,10 @@ as soon as its tool result is in, never waiting for the slowest env of the batch
 Follow one episode from `reset` to its loss mask:
 
 1. `env.reset(seed)` gives the first observation; the chat template turns it (and the
-   env's tool schemas) into `prompt_ids`.
+   env's tool schemas) into `prompt_ids`. An env on a remote server first waits for a free
+   one (`env.lease()`, bounded by its own queue timeout), so the reset's deadline starts
+   only once it has one. Images an env makes (`env.take_images()`) travel with their
+   observation; a vision-language `ChatFormat` turns them into image tokens (`rl.vision`).
 2. The episode asks the backend's stream for one turn (`rl.generation`): a vLLM engine or
    server takes it into its running batch at once; a batch-only backend gathers it with
    the other waiting episodes. The sampled tokens are appended to `completion_ids` with
@@ -19,7 +22,8 @@ Follow one episode from `reset` to its loss mask:
    `env_mask` 0; earlier turns are never re-tokenised.
 6. An episode stops when one of `STOP_CONDITIONS` holds. Env tokens after the last model
    turn are dropped (nothing follows them to learn from), except the template's
-   end-of-turn when the turn ended on a stop string (`stop_after_tool_call`)."""
+   end-of-turn when the turn ended on a stop string (`stop_after_tool_call`). An env that
+   holds a server gets `env.end_episode()`, which frees the server for a waiting episode."""
 
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ from rl.generation import (
     SamplingParams,
     open_stream,
 )
+from rl.vision import ImagePrompt
 
 
 @dataclass
@@ -51,6 +56,7 @@ class Trajectory:
     logprobs: list[float]
     env_mask: list[int]  # 1 = sampled by the model, 0 = written by the env/template
     info: dict[str, Any]
+    images: list = field(default_factory=list)  # model inputs of the images in the tokens, in order (VLMs)
 
 
 @dataclass
@@ -61,6 +67,7 @@ class _Episode:
     completion_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     env_mask: list[int] = field(default_factory=list)
+    images: list = field(default_factory=list)  # processed images whose tokens are in the context
     env_info: dict = field(default_factory=dict)
     env_done: bool = False
     env_error: str | None = None
@@ -79,7 +86,8 @@ class _Episode:
 
     @property
     def context(self) -> list[int]:
-        return self.prompt_ids + self.completion_ids
+        ids = self.prompt_ids + self.completion_ids
+        return ImagePrompt(ids, list(self.images)) if self.images else ids
 
 
 # Stop conditions: small named checks, evaluated after every env round.
@@ -95,9 +103,16 @@ def _first_stop(ep: _Episode, settings: RolloutSettings) -> str | None:
     return next((name for name, check in STOP_CONDITIONS.items() if check(ep, settings)), None)
 
 
-def _reset(ep: _Episode, options: dict | None) -> str:
+def _observed(env: ToolEnv, message: dict) -> dict:
+    """An env message with the images the env made since it was last asked, if any."""
+    take = getattr(env, "take_images", None)
+    images = take() if take is not None else []
+    return {**message, "images": images} if images else message
+
+
+def _reset(ep: _Episode, options: dict | None) -> dict:
     observation, ep.env_info = ep.env.reset(seed=ep.seed, options=options)
-    return observation
+    return _observed(ep.env, {"role": "user", "content": observation})
 
 
 def _act(ep: _Episode, chat: ChatFormat, text: str) -> None:
@@ -107,11 +122,11 @@ def _act(ep: _Episode, chat: ChatFormat, text: str) -> None:
     ep.format_errors += len(turn.errors)
     if not turn.calls and not turn.errors:
         observation, _, terminated, truncated, ep.env_info = ep.env.step(turn.content)
-        ep.pending.append({"role": "user", "content": observation})
+        ep.pending.append(_observed(ep.env, {"role": "user", "content": observation}))
         ep.env_done = terminated or truncated
     for call in turn.calls:
         observation, _, terminated, truncated, ep.env_info = ep.env.step(call)
-        ep.pending.append({"role": "tool", "name": call.name, "content": observation})
+        ep.pending.append(_observed(ep.env, {"role": "tool", "name": call.name, "content": observation}))
         if terminated or truncated:
             ep.env_done = True
             break
@@ -146,6 +161,11 @@ class _Rollout:
         self.stream = stream
         self.pool = cf.ThreadPoolExecutor(max_workers=max(1, min(settings.env_workers, len(episodes))),
                                           thread_name_prefix="env")
+        # Waiting for a server, and giving it back, happen beside the env threads: episodes
+        # queued for a server must not hold the threads that the episodes with one step in.
+        leasing = [ep for ep in episodes if hasattr(ep.env, "lease") or hasattr(ep.env, "end_episode")]
+        self.lease_pool = (cf.ThreadPoolExecutor(max_workers=len(leasing), thread_name_prefix="lease")
+                           if leasing else None)
         self.generating, self.stepping = _Busy(), _Busy()
         self.generated_tokens = 0
         end_of_call = chat.tool_format.end_of_call if settings.stop_after_tool_call else ""
@@ -159,19 +179,26 @@ class _Rollout:
             await asyncio.gather(*(self.play(key, ep) for key, ep in enumerate(self.episodes)))
         finally:
             self.pool.shutdown(wait=False, cancel_futures=True)  # a hung env thread must not block us
+            if self.lease_pool is not None:
+                self.lease_pool.shutdown(wait=False, cancel_futures=True)
             await self.stream.aclose()
 
     async def play(self, key: int, ep: _Episode) -> None:
         settings = self.settings
         try:
-            observation = await self.env_call(ep, lambda: _reset(ep, self.options))
+            if hasattr(ep.env, "lease"):
+                self.stream.pause(key)  # a batch need not wait for an episode queued for a server
+                await self.lease_call(ep, "lease")
+                self.stream.resume(key)
+            observation = await self.env_call(ep, lambda: _reset(ep, self.options)) if ep.env_error is None else None
             if ep.env_error is not None:
                 ep.stop_reason = "env_error"
                 return
-            messages = [{"role": "user", "content": observation}]
+            messages = [observation]
             if settings.system_prompt:
                 messages.insert(0, {"role": "system", "content": settings.system_prompt})
-            ep.prompt_ids = self.chat.prompt_ids(messages, ep.env.tool_schemas()) + self.prefix_ids
+            prompt_ids, ep.images = self.chat.prompt(messages, ep.env.tool_schemas())
+            ep.prompt_ids = prompt_ids + self.prefix_ids
             while ep.stop_reason is None:
                 budget = settings.max_completion_tokens - len(ep.completion_ids)
                 params = replace(self.params, max_new_tokens=min(settings.max_new_tokens, budget))
@@ -187,6 +214,18 @@ class _Rollout:
                 self.after_env(ep)
         finally:
             self.stream.retire(key)
+            await self.lease_call(ep, "end_episode")
+
+    async def lease_call(self, ep: _Episode, method: str) -> None:
+        """`env.lease()` (wait for a free server, bounded by the env's own queue timeout) or
+        `env.end_episode()` (give it back), for envs that have them; a failure marks only `ep`."""
+        fn = getattr(ep.env, method, None)
+        if fn is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.lease_pool, fn)
+        except Exception as e:  # noqa: BLE001 - reported as the episode's env error
+            ep.env_error = ep.env_error or f"{type(e).__name__}: {e}"
 
     async def env_call(self, ep: _Episode, fn: Callable[[], Any]) -> Any:
         """`fn` in an env thread under the step deadline; a crash or timeout marks only `ep`."""
@@ -217,9 +256,11 @@ class _Rollout:
         budget = self.settings.max_completion_tokens
         ep.stop_reason = _first_stop(ep, self.settings)
         if ep.stop_reason is None:
-            tool_ids = self.chat.tool_turn_ids(ep.pending, ep.stopped_with) + self.prefix_ids
+            tool_ids, images = self.chat.tool_turn(ep.pending, ep.stopped_with)
+            tool_ids += self.prefix_ids
             if len(ep.completion_ids) + len(tool_ids) < budget:
                 ep.append(tool_ids, None, mask=0)
+                ep.images += images
                 return
             ep.stop_reason = "token_budget"
         if ep.stop_string and len(ep.completion_ids) + len(self.closing_ids) <= budget:
@@ -239,6 +280,9 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
     """
     if len(envs) != len(seeds):
         raise ValueError(f"got {len(envs)} envs but {len(seeds)} seeds")
+    if chat.images is not None and policy is None and not getattr(backend, "takes_images", False):
+        raise ValueError(f"the {getattr(backend, 'name', type(backend).__name__)!r} generation backend cannot "
+                         "take images, but the model is a vision-language one (backends that can: hf)")
     episodes = [_Episode(env, seed) for env, seed in zip(envs, seeds)]
     started = time.perf_counter()
 
@@ -290,4 +334,4 @@ def _trajectory(ep: _Episode) -> Trajectory:
         "generation_error": ep.generation_error or "",
         "model_tokens": sum(ep.env_mask),
     }
-    return Trajectory(ep.prompt_ids, ep.completion_ids, ep.logprobs, ep.env_mask, info)
+    return Trajectory(ep.prompt_ids, ep.completion_ids, ep.logprobs, ep.env_mask, info, ep.images)

@@ -21,16 +21,18 @@ from trl import GRPOConfig, GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
 import envs as envs_registry
+from envs.remote import RemoteEnv, remote_stats, urls_for_rank
 from rewards import get_reward
 from rl.chat import ChatFormat
 from rl.cli import check_resolvable
 from rl.config import RunConfig, to_yaml
 from rl.generation import TransformersBackend
-from rl.models import load_model, lora_config
+from rl.models import load_image_tokenizer, load_model, lora_config
 from rl.plots import save_curve
 from rl.progress import JsonlLogger, RunProgress
 from rl.rollout import Trajectory, run_episodes
 from rl.toolcalls import get_format
+from rl.vision import VisionGRPOMixin
 
 
 def resolve_rewards(cfg: RunConfig) -> tuple[list, list[float]]:
@@ -53,10 +55,18 @@ class EpisodeRollouts:
         self.backend = None
         self.log_dir = log_dir
         self.rows: list[dict] = []  # dataset rows of the batch being generated (set by the trainer)
+        self.images: list | None = None  # each episode's images, for the trainer's forward passes (VLMs)
+        self.env_kwargs: dict | None = None
+        self.remote_seen = remote_stats()  # server counters are per process; report this run's, per step
 
-    def envs_for(self, n: int) -> list:
+    def envs_for(self, n: int, trainer) -> list:
+        if self.env_kwargs is None:  # under data parallelism each process drives servers of its own
+            self.env_kwargs = dict(self.cfg.env.kwargs)
+            if "urls" in self.env_kwargs:
+                acc = trainer.accelerator
+                self.env_kwargs["urls"] = urls_for_rank(self.env_kwargs["urls"], acc.process_index, acc.num_processes)
         while len(self.env_pool) < n:
-            self.env_pool.append(self.env_cls(**self.cfg.env.kwargs))
+            self.env_pool.append(self.env_cls(**self.env_kwargs))
         return self.env_pool[:n]
 
     def __call__(self, prompts: list, trainer) -> dict[str, list]:
@@ -69,14 +79,15 @@ class EpisodeRollouts:
                                          gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
                                          gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs) as model:
             backend = self.sync_backend(model, trainer)
-            trajectories = run_episodes(self.envs_for(len(seeds)), seeds, backend, self.chat,
+            trajectories = run_episodes(self.envs_for(len(seeds), trainer), seeds, backend, self.chat,
                                         self.cfg.rollout, metrics=timing)
             if hasattr(backend, "sleep"):
                 backend.sleep()
         elapsed = time.perf_counter() - started
         for i, t in enumerate(trajectories):
             if t.info["env_error"]:  # a crashed or hung env may still be mid-step in its thread: replace it
-                self.env_pool[i] = self.env_cls(**self.cfg.env.kwargs)
+                self.env_pool[i] = self.env_cls(**self.env_kwargs)
+        self.images = [t.images for t in trajectories]
         self._log_metrics(trainer, trajectories, timing, elapsed)
         if self.log_dir is not None and trainer.accelerator.is_main_process:
             self._log_samples(trainer.state.global_step, trajectories)
@@ -117,6 +128,13 @@ class EpisodeRollouts:
         sync = getattr(self.backend, "last_sync", None)
         if sync:
             metrics["rollout/weight_sync_s"].append(sync["seconds"])
+        if issubclass(self.env_cls, RemoteEnv):  # the same on every process, so all of them gather
+            stats = remote_stats()  # this step's server episodes, failures, retries, queueing; all processes
+            step = [stats[k] - self.remote_seen.get(k, 0.0) for k in stats]
+            self.remote_seen = stats
+            totals = trainer.accelerator.gather(torch.tensor([step], device=trainer.accelerator.device)).sum(0)
+            for key, value in zip(stats, totals.tolist()):
+                metrics[f"remote/{key}"].append(value)
 
     def _log_samples(self, step: int, trajectories: list[Trajectory]) -> None:
         with open(self.log_dir / "episodes.jsonl", "a") as f:
@@ -191,7 +209,8 @@ def build_trainer(cfg: RunConfig):
     (out / "config.yaml").write_text(to_yaml(cfg))
 
     model, tokenizer = load_model(cfg.model)
-    chat = ChatFormat(tokenizer, tool_format, cfg.rollout.chat_template_kwargs)
+    chat = ChatFormat(tokenizer, tool_format, cfg.rollout.chat_template_kwargs,
+                      images=load_image_tokenizer(cfg.model, tokenizer))
     rollouts = EpisodeRollouts(cfg, chat, env_cls, log_dir=out)
 
     start, stop = cfg.env.train_seeds
@@ -218,13 +237,15 @@ def build_trainer(cfg: RunConfig):
         model=model, processing_class=tokenizer, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
         rollout_func=rollouts, peft_config=lora_config(cfg.lora, model),
     )
+    trainer.image_token_id = chat.images.image_token_id if chat.images else None
     RunProgress.install(trainer)
     trainer.add_callback(JsonlLogger(out / "metrics.jsonl"))
     return trainer
 
 
-class ToolGymGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer that lets the rollout see the batch's dataset rows (for env seeds)."""
+class ToolGymGRPOTrainer(VisionGRPOMixin, GRPOTrainer):
+    """GRPOTrainer that lets the rollout see the batch's dataset rows (for env seeds), and gives a
+    vision-language model its episodes' images in every forward pass (`rl.vision`)."""
 
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]):
         self.rollout_func.rows = inputs

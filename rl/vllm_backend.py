@@ -249,6 +249,8 @@ class EngineStream:
     def retire(self, key: int) -> None:
         pass
 
+    pause = resume = retire  # every request is served on its own: nothing waits for others
+
     async def aclose(self) -> None:
         self.inbox.put(self._STOP)
         await self.loop.run_in_executor(None, self.thread.join)

@@ -189,5 +189,7 @@ class ServerStream:
     def retire(self, key: int) -> None:
         pass
 
+    pause = resume = retire  # every request is served on its own: nothing waits for others
+
     async def aclose(self) -> None:
         await self.client.aclose()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import re
+import time
 
 import pytest
 from PIL import Image
 
 import envs
 from envs.base import ToolCall
+from rl.config import RolloutSettings
+from rl.rollout import run_episodes
 from tests.integration.test_remote import serve
 
 
@@ -89,3 +93,53 @@ def test_unknown_scenario_is_named(driving_server):
     env = envs.make("carla", urls=[driving_server], timing={"reset_attempts": 1})
     with pytest.raises(RuntimeError, match="unknown scenario 'moon_landing' \\(known: trolley_micro_escape_exists"):
         env.reset(seed=0, options={"scenario": "moon_landing"})
+
+
+OBSERVE = '<tool_call>\n{"name": "observe", "arguments": {}}\n</tool_call>'
+
+
+def timed_acquires(pool) -> list[float]:
+    """Record how long each episode waited for a server."""
+    waits, acquire = [], pool.acquire
+
+    def timed(deadline):
+        started = time.monotonic()
+        url = acquire(deadline)
+        waits.append(time.monotonic() - started)
+        return url
+
+    pool.acquire = timed
+    return waits
+
+
+def test_more_episodes_than_servers_wait_for_one_without_spending_their_step_deadline(chat, scripted):
+    # Six episodes, two one-session servers, steps of 0.2 s, a step deadline of 1 s. The rollout stops every
+    # episode after three turns (the car is still driving), so its server must be given back
+    # for the next episode to start; the last ones wait for a server far longer than one step
+    # may take, and that wait is no step.
+    with serve("--app", "envs.driving_sim:app_factory", "--set", "step_delay_s=0.2") as (_, a), \
+            serve("--app", "envs.driving_sim:app_factory", "--set", "step_delay_s=0.2") as (_, b):
+        episodes = [envs.make("carla", urls=[a, b], ticks_per_tool=2, images=False) for _ in range(6)]
+        waits = timed_acquires(episodes[0].pool)
+        settings = RolloutSettings(max_turns=3, step_timeout_s=1.0)
+        trajectories = run_episodes(episodes, list(range(6)), scripted(lambda c, t: OBSERVE), chat, settings)
+        assert [t.info["env_error"] for t in trajectories] == [""] * 6
+        assert all(t.info["model_turns"] == 3 and t.info["tool_calls"] == 3 for t in trajectories)
+        assert len(waits) == 6 and max(waits) > settings.step_timeout_s
+        stats = episodes[0].pool.stats
+        assert (stats.queued, stats.failed, stats.retries, episodes[0].pool.busy) == (4, 0, 0, 0)
+
+
+def test_an_episode_that_waits_too_long_for_a_server_fails_alone_and_says_why(chat, scripted):
+    # The first episode holds the only server for 3 steps of 0.3 s; the second may wait 0.5 s.
+    with serve("--app", "envs.driving_sim:app_factory", "--set", "step_delay_s=0.3") as (_, url):
+        episodes = [envs.make("carla", urls=[url], ticks_per_tool=2, images=False,
+                              timing={"queue_timeout_s": 0.5}) for _ in range(2)]
+        settings = RolloutSettings(max_turns=3, step_timeout_s=30.0)
+        started = time.monotonic()
+        first, second = run_episodes(episodes, [0, 1], scripted(lambda c, t: OBSERVE), chat, settings)
+        assert first.info["env_error"] == "" and first.info["model_turns"] == 3
+        assert second.info["stop_reason"] == "env_error" and second.info["model_turns"] == 0
+        assert re.search(rf"no server free after waiting 0\.\d s: all 1 busy or failing \({re.escape(url)}\)",
+                         second.info["env_error"])
+        assert time.monotonic() - started < 10 and episodes[0].pool.stats.failed == 1

@@ -1,0 +1,162 @@
+"""Images in episodes: camera frames as image tokens for vision-language models.
+
+An env whose observations come with images defines `take_images()`: the frames made
+since the last call, each returned once, as PIL images. The rollout engine attaches them
+to the observation's chat message (`"images": [...]`). A `ChatFormat` built with an
+`ImageTokenizer` renders them as image content blocks, expands each placeholder into the
+model's image tokens, and keeps the processed pixels beside the episode's token ids; a
+text-only `ChatFormat` drops them, so the same env trains a text model on its text.
+
+Generation: an episode hands its context to the backend as an `ImagePrompt` (token ids
+plus the processed images they contain). Training: with a `rollout_func`, TRL 1.16 runs
+its forward passes without pixels (it only re-renders images from dataset columns, and
+a rollout cannot return any), so `VisionGRPOMixin` adds each episode's images to the
+batch TRL scores and trains on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+IMAGE_INPUT_KEYS = ("pixel_values", "image_position_ids")  # per image, as Gemma 4's image processor makes them
+
+
+class ImageTokenizer:
+    """Chat text with image placeholders, plus images -> token ids and per-image model inputs.
+
+    Lays images out as Gemma 4 does: the `image_token` placeholder a chat template writes
+    becomes `boi_token`, one `image_token` per soft token of that image, and `eoi_token`.
+    """
+
+    def __init__(self, tokenizer: Any, image_processor: Any, image_token: str, boi_token: str, eoi_token: str):
+        for name, token in (("image_token", image_token), ("boi_token", boi_token), ("eoi_token", eoi_token)):
+            token_id = tokenizer.convert_tokens_to_ids(token)
+            if not isinstance(token_id, int) or token_id == tokenizer.unk_token_id:
+                raise ValueError(f"{name} {token!r} is not a token of the tokenizer")
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.image_token, self.boi_token, self.eoi_token = image_token, boi_token, eoi_token
+        self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+
+    @classmethod
+    def from_processor(cls, processor: Any) -> ImageTokenizer:
+        """From a transformers processor that names its image tokens (Gemma4Processor does)."""
+        needed = ("tokenizer", "image_processor", "image_token", "boi_token", "eoi_token")
+        missing = [name for name in needed if not getattr(processor, name, None)]
+        if missing:
+            raise ValueError(f"{type(processor).__name__} has no {', '.join(missing)}: toolgym lays images out "
+                             "as Gemma 4 does (begin-of-image, one image token per soft token, end-of-image)")
+        return cls(processor.tokenizer, processor.image_processor, processor.image_token, processor.boi_token,
+                   processor.eoi_token)
+
+    def encode(self, text: str, images: list) -> tuple[list[int], list[dict]]:
+        """Token ids of `text` with each placeholder expanded, and each image's model inputs, in order."""
+        parts = text.split(self.image_token)
+        if len(parts) - 1 != len(images):
+            raise ValueError(f"the rendered text has {len(parts) - 1} image placeholder(s) ({self.image_token!r}) "
+                             f"but {len(images)} image(s) came with it")
+        if not images:
+            return self.tokenizer.encode(text, add_special_tokens=False), []
+        processed = self.image_processor(images, return_tensors="pt")
+        missing = [k for k in IMAGE_INPUT_KEYS if k not in processed]
+        if missing:
+            raise ValueError(f"{type(self.image_processor).__name__} gave no {missing} (got {sorted(processed)})")
+        per_image = [{k: processed[k][i] for k in IMAGE_INPUT_KEYS} for i in range(len(images))]
+        soft_tokens = [int(n) for n in processed["num_soft_tokens_per_image"]]
+        expanded = parts[0] + "".join(f"{self.boi_token}{self.image_token * n}{self.eoi_token}{after}"
+                                      for n, after in zip(soft_tokens, parts[1:]))
+        return self.tokenizer.encode(expanded, add_special_tokens=False), per_image
+
+
+class ImagePrompt(list):
+    """Token ids plus the processed images whose tokens they contain, in order.
+
+    A `list[int]` to everything else; a backend that takes images reads `.images`.
+    """
+
+    def __init__(self, ids: list[int], images: list[dict]):
+        super().__init__(ids)
+        self.images = images
+
+
+def prompt_images(prompt: list[int]) -> list[dict]:
+    return getattr(prompt, "images", None) or []
+
+
+def batch_image_inputs(rows: list[list[dict]], input_ids: Any, image_token_id: int) -> dict[str, Any]:
+    """Model inputs for a batch whose rows hold these images: each key stacked over the images in row order,
+    and `mm_token_type_ids` marking the image tokens. Empty when no row has an image."""
+    import torch
+
+    images = [image for row in rows for image in row]
+    if not images:
+        return {}
+    inputs = {k: torch.stack([image[k] for image in images]).to(input_ids.device) for k in IMAGE_INPUT_KEYS}
+    inputs["mm_token_type_ids"] = (input_ids == image_token_id).long()
+    return inputs
+
+
+class VisionGRPOMixin:
+    """Gives a `GRPOTrainer` with a `rollout_func` the images of its episodes in every forward pass.
+
+    The rollout leaves the batch's processed images in `rollout_func.images` (one list per
+    row, in row order). Scoring passes (old/reference logprobs) read them there; the batch
+    returned for training carries them as `pixel_values`, `image_position_ids` and
+    `num_images`, which TRL shuffles and splits with the rows and hands back to
+    `_get_per_token_logps_and_entropies`, where each chunk of rows gets its own images.
+    """
+
+    image_token_id: int | None = None
+
+    def _generate_and_score_completions(self, inputs):
+        self.rollout_func.images = None
+        output = super()._generate_and_score_completions(inputs)
+        rows, self.rollout_func.images = self.rollout_func.images, None
+        if rows and any(rows):
+            import torch
+
+            images = [image for row in rows for image in row]
+            for key in IMAGE_INPUT_KEYS:
+                output[key] = torch.stack([image[key] for image in images]).to(output["prompt_ids"].device)
+            output["num_images"] = [len(row) for row in rows]
+        return output
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **kwargs):
+        rows = self._image_rows(input_ids.size(0), kwargs)
+        if rows is None:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
+        import torch
+
+        step = batch_size or input_ids.size(0)
+        logps, entropies, aux = [], [], []
+        for start in range(0, input_ids.size(0), step):
+            chunk = slice(start, start + step)
+            images = batch_image_inputs(rows[chunk], input_ids[chunk], self.image_token_id)
+            if images:
+                images["num_images"] = [len(row) for row in rows[chunk]]
+            out = super()._get_per_token_logps_and_entropies(
+                model, input_ids[chunk], attention_mask[chunk], logits_to_keep, compute_entropy=compute_entropy,
+                compute_aux_loss=compute_aux_loss, **images)
+            logps.append(out[0])
+            entropies.append(out[1])
+            aux.append(out[2])
+        return (torch.cat(logps), torch.cat(entropies) if compute_entropy else None,
+                torch.stack(aux).mean() if compute_aux_loss else None)
+
+    def _image_rows(self, n: int, kwargs: dict) -> list[list[dict]] | None:
+        """Each row's images: from the training batch's columns, else from the rollout just played."""
+        pixel_values, num_images = kwargs.get("pixel_values"), kwargs.get("num_images")
+        if pixel_values is not None and num_images is not None:
+            columns = {k: kwargs[k].split(num_images) for k in IMAGE_INPUT_KEYS}
+            return [[{k: columns[k][row][i] for k in IMAGE_INPUT_KEYS} for i in range(count)]
+                    for row, count in enumerate(num_images)]
+        rows = getattr(self.rollout_func, "images", None)
+        if rows and any(rows):
+            if len(rows) != n:
+                raise RuntimeError(f"the rollout returned images for {len(rows)} rows but the batch has {n}")
+            return rows
+        return None
+

@@ -1,0 +1,127 @@
+"""The vision-language path on CPU: a tiny Gemma 4 VLM drives the local driving simulator, and GRPO trains on it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+import torch
+
+import envs
+from rl.chat import ChatFormat
+from rl.cli import add_run_arguments, config_from_args
+from rl.config import LoraConfig, ModelConfig, RolloutSettings
+from rl.generation import TransformersBackend
+from rl.models import TINY_VLM, load_image_tokenizer, load_model, lora_config
+from rl.rollout import run_episodes
+from rl.toolcalls import get_format
+from rl.vision import batch_image_inputs
+from tests.integration.test_remote import serve
+
+OBSERVE = "<|tool_call>call:observe{}<tool_call|>"  # opens every turn, so each tool result brings a frame
+
+
+@pytest.fixture(scope="module")
+def driving_servers():
+    app = ("--app", "envs.driving_sim:app_factory")
+    with serve(*app) as (_, a), serve(*app) as (_, b):
+        yield [a, b]
+
+
+@pytest.fixture(scope="module")
+def vlm():
+    cfg = ModelConfig(name=TINY_VLM, tool_format="gemma4", dtype="float32")
+    model, tokenizer = load_model(cfg)
+    chat = ChatFormat(tokenizer, get_format("gemma4"), {"enable_thinking": False},
+                      images=load_image_tokenizer(cfg, tokenizer))
+    return model, tokenizer, chat
+
+
+def test_lora_leaves_gemma4s_vision_tower_projector_and_audio_alone(vlm):
+    from peft import get_peft_model
+
+    model, _, _ = vlm
+    linear = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert any(".vision_tower." in n for n in linear) and any("embed_vision" in n for n in linear)
+    peft_model = get_peft_model(load_model(ModelConfig(name=TINY_VLM, dtype="float32"))[0],
+                                lora_config(LoraConfig(), model))
+    adapted = {name.removesuffix(".lora_A") for name, _ in peft_model.named_modules() if name.endswith("lora_A")}
+    assert adapted and all(".language_model." in n for n in adapted)
+    assert any(n.endswith("self_attn.q_proj") for n in adapted)
+    # Without the exclusion all-linear would have adapted the vision tower and the projector.
+    everything = get_peft_model(load_model(ModelConfig(name=TINY_VLM, dtype="float32"))[0],
+                                lora_config(LoraConfig(exclude_modules=[]), model))
+    names = {name for name, _ in everything.named_modules() if name.endswith("lora_A")}
+    assert any("vision_tower" in n for n in names) and any("embed_vision" in n for n in names)
+
+
+def test_sampled_logprobs_are_the_forward_pass_with_the_episodes_images(vlm, driving_servers):
+    model, _, chat = vlm
+    episodes = [envs.make("carla", urls=driving_servers) for _ in range(3)]
+    settings = RolloutSettings(max_turns=3, max_new_tokens=12, max_completion_tokens=1024, response_prefix=OBSERVE)
+    trajectories = run_episodes(episodes, [0, 1, 2], TransformersBackend(model, chat.tokenizer), chat, settings)
+    image_id = chat.images.image_token_id
+    for t in trajectories:
+        assert t.info["env_error"] == "" and t.info["tool_calls"] >= 2
+        ids = torch.tensor([t.prompt_ids + t.completion_ids])
+        assert len(t.images) == t.info["model_turns"] and int((ids == image_id).sum()) == 64 * len(t.images)
+        assert image_id not in [i for i, m in zip(t.completion_ids, t.env_mask) if m]  # the model never writes one
+        sampled = torch.tensor(t.logprobs)[torch.tensor(t.env_mask).bool()]
+        with_images = model_logprobs(model, t, **batch_image_inputs([t.images], ids, image_id))
+        assert torch.allclose(with_images, sampled, atol=1e-4)
+        assert (model_logprobs(model, t) - sampled).abs().max() > 1e-2  # without pixels it reads another context
+
+
+def model_logprobs(model, t, **images) -> torch.Tensor:
+    """The model's logprobs of an episode's sampled tokens, from one forward pass."""
+    ids = torch.tensor([t.prompt_ids + t.completion_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids, **images).logits[0, len(t.prompt_ids) - 1:-1].float()
+    logprobs = torch.log_softmax(logits, -1).gather(-1, torch.tensor(t.completion_ids)[:, None])[:, 0]
+    return logprobs[torch.tensor(t.env_mask).bool()]
+
+
+def test_grpo_on_the_driving_simulator_sees_the_images_in_every_forward_pass(tmp_path, driving_servers):
+    from rl.trainer import build_trainer
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    args = parser.parse_args([
+        "--env", "carla", "--model", TINY_VLM, "--name", "vlm", "--env-urls", *driving_servers,
+        "--set", f"output_dir={tmp_path}", "--set", "log.wandb=off", "--set", "grpo.max_steps=2",
+        "--set", "grpo.gradient_accumulation_steps=1", "--set", "grpo.save_steps=100", "--set", "grpo.beta=0.01",
+        "--set", "rollout.max_turns=3", "--set", "rollout.max_new_tokens=12",
+        "--set", "rollout.max_completion_tokens=768",
+        "--set", f"rollout.response_prefix={json.dumps(OBSERVE)}", "--set", "model.dtype=float32",
+    ])
+    cfg = config_from_args(args)
+    assert cfg.model.tool_format == "gemma4" and cfg.rollout.chat_template_kwargs == {"enable_thinking": False}
+    assert cfg.env.kwargs["urls"] == driving_servers and cfg.rollout.stop_after_tool_call
+    trainer = build_trainer(cfg)
+    image_id = trainer.image_token_id
+    calls = []
+
+    def check(module, args, kwargs):  # every forward over image tokens must come with their pixels
+        input_ids = kwargs.get("input_ids")
+        if input_ids is not None and (input_ids == image_id).any():
+            images = 0
+            if kwargs.get("pixel_values") is not None:
+                images = kwargs["pixel_values"].shape[0]
+            elif kwargs.get("mm_encoder_outputs"):  # generate() encodes the images once, before its first step
+                images = len(kwargs["mm_encoder_outputs"]["image"].pooler_output)
+            calls.append((torch.is_grad_enabled(), int((input_ids == image_id).sum()) // 64, images))
+
+    trainer.model.get_base_model().register_forward_pre_hook(check, with_kwargs=True)
+    trainer.train()
+
+    assert calls and all(tokens == images for _, tokens, images in calls), calls
+    assert any(grad for grad, _, _ in calls), "the loss forward must see the images too"
+    assert sum(not grad for grad, _, _ in calls) > 4  # generation turns and reference logprobs (beta > 0)
+    steps = [json.loads(line) for line in (tmp_path / "vlm" / "metrics.jsonl").open() if '"reward"' in line]
+    assert [s["step"] for s in steps] == [1, 2]
+    for s in steps:
+        assert s["env/crashed"] == 0 and s["env/model_turns"] == 3 and s["env/tool_calls"] >= 3
+        assert s["remote/episodes"] == 4 and s["remote/failed"] == 0 and s["remote/queued"] >= 2
+    episode = json.loads((tmp_path / "vlm" / "episodes.jsonl").open().readline())
+    assert "<|image>" in episode["text"] and "<|turn>model" in episode["text"] and "<|think|>" not in episode["text"]
