@@ -92,6 +92,7 @@ def _solved(environments=None, **kwargs) -> list[float]:
 
 def _measure(trainer, inputs: list[dict]) -> dict:
     import torch
+    from trl.trainer.utils import split_tensor_dict
 
     SlowSudoku.calls = 0
     if torch.cuda.is_available():
@@ -102,10 +103,11 @@ def _measure(trainer, inputs: list[dict]) -> dict:
     batch = trainer._generate_and_score_completions(inputs)
     rollout_s = time.perf_counter() - started
     calls = SlowSudoku.calls
-    trainer.current_gradient_accumulation_steps = trainer.args.gradient_accumulation_steps  # set by train()
+    steps = trainer.args.gradient_accumulation_steps
+    trainer.current_gradient_accumulation_steps = steps  # set by train()
     started = time.perf_counter()
-    loss = trainer.compute_loss(trainer.model, batch)
-    loss.backward()
+    for micro_batch in split_tensor_dict(batch, steps):  # as train() does: one loss + backward per micro-batch
+        trainer.compute_loss(trainer.model, micro_batch).backward()
     trainer.model.zero_grad(set_to_none=True)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -115,6 +117,7 @@ def _measure(trainer, inputs: list[dict]) -> dict:
     model_tokens = int((mask * tool_mask).sum() if tool_mask is not None else mask.sum())
     n = len(inputs)
     row = {"episodes": n, "rollout_s": rollout_s, "episodes_per_s": n / rollout_s,
+           "model_tokens_per_episode": model_tokens / n,
            "model_tokens_per_s": model_tokens / rollout_s, "env_steps_per_s": (calls + n) / rollout_s,
            "tool_calls_per_episode": calls / n, "train_s": train_s}
     if torch.cuda.is_available():
@@ -136,6 +139,10 @@ def agent_loop(options: dict) -> list[dict]:
     latency = float(options.get("latency_s", 0.05))
     episodes = int(options.get("episodes", 16))
     num_generations = int(options.get("num_generations", 4))
+    micro = int(options.get("micro_batch", 4))
+    if episodes % micro or micro % num_generations:
+        raise ValueError(f"episodes={episodes} must be a multiple of micro_batch={micro}, "
+                         f"itself a multiple of num_generations={num_generations}")
     model_name = str(options.get("model", "gemma-3-270m"))
     warm = model_name not in ("gemma-3-270m", "tiny")
     overrides = [
@@ -143,7 +150,11 @@ def agent_loop(options: dict) -> list[dict]:
         f"output_dir={options.get('output_dir', 'bench-results/runs')}",
         "env.name=rl.bench.agent_loop:SlowSudoku", f"env.kwargs.latency_s={latency}",
         f"rollout.max_turns={int(options.get('max_turns', 4))}",
-        f"grpo.num_generations={num_generations}", f"grpo.per_device_train_batch_size={episodes}",
+        f"rollout.max_new_tokens={int(options.get('max_new_tokens', 48))}",
+        # TRL computes logprobs per micro-batch; full-vocabulary logits of 16 long episodes at
+        # once need ~20 GB, so the batch of `episodes` is micro-batches of `micro_batch`.
+        f"grpo.num_generations={num_generations}", f"grpo.per_device_train_batch_size={micro}",
+        f"grpo.gradient_accumulation_steps={episodes // micro}",
         "rollout.backend=hf", f"model.chat_template={options.get('chat_template', 'gemma3_tools')}",
     ]
     if warm:  # a warm-started model calls tools and ends its turns by itself, as TRL's loop needs
@@ -164,6 +175,7 @@ def agent_loop(options: dict) -> list[dict]:
     args.output_dir = str(ours.args.output_dir) + "-trl"
     args.max_tool_calling_iterations = r.max_turns - 1  # turns = first + one per tool round
     args.reward_weights = None
+    args.generation_kwargs = {"max_new_tokens": r.max_new_tokens}  # the same cap per model turn as ours
     theirs = GRPOTrainer(
         model=model, processing_class=theirs_tokenizer, reward_funcs=[_solved], args=args,
         train_dataset=_dataset(seeds), peft_config=lora_config(cfg.lora, model),
