@@ -1,33 +1,41 @@
-"""The sandbox's fork server: a warm interpreter that forks one fresh process per run.
+"""The sandbox's fork server: a warm interpreter that keeps a locked-down process armed per caller.
 
-Started by `envs.sandbox.Sandbox` as `python -E -s envs/forkserver.py FD`, with a minimal
-environment, so nothing of the trainer (memory, env vars, threads) reaches model code. It
-imports nothing from the `envs` package (gymnasium would triple the cost of each fork);
-the modules beside this file (`game2048_rules`, `kernel_tasks`, ...) are importable by
-their bare names, which is how a run names its trusted driver.
+Started by `envs.sandbox.Sandbox` as `python -E -S envs/forkserver.py FD [weak]`, with the
+environment model code will see, so nothing of the trainer (memory, env vars, threads)
+reaches it. It imports nothing from the `envs` package (gymnasium would triple the cost of
+each fork); the modules beside this file (`game2048_rules`, `kernel_tasks`, ...) are
+importable by their bare names, which is how a run names its trusted driver.
 
-Process tree of one run:
+Process tree:
 
-    fork server (root, shares one empty network namespace, never runs model code)
-      └─ runner (root, trusted): new mount + PID namespaces, a size-capped tmpfs as the
-         │  scratch root; enforces the wall-clock deadline, caps output, runs the driver
-         └─ child = PID 1 of the namespace (unprivileged uid, chroot to the tmpfs,
-            rlimits): runs the model's code and serves calls to its function
+    fork server (root; one empty network namespace and one IPC namespace without IPC for
+      │          all runs; never runs model code)
+      └─ runner, one per concurrent caller (root, trusted, own mount namespace): serves its
+         │  caller's runs one at a time: the deadline, output caps, the driver
+         └─ zygote (root, trusted): idle but for arming the runner's next child and reaping it
+            └─ child, one per run, forked and locked down *before* its run is asked for:
+               PID 1 of a fresh PID namespace, chrooted into a fresh size-capped tmpfs,
+               unprivileged uid; gets its code and rlimits, runs, is killed, is never reused
 
-The child talks JSON frames only: nothing it sends is unpickled. When the child (PID 1)
-dies, the kernel kills everything it forked, so no fork bomb or `setsid` outlives a run.
-Without root, the same tree runs with rlimits, a process group, a scratch cwd and an
-audit hook (`weak` isolation: Python-level blocks that ctypes can bypass).
+So a run costs only its job, its calls and its result: the fork, the namespaces, the tmpfs,
+the chroot and the uid switch happen while the caller is busy elsewhere. Runner and zygote
+never run model code: they read the child's JSON frames (nothing is unpickled) and its
+output. When the child (PID 1) dies, the kernel kills everything it forked, so no fork
+bomb or `setsid` outlives a run. Without root, or with namespaces switched off (`weak`),
+the same tree runs with rlimits, a process group, a scratch cwd and an audit hook
+(Python-level blocks that ctypes can bypass); `_isolation` says exactly what is in force.
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import importlib
+import itertools
 import json
 import os
-import resource
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -41,14 +49,21 @@ PRELOAD = ["array", "bisect", "builtins", "collections", "copy", "dataclasses", 
            "itertools", "json", "math", "cmath", "operator", "random", "re", "statistics", "string",
            "time", "typing",
            # present so that escape attempts meet the OS limits, not a missing module
-           "ctypes", "socket", "subprocess", "threading", "signal", "gc",
+           "ctypes", "socket", "signal", "gc", "locale", "_posixsubprocess", "fcntl",
            # trusted drivers
            "game2048_rules", "kernel_tasks", "sudoku_puzzles", "sudoku_games"]
+# Importable too, but compiled here and run only in a child that imports them: `threading`
+# loaded here would cost every child its after-fork hook (see sandbox_child.OnDemand).
+ON_DEMAND = ["threading", "subprocess"]
 
-CLONE_NEWNS, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x20000000, 0x40000000
-MS_REC, MS_PRIVATE, MS_NOSUID, MS_NODEV = 0x4000, 0x40000, 0x2, 0x4
-PR_SET_NO_NEW_PRIVS = 38
-UID_BASE, UID_SPAN = 200_000, 4096  # one unused uid per run: rlimits and kill() never cross runs
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_REC, MS_PRIVATE, MNT_DETACH = 0x2, 0x4, 0x20, 0x4000, 0x40000, 0x2
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
+# Runner n's runs take uids UID_BASE + n * UID_SPAN + (run % UID_SPAN): concurrent runs never share
+# a uid (RLIMIT_NPROC counts per uid, kill() works within one), and a runner reuses one only
+# UID_SPAN runs later, long after every process of that run is gone.
+UID_BASE, UID_SPAN, MAX_RUNNERS = 200_000, 1024, 65536
+SCRATCH_MB = 16  # the tmpfs a child is armed with; a run that asks for another size remounts it
 MAX_FRAME = 64 << 20
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -66,7 +81,7 @@ class ChildGone(BaseException):
 
 
 # ---------------------------------------------------------------------------------------
-# JSON frames over pipes
+# JSON frames over pipes and sockets
 
 
 def write_frame(fd: int, obj) -> None:
@@ -95,52 +110,65 @@ def _read_exact(fd: int, n: int) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------
-# The server
+# The server: forks one runner per socket the trainer sends
 
 
-def _isolation() -> dict:
-    """Which mechanisms this machine allows; decided once, reported with every result."""
-    if os.geteuid() != 0:
-        return {"mode": "weak", "network": "audit hook blocks socket creation (bypassable with ctypes)",
-                "filesystem": "scratch cwd; audit hook blocks opens outside it (bypassable with ctypes)",
-                "processes": "process group + RLIMIT_NPROC", "user": "same uid as the trainer"}
-    if _libc.unshare(CLONE_NEWNET) != 0:
-        return {"mode": "weak", "network": "audit hook blocks socket creation (no network namespace)",
-                "filesystem": "scratch cwd + audit hook", "processes": "process group", "user": "root"}
-    return {"mode": "namespaces", "network": "empty network namespace (no interfaces up)",
-            "filesystem": "private mount namespace, chroot into a size-capped tmpfs; nothing else visible",
-            "processes": "PID namespace (all killed with the run) + RLIMIT_NPROC",
-            "user": f"unprivileged uid {UID_BASE}+n per run, no capabilities, no_new_privs"}
+def _isolation(namespaces: bool) -> dict:
+    """Which mechanisms are in force; decided once, reported with every result."""
+    root = os.geteuid() == 0
+    if root and namespaces and _libc.unshare(CLONE_NEWNET | CLONE_NEWIPC) == 0:
+        ipc = "private IPC namespace where no SysV or POSIX IPC object can be created"
+        try:
+            for path, value in (("kernel/shmmni", "0"), ("kernel/msgmni", "0"), ("kernel/sem", "0 0 0 0"),
+                                ("fs/mqueue/queues_max", "0")):  # this IPC namespace's own limits
+                with open(f"/proc/sys/{path}", "w") as f:
+                    f.write(value)
+        except OSError as e:
+            ipc = f"private IPC namespace shared by all runs (its limits could not be zeroed: {e})"
+        return {"mode": "namespaces", "network": "empty network namespace (no interfaces up)",
+                "filesystem": "chroot into a fresh size-capped tmpfs per run, in a private mount namespace; "
+                              "nothing else visible",
+                "processes": "fresh PID namespace per run (its PID 1 takes every process along) + RLIMIT_NPROC",
+                "ipc": ipc, "user": "unprivileged uid per run, no capabilities, no_new_privs"}
+    why = "namespaces switched off" if not namespaces else "not root" if not root else \
+        f"unshare(CLONE_NEWNET | CLONE_NEWIPC) failed: {os.strerror(ctypes.get_errno())}"
+    hook = "audit hook (Python-level: ctypes or a C extension can bypass it)"
+    return {"mode": "weak", "why": why, "network": f"{hook} blocks socket creation",
+            "filesystem": f"fresh scratch directory as cwd; {hook} blocks open() outside it; "
+                          "the rest of the filesystem is not hidden",
+            "processes": f"own process group, killed with the run (setsid() escapes it); {hook} blocks "
+                         "fork, exec, subprocess and kill; RLIMIT_NPROC",
+            "ipc": "the host's IPC namespace: SysV and POSIX IPC objects can outlive the run",
+            "user": "unprivileged uid per run, no_new_privs" if root else
+                    "the trainer's own uid (not root: nothing to drop to), no_new_privs"}
 
 
-def serve(sock_fd: int) -> None:
+def serve(sock_fd: int, namespaces: bool = True) -> None:
     sock = socket.socket(fileno=sock_fd)
     for name in PRELOAD:
         importlib.import_module(name)
-    state = {"isolation": _isolation(), "seq": 0, "root": tempfile.mkdtemp(prefix="toolgym-sandbox-")}
+    harness = importlib.import_module("sandbox_child")  # beside this file: what every child runs
+    sys.meta_path.insert(0, harness.OnDemand(ON_DEMAND))
+    state = {"isolation": _isolation(namespaces), "root": tempfile.mkdtemp(prefix="toolgym-sandbox-"),
+             "base_vm": _vm_bytes(), "child": harness}
     os.chmod(state["root"], 0o755)
-    state["base_vm"] = _vm_bytes()
+    # Done once here, inherited by every process below: no setuid binary can give privileges
+    # back, and the environment is already the children's (`Sandbox` starts us with it).
+    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    gc.freeze()  # forked processes then never walk (and so copy) the server's objects
     sock.sendall(json.dumps(state["isolation"]).encode())
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # runners are reaped by the kernel
     try:
-        while True:
-            try:
-                msg, anc, _, _ = sock.recvmsg(16, socket.CMSG_SPACE(2 * 4))
-            except InterruptedError:
-                continue
+        for index in itertools.count():
+            msg, anc, _, _ = sock.recvmsg(16, socket.CMSG_SPACE(4))
             if not msg:
                 return  # the trainer closed its end (or died)
-            fds = []
-            for level, kind, data in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds += struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4])
-            state["seq"] += 1
-            if len(fds) == 2 and os.fork() == 0:
+            fds = _fds(anc)
+            if len(fds) == 1 and os.fork() == 0:
                 code = 1
                 try:
                     sock.close()
-                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-                    _runner(fds[0], fds[1], state)
+                    _runner(fds[0], index % MAX_RUNNERS, state)
                     code = 0
                 finally:
                     os._exit(code)
@@ -159,42 +187,103 @@ def _vm_bytes() -> int:
 
 
 # ---------------------------------------------------------------------------------------
-# The runner: trusted, one per run
+# The runner: trusted, serves one caller's runs one at a time
 
 
-def _runner(req_fd: int, resp_fd: int, state: dict) -> None:
-    started = time.monotonic()
-    req = read_frame(req_fd)
-    os.close(req_fd)
-    limits, iso = req["limits"], state["isolation"]
-    uid = UID_BASE + state["seq"] % UID_SPAN
-    if iso["mode"] == "namespaces":
-        if _libc.unshare(CLONE_NEWNS | CLONE_NEWPID) != 0:
-            raise OSError(ctypes.get_errno(), "unshare")
+def _runner(sock_fd: int, index: int, state: dict) -> None:
+    """Serve runs from `sock_fd` until the caller closes it, each in a child armed beforehand."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM):
+        signal.signal(sig, signal.SIG_DFL)  # and so in every child
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a child's over-long file is an OSError, not a crash
+    strong = state["isolation"]["mode"] == "namespaces"
+    if strong:
+        _unshare(CLONE_NEWNS)  # the zygote's tmpfs mounts are this runner's alone
         _mount(b"none", b"/", None, MS_REC | MS_PRIVATE)
-        opts = f"size={limits['scratch_mb']}m,nr_inodes=4096,mode=0700,uid={uid},gid={uid}".encode()
-        _mount(b"tmpfs", state["root"].encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts)
-        scratch = state["root"]
-    else:
-        scratch = tempfile.mkdtemp(prefix="toolgym-scratch-")
-    pipes = {name: os.pipe() for name in ("calls", "replies", "out", "err")}
-    pid = os.fork()
-    if pid == 0:
+    zygote, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    if os.fork() == 0:
+        code = 1
         try:
-            _child(req, pipes, scratch, uid if os.geteuid() == 0 else None, limits, iso, state["base_vm"])
-        except BaseException:
+            os.close(sock_fd)
+            zygote.close()
+            _zygote(theirs, index, state)
+            code = 0
+        finally:
+            os._exit(code)
+    theirs.close()
+    while True:
+        zygote.send(b"arm")
+        child = Child(zygote, state)
+        try:
             try:
-                traceback.print_exc()
-            finally:
-                os._exit(70)
-        os._exit(70)
-    for name, (r, w) in pipes.items():
-        os.close(r if name == "calls" else w)  # keep the runner's ends only
-    child = Child(pid, pipes["calls"][1], pipes["replies"][0], pipes["out"][0], pipes["err"][0],
-                  started + limits["wall_s"], limits, weak=iso["mode"] != "namespaces")
+                req = read_frame(sock_fd)
+            except EOFError:  # the caller is gone
+                child.kill()
+                return
+            if strong and req["limits"]["scratch_mb"] != SCRATCH_MB:
+                _mount_tmpfs(state["root"], req["limits"]["scratch_mb"], child.uid, MS_REMOUNT)
+            write_frame(sock_fd, _run(child, req))
+        finally:
+            child.reap()  # after the reply: off the caller's clock
+
+
+def _zygote(sock: socket.socket, index: int, state: dict) -> None:
+    """Arm one child at a time for the runner above, and reap it; idle in between.
+
+    Forking from this otherwise idle process is what keeps a run cheap: the runner, busy with
+    JSON and drivers, would take a copy-on-write fault on every page it touched after a fork.
+    """
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the runner
+    strong = state["isolation"]["mode"] == "namespaces"
+    if strong:
+        own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY)
+    for run in itertools.count():
+        if not sock.recv(16):
+            return  # the runner is done
+        uid = UID_BASE + index * UID_SPAN + run % UID_SPAN if os.geteuid() == 0 else None
+        if strong:
+            scratch = state["root"]
+            _mount_tmpfs(scratch, SCRATCH_MB, uid)
+            # Back into our own PID namespace first: unshare fails from inside the last run's.
+            if _libc.setns(own_pid_ns, CLONE_NEWPID) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+            _unshare(CLONE_NEWPID)
+        else:
+            scratch = tempfile.mkdtemp(prefix="toolgym-scratch-")
+            if uid is not None:
+                os.chown(scratch, uid, uid)
+        pipes = {name: os.pipe() for name in ("calls", "replies", "out", "err")}
+        pid = os.fork()
+        if pid == 0:
+            try:
+                state["child"].main(pipes, scratch, uid, state)
+            except BaseException:
+                try:
+                    traceback.print_exc()
+                finally:
+                    os._exit(70)
+            os._exit(70)
+        fds = [os.pidfd_open(pid), pipes["calls"][1], pipes["replies"][0], pipes["out"][0], pipes["err"][0]]
+        sock.sendmsg([struct.pack("ii", pid, -1 if uid is None else uid)],
+                     [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))])
+        os.close(fds[0])
+        for r, w in pipes.values():
+            os.close(r)
+            os.close(w)
+        _, status, ru = os.wait4(pid, 0)
+        if strong:
+            if _libc.umount2(scratch.encode(), MNT_DETACH) != 0:
+                raise OSError(ctypes.get_errno(), f"umount {scratch!r}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+        sock.send(struct.pack("idd", status, ru.ru_utime, ru.ru_stime))
+
+
+def _run(child: Child, req: dict) -> dict:
+    """One run in an armed child: hand it the job, call its function (or the driver), report."""
+    started = time.monotonic()
     value, failure = None, None
     try:
-        child.expect_ready()
+        child.start({k: req[k] for k in ("code", "entry", "allowed_imports", "limits")}, started)
         if req["driver"]:
             module, _, fn = req["driver"].partition(":")
             value = getattr(importlib.import_module(module), fn)(child, **req["driver_args"])
@@ -207,16 +296,21 @@ def _runner(req_fd: int, resp_fd: int, state: dict) -> None:
     except Exception as e:  # a driver bug: report it, never hang
         failure = f"driver {req['driver']} failed: {type(e).__name__}: {e}"
     status, error = child.finish(failure)
-    if iso["mode"] != "namespaces":
-        import shutil
+    return {"status": status, "value": value if status == "ok" else None, "error": error,
+            "stdout": child.out.decode(errors="replace"), "stderr": child.err.decode(errors="replace"),
+            "truncated": child.truncated, "cpu_s": child.cpu_s,
+            "wall_s": time.monotonic() - started, "isolation": child.isolation}
 
-        shutil.rmtree(scratch, ignore_errors=True)
-    ru = child.rusage
-    write_frame(resp_fd, {
-        "status": status, "value": value if status == "ok" else None, "error": error,
-        "stdout": child.out.decode(errors="replace"), "stderr": child.err.decode(errors="replace"),
-        "truncated": child.truncated, "cpu_s": (ru.ru_utime + ru.ru_stime) if ru else 0.0,
-        "wall_s": time.monotonic() - started, "isolation": iso["mode"]})
+
+def _fds(ancillary) -> list[int]:
+    """The file descriptors passed in a recvmsg's ancillary data."""
+    return [fd for level, kind, data in ancillary if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+            for fd in struct.unpack(f"{len(data) // 4}i", data[: len(data) - len(data) % 4])]
+
+
+def _unshare(flags: int) -> None:
+    if _libc.unshare(flags) != 0:
+        raise OSError(ctypes.get_errno(), "unshare")
 
 
 def _mount(source, target, fstype, flags, data=None) -> None:
@@ -224,20 +318,33 @@ def _mount(source, target, fstype, flags, data=None) -> None:
         raise OSError(ctypes.get_errno(), f"mount {target!r}")
 
 
-class Child:
-    """The runner's handle on the sandboxed process; drivers call its methods."""
+def _mount_tmpfs(path: str, size_mb: int, uid: int, flags: int = 0) -> None:
+    opts = f"size={size_mb}m,nr_inodes=4096,mode=0700,uid={uid},gid={uid}".encode()
+    _mount(b"tmpfs", path.encode(), b"tmpfs", flags | MS_NOSUID | MS_NODEV, opts)
 
-    def __init__(self, pid, calls, replies, out, err, deadline, limits, weak):
-        self.pid, self.calls, self.replies, self.weak = pid, calls, replies, weak
-        self.streams = {out: bytearray(), err: bytearray()}
-        self.out_fd, self.err_fd = out, err
+
+class Child:
+    """The runner's handle on one sandboxed process, armed by the zygote before its run.
+
+    Drivers call `call`, `stage`, `run_staged` and `flush_cache`.
+    """
+
+    def __init__(self, zygote: socket.socket, state: dict):
+        """Take the next child the zygote armed: its pid, uid, a pidfd and the runner's ends of its pipes."""
+        msg, anc, _, _ = zygote.recvmsg(16, socket.CMSG_SPACE(5 * 4))
+        self.zygote = zygote
+        self.pid, self.uid = struct.unpack("ii", msg)
+        self.pidfd, self.calls, self.replies, self.out_fd, self.err_fd = _fds(anc)
+        self.isolation = state["isolation"]["mode"]
+        self.weak = self.isolation != "namespaces"
+        self.streams = {self.out_fd: bytearray(), self.err_fd: bytearray()}
         self.closed: set[int] = set()
-        self.deadline, self.cap, self.cpu_limit = deadline, limits["output_bytes"], limits["cpu_s"]
+        self.deadline, self.cap, self.cpu_limit = float("inf"), 0, 0.0  # set by `start`
         self.buf = bytearray()
         self.timed_out = False
         self.truncated = False
-        self.exit_status = None
-        self.rusage = None
+        self.exit_status: int | None = None  # from wait4, once reaped
+        self.cpu_s: float | None = None
         self.reported: dict | None = None  # the child's own last error report
 
     @property
@@ -270,8 +377,11 @@ class Child:
 
     # -- plumbing ----------------------------------------------------------------------
 
-    def expect_ready(self) -> None:
-        self._reply()
+    def start(self, job: dict, started: float) -> None:
+        """Hand the armed child its code and limits; returns once the code is defined."""
+        limits = job["limits"]
+        self.deadline, self.cap, self.cpu_limit = started + limits["wall_s"], limits["output_bytes"], limits["cpu_s"]
+        self._ask(job)
 
     def _ask(self, msg: dict):
         try:
@@ -318,18 +428,23 @@ class Child:
             fds = [fd for fd in (want, self.out_fd, self.err_fd) if fd is not None and fd not in self.closed]
             if not fds:
                 return None
-            ready, _, _ = select.select(fds, [], [], left)
+            ready, _, _ = select.select(fds, [], [], min(left, 60))  # no deadline yet: inf
             if want in ready:
                 return want
             for fd in ready:
-                data = os.read(fd, 1 << 16)
-                if not data:
-                    self._close(fd)
-                    continue
-                stream = self.streams[fd]
-                room = self.cap - len(stream)
-                stream += data[:max(room, 0)]
-                self.truncated |= len(data) > room
+                self._copy(fd)
+
+    def _copy(self, fd: int) -> bool:
+        """Copy one read of stdout or stderr, up to the cap; False at its end."""
+        data = os.read(fd, 1 << 16)
+        if not data:
+            self._close(fd)
+            return False
+        stream = self.streams[fd]
+        room = self.cap - len(stream)
+        stream += data[:max(room, 0)]
+        self.truncated |= len(data) > room
+        return True
 
     def _close(self, fd: int) -> None:
         self.closed.add(fd)
@@ -337,7 +452,7 @@ class Child:
 
     def kill(self) -> None:
         try:
-            os.kill(self.pid, signal.SIGKILL)  # PID 1 of its namespace: takes every descendant along
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)  # PID 1 of its namespace: takes all along
         except ProcessLookupError:
             pass
         if self.weak:
@@ -347,27 +462,46 @@ class Child:
                 pass
 
     def finish(self, failure: str | None) -> tuple[str, str]:
-        """Stop the child, collect its exit, and classify the run."""
-        try:
-            write_frame(self.calls, {"op": "exit"})
-        except OSError:
-            pass
-        os.close(self.calls)
-        pidfd = os.pidfd_open(self.pid)  # readable once the child has exited
-        if not self.timed_out and self._wait(pidfd) is None:
-            self.kill()
-        os.close(pidfd)
-        _, status, ru = os.wait4(self.pid, 0)
-        self.kill()  # weak mode: whatever the code left running in its group
-        end = time.monotonic() + 0.2  # what is still buffered in the pipes
-        self._wait(None, end)
-        for fd in {self.out_fd, self.err_fd, self.replies} - self.closed:
-            self._close(fd)
-        self.exit_status, self.rusage = status, ru
-        return self._classify(failure, status, ru)
+        """Classify the run; `reap` then ends the child.
 
-    def _classify(self, failure, status, ru) -> tuple[str, str]:
-        cpu = ru.ru_utime + ru.ru_stime
+        A child that answers "exit" has flushed its output and ends cleanly: the run is
+        classified at once and its exit is reaped after the caller has its result.
+        """
+        try:
+            self._ask({"op": "exit"})
+        except (ChildGone, CallError):
+            self.reap()  # dead, killed or broken: its exit status tells what happened
+        else:
+            try:  # the kernel's CPU clock of its process: the child waits for `reap` before it exits
+                self.cpu_s = time.clock_gettime(((~self.pid) << 3) | 2)
+            except OSError:  # it died meanwhile after all
+                self.reap()
+            for _ in range(64):  # what it wrote before answering (bounded: its threads may still write)
+                fds = [fd for fd in (self.out_fd, self.err_fd) if fd not in self.closed]
+                ready = select.select(fds, [], [], 0)[0] if fds else []
+                if not ready:
+                    break
+                for fd in ready:
+                    self._copy(fd)
+        return self._classify(failure)
+
+    def reap(self) -> None:
+        """Wait for the child's exit (killing it at the deadline), kill what it left, collect."""
+        if self.exit_status is not None:
+            return
+        os.close(self.calls)  # a child still reading sees the end and exits
+        if not self.timed_out and self._wait(self.pidfd) is None:
+            self.kill()
+        status, utime, stime = struct.unpack("idd", self.zygote.recv(64))  # the zygote reaped it
+        self.exit_status = status
+        self.cpu_s = utime + stime if self.cpu_s is None else self.cpu_s
+        self.kill()  # weak mode: whatever the code left running in its group
+        self._wait(None, time.monotonic() + 0.2)  # what is still buffered in the pipes
+        for fd in {self.out_fd, self.err_fd, self.replies, self.pidfd} - self.closed:
+            self._close(fd)
+
+    def _classify(self, failure: str | None) -> tuple[str, str]:
+        status, cpu = self.exit_status or 0, self.cpu_s  # no exit status yet: it answered "exit"
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
         kind = (self.reported or {}).get("type", "")
         if self.timed_out:
@@ -387,158 +521,5 @@ class Child:
         return "ok", ""
 
 
-# ---------------------------------------------------------------------------------------
-# The child: PID 1 of a fresh namespace; runs the model's code
-
-
-def _child(req, pipes, scratch, uid, limits, iso, base_vm) -> None:
-    calls, replies = pipes["calls"][0], pipes["replies"][1]
-    os.dup2(pipes["out"][1], 1)
-    os.dup2(pipes["err"][1], 2)
-    null_r, null_w = os.pipe()
-    os.close(null_w)
-    os.dup2(null_r, 0)  # stdin: empty
-    keep = {0, 1, 2, calls, replies}
-    for fd in os.listdir("/proc/self/fd") if os.path.isdir("/proc/self/fd") else []:
-        if int(fd) not in keep:
-            try:
-                os.close(int(fd))
-            except OSError:
-                pass
-    if iso["mode"] == "namespaces":
-        os.chroot(scratch)
-        os.chdir("/")
-    else:
-        os.chdir(scratch)
-        os.setsid()
-    if uid is not None:
-        os.setgroups([])
-        os.setgid(uid)
-        os.setuid(uid)
-    _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    cpu = max(1, int(limits["cpu_s"] + 0.999))
-    for res, value in ((resource.RLIMIT_CPU, (cpu, cpu + 1)),
-                       (resource.RLIMIT_AS, (base_vm + limits["memory_mb"] * 2**20,) * 2),
-                       (resource.RLIMIT_FSIZE, (limits["file_mb"] * 2**20,) * 2),
-                       (resource.RLIMIT_NPROC, (limits["procs"],) * 2),
-                       (resource.RLIMIT_NOFILE, (64, 64)),
-                       (resource.RLIMIT_CORE, (0, 0))):
-        resource.setrlimit(res, value)
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGALRM):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an over-long file is an OSError, not a crash
-    os.environ.clear()
-    os.environ.update({"HOME": "/", "PATH": "/nonexistent", "LANG": "C.UTF-8"})
-    if iso["mode"] != "namespaces":
-        _install_audit_hook(os.path.realpath(scratch))
-    _serve_calls(req, calls, replies, limits)
-
-
-def _install_audit_hook(scratch: str) -> None:
-    """Weak mode only: Python-level blocks; ctypes or a C extension can get around them."""
-    blocked = ("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.fork", "ctypes.dlopen")
-
-    def hook(event, args):
-        if event.startswith(blocked):
-            raise PermissionError(f"{event} is blocked in the sandbox")
-        if event == "open" and isinstance(args[0], str) and not os.path.realpath(args[0]).startswith(scratch):
-            raise PermissionError(f"reading or writing {args[0]!r} outside the scratch directory is blocked")
-
-    sys.addaudithook(hook)
-
-
-def _serve_calls(req, calls, replies, limits) -> None:
-    # Bind everything the harness needs before the model's code can rebind builtins or sys.modules.
-    dumps, loads, unpack, pack, write, read = json.dumps, json.loads, struct.unpack, struct.pack, os.write, os.read
-    exit_, fmt_exc, flush_out = os._exit, traceback.format_exception_only, sys.stdout.flush
-    BaseExc, len_, bytes_, type_ = BaseException, len, bytes, type
-    import builtins
-
-    builtins_dict = builtins.__dict__
-    pristine = dict(builtins_dict)
-
-    def send(obj) -> None:
-        builtins_dict.update(pristine)  # json and friends need the real builtins back
-        try:
-            data = dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else _unjsonable(o))
-        except BaseExc as e:
-            data = dumps({"error": f"return value is not JSON-serializable: {e}", "type": "TypeError"})
-        data = pack(">I", len_(data.encode())) + data.encode()
-        while data:
-            data = data[write(replies, data):]
-
-    def recv():
-        head = b""
-        while len_(head) < 4:
-            chunk = read(calls, 4 - len_(head))
-            if not chunk:
-                exit_(0)
-            head += chunk
-        n, body = unpack(">I", head)[0], b""
-        while len_(body) < n:
-            body += read(calls, n - len_(body))
-        return loads(body)
-
-    def report(e: BaseException, where: str) -> None:
-        builtins_dict.update(pristine)
-        text = "".join(fmt_exc(type_(e), e)).strip()
-        send({"error": f"{where}: {text}", "type": type_(e).__name__})
-
-    allowed = req["allowed_imports"]
-    if allowed is not None:
-        real_import, allowed_set = builtins.__import__, frozenset(allowed)
-
-        def gated_import(name, globals=None, locals=None, fromlist=(), level=0):
-            if level == 0 and name.partition(".")[0] not in allowed_set:
-                raise ImportError(f"import of {name!r} is not allowed (allowed: {', '.join(sorted(allowed_set)) or 'none'})")
-            return real_import(name, globals, locals, fromlist, level)
-
-        builtins.__import__ = gated_import
-        pristine["__import__"] = gated_import
-    scope = {"__name__": "__sandbox__"}
-    try:
-        exec(compile(req["code"], "<model code>", "exec"), scope)
-        fn = scope.get(req["entry"]) if req["entry"] else None
-        if req["entry"] and not callable(fn):
-            names = sorted(k for k, v in scope.items() if callable(v) and not k.startswith("__"))
-            raise NameError(f"no function named {req['entry']!r} is defined (defined: {', '.join(names) or 'none'})")
-    except BaseExc as e:
-        report(e, "while defining the code")
-        flush_out()
-        exit_(0)
-    send({"value": None})
-    staged: list = []
-    while True:
-        msg = recv()
-        op = msg["op"]
-        try:
-            if op == "call":
-                send({"value": fn(*msg["args"])})
-            elif op == "stage":
-                staged = msg["args"]
-                send({"value": None})
-            elif op == "run_staged":
-                fn(*staged)
-                send({"value": None})
-            elif op == "flush":
-                junk = bytearray(32 << 20)
-                junk[::4096] = bytes_(len_(junk[::4096]))
-                del junk
-                send({"value": None})
-            else:
-                break
-        except BaseExc as e:
-            report(e, f"in {req['entry']}()")
-    try:
-        flush_out()
-    except BaseExc:
-        pass
-    exit_(0)
-
-
-def _unjsonable(o):
-    raise TypeError(f"{type(o).__name__} is not JSON-serializable")
-
-
 if __name__ == "__main__":
-    serve(int(sys.argv[1]))
+    serve(int(sys.argv[1]), namespaces="weak" not in sys.argv[2:])

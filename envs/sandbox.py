@@ -9,7 +9,9 @@ never reused after model code ran in it. The process has CPU-time, address-space
 file-size and process-count rlimits, a wall-clock deadline that kills its whole process
 tree, no network, a private scratch directory as its whole filesystem, an empty
 environment, and capped stdout/stderr. Which of these the OS allowed is in
-`Sandbox.isolation` and in every result's `isolation` ("namespaces" or "weak").
+`Sandbox.isolation` and in every result's `isolation` ("namespaces" or "weak");
+`Sandbox(namespaces=False)` forces "weak". The process is forked and locked down before
+the run is asked for, so a run costs about a millisecond of its caller's time.
 
 A run can also hand the model's function to a trusted *driver*, a function in a module
 beside `forkserver.py` (e.g. `game2048_rules:play_games`) that runs outside the sandbox
@@ -25,18 +27,19 @@ import array
 import ast
 import atexit
 import json
-import os
 import socket
 import subprocess
 import sys
 import threading
-from dataclasses import asdict, dataclass, field, replace
+from collections import deque
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from envs.forkserver import read_frame, write_frame
 
 STATUSES = ("ok", "timeout", "memory", "killed", "error")
+SPARE_RUNNERS = 2  # idle runners kept beyond the busy ones: each re-arms while the others run
 STDLIB_SAFE = ("math", "cmath", "random", "itertools", "functools", "collections", "heapq", "bisect", "array",
                "operator", "statistics", "fractions", "decimal", "copy", "string", "typing", "dataclasses", "re")
 
@@ -73,21 +76,35 @@ class Result:
 class _Server:
     proc: subprocess.Popen
     sock: socket.socket
-    isolation: dict = field(default_factory=dict)
+    isolation: dict
+    idle: deque = field(default_factory=deque)  # runner sockets, oldest (and so surely armed) first
+
+    def close(self) -> None:
+        self.sock.close()  # the server exits; each runner exits once its socket closes
+        while self.idle:
+            self.idle.popleft().close()
 
 
 class Sandbox:
-    """A warm fork server that runs untrusted code, one fresh process per run; thread-safe."""
+    """A warm fork server that runs untrusted code, one fresh process per run; thread-safe.
 
-    def __init__(self, limits: Limits | None = None):
+    Each concurrent caller gets a runner that keeps its next process armed (forked, in
+    its namespaces, chrooted, unprivileged) before the run is asked for. With
+    `namespaces=False` the sandbox runs in "weak" mode even where namespaces would work
+    (`isolation` says what that leaves in force).
+    """
+
+    def __init__(self, limits: Limits | None = None, *, namespaces: bool = True):
         self.limits = limits or Limits()
+        self.namespaces = namespaces
         self._lock = threading.Lock()
         self._server: _Server | None = None
 
     @property
     def isolation(self) -> dict:
         """The mechanisms in force: network, filesystem, processes, user; mode "namespaces" or "weak"."""
-        return dict(self._ensure().isolation)
+        with self._lock:
+            return dict(self._ensure().isolation)
 
     def run(self, code: str, entry: str | None = None, args: list | tuple = (), *, driver: str | None = None,
             driver_args: dict | None = None, limits: Limits | None = None,
@@ -102,33 +119,33 @@ class Sandbox:
             raise ValueError(f"driver {driver!r} needs an entry function to drive")
         limits = limits or self.limits
         request = {"code": code, "entry": entry, "args": list(args), "driver": driver,
-                   "driver_args": driver_args or {}, "limits": asdict(limits),
+                   "driver_args": driver_args or {}, "limits": vars(limits),
                    "allowed_imports": None if allowed_imports is None else list(allowed_imports)}
-        req_r, req_w = os.pipe()
-        resp_r, resp_w = os.pipe()
+        while True:  # a runner that died while idle never got the request: take the next (a new one takes it)
+            server, runner = self._take_runner()
+            try:
+                write_frame(runner.fileno(), request)
+                break
+            except OSError:
+                runner.close()
         try:
-            self._send_fds([req_r, resp_w])
-        finally:
-            os.close(req_r)
-            os.close(resp_w)
-        try:
-            write_frame(req_w, request)
-            os.close(req_w)
-            req_w = -1
-            reply = read_frame(resp_r)  # the runner always answers by the deadline (plus its grace)
+            reply = read_frame(runner.fileno())  # the runner always answers by the deadline (plus its grace)
         except (EOFError, OSError, ValueError) as e:
+            runner.close()
             return Result("killed", error=f"the sandbox runner died ({type(e).__name__}: {e})",
-                          isolation=self.isolation["mode"])
-        finally:
-            if req_w >= 0:
-                os.close(req_w)
-            os.close(resp_r)
+                          isolation=server.isolation["mode"])
+        with self._lock:
+            if self._server is server:
+                server.idle.append(runner)
+                runner = None
+        if runner:  # the sandbox was closed meanwhile
+            runner.close()
         return Result(**reply)
 
     def close(self) -> None:
         with self._lock:
             if self._server:
-                self._server.sock.close()
+                self._server.close()
                 try:
                     self._server.proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
@@ -141,41 +158,51 @@ class Sandbox:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- the fork server ---------------------------------------------------------------
+    # -- the fork server and its runners -------------------------------------------------
 
     def _ensure(self) -> _Server:
+        if self._server is None or self._server.proc.poll() is not None:
+            if self._server:
+                self._server.close()
+            self._server = _start_server(self.namespaces)
+        return self._server
+
+    def _take_runner(self) -> tuple[_Server, socket.socket]:
+        """The longest-idle runner while spares remain, else a new one."""
         with self._lock:
-            if self._server is None or self._server.proc.poll() is not None:
-                self._server = _start_server()
-            return self._server
-
-    def _send_fds(self, fds: list[int]) -> None:
-        for attempt in (0, 1):
-            server = self._ensure()
-            try:
-                with self._lock:
-                    server.sock.sendmsg([b"r"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-                return
-            except OSError:
-                if attempt:
-                    raise
-                with self._lock:
+            for attempt in (0, 1):
+                server = self._ensure()
+                if len(server.idle) >= SPARE_RUNNERS:
+                    return server, server.idle.popleft()
+                ours, theirs = socket.socketpair()
+                try:
+                    server.sock.sendmsg([b"r"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                                  array.array("i", [theirs.fileno()]))])
+                    return server, ours
+                except OSError:
+                    ours.close()
+                    if attempt:
+                        raise
+                    server.close()
                     self._server = None  # it died: start a new one
+                finally:
+                    theirs.close()
 
 
-def _start_server() -> _Server:
+
+def _start_server(namespaces: bool) -> _Server:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     script = Path(__file__).with_name("forkserver.py")
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-E", "-s", str(script), str(theirs.fileno())],
-                            pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
+    env = {"HOME": "/", "PATH": "/nonexistent", "LANG": "C.UTF-8"}  # what model code will see
+    argv = [sys.executable, "-E", "-S", str(script), str(theirs.fileno())] + ([] if namespaces else ["weak"])
+    proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, cwd="/")
     theirs.close()
     hello = ours.recv(4096)
     if not hello:
         raise RuntimeError(f"the sandbox fork server failed to start (exit code {proc.wait()})")
     server = _Server(proc, ours, json.loads(hello))
-    atexit.register(ours.close)
+    atexit.register(server.close)
     return server
 
 

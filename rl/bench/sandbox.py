@@ -3,12 +3,18 @@
 The baseline is what the Unsloth notebooks would do if they left the training process at
 all: start `python -c HARNESS` per execution, exec the code, call the function (or play
 the game in that same process), print JSON. It has no isolation; the warm pool adds
-namespaces, a chroot, rlimits and per-move IPC and must still be >= 10x faster.
+namespaces, a chroot, rlimits and per-move IPC, and its goal is >= 10x the baseline. Both
+pay for the game itself (~3.5 ms of 2048 rules per game), and the pool also for one round
+trip per move (the game state stays on the trusted side), which caps the game's ratio
+well below the trivial function's. Pool and baseline run in interleaved rounds (`rounds`,
+medians reported), so that on a shared machine both see the same load.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import subprocess
 import sys
 import time
@@ -63,15 +69,21 @@ def _rate(fn, n: int, threads: int) -> float:
 def sandbox_throughput(options: dict) -> list[dict]:
     """Sandbox executions/s (trivial function, 2048 game) vs subprocess.run per call."""
     n_pool, n_base = int(options.get("n", 300)), int(options.get("baseline_n", 30))
+    rounds = int(options.get("rounds", 3))
     rows = []
     with Sandbox() as box:
         isolation = box.isolation["mode"]
         _pool(box, "trivial function", 0)  # start the fork server outside the timing
         for workload in ("trivial function", "2048 game"):
             for threads in sorted({1, int(options.get("threads", 2))}):
-                pool = _rate(lambda i, w=workload: _pool(box, w, i), n_pool, threads)
-                base = _rate(lambda i, w=workload: _baseline(w, i), n_base, threads)
+                # Interleaved rounds, so that both see the same load on a shared machine; medians.
+                pool, base, load = [], [], os.getloadavg()[0]
+                for _ in range(rounds):
+                    pool.append(_rate(lambda i, w=workload: _pool(box, w, i), n_pool, threads))
+                    base.append(_rate(lambda i, w=workload: _baseline(w, i), n_base, threads))
+                pool, base = statistics.median(pool), statistics.median(base)
                 rows.append({"workload": workload, "threads": threads, "isolation": isolation,
                              "warm_pool_exec_per_s": pool, "subprocess_run_exec_per_s": base,
-                             "speedup": pool / base, "goal_10x": "met" if pool / base >= 10 else "missed"})
+                             "speedup": pool / base, "goal_10x": "met" if pool / base >= 10 else "missed",
+                             "load_1m_before": load})
     return rows

@@ -1,7 +1,10 @@
 """The sandbox's contract: structured results, limits, drivers, static checks. Real processes, no mocks."""
 
 import os
+import signal
 import threading
+import time
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +68,24 @@ def test_scratch_is_private_and_writable(box):
     assert box.run("import os\ndef f():\n    return os.listdir('.')", entry="f").value == []  # fresh each run
 
 
+def test_every_run_gets_a_fresh_process(box):
+    code = "import os, sys\ndef f():\n    seen = getattr(sys, 'marker', None)\n    sys.marker = 'dirty'\n" \
+           "    return seen, os.getuid()"
+    runs = [box.run(code, entry="f") for _ in range(4)]  # two runners, each armed twice
+    assert all(r.ok and r.value[0] is None for r in runs), runs  # no process is ever reused
+    if os.geteuid() == 0:
+        assert len({r.value[1] for r in runs}) == 4 and min(r.value[1] for r in runs) >= 200_000
+
+
+def test_scratch_size_limit(box):
+    if box.isolation["mode"] != "namespaces":
+        pytest.skip("weak mode has a scratch directory, not a size-capped tmpfs")
+    code = "def f():\n    open('big', 'wb').write(b'x' * (3 << 20))"
+    r = box.run(code, entry="f", limits=Limits(wall_s=5, cpu_s=5, scratch_mb=2))
+    assert r.status == "error" and "No space left on device" in r.error
+    assert box.run(code, entry="f").ok  # the default 16 MiB again on the next run
+
+
 def test_environment_is_minimal(box, monkeypatch):
     monkeypatch.setenv("TOOLGYM_TEST_SECRET", "hunter2")
     r = box.run("import os\ndef f():\n    return dict(os.environ)", entry="f")
@@ -99,9 +120,24 @@ def test_concurrent_runs_from_threads(box):
     assert [r.value for r in results] == [i * i for i in range(8)]
 
 
+def test_runners_that_died_while_idle_are_replaced(box):
+    for _ in range(4):
+        assert box.run("def f():\n    return 1", entry="f").ok
+    server = str(box._server.proc.pid)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == server:  # a runner (its zygote and child die with it)
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(0.2)
+    runs = [box.run("def f():\n    return 2", entry="f") for _ in range(4)]
+    assert [(r.status, r.value) for r in runs] == [("ok", 2)] * 4, runs  # nothing ran in them, so nothing failed
+
+
 def test_isolation_report_names_the_mechanisms(box):
     iso = box.isolation
-    assert iso["mode"] in ("namespaces", "weak") and {"network", "filesystem", "processes", "user"} <= set(iso)
+    assert iso["mode"] in ("namespaces", "weak") and {"network", "filesystem", "processes", "ipc", "user"} <= set(iso)
 
 
 def test_static_checks():

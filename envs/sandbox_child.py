@@ -1,0 +1,209 @@
+"""What a sandboxed child runs: lock itself down, wait for its job, serve calls to the model's function.
+
+The fork server (`forkserver.py`) imports this module by its bare name, before it forks
+anything, and its zygotes fork each child straight into `main`. Stdlib only and no `envs`
+imports: the child is chrooted into an empty tmpfs and can import only what the fork server
+loaded (or compiled for it: `OnDemand`).
+
+The child talks to its runner in JSON frames: a 4-byte big-endian length, then the JSON.
+Everything the harness uses is bound, and the C JSON codec is used directly, before the
+model's code runs: code that rebinds builtins, `json` or `sys.modules` cannot break it.
+"""
+
+from __future__ import annotations
+
+import builtins
+import ctypes
+import importlib.util
+import json
+import os
+import resource
+import signal
+import struct
+import sys
+import traceback
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _jsonable(o, hasattr=hasattr, type=type, TypeError=TypeError):  # bound now: builtins may be rebound
+    """What JSON does not know: numpy-like values via `.tolist()`; anything else is an error."""
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} is not JSON-serializable")
+
+
+# Made once in the fork server, inherited by every child.
+PRISTINE_BUILTINS = dict(builtins.__dict__)
+ENCODE = json.encoder.c_make_encoder({}, _jsonable, json.encoder.encode_basestring_ascii, None, ": ", ", ",
+                                     False, False, True)
+SCAN = json.scanner.c_make_scanner(json.JSONDecoder())
+
+
+class OnDemand:
+    """An importer of modules compiled in the fork server but run only by a child that imports them.
+
+    Importing `threading` (for `subprocess`) in the fork server would register an after-fork
+    hook that costs every child ~150 page faults, though few runs use either module.
+    """
+
+    def __init__(self, names: list[str]):
+        self.code = {name: importlib.util.find_spec(name).loader.get_code(name) for name in names}
+
+    def find_spec(self, name, path=None, target=None):
+        return importlib.util.spec_from_loader(name, self) if name in self.code else None
+
+    def create_module(self, spec):
+        return None  # the default module object
+
+    def exec_module(self, module) -> None:
+        exec(self.code[module.__name__], module.__dict__)  # noqa: S102 - stdlib code the fork server compiled
+
+
+def main(pipes: dict, scratch: str, uid: int | None, state: dict) -> None:
+    """Lock this fresh process down, then serve its run; nothing before the job depends on the run."""
+    strong = state["isolation"]["mode"] == "namespaces"
+    calls, replies = pipes["calls"][0], pipes["replies"][1]
+    os.dup2(pipes["out"][1], 1)
+    os.dup2(pipes["err"][1], 2)
+    null_r, null_w = os.pipe()
+    os.close(null_w)
+    os.dup2(null_r, 0)  # stdin: empty
+    lo = 3  # close every other fd, the zygote's socket included
+    for fd in sorted({calls, replies, resource.getrlimit(resource.RLIMIT_NOFILE)[0]}):
+        if fd > lo:
+            os.closerange(lo, fd)
+        lo = max(lo, fd + 1)
+    if strong:
+        os.chroot(scratch)
+    os.chdir("/" if strong else scratch)
+    if not strong:
+        os.setsid()
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the zygote; after setuid, which clears it
+    if not strong:
+        _install_audit_hook(os.path.realpath(scratch))
+    _serve(calls, replies, state["base_vm"])
+
+
+def _set_limits(limits: dict, base_vm: int) -> None:
+    cpu = max(1, int(limits["cpu_s"] + 0.999))
+    for res, value in ((resource.RLIMIT_CPU, (cpu, cpu + 1)),
+                       (resource.RLIMIT_AS, (base_vm + limits["memory_mb"] * 2**20,) * 2),
+                       (resource.RLIMIT_FSIZE, (limits["file_mb"] * 2**20,) * 2),
+                       (resource.RLIMIT_NPROC, (limits["procs"],) * 2),
+                       (resource.RLIMIT_NOFILE, (64, 64)),
+                       (resource.RLIMIT_CORE, (0, 0))):
+        resource.setrlimit(res, value)
+
+
+def _install_audit_hook(scratch: str) -> None:
+    """Weak mode only: Python-level blocks; ctypes or a C extension can get around them."""
+    blocked = ("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.fork", "os.kill",
+               "ctypes.dlopen")
+
+    def hook(event, args):
+        if event.startswith(blocked):
+            raise PermissionError(f"{event} is blocked in the sandbox")
+        if event == "open" and isinstance(args[0], (str, bytes)):
+            path = os.path.realpath(os.fsdecode(args[0]))
+            if path != scratch and not path.startswith(scratch + os.sep):
+                raise PermissionError(f"reading or writing {args[0]!r} outside the scratch directory is blocked")
+
+    sys.addaudithook(hook)
+
+
+def _serve(calls: int, replies: int, base_vm: int) -> None:
+    """Take the job (code, entry, allowed imports, limits), define the code, answer calls until "exit"."""
+    join, unpack, pack, write, read, exit_ = "".join, struct.unpack, struct.pack, os.write, os.read, os._exit
+    fmt_exc, flush_out, flush_err = traceback.format_exception_only, sys.stdout.flush, sys.stderr.flush
+    BaseExc, len_, bytes_, bytearray_, type_ = BaseException, len, bytes, bytearray, type
+    encode, scan, builtins_dict, pristine = ENCODE, SCAN, builtins.__dict__, PRISTINE_BUILTINS
+
+    def send(obj) -> None:
+        try:
+            data = join(encode(obj, 0)).encode()
+        except BaseExc as e:
+            data = join(encode({"error": f"return value is not JSON-serializable: {e}", "type": "TypeError"}, 0))
+            data = data.encode()
+        data = pack(">I", len_(data)) + data
+        while data:
+            data = data[write(replies, data):]
+
+    pending = [b""]  # what was read beyond the last frame
+
+    def recv():
+        data = pending[0]
+        while len_(data) < 4 or len_(data) < 4 + unpack(">I", data[:4])[0]:
+            chunk = read(calls, 1 << 16)
+            if not chunk:
+                exit_(0)
+            data += chunk
+        n = 4 + unpack(">I", data[:4])[0]
+        pending[0] = data[n:]
+        return scan(data[4:n].decode(), 0)[0]
+
+    def report(e: BaseException, where: str) -> None:
+        builtins_dict.update(pristine)  # traceback formatting needs the real builtins
+        text = join(fmt_exc(type_(e), e)).strip()
+        send({"error": f"{where}: {text}", "type": type_(e).__name__})
+
+    req = recv()
+    _set_limits(req["limits"], base_vm)
+    allowed = req["allowed_imports"]
+    if allowed is not None:
+        real_import, allowed_set = builtins.__import__, frozenset(allowed)
+
+        def gated_import(name, globals=None, locals=None, fromlist=(), level=0):
+            if level == 0 and name.partition(".")[0] not in allowed_set:
+                raise ImportError(f"import of {name!r} is not allowed (allowed: {', '.join(sorted(allowed_set)) or 'none'})")
+            return real_import(name, globals, locals, fromlist, level)
+
+        builtins.__import__ = gated_import
+        pristine["__import__"] = gated_import
+    scope = {"__name__": "__sandbox__"}
+    try:
+        exec(compile(req["code"], "<model code>", "exec"), scope)
+        fn = scope.get(req["entry"]) if req["entry"] else None
+        if req["entry"] and not callable(fn):
+            names = sorted(k for k, v in scope.items() if callable(v) and not k.startswith("__"))
+            raise NameError(f"no function named {req['entry']!r} is defined (defined: {', '.join(names) or 'none'})")
+    except BaseExc as e:
+        fn = None
+        report(e, "while defining the code")
+    else:
+        send({"value": None})
+    staged: list = []
+    while True:
+        msg = recv()
+        op = msg["op"]
+        try:
+            if op == "call":
+                send({"value": fn(*msg["args"])})
+            elif op == "stage":
+                staged = msg["args"]
+                send({"value": None})
+            elif op == "run_staged":
+                fn(*staged)
+                send({"value": None})
+            elif op == "flush":
+                junk = bytearray_(32 << 20)
+                junk[::4096] = bytes_(len_(junk[::4096]))
+                del junk
+                send({"value": None})
+            else:
+                break
+        except BaseExc as e:
+            report(e, f"in {req['entry']}()")
+    try:
+        flush_out()
+        flush_err()
+    except BaseExc:
+        pass
+    send({"value": None})  # "exit" answered: all it printed is in the pipes
+    recv()  # the runner reads our CPU clock, then closes the pipe
+    exit_(0)
