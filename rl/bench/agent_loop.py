@@ -23,13 +23,23 @@ from rl.bench import suite
 
 
 class SlowSudoku(SudokuEnv):
-    """Sudoku whose every reset and step first waits `latency_s`, as a remote env would."""
+    """Sudoku whose every reset and step first waits `latency_s`, as a remote env would.
+
+    Episodes end as TRL's loop ends them, so both loops do the same work per episode: at a
+    turn without a tool call, or at the turn cap; invalid moves never end one (TRL's loop
+    cannot see an env's termination and would call on).
+    """
 
     calls = 0  # tool calls made, over all instances (both loops count the same way)
 
     def __init__(self, latency_s: float = 0.05, **kwargs: Any):
+        kwargs["max_invalid"] = None
         super().__init__(**kwargs)
         self.latency_s = latency_s
+
+    def on_text(self, text: str) -> str:
+        self.terminated = True  # TRL's loop stops at a turn without a tool call
+        return super().on_text(text)
 
     def reset(self, *, seed=None, options=None):
         time.sleep(self.latency_s)
