@@ -239,10 +239,14 @@ class TransformersBackend:
         finally:
             self.model.train(was_training)
         new_tokens = result.sequences[:, width:].cpu()
-        logits = torch.stack(result.logits, dim=1).float()  # (batch, new, vocab), unprocessed
-        logits = logits / (params.temperature if not greedy else 1.0)
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, new_tokens.to(logits.device).unsqueeze(-1))
-        logprobs = logprobs.squeeze(-1).cpu()
+        # One step at a time: a float copy of all steps' logits at once is batch x new x vocab
+        # floats (6 GB for 4 rows of 384 tokens with Gemma's 262k vocabulary).
+        scale = params.temperature if not greedy else 1.0
+        tokens = new_tokens.to(result.logits[0].device)
+        logprobs = torch.stack([
+            torch.log_softmax(step.float() / scale, dim=-1).gather(-1, tokens[:, i:i + 1]).squeeze(-1)
+            for i, step in enumerate(result.logits)  # each (batch, vocab), unprocessed
+        ], dim=1).cpu()
         outputs = []
         for row in range(len(prompts)):
             ids, stopped_with, stop_string = self._cut(new_tokens[row].tolist(), params)
