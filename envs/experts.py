@@ -18,10 +18,24 @@ Policy = Callable[[ToolEnv], ToolCall]
 
 
 class SudokuExpert:
-    """Places solution digits, most-constrained cell first, with an occasional `show_board`."""
+    """Places solution digits, with an occasional `show_board`.
 
-    def __init__(self, explore: float = 0.1, seed: int = 0):
+    `order` picks the cell. "reading" (default): the first empty cell, row by row, which
+    is the easiest choice to imitate; its digit is forced by its row, column and box in
+    84% of 4x4 hard moves, and otherwise fixed only by the rest of the puzzle.
+    "constrained": the cell with the fewest legal digits (the first such in reading
+    order): its digit was forced in every 4x4 move we measured, but finding that cell
+    means checking them all.
+    Gemma 3 270M imitates "reading" better (see configs/sudoku-sft.yaml).
+    """
+
+    ORDERS = ("reading", "constrained")
+
+    def __init__(self, explore: float = 0.1, seed: int = 0, order: str = "reading"):
+        if order not in self.ORDERS:
+            raise ValueError(f"unknown expert order {order!r} (accepted: {', '.join(self.ORDERS)})")
         self.explore = explore
+        self.order = order
         self.rng = random.Random(seed)
 
     def __call__(self, env: SudokuEnv) -> ToolCall:
@@ -29,7 +43,10 @@ class SudokuExpert:
             return ToolCall("show_board", {})
         n = env.size
         empty = [c for c, v in enumerate(env.board) if v == 0]
-        cell = min(empty, key=lambda c: (len(_candidates(env, c)), c))
+        if self.order == "reading":
+            cell = empty[0]
+        else:
+            cell = min(empty, key=lambda c: (len(_candidates(env, c)), c))
         return ToolCall("place", {"row": cell // n + 1, "col": cell % n + 1, "digit": env.solution[cell]})
 
 

@@ -3,6 +3,10 @@
 The episode ends when the puzzle is solved (reward 1), after `max_invalid` invalid moves,
 or at `max_turns`. `progress` (the share of empty cells now holding their solution digit)
 is reported in `info` for shaped rewards.
+
+`list_empty_cells=True` adds a line `Empty cells (row, col): (1,3) (1,4) ...` under every
+board, in reading order. A small model reading `Row 1: 4 3 | . .` must count positions to
+know that the first '.' is column 3; the line states it. It names cells, never digits.
 """
 
 from __future__ import annotations
@@ -17,11 +21,14 @@ class SudokuEnv(ToolEnv):
     default_max_turns = 40
 
     def __init__(self, size: int = 4, difficulty: str | int = "easy", max_turns: int | None = None,
-                 max_invalid: int | None = 8, render_mode: str | None = None):
+                 max_invalid: int | None = 8, list_empty_cells: bool = False, render_mode: str | None = None):
         box_shape(size)  # validates size
+        if not isinstance(list_empty_cells, bool):
+            raise TypeError(f"list_empty_cells must be true or false, got {list_empty_cells!r}")
         super().__init__(max_turns=max_turns, max_invalid=max_invalid, render_mode=render_mode)
         self.size = size
         self.difficulty = difficulty
+        self.list_empty_cells = list_empty_cells
         self.board: list[int] = []
 
     def setup(self, options: dict) -> str:
@@ -88,6 +95,9 @@ class SudokuEnv(ToolEnv):
             cells = [str(v) if v else "." for v in self.board[r * n:(r + 1) * n]]
             groups = [" ".join(cells[i:i + bw]) for i in range(0, n, bw)]
             lines.append(f"Row {r + 1}: " + " | ".join(groups))
+        if self.list_empty_cells:
+            empty = [f"({c // n + 1},{c % n + 1})" for c, v in enumerate(self.board) if v == 0]
+            lines.append("Empty cells (row, col): " + (" ".join(empty) or "none"))
         return "\n".join(lines)
 
     def render(self) -> str | None:

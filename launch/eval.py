@@ -3,6 +3,7 @@
     python launch/eval.py --env sudoku --model runs/demo --episodes 200
     python launch/eval.py --env sudoku --policy expert --episodes 200
     python launch/eval.py --env sudoku --model runs/demo --set eval.temperature=1.0 --set eval.k=4
+    python launch/eval.py --config configs/sudoku-sft.yaml --env sudoku --model runs/grpo --label SFT+GRPO
 """
 
 import argparse
@@ -20,7 +21,8 @@ def main(argv=None) -> int:
     add_run_arguments(parser)
     parser.add_argument("--episodes", type=int, help="shortcut for --set eval.episodes=N")
     parser.add_argument("--policy", choices=["expert", "random"], help="evaluate a reference policy, not a model")
-    parser.add_argument("--out", default="runs/eval", help="folder for <label>.json and results.md")
+    parser.add_argument("--label", help="the row's name in results.md and the JSON file (default: the model's name)")
+    parser.add_argument("--out", default="runs/eval", help="folder for <env>-<label>.json and results.md")
     args = parser.parse_args(argv)
     if args.episodes:
         args.overrides.append(f"eval.episodes={args.episodes}")
@@ -28,6 +30,8 @@ def main(argv=None) -> int:
     from rl.episodes import MARKDOWN_HEADER, evaluate, markdown_row
 
     result = evaluate(cfg, policy=args.policy or "")
+    if args.label:
+        result["label"] = args.label
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     label = Path(result["label"]).name or result["label"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import envs as envs_registry
 from envs.experts import expert_for, random_for
@@ -90,7 +90,7 @@ def summarize(trajectories: list[Trajectory], k: int = 1) -> dict:
     n = len(infos)
     solved = sum(bool(i.get("solved")) for i in infos)
     low, high = wilson_interval(solved, n)
-    total = lambda key: sum(float(i.get(key) or 0) for i in infos)  # noqa: E731
+    total = lambda key: sum(float(i.get(key) or 0) for i in infos)
     summary = {
         "episodes": n,
         "solve_rate": solved / n if n else 0.0,
@@ -119,7 +119,9 @@ def evaluate(cfg: RunConfig, policy: str = "") -> dict:
     backend, policy_fn = None, None
     if policy:
         tokenizer = load_tokenizer(cfg.model)
-        policy_fn = make_policy(cfg, policy, seed=e.seed_start)
+        # the expert row is the expert that wrote the demonstrations, show_board habit included
+        kwargs = {"explore": cfg.sft.explore} if policy == "expert" else {}
+        policy_fn = make_policy(cfg, policy, seed=e.seed_start, **kwargs)
         label = policy
     else:
         import torch
@@ -145,9 +147,10 @@ def markdown_row(result: dict) -> str:
     cells = [result["label"], result["env"], str(result["episodes"]),
              f"{result['solve_rate']:.1%} [{low:.1%}, {high:.1%}]", f"{result['mean_return']:.3f}",
              f"{result['mean_turns']:.2f}", f"{result['invalid_call_rate']:.1%}", f"{result['format_error_rate']:.1%}",
+             f"{result['tool_call_rate']:.0%}",
              f"{result['pass@' + str(result['k'])]:.1%}" if result["k"] > 1 else "-"]
     return "| " + " | ".join(cells) + " |"
 
 
 MARKDOWN_HEADER = ("| policy | env | episodes | solve rate [95% CI] | mean return | mean turns | invalid calls "
-                   "| format errors | pass@k |\n|---|---|---|---|---|---|---|---|---|")
+                   "| format errors | tool calls per turn | pass@k |\n|---|---|---|---|---|---|---|---|---|---|")

@@ -1,6 +1,7 @@
 """SFT on demonstrations, GRPO from the SFT checkpoint, and deterministic evaluation (tiny model)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,3 +47,21 @@ def test_greedy_eval_is_deterministic():
     cfg.rollout.max_turns = 8  # the default 4x4 puzzle has 4 holes
     expert = evaluate(cfg, policy="expert")
     assert expert["solve_rate"] == 1.0 and expert["label"] == "expert"
+
+
+def test_recipe_script_runs_every_stage_and_writes_one_table(tmp_path):
+    out = tmp_path / "recipe"
+    result = subprocess.run(
+        ["bash", str(ROOT / "launch" / "recipe_sudoku.sh"), str(out), "4", "1", "1", "3",
+         "--set", "rollout.max_turns=4", "--set", "grpo.per_device_train_batch_size=4",
+         "--set", "grpo.gradient_accumulation_steps=1", "--set", "grpo.num_generations=4"],
+        capture_output=True, text=True, timeout=900, check=False,
+        env={**os.environ, "MODEL": "tiny", "PYTHON": sys.executable})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
+    labels = [row.split(" | ")[0].removeprefix("| ") for row in rows[1:]]
+    assert labels == ["random", "base", "SFT", "SFT+GRPO", "expert"]
+    assert all(" | sudoku | 3 | " in row for row in rows[1:])
+    expert = json.loads((out / "eval" / "sudoku-expert.json").read_text())
+    assert expert["solve_rate"] == 0.0 and expert["env_kwargs"]["difficulty"] == "hard"  # 4 turns < 10 holes
+    assert (out / "grpo" / "final" / "adapter_config.json").exists() and (out / "sft" / "demos").is_dir()

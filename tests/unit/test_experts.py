@@ -4,6 +4,7 @@ import pytest
 
 import envs
 from envs.experts import SudokuExpert, SudokuRandom, expert_for, random_for
+from envs.sudoku_puzzles import peers
 
 
 def play(policy, seed, **env_kwargs):
@@ -15,15 +16,33 @@ def play(policy, seed, **env_kwargs):
             return info
 
 
+@pytest.mark.parametrize("order", SudokuExpert.ORDERS)
 @pytest.mark.parametrize("size, difficulty", [(4, "hard"), (9, "easy")])
-def test_expert_beats_random_on_fixed_seeds(size, difficulty):
+def test_expert_beats_random_on_fixed_seeds(size, difficulty, order):
     kwargs = dict(size=size, difficulty=difficulty, max_turns=120)
-    expert = [play(SudokuExpert(seed=s), s, **kwargs) for s in range(20)]
+    expert = [play(SudokuExpert(seed=s, order=order), s, **kwargs) for s in range(20)]
     rand = [play(SudokuRandom(seed=s), s, **kwargs) for s in range(20)]
     expert_rate = sum(i["solved"] for i in expert) / 20
     random_rate = sum(i["solved"] for i in rand) / 20
     assert expert_rate == 1.0 and all(i["invalid_actions"] == 0 for i in expert)
     assert random_rate <= 0.5 and expert_rate - random_rate >= 0.5
+
+
+def test_expert_orders_pick_the_first_empty_or_the_most_constrained_cell():
+    env = envs.make("sudoku", size=4, difficulty="hard")
+    env.reset(seed=0)
+    first = env.board.index(0)
+    move = SudokuExpert(explore=0.0)(env).arguments
+    assert (move["row"], move["col"], move["digit"]) == (first // 4 + 1, first % 4 + 1, env.solution[first])
+    constrained = SudokuExpert(explore=0.0, order="constrained")(env).arguments
+    cell = (constrained["row"] - 1) * 4 + constrained["col"] - 1
+    used = {env.board[p] for p in peers(4)[cell]}
+    assert env.board[cell] == 0 and set(range(1, 5)) - used == {constrained["digit"]} == {env.solution[cell]}
+
+
+def test_bad_expert_order_is_named():
+    with pytest.raises(ValueError, match=r"unknown expert order 'zigzag' \(accepted: reading, constrained\)"):
+        SudokuExpert(order="zigzag")
 
 
 def test_random_plays_only_legal_moves_while_it_can():

@@ -118,3 +118,29 @@ def test_show_board_matches_render():
     env = fresh(render_mode="ansi")
     obs, *_ = env.step({"name": "show_board", "arguments": {}})
     assert obs == env.render() and obs.count("Row ") == 4
+
+
+def test_empty_cells_line_lists_the_empty_cells_in_reading_order():
+    env = fresh(difficulty="hard", list_empty_cells=True)
+    expected = " ".join(f"({c // 4 + 1},{c % 4 + 1})" for c, v in enumerate(env.puzzle) if v == 0)
+    assert env.board_text().splitlines()[-1] == f"Empty cells (row, col): {expected}"
+    row, col, digit = first_empty(env)
+    obs, *_ = env.step({"name": "place", "arguments": {"row": row, "col": col, "digit": digit}})
+    line = obs.splitlines()[-1]
+    assert line.startswith("Empty cells (row, col): ") and f"({row},{col})" not in line
+    assert line == f"Empty cells (row, col): {expected.removeprefix(f'({row},{col})').strip()}"
+
+
+def test_empty_cells_line_is_off_by_default_and_reads_none_when_solved():
+    assert "Empty cells" not in fresh().board_text()
+    env = fresh(list_empty_cells=True)
+    while 0 in env.board:
+        row, col, digit = first_empty(env)
+        obs, *_ = env.step({"name": "place", "arguments": {"row": row, "col": col, "digit": digit}})
+    assert obs.splitlines()[-1] == "Empty cells (row, col): none"
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_bad_list_empty_cells_is_named(value):
+    with pytest.raises(TypeError, match=rf"list_empty_cells must be true or false, got {value!r}"):
+        envs.make("sudoku", list_empty_cells=value)
