@@ -140,7 +140,7 @@ def agent_loop(options: dict) -> list[dict]:
     """Episodes/s: toolgym's rollout vs TRL's environment_factory loop, same model/env/latency, transformers."""
     import resource
 
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from rl.config import load_config
     from rl.models import load_model, lora_config
