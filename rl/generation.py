@@ -79,6 +79,16 @@ class GenerationStream(Protocol):
     async def aclose(self) -> None: ...
 
 
+def run_sync(coro):
+    """Run a coroutine to completion, also when the caller already runs an event loop (notebooks)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with cf.ThreadPoolExecutor(max_workers=1) as runner:
+        return runner.submit(asyncio.run, coro).result()
+
+
 Batch = Callable[[list[int], list[list[int]], SamplingParams], list[Generation]]
 
 

@@ -45,6 +45,7 @@ from rl.generation import (
     GenerationStream,
     SamplingParams,
     open_stream,
+    run_sync,
 )
 from rl.vision import ImagePrompt
 
@@ -297,21 +298,11 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
         await rollout.run()
         return rollout
 
-    rollout = _run_sync(main())
+    rollout = run_sync(main())
     if metrics is not None:
         metrics.update(generation_s=rollout.generating.total, env_s=rollout.stepping.total,
                        generated_tokens=rollout.generated_tokens, wall_s=time.perf_counter() - started)
     return [_trajectory(ep) for ep in episodes]
-
-
-def _run_sync(coro):
-    """Run a coroutine to completion, also when the caller already runs an event loop (notebooks)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with cf.ThreadPoolExecutor(max_workers=1) as runner:
-        return runner.submit(asyncio.run, coro).result()
 
 
 def _policy_turn(chat: ChatFormat, action: ToolCall | str, prefix: str) -> Generation:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rl.generation import Generation, GenerationError, SamplingParams
+from rl.generation import Generation, GenerationError, SamplingParams, run_sync
 
 if TYPE_CHECKING:
     import torch
@@ -53,6 +53,7 @@ class VLLMServerBackend:
         self.max_connections = max_connections
         self.weights_version: int | None = None
         self._synced_once = False
+        self._fused_groups: dict[str, list[str]] | None = None
         self.stats = ServerStats()
         self.last_sync: dict[str, float] = {}
 
@@ -63,8 +64,6 @@ class VLLMServerBackend:
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
         """A batch as concurrent requests (episode k = prompt k); raises if any failed."""
-        from rl.rollout import _run_sync
-
         async def run() -> list[Generation]:
             stream = self.stream()
             try:
@@ -72,7 +71,7 @@ class VLLMServerBackend:
             finally:
                 await stream.aclose()
 
-        return _run_sync(run())
+        return run_sync(run())
 
     def health(self, url: str | None = None, timeout_s: float = 10.0) -> dict:
         import httpx
@@ -111,7 +110,9 @@ class VLLMServerBackend:
         from rl.vllm_backend import weights_for_sync
 
         started = time.perf_counter()
-        groups = {k: v for k, v in self.health().get("fused_groups", {}).items()}
+        if self._fused_groups is None:  # the server's model layout, asked once
+            self._fused_groups = self.health().get("fused_groups", {})
+        groups = self._fused_groups
         with torch.no_grad():
             tensors = {name: t.detach().to("cpu").contiguous().clone()
                        for name, t in weights_for_sync(model, groups, changing_only=self._synced_once)}
