@@ -253,7 +253,10 @@ class ToolGymGRPOTrainer(VisionGRPOMixin, GRPOTrainer):
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    checkpoints = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    """The newest complete checkpoint. The trainer writes `trainer_state.json` last, so a
+    checkpoint without it was cut off mid-save (a killed job) and is passed over."""
+    checkpoints = sorted((p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
+                         key=lambda p: int(p.name.split("-")[-1]))
     return checkpoints[-1] if checkpoints else None
 
 

@@ -33,6 +33,9 @@ def test_run_writes_metrics_episodes_checkpoints_and_resumes(tmp_path):
     episodes = [json.loads(line) for line in (run / "episodes.jsonl").open()]
     assert episodes and "<start_of_turn>model" in episodes[0]["text"] and "info" in episodes[0]
 
+    cut_off = run / "checkpoint-4"  # a save killed midway: no trainer_state.json; resume passes over it
+    cut_off.mkdir()
+    (cut_off / "model.safetensors").write_bytes(b"")
     result = launch(*common, "--set", "grpo.max_steps=3", "--resume", cwd=tmp_path)
     resumed = [json.loads(line) for line in (run / "metrics.jsonl").open() if '"reward"' in line]
     assert [m["step"] for m in resumed] == [1, 2, 3], "resume must continue at step 3, not restart"
