@@ -17,6 +17,7 @@ from trl import SFTConfig, SFTTrainer
 from rl.cli import check_resolvable
 from rl.config import RunConfig, to_yaml
 from rl.episodes import demonstrations
+from rl.guards import SkipNonFiniteUpdates
 from rl.models import load_model, lora_config
 from rl.plots import save_curve
 from rl.progress import JsonlLogger
@@ -46,6 +47,7 @@ def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
                          train_dataset=dataset.select_columns(["input_ids", "completion_mask"]),
                          peft_config=lora_config(cfg.lora, model))
+    trainer.add_callback(SkipNonFiniteUpdates(trainer))
     trainer.add_callback(JsonlLogger(out / "metrics.jsonl"))
     checkpoint = latest_checkpoint(out) if resume else None
     if resume and checkpoint is None:

@@ -27,6 +27,7 @@ from rl.chat import ChatFormat
 from rl.cli import check_resolvable
 from rl.config import RunConfig, to_yaml
 from rl.generation import TransformersBackend
+from rl.guards import SkipNonFiniteUpdates
 from rl.models import load_image_tokenizer, load_model, lora_config
 from rl.plots import save_curve
 from rl.progress import JsonlLogger, RunProgress
@@ -239,6 +240,7 @@ def build_trainer(cfg: RunConfig):
     )
     trainer.image_token_id = chat.images.image_token_id if chat.images else None
     RunProgress.install(trainer)
+    trainer.add_callback(SkipNonFiniteUpdates(trainer))
     trainer.add_callback(JsonlLogger(out / "metrics.jsonl"))
     return trainer
 
