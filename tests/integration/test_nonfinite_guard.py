@@ -1,7 +1,11 @@
 """A NaN in one step's gradients skips that update; the run goes on with finite weights."""
 
+from collections import defaultdict
+from types import SimpleNamespace
+
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from rl.config import load_config
 from rl.guards import SkipNonFiniteUpdates
@@ -11,6 +15,16 @@ from rl.trainer import build_trainer
 def model_tokens(prompts, completions, **kwargs):
     """Varies within every group, so every step has a gradient."""
     return [float(n) for n in kwargs["model_tokens"]]
+
+
+class Snapshots(TrainerCallback):
+    """The trainable weights after every optimizer step."""
+
+    def __init__(self, params: dict):
+        self.params, self.taken = params, []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.taken.append({n: p.detach().clone() for n, p in self.params.items()})
 
 
 def test_poisoned_step_is_skipped_and_training_continues(tmp_path):
@@ -30,16 +44,14 @@ def test_poisoned_step_is_skipped_and_training_continues(tmp_path):
         return torch.full_like(grad, float("nan")) if len(backwards) == 2 else grad
 
     poisoned.register_hook(poison_second_step)
-    snapshots = []
-    trainer.add_callback(type("Snap", (__import__("transformers").TrainerCallback,), {
-        "on_step_end": lambda self, args, state, control, **kw: snapshots.append(
-            {n: p.detach().clone() for n, p in trainable.items()})})())
+    snapshots = Snapshots(trainable)
+    trainer.add_callback(snapshots)
     trainer.train()
 
     assert len(backwards) == 3
     flags = [m["train/nonfinite_update"] for m in trainer.state.log_history if "reward" in m]
     assert flags == [0.0, 1.0, 0.0]
-    first, second, third = snapshots
+    first, second, third = snapshots.taken
     assert all(torch.equal(first[n], second[n]) for n in trainable), "the poisoned update was applied"
     assert any(not torch.equal(second[n], third[n]) for n in trainable), "training stopped after the skip"
     assert all(torch.isfinite(p).all() for p in trainable.values())
@@ -47,9 +59,9 @@ def test_poisoned_step_is_skipped_and_training_continues(tmp_path):
 
 def test_a_diverged_model_stops_the_run_with_a_clear_error():
     model = torch.nn.Linear(3, 2)
-    trainer = type("T", (), {"model": model, "_metrics": {"train": __import__("collections").defaultdict(list)}})()
+    trainer = SimpleNamespace(model=model, _metrics={"train": defaultdict(list)})
     guard = SkipNonFiniteUpdates(trainer, max_consecutive=2)
-    state = type("S", (), {"global_step": 7})()
+    state = SimpleNamespace(global_step=7)
     model.weight.grad = torch.ones_like(model.weight)
     model.bias.grad = torch.tensor([1.0, float("inf")])
     guard.on_pre_optimizer_step(None, state, None)
