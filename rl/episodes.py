@@ -22,8 +22,9 @@ from rl.toolcalls import get_format
 POLICIES = {"expert": expert_for, "random": random_for}
 
 
-def chat_for(cfg: RunConfig, tokenizer) -> ChatFormat:
-    return ChatFormat(tokenizer, get_format(cfg.model.tool_format), cfg.rollout.chat_template_kwargs)
+def chat_for(cfg: RunConfig, tokenizer, images=None) -> ChatFormat:
+    """The run's chat format; `images` (an `ImageTokenizer`) for a vision-language model."""
+    return ChatFormat(tokenizer, get_format(cfg.model.tool_format), cfg.rollout.chat_template_kwargs, images=images)
 
 
 def play(cfg: RunConfig, chat: ChatFormat, seeds: list[int], backend=None, policy: Callable | None = None,
@@ -54,11 +55,16 @@ def demonstrations(cfg: RunConfig, tokenizer, num_episodes: int | None = None):
     """
     from datasets import Dataset
 
+    from rl.models import load_image_tokenizer
+
     n = num_episodes or cfg.sft.num_episodes
     start, stop = cfg.env.train_seeds
     if n > stop - start:
         raise ValueError(f"sft.num_episodes={n} exceeds the training seed range {cfg.env.train_seeds}")
     seeds = list(range(start, start + n))
+    if load_image_tokenizer(cfg.model, tokenizer) is not None:
+        raise ValueError(f"SFT demonstrations for the vision-language model {cfg.model.name!r} are not supported "
+                         "yet: the dataset would hold image tokens without their pixels (text models are)")
     chat = chat_for(cfg, tokenizer)
     expert = make_policy(cfg, "expert", seed=cfg.sft.seed, explore=cfg.sft.explore)
     # the demonstration writes whole calls itself: no response prefix
@@ -112,11 +118,11 @@ def summarize(trajectories: list[Trajectory], k: int = 1) -> dict:
 def evaluate(cfg: RunConfig, policy: str = "") -> dict:
     """Evaluate the configured model (or a reference `policy`: expert, random) on held-out seeds."""
     from rl.generation import TransformersBackend
-    from rl.models import load_model, load_tokenizer
+    from rl.models import load_image_tokenizer, load_model, load_tokenizer
 
     e = cfg.eval
     seeds = list(range(e.seed_start, e.seed_start + e.episodes))
-    backend, policy_fn = None, None
+    backend, policy_fn, images = None, None, None
     if policy:
         tokenizer = load_tokenizer(cfg.model)
         # the expert row is the expert that wrote the demonstrations, show_board habit included
@@ -131,8 +137,9 @@ def evaluate(cfg: RunConfig, policy: str = "") -> dict:
         if torch.cuda.is_available():
             model = model.to("cuda")
         backend = TransformersBackend(model, tokenizer)
+        images = load_image_tokenizer(cfg.model, tokenizer)  # a VLM sees the env's images, as in training
         label = cfg.model.name
-    chat = chat_for(cfg, tokenizer)
+    chat = chat_for(cfg, tokenizer, images)
     settings = dataclasses.replace(cfg.rollout, temperature=e.temperature)
     trajectories: list[Trajectory] = []
     for _ in range(e.k):  # sample j of every seed, then sample j+1: pass@k reads them back in this order

@@ -125,3 +125,41 @@ def test_grpo_on_the_driving_simulator_sees_the_images_in_every_forward_pass(tmp
         assert s["remote/episodes"] == 4 and s["remote/failed"] == 0 and s["remote/queued"] >= 2
     episode = json.loads((tmp_path / "vlm" / "episodes.jsonl").open().readline())
     assert "<|image>" in episode["text"] and "<|turn>model" in episode["text"] and "<|think|>" not in episode["text"]
+
+
+def vlm_config(tmp_path, urls, *extra):
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    return config_from_args(parser.parse_args([
+        "--env", "carla", "--model", TINY_VLM, "--name", "vlm", "--env-urls", *urls,
+        "--set", f"output_dir={tmp_path}", "--set", "log.wandb=off", "--set", "model.dtype=float32",
+        "--set", "rollout.max_turns=3", "--set", "rollout.max_new_tokens=12",
+        "--set", f"rollout.response_prefix={json.dumps(OBSERVE)}", *extra]))
+
+
+def test_eval_of_a_vlm_gives_the_model_the_camera_frames(tmp_path, driving_servers, monkeypatch):
+    from rl.episodes import evaluate
+    from rl.vision import ImagePrompt
+
+    seen = []
+    generate = TransformersBackend.generate
+
+    def record(self, prompts, params):
+        seen.extend(len(p.images) if isinstance(p, ImagePrompt) else 0 for p in prompts)
+        return generate(self, prompts, params)
+
+    monkeypatch.setattr(TransformersBackend, "generate", record)
+    cfg = vlm_config(tmp_path, driving_servers, "--set", "eval.episodes=2", "--set", "eval.batch_size=2")
+    result = evaluate(cfg)
+    assert result["episodes"] == 2 and result["label"] == TINY_VLM and result["env_errors"] == 0
+    assert len(seen) == 6  # 2 episodes x 3 turns
+    assert max(seen) >= 2, f"the model never saw the frames its observe() calls returned: {seen}"
+
+
+def test_sft_demonstrations_refuse_a_vlm_instead_of_dropping_its_pixels(tmp_path, driving_servers):
+    from rl.episodes import demonstrations
+    from rl.models import load_tokenizer
+
+    cfg = vlm_config(tmp_path, driving_servers)
+    with pytest.raises(ValueError, match="vision-language model 'tiny-vlm'"):
+        demonstrations(cfg, load_tokenizer(cfg.model), num_episodes=2)
