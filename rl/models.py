@@ -189,9 +189,10 @@ def load_image_tokenizer(cfg: ModelConfig, tokenizer):
     """What turns images into tokens for a vision-language model; None for a text model."""
     from rl.vision import ImageTokenizer
 
+    pixel_dtype = resolve_dtype(cfg.dtype)  # the model's: half the memory of float32 pixels in bf16
     if cfg.name == TINY_VLM:
-        return ImageTokenizer(tokenizer, tiny_image_processor(), **{k: GEMMA4_MEDIA_TOKENS[k] for k in
-                                                                    ("image_token", "boi_token", "eoi_token")})
+        return ImageTokenizer(tokenizer, tiny_image_processor(), pixel_dtype=pixel_dtype,
+                              **{k: GEMMA4_MEDIA_TOKENS[k] for k in ("image_token", "boi_token", "eoi_token")})
     if cfg.name in (TINY, GEMMA_270M):
         return None
     from transformers import AutoConfig, AutoProcessor
@@ -201,7 +202,7 @@ def load_image_tokenizer(cfg: ModelConfig, tokenizer):
         return None
     processor = AutoProcessor.from_pretrained(path)
     processor.tokenizer = tokenizer  # the one carrying the chat template
-    return ImageTokenizer.from_processor(processor)
+    return ImageTokenizer.from_processor(processor, pixel_dtype)
 
 
 def load_model(cfg: ModelConfig, tokenizer=None):

@@ -28,7 +28,8 @@ class ImageTokenizer:
     becomes `boi_token`, one `image_token` per soft token of that image, and `eoi_token`.
     """
 
-    def __init__(self, tokenizer: Any, image_processor: Any, image_token: str, boi_token: str, eoi_token: str):
+    def __init__(self, tokenizer: Any, image_processor: Any, image_token: str, boi_token: str, eoi_token: str,
+                 pixel_dtype: Any = None):
         for name, token in (("image_token", image_token), ("boi_token", boi_token), ("eoi_token", eoi_token)):
             token_id = tokenizer.convert_tokens_to_ids(token)
             if not isinstance(token_id, int) or token_id == tokenizer.unk_token_id:
@@ -37,9 +38,12 @@ class ImageTokenizer:
         self.image_processor = image_processor
         self.image_token, self.boi_token, self.eoi_token = image_token, boi_token, eoi_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(image_token)
+        # Pixels are kept per episode until the loss has seen them: in a bf16 model's dtype they
+        # take half the memory of the processor's float32, and the vision tower casts to it anyway.
+        self.pixel_dtype = pixel_dtype
 
     @classmethod
-    def from_processor(cls, processor: Any) -> ImageTokenizer:
+    def from_processor(cls, processor: Any, pixel_dtype: Any = None) -> ImageTokenizer:
         """From a transformers processor that names its image tokens (Gemma4Processor does)."""
         needed = ("tokenizer", "image_processor", "image_token", "boi_token", "eoi_token")
         missing = [name for name in needed if not getattr(processor, name, None)]
@@ -47,7 +51,7 @@ class ImageTokenizer:
             raise ValueError(f"{type(processor).__name__} has no {', '.join(missing)}: toolgym lays images out "
                              "as Gemma 4 does (begin-of-image, one image token per soft token, end-of-image)")
         return cls(processor.tokenizer, processor.image_processor, processor.image_token, processor.boi_token,
-                   processor.eoi_token)
+                   processor.eoi_token, pixel_dtype)
 
     def encode(self, text: str, images: list) -> tuple[list[int], list[dict]]:
         """Token ids of `text` with each placeholder expanded, and each image's model inputs, in order."""
@@ -61,11 +65,16 @@ class ImageTokenizer:
         missing = [k for k in IMAGE_INPUT_KEYS if k not in processed]
         if missing:
             raise ValueError(f"{type(self.image_processor).__name__} gave no {missing} (got {sorted(processed)})")
-        per_image = [{k: processed[k][i] for k in IMAGE_INPUT_KEYS} for i in range(len(images))]
+        per_image = [{k: self._stored(processed[k][i]) for k in IMAGE_INPUT_KEYS} for i in range(len(images))]
         soft_tokens = [int(n) for n in processed["num_soft_tokens_per_image"]]
         expanded = parts[0] + "".join(f"{self.boi_token}{self.image_token * n}{self.eoi_token}{after}"
                                       for n, after in zip(soft_tokens, parts[1:]))
         return self.tokenizer.encode(expanded, add_special_tokens=False), per_image
+
+    def _stored(self, value: Any) -> Any:
+        if self.pixel_dtype is not None and value.is_floating_point():
+            return value.to(self.pixel_dtype)
+        return value
 
 
 class ImagePrompt(list):

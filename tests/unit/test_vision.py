@@ -176,3 +176,20 @@ def test_template_that_never_shows_tool_results_is_refused(vlm_tokenizer):
     tokenizer.chat_template = "{% for m in messages %}{% if m.role != 'tool' %}{{ m.content }}{% endif %}{% endfor %}"
     with pytest.raises(ValueError, match="never renders tool messages"):
         ChatFormat(tokenizer, get_format("gemma4"))
+
+
+def test_pixels_are_kept_in_the_models_dtype(vlm_tokenizer):
+    import torch
+
+    image = Image.new("RGB", (64, 48), "red")
+    text = "look: <|image|>"
+    wide = load_image_tokenizer(ModelConfig(name=TINY_VLM, dtype="float32"), vlm_tokenizer)
+    narrow = load_image_tokenizer(ModelConfig(name=TINY_VLM, dtype="bfloat16"), vlm_tokenizer)
+    ids32, [img32] = wide.encode(text, [image])
+    ids16, [img16] = narrow.encode(text, [image])
+    assert ids16 == ids32
+    assert img32["pixel_values"].dtype == torch.float32 and img16["pixel_values"].dtype == torch.bfloat16
+    assert torch.equal(img16["pixel_values"], img32["pixel_values"].to(torch.bfloat16))
+    pixels = img16["pixel_values"]
+    assert pixels.numel() * pixels.element_size() * 2 == img32["pixel_values"].numel() * 4
+    assert torch.equal(img16["image_position_ids"], img32["image_position_ids"])  # integers stay as they are
