@@ -7,6 +7,7 @@ demonstrations and evaluation rows) and returns the next action as a `ToolCall`.
 
 from __future__ import annotations
 
+import inspect
 import random
 from typing import Callable
 
@@ -76,7 +77,13 @@ RANDOM: dict[type, Callable[..., Policy]] = {SudokuEnv: SudokuRandom}
 def _lookup(table: dict[type, Callable[..., Policy]], env: ToolEnv, kind: str, **kwargs) -> Policy:
     for cls in type(env).__mro__:
         if cls in table:
-            return table[cls](**kwargs)
+            make = table[cls]
+            accepted = inspect.signature(make).parameters
+            unknown = sorted(set(kwargs) - set(accepted))
+            if unknown:
+                raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for {getattr(make, '__name__', make)} "
+                                 f"(accepted: {', '.join(accepted)})")
+            return make(**kwargs)
     known = ", ".join(c.__name__ for c in table)
     raise ValueError(f"no {kind} policy for {type(env).__name__} (available for: {known})")
 

@@ -123,6 +123,7 @@ class SFTSection:
     demos: str = ""  # a saved demonstrations dataset; empty = generate num_episodes with the env's expert
     num_episodes: int = 200
     explore: float = 0.1  # share of expert turns that look at the board instead of moving
+    expert: dict[str, Any] = field(default_factory=dict)  # the env's expert's options, e.g. Sudoku {order: constrained}
     learning_rate: float = 2e-4
     num_train_epochs: float = 1.0
     max_steps: int = -1

@@ -66,7 +66,7 @@ def demonstrations(cfg: RunConfig, tokenizer, num_episodes: int | None = None):
         raise ValueError(f"SFT demonstrations for the vision-language model {cfg.model.name!r} are not supported "
                          "yet: the dataset would hold image tokens without their pixels (text models are)")
     chat = chat_for(cfg, tokenizer)
-    expert = make_policy(cfg, "expert", seed=cfg.sft.seed, explore=cfg.sft.explore)
+    expert = make_policy(cfg, "expert", seed=cfg.sft.seed, explore=cfg.sft.explore, **cfg.sft.expert)
     # the demonstration writes whole calls itself: no response prefix
     settings = dataclasses.replace(cfg.rollout, response_prefix="")
     trajectories = play(cfg, chat, seeds, policy=expert, settings=settings, batch_size=64)
@@ -126,7 +126,7 @@ def evaluate(cfg: RunConfig, policy: str = "") -> dict:
     if policy:
         tokenizer = load_tokenizer(cfg.model)
         # the expert row is the expert that wrote the demonstrations, show_board habit included
-        kwargs = {"explore": cfg.sft.explore} if policy == "expert" else {}
+        kwargs = {"explore": cfg.sft.explore, **cfg.sft.expert} if policy == "expert" else {}
         policy_fn = make_policy(cfg, policy, seed=e.seed_start, **kwargs)
         label = policy
     else:

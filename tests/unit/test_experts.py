@@ -62,3 +62,17 @@ def test_policy_lookup_names_what_exists():
 
     with pytest.raises(ValueError, match="no expert policy for Other \\(available for: SudokuEnv"):
         expert_for(Other())
+
+
+def test_the_config_picks_the_experts_options_and_names_a_bad_one():
+    from rl.config import load_config
+    from rl.episodes import make_policy
+
+    cfg = load_config("configs/sudoku-sft.yaml", ["sft.expert.order=constrained"])
+    assert cfg.sft.expert == {"order": "constrained"}
+    assert make_policy(cfg, "expert", **cfg.sft.expert).order == "constrained"
+    assert make_policy(load_config("configs/sudoku-sft.yaml"), "expert").order == "reading"
+    with pytest.raises(ValueError, match=r"unknown option\(s\) 'depth' for SudokuExpert \(accepted: explore, seed, order\)"):
+        make_policy(cfg, "expert", depth=3)
+    with pytest.raises(ValueError, match=r"unknown expert order 'spiral' \(accepted: reading, constrained\)"):
+        make_policy(cfg, "expert", order="spiral")
