@@ -28,8 +28,15 @@ def spawn(board: list[list[int]], rng: random.Random) -> None:
         board[r][c] = 4 if rng.random() < 0.1 else 2
 
 
-def _slide_row(row: list[int]) -> tuple[list[int], int]:
+_SLID: dict[tuple[int, ...], tuple[tuple[int, ...], int]] = {}  # row -> (row slid left, points)
+_SLID_MAX = 1 << 18  # distinct rows remembered (4x4 games meet a few thousand)
+
+
+def _slide_row(row: tuple[int, ...]) -> tuple[tuple[int, ...], int]:
     """Slide one row to the left, merging equal neighbours once; returns (row, points)."""
+    hit = _SLID.get(row)
+    if hit is not None:
+        return hit
     tiles = [v for v in row if v]
     out, points, i = [], 0, 0
     while i < len(tiles):
@@ -40,31 +47,44 @@ def _slide_row(row: list[int]) -> tuple[list[int], int]:
         else:
             out.append(tiles[i])
             i += 1
-    return out + [0] * (len(row) - len(out)), points
+    result = (tuple(out) + (0,) * (len(row) - len(out)), points)
+    if len(_SLID) < _SLID_MAX:
+        _SLID[row] = result
+    return result
 
 
 def slide(board: list[list[int]], direction: str) -> tuple[list[list[int]], int]:
     """The board after sliding every tile towards `direction`, and the points merged."""
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r} (accepted: {', '.join(DIRECTIONS)})")
-    n = len(board)
-    if direction in ("left", "right"):
-        lines = [list(row) for row in board]
+    if direction == "left":
+        slid = [_slide_row(tuple(row)) for row in board]
+        return [list(row) for row, _ in slid], sum(p for _, p in slid)
+    if direction == "right":
+        slid = [_slide_row(tuple(row[::-1])) for row in board]
+        return [list(row[::-1]) for row, _ in slid], sum(p for _, p in slid)
+    columns = list(zip(*board))
+    if direction == "up":
+        slid = [_slide_row(col) for col in columns]
+        moved = [col for col, _ in slid]
     else:
-        lines = [[board[r][c] for r in range(n)] for c in range(n)]
-    reverse = direction in ("right", "down")
-    moved, points = [], 0
-    for line in lines:
-        slid, p = _slide_row(line[::-1] if reverse else line)
-        moved.append(slid[::-1] if reverse else slid)
-        points += p
-    if direction in ("left", "right"):
-        return moved, points
-    return [[moved[c][r] for c in range(n)] for r in range(n)], points
+        slid = [_slide_row(col[::-1]) for col in columns]
+        moved = [col[::-1] for col, _ in slid]
+    return [list(row) for row in zip(*moved)], sum(p for _, p in slid)
 
 
 def legal_moves(board: list[list[int]]) -> list[str]:
     return [d for d in DIRECTIONS if slide(board, d)[0] != board]
+
+
+def _moves(board: list[list[int]]) -> dict[str, tuple[list[list[int]], int]]:
+    """Every direction's outcome (board, points), for the directions that change the board."""
+    out = {}
+    for d in DIRECTIONS:
+        after = slide(board, d)
+        if after[0] != board:
+            out[d] = after
+    return out
 
 
 def max_tile(board: list[list[int]]) -> int:
@@ -84,7 +104,8 @@ def play_game(strategy, seed: int, size: int = 4, target: int = 2048, max_moves:
         if max_tile(board) >= target:
             ended = "won"
             break
-        if not legal_moves(board):
+        legal = _moves(board)  # each direction slid once per board, not again for the chosen move
+        if not legal:
             ended = "no_moves"
             break
         try:
@@ -92,14 +113,13 @@ def play_game(strategy, seed: int, size: int = 4, target: int = 2048, max_moves:
         except Exception as e:  # the model's function raised on this board
             ended, error = "error", f"{type(e).__name__}: {e}"
             return _facts(seed, board, score, moves, invalid, ended, target, error)
-        after = slide(board, direction)[0] if direction in DIRECTIONS else board
-        if after == board:
+        if not isinstance(direction, str) or direction not in legal:  # unknown, or does not move a tile
             invalid, streak = invalid + 1, streak + 1
             if streak >= max_invalid:
                 ended = "invalid_moves"
                 break
             continue
-        board, points = slide(board, direction)
+        board, points = legal[direction]
         score, moves, streak = score + points, moves + 1, 0
         spawn(board, rng)
     return _facts(seed, board, score, moves, invalid, ended, target)
