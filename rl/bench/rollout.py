@@ -66,6 +66,41 @@ def _best_rate(run, repeats: int, before=None) -> tuple[int, float]:
     return best
 
 
+def _model_turns(trajectories) -> list[list[tuple[list[int], int]]]:
+    """Per turn index, every episode's (context before that turn, tokens the model generated in it)."""
+    turns: list[list[tuple[list[int], int]]] = []
+    for t in trajectories:
+        ids, mask, base = t.prompt_ids + t.completion_ids, t.env_mask, len(t.prompt_ids)
+        k = i = 0
+        while i < len(mask):
+            if not mask[i]:
+                i += 1
+                continue
+            j = i
+            while j < len(mask) and mask[j]:
+                j += 1
+            if k == len(turns):
+                turns.append([])
+            turns[k].append((ids[:base + i], j - i))
+            k, i = k + 1, j
+    return turns
+
+
+def _replay(llm, turns, temperature: float) -> int:
+    """Raw `LLM.generate` over the same turns: one batch per turn index, each row held to the
+    length it had in the rollout (min_tokens = max_tokens), no env in between."""
+    from vllm import SamplingParams as VLLMSamplingParams
+    from vllm.inputs import TokensPrompt
+
+    total = 0
+    for turn in turns:
+        requests = [TokensPrompt(prompt_token_ids=context) for context, _ in turn]
+        params = [VLLMSamplingParams(temperature=temperature, max_tokens=n, min_tokens=n, ignore_eos=True,
+                                     logprobs=0, detokenize=False, seed=i) for i, (_, n) in enumerate(turn)]
+        total += sum(len(o.outputs[0].token_ids) for o in llm.generate(requests, params, use_tqdm=False))
+    return total
+
+
 @suite("generation")
 def generation(options: dict) -> list[dict]:
     """Generated tokens/s on Sudoku prompts: transformers vs vLLM colocate vs raw vllm.LLM.generate."""
@@ -113,6 +148,7 @@ def generation(options: dict) -> list[dict]:
 
     if max_turns > 0:
         settings.max_turns = max_turns
+        multi_turn = []
         for name, backend in (("vllm colocate (VLLMBackend)", vllm), ("hf (TransformersBackend)", hf)):
             vllm.llm.reset_prefix_cache()
             timing: dict = {}
@@ -126,6 +162,17 @@ def generation(options: dict) -> list[dict]:
                          "vs_raw_vllm": rate / ceiling, "episodes_per_s": n / seconds,
                          "model_turns": sum(t.info["model_turns"] for t in trajectories) / n,
                          "generation_s": timing["generation_s"], "env_s": timing["env_s"]})
+            multi_turn.append((rows[-1], trajectories))
+        # The multi-turn ceiling: the engine's raw rate on the very turns the vLLM rollout played.
+        turns = _model_turns(multi_turn[0][1])
+        vllm.llm.reset_prefix_cache()
+        tokens, seconds = _best_rate(lambda: _replay(vllm.llm, turns, settings.temperature), repeats,
+                                     vllm.llm.reset_prefix_cache)
+        rows.append({"test": f"{n} episodes, max_turns {max_turns}", "backend": "vllm raw LLM.generate, same turns",
+                     "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+                     "vs_raw_vllm": tokens / seconds / ceiling, "vs_raw_same_turns": 1.0})
+        for row, _ in multi_turn:
+            row["vs_raw_same_turns"] = row["tokens_per_s"] / (tokens / seconds)
     return rows
 
 
