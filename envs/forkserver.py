@@ -23,7 +23,8 @@ never run model code: they read the child's JSON frames (nothing is unpickled) a
 output. When the child (PID 1) dies, the kernel kills everything it forked, so no fork
 bomb or `setsid` outlives a run. Without root, or with namespaces switched off (`weak`),
 the same tree runs with rlimits, a process group, a scratch cwd and an audit hook
-(Python-level blocks that ctypes can bypass); `_isolation` says exactly what is in force.
+(Python-level blocks that ctypes can bypass); as root, each run also has its own uid, all
+of whose processes are killed after the run. `_isolation` says exactly what is in force.
 """
 
 from __future__ import annotations
@@ -136,8 +137,10 @@ def _isolation(namespaces: bool) -> dict:
     return {"mode": "weak", "why": why, "network": f"{hook} blocks socket creation",
             "filesystem": f"fresh scratch directory as cwd; {hook} blocks open() outside it; "
                           "the rest of the filesystem is not hidden",
-            "processes": f"own process group, killed with the run (setsid() escapes it); {hook} blocks "
-                         "fork, exec, subprocess and kill; RLIMIT_NPROC",
+            "processes": ("own process group and uid, every process of that uid killed after the run (a "
+                          "setsid() escapee too)" if root else
+                          "own process group, killed with the run (setsid() escapes it)") +
+                         f"; {hook} blocks fork, exec, subprocess and kill; RLIMIT_NPROC",
             "ipc": "the host's IPC namespace: SysV and POSIX IPC objects can outlive the run",
             "user": "unprivileged uid per run, no_new_privs" if root else
                     "the trainer's own uid (not root: nothing to drop to), no_new_privs"}
@@ -274,8 +277,26 @@ def _zygote(sock: socket.socket, index: int, state: dict) -> None:
             if _libc.umount2(scratch.encode(), MNT_DETACH) != 0:
                 raise OSError(ctypes.get_errno(), f"umount {scratch!r}")
         else:
+            if uid is not None:
+                _kill_uid(uid)
             shutil.rmtree(scratch, ignore_errors=True)
         sock.send(struct.pack("idd", status, ru.ru_utime, ru.ru_stime))
+
+
+def _kill_uid(uid: int) -> None:
+    """Weak mode as root: end every process of the run's own uid, including one that left the
+    run's process group with setsid(). kill(-1) as that uid reaches exactly its processes."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.kill(-1, signal.SIGKILL)
+        except BaseException:  # noqa: BLE001 - nothing left to kill, or nothing may be raised here
+            pass
+        os._exit(0)
+    os.waitpid(pid, 0)
 
 
 def _run(child: Child, req: dict) -> dict:
