@@ -294,3 +294,42 @@ def test_killing_other_processes(box):
     t.join()
     assert slow["r"].ok and slow["r"].value == "survived"
     still_healthy(box)
+
+
+def test_concurrent_runs_cannot_meet_over_an_abstract_unix_socket(box, strong):
+    name = f"toolgym-{uuid.uuid4().hex}"
+    listener = f"""
+import socket
+def f():
+    s = socket.socket(socket.AF_UNIX)
+    s.bind("\\0{name}")
+    s.listen(1)
+    s.settimeout(1.5)
+    try:
+        s.accept()
+        return "accepted"
+    except OSError as e:
+        return type(e).__name__
+"""
+    dialer = f"""
+import socket, time
+def f():
+    time.sleep(0.3)  # the listener is bound by now
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect("\\0{name}")
+        return "connected"
+    except OSError as e:
+        return type(e).__name__
+"""
+    results = {}
+    threads = [threading.Thread(target=lambda k=k, c=c: results.__setitem__(k, box.run(c, entry="f")))
+               for k, c in (("listener", listener), ("dialer", dialer))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["listener"].ok and results["dialer"].ok, results
+    assert results["dialer"].value == "ConnectionRefusedError", results  # no such name in its namespace
+    assert results["listener"].value in ("TimeoutError", "timeout"), results
+    still_healthy(box)
