@@ -81,7 +81,8 @@ def _lookup(table: dict[type, Callable[..., Policy]], env: ToolEnv, kind: str, *
             accepted = inspect.signature(make).parameters
             unknown = sorted(set(kwargs) - set(accepted))
             if unknown:
-                raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for {getattr(make, '__name__', make)} "
+                name = getattr(make, "__name__", make)
+                raise ValueError(f"unknown option(s) {', '.join(map(repr, unknown))} for {name} "
                                  f"(accepted: {', '.join(accepted)})")
             return make(**kwargs)
     known = ", ".join(c.__name__ for c in table)

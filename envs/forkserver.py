@@ -127,7 +127,8 @@ def _isolation(namespaces: bool) -> dict:
                     f.write(value)
         except OSError as e:
             ipc = f"private IPC namespace shared by all runs (its limits could not be zeroed: {e})"
-        return {"mode": "namespaces", "network": "empty network namespace per run (no interfaces up, no abstract unix socket of "
+        return {"mode": "namespaces",
+                "network": "empty network namespace per run (no interfaces up, no abstract unix socket of "
                            "another run)",
                 "filesystem": "chroot into a fresh size-capped tmpfs per run, in a private mount namespace; "
                               "nothing else visible",
