@@ -14,6 +14,7 @@ Names:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -198,6 +199,9 @@ def load_image_tokenizer(cfg: ModelConfig, tokenizer):
     from transformers import AutoConfig, AutoProcessor
 
     path = model_path(cfg.name)
+    base_name = _adapter_base(path)
+    if base_name is not None:  # a LoRA run: its base model decides
+        return load_image_tokenizer(dataclasses.replace(cfg, name=base_name), tokenizer)
     if getattr(AutoConfig.from_pretrained(path), "vision_config", None) is None:
         return None
     processor = AutoProcessor.from_pretrained(path)
@@ -224,16 +228,24 @@ def load_model(cfg: ModelConfig, tokenizer=None):
     return model, tokenizer
 
 
-def _from_pretrained(path: str, dtype: torch.dtype, attn_implementation: str) -> torch.nn.Module:
-    """A model directory, or a LoRA adapter directory merged into its base model."""
+def _adapter_base(path: str) -> str | None:
+    """The base model of a LoRA adapter directory; None if `path` is not one."""
     adapter_config = Path(path) / "adapter_config.json"
     if not adapter_config.exists():
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
-    from peft import PeftModel
-
+        return None
     base_name = json.loads(adapter_config.read_text())["base_model_name_or_path"]
     if Path(base_name).name == GEMMA_270M and not Path(base_name).exists():
         base_name = GEMMA_270M  # trained on another machine: use this machine's cache
+    return base_name
+
+
+def _from_pretrained(path: str, dtype: torch.dtype, attn_implementation: str) -> torch.nn.Module:
+    """A model directory, or a LoRA adapter directory merged into its base model."""
+    base_name = _adapter_base(path)
+    if base_name is None:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+    from peft import PeftModel
+
     base = _from_pretrained(model_path(base_name), dtype, attn_implementation)
     return PeftModel.from_pretrained(base, path).merge_and_unload()
 
