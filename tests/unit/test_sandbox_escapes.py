@@ -48,9 +48,12 @@ def outside(tmp_path):
     return {"public": str(public), "private": str(private), "target": str(tmp_path / f"pwned-{uuid.uuid4().hex}")}
 
 
+SIGINT_AT_START = signal.getsignal(signal.SIGINT)  # SIG_IGN already when started in the background
+
+
 def still_healthy(box):
     """The trainer is untouched and the next run works normally."""
-    assert builtins.len is len and "os" in sys.modules and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+    assert builtins.len is len and "os" in sys.modules and signal.getsignal(signal.SIGINT) == SIGINT_AT_START
     r = box.run("def f(x):\n    return x + 1", entry="f", args=[41])
     assert r.ok and r.value == 42, r
 
