@@ -74,7 +74,7 @@ def slide(board: list[list[int]], direction: str) -> tuple[list[list[int]], int]
 
 
 def legal_moves(board: list[list[int]]) -> list[str]:
-    return [d for d in DIRECTIONS if slide(board, d)[0] != board]
+    return list(_moves(board))
 
 
 def _moves(board: list[list[int]]) -> dict[str, tuple[list[list[int]], int]]:
