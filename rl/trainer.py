@@ -25,7 +25,7 @@ from envs.remote import RemoteEnv, remote_stats, urls_for_rank
 from rewards import get_reward
 from rl.chat import ChatFormat
 from rl.cli import check_resolvable
-from rl.config import RunConfig, to_yaml
+from rl.config import ConfigError, RunConfig, to_yaml
 from rl.generation import TransformersBackend
 from rl.guards import SkipNonFiniteUpdates
 from rl.models import load_image_tokenizer, load_model, lora_config
@@ -34,6 +34,14 @@ from rl.progress import JsonlLogger, RunProgress
 from rl.rollout import Trajectory, run_episodes
 from rl.toolcalls import get_format
 from rl.vision import VisionGRPOMixin
+
+
+# vLLM's Gemma 4 model imports transformers' Gemma4Processor, whose image processor needs
+# torchvision; PyPI's torchvision for torch 2.13 is a CUDA build that breaks beside the CPU torch
+# (and the GPU image has no vLLM). Refuse before writing weights for an engine that cannot start.
+VLM_BACKEND_ERROR = ("model {model!r} is a vision-language model; rollout.backend={backend!r} cannot take its "
+                     "images yet (accepted for VLMs: hf). vLLM's Gemma 4 path needs torchvision built for this "
+                     "torch and multi_modal_data prompts, which toolgym does not send yet")
 
 
 def resolve_rewards(cfg: RunConfig) -> tuple[list, list[float]]:
@@ -212,6 +220,8 @@ def build_trainer(cfg: RunConfig):
     model, tokenizer = load_model(cfg.model)
     chat = ChatFormat(tokenizer, tool_format, cfg.rollout.chat_template_kwargs,
                       images=load_image_tokenizer(cfg.model, tokenizer))
+    if chat.images is not None and cfg.rollout.backend != "hf":
+        raise ConfigError(VLM_BACKEND_ERROR.format(model=cfg.model.name, backend=cfg.rollout.backend))
     rollouts = EpisodeRollouts(cfg, chat, env_cls, log_dir=out)
 
     start, stop = cfg.env.train_seeds

@@ -163,3 +163,19 @@ def test_sft_demonstrations_refuse_a_vlm_instead_of_dropping_its_pixels(tmp_path
     cfg = vlm_config(tmp_path, driving_servers)
     with pytest.raises(ValueError, match="vision-language model 'tiny-vlm'"):
         demonstrations(cfg, load_tokenizer(cfg.model), num_episodes=2)
+
+
+@pytest.mark.parametrize("backend", ["vllm", "vllm-server"])
+def test_grpo_refuses_a_vllm_backend_for_a_vlm_before_starting_an_engine(tmp_path, driving_servers, backend):
+    from rl.config import ConfigError
+    from rl.trainer import build_trainer
+
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    cfg = config_from_args(parser.parse_args([
+        "--env", "carla", "--model", TINY_VLM, "--name", "vlm", "--env-urls", *driving_servers,
+        "--set", f"output_dir={tmp_path}", "--set", "log.wandb=off", "--set", f"rollout.backend={backend}",
+        "--set", "rollout.vllm.urls=[http://127.0.0.1:9]"]))  # never dialled: refused first
+    with pytest.raises(ConfigError, match=rf"'tiny-vlm' is a vision-language model; rollout.backend='{backend}'.*accepted for VLMs: hf"):
+        build_trainer(cfg)
+    assert not list(tmp_path.rglob("*.safetensors"))  # no engine weights were written
