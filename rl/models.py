@@ -215,10 +215,8 @@ def load_model(cfg: ModelConfig, tokenizer=None):
 
     tokenizer = tokenizer or load_tokenizer(cfg)
     dtype = resolve_dtype(cfg.dtype)
-    if cfg.name == TINY:
-        model = tiny_model(len(tokenizer)).to(dtype)
-    elif cfg.name == TINY_VLM:
-        model = tiny_vlm(tokenizer).to(dtype)
+    if cfg.name in (TINY, TINY_VLM):
+        model = _built_in(cfg.name, dtype, tokenizer)
     else:
         model = _from_pretrained(model_path(cfg.name), dtype, cfg.attn_implementation)
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
@@ -246,8 +244,22 @@ def _from_pretrained(path: str, dtype: torch.dtype, attn_implementation: str) ->
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
     from peft import PeftModel
 
-    base = _from_pretrained(model_path(base_name), dtype, attn_implementation)
+    if base_name in (TINY, TINY_VLM):
+        base = _built_in(base_name, dtype)
+    else:
+        base = _from_pretrained(model_path(base_name), dtype, attn_implementation)
     return PeftModel.from_pretrained(base, path).merge_and_unload()
+
+
+def _built_in(name: str, dtype: torch.dtype, tokenizer=None) -> torch.nn.Module:
+    """A model built from config (seeded, so always the same weights), named by `name` so that a
+    LoRA adapter trained on it records it as its base and can be loaded again."""
+    if name == TINY:
+        model = tiny_model(len(tokenizer or tiny_tokenizer()))
+    else:
+        model = tiny_vlm(tokenizer or tiny_vlm_tokenizer())
+    model.name_or_path = model.config._name_or_path = name  # peft reads the attribute
+    return model.to(dtype)
 
 
 def exclude_pattern(names: list[str]) -> str | None:

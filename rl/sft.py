@@ -3,7 +3,8 @@
 The demonstrations come from `rl.episodes.demonstrations`: the exact token layout of a
 rollout, with loss only on the expert's tokens (`completion_mask`), never on tool
 results. The result is a full model in `runs/<name>/final` (LoRA is merged), which
-`launch/grpo.py --model runs/<name>` starts from.
+`launch/grpo.py --model runs/<name>` starts from; with LoRA, the adapter alone is also saved in
+`runs/<name>/adapter` (`--model runs/<name>/adapter` gives the same model).
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     final = trainer.model
     if hasattr(final, "merge_and_unload"):
+        # The adapter alone too (~15 MB for Gemma 3 270M at r=16, vs ~1 GB merged): small enough to move
+        # between machines; `--model runs/<name>/adapter` merges it into its base model on load.
+        final.save_pretrained(str(out / "adapter"))
+        tokenizer.save_pretrained(str(out / "adapter"))
         final = final.merge_and_unload()
     final.save_pretrained(str(out / "final"))
     tokenizer.save_pretrained(str(out / "final"))

@@ -26,6 +26,7 @@ def test_sft_then_grpo_from_the_checkpoint_then_eval(tmp_path):
     assert (sft / "final" / "model.safetensors").exists() and (sft / "demos" / "dataset_info.json").exists()
     losses = [json.loads(line) for line in (sft / "metrics.jsonl").open()]
     assert any("loss" in entry or "train_loss" in entry for entry in losses)
+    assert_adapter_is_the_merged_model(sft)
 
     launch("grpo.py", *common, "--model", str(sft), "--name", "grpo", "--set", "grpo.max_steps=1",
            "--set", "rollout.response_prefix=", "--set", "grpo.per_device_train_batch_size=4",
@@ -37,6 +38,26 @@ def test_sft_then_grpo_from_the_checkpoint_then_eval(tmp_path):
     assert "| grpo | sudoku | 4 |" in out.stdout.replace(str(tmp_path) + "/", "")
     result = json.loads((tmp_path / "eval" / "sudoku-grpo.json").read_text())
     assert result["episodes"] == 4 and result["seeds"] == [10_000_000, 10_000_004]
+
+
+def assert_adapter_is_the_merged_model(sft: Path) -> None:
+    """`runs/<sft>/adapter` (a few MB, portable) loads as the same model as `runs/<sft>` (merged)."""
+    import torch
+
+    from rl.config import ModelConfig
+    from rl.models import load_model
+
+    adapter = sft / "adapter"
+    assert (adapter / "adapter_config.json").exists()
+    assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
+    merged, tokenizer = load_model(ModelConfig(name=str(sft), dtype="float32"))
+    again, _ = load_model(ModelConfig(name=str(adapter), dtype="float32"))
+    base, _ = load_model(ModelConfig(name="tiny", dtype="float32"))
+    ids = torch.tensor([tokenizer("place a digit on the board").input_ids])
+    with torch.no_grad():
+        want, got, before = (m(ids).logits for m in (merged, again, base))
+    assert torch.allclose(got, want, atol=1e-5)
+    assert not torch.allclose(before, want, atol=1e-3)  # SFT changed the model, so the check has teeth
 
 
 def test_greedy_eval_is_deterministic():
