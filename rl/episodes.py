@@ -51,32 +51,39 @@ def demonstrations(cfg: RunConfig, tokenizer, num_episodes: int | None = None):
     """Expert episodes on training seeds, as a `datasets.Dataset` ready for SFT.
 
     Columns: `input_ids` (prompt + completion), `completion_mask` (1 on the expert's
-    tokens only, so tool results carry no loss), `seed`, `text`, `info` (JSON).
+    tokens only, so tool results carry no loss), `seed`, `text`, `info` (JSON); for a
+    vision-language model also `frames`, the images its image tokens stand for, in order.
     """
     from datasets import Dataset
 
     from rl.models import load_image_tokenizer
+    from rl.vision import FRAME_KEY
 
     n = num_episodes or cfg.sft.num_episodes
     start, stop = cfg.env.train_seeds
     if n > stop - start:
         raise ValueError(f"sft.num_episodes={n} exceeds the training seed range {cfg.env.train_seeds}")
     seeds = list(range(start, start + n))
-    if load_image_tokenizer(cfg.model, tokenizer) is not None:
-        raise ValueError(f"SFT demonstrations for the vision-language model {cfg.model.name!r} are not supported "
-                         "yet: the dataset would hold image tokens without their pixels (text models are)")
-    chat = chat_for(cfg, tokenizer)
+    images = load_image_tokenizer(cfg.model, tokenizer)
+    if images is not None:
+        images.keep_frames = True
+    chat = chat_for(cfg, tokenizer, images)
     expert = make_policy(cfg, "expert", seed=cfg.sft.seed, explore=cfg.sft.explore, **cfg.sft.expert)
     # the demonstration writes whole calls itself: no response prefix
     settings = dataclasses.replace(cfg.rollout, response_prefix="")
     trajectories = play(cfg, chat, seeds, policy=expert, settings=settings, batch_size=64)
     rows = {"input_ids": [], "completion_mask": [], "seed": [], "text": [], "info": []}
+    if images is not None:
+        rows["frames"] = []
     for seed, t in zip(seeds, trajectories):
         rows["input_ids"].append(t.prompt_ids + t.completion_ids)
         rows["completion_mask"].append([0] * len(t.prompt_ids) + t.env_mask)
         rows["seed"].append(seed)
         rows["text"].append(chat.decode(t.prompt_ids + t.completion_ids))
         rows["info"].append(json.dumps(t.info))
+        if images is not None:
+            # copies carry no source format, so the dataset stores them losslessly (PNG), not re-encoded as JPEG
+            rows["frames"].append([image[FRAME_KEY].copy() for image in t.images])
     return Dataset.from_dict(rows)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 IMAGE_INPUT_KEYS = ("pixel_values", "image_position_ids")  # per image, as Gemma 4's image processor makes them
+FRAME_KEY = "frame"  # the image itself, beside its inputs, when `ImageTokenizer.keep_frames` is on
 
 
 class ImageTokenizer:
@@ -41,6 +42,9 @@ class ImageTokenizer:
         # Pixels are kept per episode until the loss has seen them: in a bf16 model's dtype they
         # take half the memory of the processor's float32, and the vision tower casts to it anyway.
         self.pixel_dtype = pixel_dtype
+        # Demonstrations store the frames themselves (a few KB as PNG) rather than processed pixels
+        # (MBs per image at Gemma 4's sizes), and process them again in the SFT collator.
+        self.keep_frames = False
 
     @classmethod
     def from_processor(cls, processor: Any, pixel_dtype: Any = None) -> ImageTokenizer:
@@ -66,10 +70,29 @@ class ImageTokenizer:
         if missing:
             raise ValueError(f"{type(self.image_processor).__name__} gave no {missing} (got {sorted(processed)})")
         per_image = [{k: self._stored(processed[k][i]) for k in IMAGE_INPUT_KEYS} for i in range(len(images))]
+        if self.keep_frames:
+            for entry, image in zip(per_image, images):
+                entry[FRAME_KEY] = image
         soft_tokens = [int(n) for n in processed["num_soft_tokens_per_image"]]
         expanded = parts[0] + "".join(f"{self.boi_token}{self.image_token * n}{self.eoi_token}{after}"
                                       for n, after in zip(soft_tokens, parts[1:]))
         return self.tokenizer.encode(expanded, add_special_tokens=False), per_image
+
+    def inputs(self, rows: list[list], input_ids: Any) -> dict[str, Any]:
+        """Model inputs for a batch whose row i's image tokens stand for the frames `rows[i]`, processed as
+        `encode` did; refuses a row whose frames make another number of image tokens than it holds."""
+        frames = [frame for row in rows for frame in row]
+        if not frames:
+            return {}
+        processed = self.image_processor(frames, return_tensors="pt")
+        soft = iter(int(n) for n in processed["num_soft_tokens_per_image"])
+        for i, row in enumerate(rows):
+            expected, found = sum(next(soft) for _ in row), int((input_ids[i] == self.image_token_id).sum())
+            if expected != found:
+                raise ValueError(f"row {i}: {len(row)} frame(s) make {expected} image tokens but its ids hold {found}; "
+                                 "the frames do not belong to these ids (or truncation cut them)")
+        images = [{k: self._stored(processed[k][j]) for k in IMAGE_INPUT_KEYS} for j in range(len(frames))]
+        return batch_image_inputs([images], input_ids, self.image_token_id)
 
     def _stored(self, value: Any) -> Any:
         if self.pixel_dtype is not None and value.is_floating_point():
@@ -169,3 +192,19 @@ class VisionGRPOMixin:
             return rows
         return None
 
+
+class VisionSFTCollator:
+    """Pads demonstrations (`input_ids`, `labels`) with TRL's collator and adds their frames' model inputs.
+
+    A row's `frames` are the images its image tokens stand for, in order; they are processed
+    again here (deterministically, as in the rollout), so the dataset stays small.
+    """
+
+    def __init__(self, text_collator: Any, images: ImageTokenizer):
+        self.text_collator = text_collator
+        self.images = images
+
+    def __call__(self, examples: list[dict]) -> dict[str, Any]:
+        batch = self.text_collator([{k: example[k] for k in ("input_ids", "labels")} for example in examples])
+        batch.update(self.images.inputs([example.get("frames") or [] for example in examples], batch["input_ids"]))
+        return batch

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 import pytest
@@ -156,13 +157,101 @@ def test_eval_of_a_vlm_gives_the_model_the_camera_frames(tmp_path, driving_serve
     assert max(seen) >= 2, f"the model never saw the frames its observe() calls returned: {seen}"
 
 
-def test_sft_demonstrations_refuse_a_vlm_instead_of_dropping_its_pixels(tmp_path, driving_servers):
-    from rl.episodes import demonstrations
-    from rl.models import load_tokenizer
+class ScriptedDriver:
+    """Stands in for the driving expert: look, then change lane, then look again."""
 
+    PLAN = [("observe", {}), ("lane_change", {"direction": "left"}), ("observe", {})]
+
+    def __init__(self, seed: int = 0, explore: float = 0.0):
+        self.turns: dict[int, int] = {}  # one policy plays a whole batch: count each episode's turns
+
+    def __call__(self, env):
+        from envs.base import ToolCall
+
+        turn = self.turns[id(env)] = self.turns.get(id(env), -1) + 1
+        return ToolCall(*self.PLAN[min(turn, len(self.PLAN) - 1)])
+
+
+@pytest.fixture
+def scripted_expert(monkeypatch):
+    from envs.carla import CarlaEnv
+
+    monkeypatch.setattr("envs.experts.EXPERTS", {CarlaEnv: ScriptedDriver})
+
+
+def test_vlm_demonstrations_keep_the_frames_their_image_tokens_stand_for(tmp_path, driving_servers, scripted_expert,
+                                                                          vlm):
+    from rl.episodes import demonstrations, make_policy, play
+    from rl.vision import VisionSFTCollator
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    model, tokenizer, chat = vlm
     cfg = vlm_config(tmp_path, driving_servers)
-    with pytest.raises(ValueError, match="vision-language model 'tiny-vlm'"):
-        demonstrations(cfg, load_tokenizer(cfg.model), num_episodes=2)
+    rows = demonstrations(cfg, tokenizer, num_episodes=2)
+    boi = tokenizer.convert_tokens_to_ids("<|image>")
+    for ids, frames in zip(rows["input_ids"], rows["frames"]):
+        assert len(frames) == ids.count(boi) >= 3  # the reset frame and one per tool call
+    # the same episodes played again: the frames stored (PNG) give exactly the rollout's pixels
+    settings = dataclasses.replace(cfg.rollout, response_prefix="")  # as demonstrations play
+    played = play(cfg, chat, [0, 1], policy=make_policy(cfg, "expert"), settings=settings, batch_size=2)
+    collate = VisionSFTCollator(DataCollatorForLanguageModeling(pad_token_id=tokenizer.pad_token_id), chat.images)
+    examples = [{"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)], "frames": frames}
+                for ids, mask, frames in zip(rows["input_ids"], rows["completion_mask"], rows["frames"])]
+    batch = collate(examples)
+    assert torch.equal(batch["pixel_values"], torch.stack([i["pixel_values"] for t in played for i in t.images]))
+    assert torch.equal(batch["mm_token_type_ids"], (batch["input_ids"] == chat.images.image_token_id).long())
+    with torch.no_grad():  # the loss reads the pixels
+        loss = model(**batch).loss
+        blank = model(**{**batch, "pixel_values": torch.zeros_like(batch["pixel_values"])}).loss
+    assert torch.isfinite(loss) and not torch.isclose(loss, blank)
+    with pytest.raises(ValueError, match=r"row 1: 2 frame\(s\) make 128 image tokens but its ids hold 192"):
+        collate([examples[0], {**examples[1], "frames": examples[1]["frames"][:2]}])
+
+
+def test_sft_of_a_vlm_trains_its_adapter_on_the_frames_and_eval_loads_it(tmp_path, driving_servers, scripted_expert,
+                                                                        monkeypatch):
+    import rl.sft
+    from rl.episodes import evaluate
+    from rl.models import load_image_tokenizer, load_model
+    from rl.sft import train_sft
+
+    cfg = vlm_config(tmp_path, driving_servers, "--name", "vsft", "--set", "sft.num_episodes=4",
+                     "--set", "sft.max_steps=2", "--set", "sft.per_device_train_batch_size=2",
+                     "--set", "sft.gradient_accumulation_steps=1", "--set", "sft.logging_steps=1")
+    seen = []
+
+    def check(module, args, kwargs):  # every training forward over image tokens comes with their pixels
+        ids = kwargs.get("input_ids")
+        if torch.is_grad_enabled() and ids is not None:
+            pixels = kwargs.get("pixel_values")
+            seen.append((int((ids == module.config.image_token_id).sum()) // 64, 0 if pixels is None else len(pixels)))
+
+    class Hooked(rl.sft.SFTTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.model.get_base_model().register_forward_pre_hook(check, with_kwargs=True)
+
+    monkeypatch.setattr(rl.sft, "SFTTrainer", Hooked)
+    out = train_sft(cfg)
+    assert len(seen) == 2 and all(tokens == images >= 6 for tokens, images in seen), seen
+    losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").open() if '"loss"' in line]
+    assert losses and all(loss == loss for loss in losses)
+    assert (out / "final" / "adapter_config.json").exists() and not (out / "final" / "model.safetensors").exists()
+    trained = ModelConfig(name=str(out), tool_format="gemma4", dtype="float32")
+    model, tokenizer = load_model(trained)
+    assert type(model).__name__ == "Gemma4ForConditionalGeneration"
+    assert load_image_tokenizer(trained, tokenizer) is not None
+    result = evaluate(vlm_config(tmp_path, driving_servers, "--model", str(out), "--set", "eval.episodes=2",
+                                 "--set", "eval.batch_size=2"))
+    assert result["episodes"] == 2 and result["env_errors"] == 0
+
+
+def test_full_fine_tuning_of_a_vlm_is_refused_with_the_setting_to_change(tmp_path, driving_servers):
+    from rl.config import ConfigError
+    from rl.sft import train_sft
+
+    with pytest.raises(ConfigError, match="needs lora.enabled=true"):
+        train_sft(vlm_config(tmp_path, driving_servers, "--set", "lora.enabled=false"))
 
 
 @pytest.mark.parametrize("backend", ["vllm", "vllm-server"])
