@@ -71,12 +71,8 @@ def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
         raise FileNotFoundError(f"--resume: no checkpoint-* under {out}")
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     final = trainer.model
-    if images is not None:  # the adapter is the model: it loads with its base, whose image processor it needs
-        final.save_pretrained(str(out / "final"))
-        tokenizer.save_pretrained(str(out / "final"))
-        save_curve(out)
-        return out
-    if hasattr(final, "merge_and_unload"):
+    # A VLM's run keeps its adapter as the model: it loads with its base, whose image processor it needs.
+    if images is None and hasattr(final, "merge_and_unload"):
         # The adapter alone too (~15 MB for Gemma 3 270M at r=16, vs ~1 GB merged): small enough to move
         # between machines; `--model runs/<name>/adapter` merges it into its base model on load.
         final.save_pretrained(str(out / "adapter"))
