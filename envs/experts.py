@@ -1,77 +1,49 @@
-"""Reference policies: an expert and a uniformly random legal-move player per environment.
+"""Reference policies: an expert and a random (or naive) baseline per environment.
 
 A policy looks at the env's full state (it is allowed to: it stands in for a model in
 demonstrations and evaluation rows) and returns the next action as a `ToolCall`.
-`expert_for(env)` / `random_for(env)` pick the policy that fits an env instance.
+`expert_for(env)` / `random_for(env)` pick the policy that fits an env instance; options
+are keyword arguments, checked against the policy's signature. Each env family's
+policies live in their own module (`experts_<family>.py`); this one only registers them.
+
+Every expert accepts `explore` and `seed`, which evaluation passes to all of them.
 """
 
 from __future__ import annotations
 
 import inspect
-import random
-from typing import Callable
+from collections.abc import Callable
 
 from envs.base import ToolCall, ToolEnv
+from envs.carla import CarlaEnv
+from envs.experts_2048 import Game2048Expert, Game2048Random, game2048_strategy_expert, game2048_strategy_random
+from envs.experts_driving import CarlaDriver, CarlaRandom
+from envs.experts_kernels import KernelsExpert, KernelsWrong
+from envs.experts_sudoku import SudokuExpert, SudokuRandom, sudoku_strategy_expert, sudoku_strategy_random
+from envs.game2048 import Game2048Env, Game2048StrategyEnv
+from envs.kernels import KernelsEnv
 from envs.sudoku import SudokuEnv
-from envs.sudoku_puzzles import peers
+from envs.sudoku_strategy import SudokuStrategyEnv
 
 Policy = Callable[[ToolEnv], ToolCall]
 
 
-class SudokuExpert:
-    """Places solution digits, with an occasional `show_board`.
-
-    `order` picks the cell. "reading" (default): the first empty cell, row by row, which
-    is the easiest choice to imitate; its digit is forced by its row, column and box in
-    84% of 4x4 hard moves, and otherwise fixed only by the rest of the puzzle.
-    "constrained": the cell with the fewest legal digits (the first such in reading
-    order): its digit was forced in every 4x4 move we measured, but finding that cell
-    means checking them all.
-    Gemma 3 270M imitates "reading" better (see configs/sudoku-sft.yaml).
-    """
-
-    ORDERS = ("reading", "constrained")
-
-    def __init__(self, explore: float = 0.1, seed: int = 0, order: str = "reading"):
-        if order not in self.ORDERS:
-            raise ValueError(f"unknown expert order {order!r} (accepted: {', '.join(self.ORDERS)})")
-        self.explore = explore
-        self.order = order
-        self.rng = random.Random(seed)
-
-    def __call__(self, env: SudokuEnv) -> ToolCall:
-        if self.rng.random() < self.explore:
-            return ToolCall("show_board", {})
-        n = env.size
-        empty = [c for c, v in enumerate(env.board) if v == 0]
-        if self.order == "reading":
-            cell = empty[0]
-        else:
-            cell = min(empty, key=lambda c: (len(_candidates(env, c)), c))
-        return ToolCall("place", {"row": cell // n + 1, "col": cell % n + 1, "digit": env.solution[cell]})
-
-
-class SudokuRandom:
-    """A uniformly random legal move: a random empty cell, a random digit no peer holds."""
-
-    def __init__(self, seed: int = 0):
-        self.rng = random.Random(seed)
-
-    def __call__(self, env: SudokuEnv) -> ToolCall:
-        n = env.size
-        empty = [c for c, v in enumerate(env.board) if v == 0]
-        cell = self.rng.choice(empty)
-        digits = sorted(_candidates(env, cell)) or list(range(1, n + 1))
-        return ToolCall("place", {"row": cell // n + 1, "col": cell % n + 1, "digit": self.rng.choice(digits)})
-
-
-def _candidates(env: SudokuEnv, cell: int) -> set[int]:
-    used = {env.board[p] for p in peers(env.size)[cell]}
-    return set(range(1, env.size + 1)) - used
-
-
-EXPERTS: dict[type, Callable[..., Policy]] = {SudokuEnv: SudokuExpert}
-RANDOM: dict[type, Callable[..., Policy]] = {SudokuEnv: SudokuRandom}
+EXPERTS: dict[type, Callable[..., Policy]] = {
+    SudokuEnv: SudokuExpert,
+    SudokuStrategyEnv: sudoku_strategy_expert,
+    Game2048Env: Game2048Expert,
+    Game2048StrategyEnv: game2048_strategy_expert,
+    KernelsEnv: KernelsExpert,
+    CarlaEnv: CarlaDriver,
+}
+RANDOM: dict[type, Callable[..., Policy]] = {
+    SudokuEnv: SudokuRandom,
+    SudokuStrategyEnv: sudoku_strategy_random,
+    Game2048Env: Game2048Random,
+    Game2048StrategyEnv: game2048_strategy_random,
+    KernelsEnv: KernelsWrong,  # no random program exists: a plausible kernel with a typical bug
+    CarlaEnv: CarlaRandom,
+}
 
 
 def _lookup(table: dict[type, Callable[..., Policy]], env: ToolEnv, kind: str, **kwargs) -> Policy:

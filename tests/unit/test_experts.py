@@ -19,7 +19,7 @@ def play(policy, seed, **env_kwargs):
 @pytest.mark.parametrize("order", SudokuExpert.ORDERS)
 @pytest.mark.parametrize("size, difficulty", [(4, "hard"), (9, "easy")])
 def test_expert_beats_random_on_fixed_seeds(size, difficulty, order):
-    kwargs = dict(size=size, difficulty=difficulty, max_turns=120)
+    kwargs = {"size": size, "difficulty": difficulty, "max_turns": 120}
     expert = [play(SudokuExpert(seed=s, order=order), s, **kwargs) for s in range(20)]
     rand = [play(SudokuRandom(seed=s), s, **kwargs) for s in range(20)]
     expert_rate = sum(i["solved"] for i in expert) / 20
