@@ -114,12 +114,22 @@ def summarize(trajectories: list[Trajectory], k: int = 1) -> dict:
         "format_error_rate": total("format_errors") / max(total("model_turns"), 1),
         "tool_call_rate": total("tool_calls") / max(total("model_turns"), 1),
         "env_errors": sum(bool(i.get("env_error")) for i in infos),
+        "facts": mean_facts(infos),
     }
     if k > 1:
         seeds = n // k
         summary[f"pass@{k}"] = sum(any(infos[j * seeds + s].get("solved") for j in range(k))
                                    for s in range(seeds)) / max(seeds, 1)
     return summary
+
+
+def mean_facts(infos: list[dict]) -> dict[str, float]:
+    """The mean of every numeric fact all episodes report (an env's own, e.g. 2048's `max_tile`, a kernel's
+    `speedup`, a drive's `pedestrians_hit`), for rows where the solve rate alone says little."""
+    keys = set.intersection(*(set(i) for i in infos)) if infos else set()
+    numeric = [k for k in sorted(keys)
+               if all(isinstance(i[k], (int, float)) and i[k] == i[k] for i in infos)]  # bools are ints; NaN is not
+    return {k: sum(float(i[k]) for i in infos) / len(infos) for k in numeric}
 
 
 def evaluate(cfg: RunConfig, policy: str = "") -> dict:

@@ -80,3 +80,15 @@ def test_wilson_interval_and_summary():
 
     summary = summarize([T(i) for i in infos], k=2)  # seeds [a, b] sampled twice: a solved, b solved once
     assert summary["solve_rate"] == 0.5 and summary["invalid_call_rate"] == 0.5 and summary["pass@2"] == 1.0
+
+
+def test_rows_report_the_mean_of_each_numeric_fact_every_episode_has():
+    infos = [{"solved": True, "max_tile": 64, "won": True, "ended": "won", "speedup": 2.0, "only_here": 1},
+             {"solved": False, "max_tile": 32, "won": False, "ended": "no_moves", "speedup": float("nan")}]
+
+    class T:
+        def __init__(self, info):
+            self.info = info
+
+    facts = summarize([T(i) for i in infos])["facts"]
+    assert facts == {"max_tile": 48.0, "solved": 0.5, "won": 0.5}  # text, NaN and one-sided facts left out
