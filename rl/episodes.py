@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from collections.abc import Callable
 
 import envs as envs_registry
@@ -138,6 +139,7 @@ def evaluate(cfg: RunConfig, policy: str = "") -> dict:
     from rl.models import load_image_tokenizer, load_model, load_tokenizer
 
     e = cfg.eval
+    started = time.perf_counter()
     seeds = list(range(e.seed_start, e.seed_start + e.episodes))
     backend, policy_fn, images = None, None, None
     if policy:
@@ -163,7 +165,8 @@ def evaluate(cfg: RunConfig, policy: str = "") -> dict:
         trajectories += play(cfg, chat, seeds, backend=backend, policy=policy_fn, settings=settings,
                              batch_size=e.batch_size)
     return {"label": label, "env": cfg.env.name, "env_kwargs": cfg.env.kwargs, "seeds": [seeds[0], seeds[-1] + 1],
-            "temperature": e.temperature, "k": e.k, **summarize(trajectories, e.k)}
+            "temperature": e.temperature, "k": e.k, **summarize(trajectories, e.k),
+            "wall_s": time.perf_counter() - started}  # model loading included
 
 
 def markdown_row(result: dict) -> str:
