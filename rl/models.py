@@ -248,7 +248,11 @@ def _from_pretrained(path: str, dtype: torch.dtype, attn_implementation: str) ->
         base = _built_in(base_name, dtype)
     else:
         base = _from_pretrained(model_path(base_name), dtype, attn_implementation)
-    return PeftModel.from_pretrained(base, path).merge_and_unload()
+    model = PeftModel.from_pretrained(base, path).merge_and_unload()
+    # Named by the adapter, not its base: a LoRA trained on top of this model (GRPO from an SFT adapter)
+    # then records the adapter as its base, and loading it rebuilds the whole chain.
+    model.name_or_path = model.config._name_or_path = path
+    return model
 
 
 def _built_in(name: str, dtype: torch.dtype, tokenizer=None) -> torch.nn.Module:

@@ -59,6 +59,26 @@ def assert_adapter_is_the_merged_model(sft: Path) -> None:
     assert torch.allclose(got, want, atol=1e-5)
     assert not torch.allclose(before, want, atol=1e-3)  # SFT changed the model, so the check has teeth
 
+    # A LoRA trained on top of the loaded adapter (GRPO from it) names the adapter as its base,
+    # so loading it brings back SFT's change too, not just the built-in base's.
+    from peft import get_peft_model
+
+    from rl.config import LoraConfig
+    from rl.models import lora_config
+
+    on_top = get_peft_model(again, lora_config(LoraConfig(enabled=True), again))
+    for name, param in on_top.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    with torch.no_grad():
+        stacked = on_top(ids).logits
+    on_top.save_pretrained(str(sft / "on-top"))
+    tokenizer.save_pretrained(str(sft / "on-top"))
+    assert json.loads((sft / "on-top" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(adapter)
+    chain, _ = load_model(ModelConfig(name=str(sft / "on-top"), dtype="float32"))
+    with torch.no_grad():
+        assert torch.allclose(chain(ids).logits, stacked, atol=1e-5)
+
 
 def test_greedy_eval_is_deterministic():
     cfg = load_config(None, ["model.name=tiny", "eval.episodes=6", "eval.batch_size=3", "rollout.max_turns=3",
