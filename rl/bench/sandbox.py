@@ -4,10 +4,12 @@ The baseline is what the Unsloth notebooks would do if they left the training pr
 all: start `python -c HARNESS` per execution, exec the code, call the function (or play
 the game in that same process), print JSON. It has no isolation; the warm pool adds
 namespaces, a chroot, rlimits and per-move IPC, and its goal is >= 10x the baseline. Both
-pay for the game itself (~1.5 ms of 2048 rules per random-strategy game), and the pool also for one round
-trip per move (the game state stays on the trusted side), which caps the game's ratio
-well below the trivial function's. Pool and baseline run in interleaved rounds (`rounds`,
-medians reported), so that on a shared machine both see the same load.
+pay for the game itself (~0.6 ms of 2048 rules per random-strategy game), and the pool also
+for one round trip per move (~130 a game, ~20 us each with the child on its runner's CPU:
+the game state stays on the trusted side) on top of a fresh process and network namespace
+per execution (~2.5 ms of CPU on a 2-vCPU VM), which caps the game's ratio well below the
+trivial function's. Pool and baseline run in interleaved rounds (`rounds`, medians
+reported), so that on a shared machine both see the same load.
 """
 
 from __future__ import annotations

@@ -1,3 +1,5 @@
+import hashlib
+import json
 import random
 
 import pytest
@@ -80,6 +82,53 @@ def test_play_game_counts_invalid_moves_and_stops():
     cycle = iter(["left", "up", "right", "down"] * 10_000)
     facts = play_game(lambda board: next(cycle), seed=1)
     assert facts["moves"] > 20 and facts["ended"] in ("no_moves", "invalid_moves")
+
+
+def _slide_line(line):
+    """One line slid towards its start, each pair of equal neighbours merged once: (line, points)."""
+    tiles, out, points = [v for v in line if v], [], 0
+    while tiles:
+        if len(tiles) > 1 and tiles[0] == tiles[1]:
+            out.append(2 * tiles[0])
+            points += 2 * tiles[0]
+            del tiles[:2]
+        else:
+            out.append(tiles.pop(0))
+    return out + [0] * (len(line) - len(out)), points
+
+
+def _slide_plainly(board, direction):
+    """The rules written out without lookup tables: what `slide` must match."""
+    columns, flip = direction in ("up", "down"), direction in ("right", "down")
+    slid = [_slide_line(list(line)[::-1] if flip else list(line)) for line in (zip(*board) if columns else board)]
+    lines = [line[::-1] if flip else line for line, _ in slid]
+    return [list(row) for row in zip(*lines)] if columns else lines, sum(points for _, points in slid)
+
+
+def test_slides_and_legal_moves_match_the_plain_rules_on_random_boards():
+    rng = random.Random(7)
+    for _ in range(2000):
+        size = rng.choice([2, 3, 4, 5])
+        board = [[rng.choice([0, 0, 2, 2, 4, 8, 16]) for _ in range(size)] for _ in range(size)]
+        plain = {d: _slide_plainly(board, d) for d in ("up", "down", "left", "right")}
+        assert {d: slide(board, d) for d in plain} == plain, board
+        assert legal_moves(board) == [d for d, (after, _) in plain.items() if after != board], board
+
+
+def test_seeded_games_are_unchanged():
+    """The facts of these games, as the rules gave them before their lookup tables: same seed, same game."""
+    def strategy_for(seed):
+        state = [seed]
+
+        def strategy(board):  # deterministic, reads the board, sometimes invalid
+            state[0] = (state[0] * 1103515245 + 12345 + sum(map(sum, board))) % 2**31
+            return ["up", "down", "left", "right", "sideways"][state[0] % 5]
+        return strategy
+
+    games = [play_game(strategy_for(seed), seed, **kw) for seed in range(40)
+             for kw in ({}, {"target": 64}, {"size": 3}, {"max_moves": 30, "max_invalid": 2})]
+    assert {g["ended"] for g in games} == {"won", "no_moves", "invalid_moves", "max_moves"}
+    assert hashlib.md5(json.dumps(games, sort_keys=True).encode()).hexdigest() == "494879e2860ac0556b22524423ac7542"
 
 
 @pytest.fixture(scope="module")

@@ -106,6 +106,41 @@ def test_driver_calls_the_function_per_move(box):
     assert again.value == r.value  # seeded: same seeds, same strategy, same games
 
 
+def test_output_printed_across_many_calls_is_captured_up_to_the_cap(box):
+    code = "import random\nrng = random.Random(0)\ndef strategy(board):\n    print('x' * 999)\n" \
+           "    return rng.choice(['left', 'up', 'right', 'down'])"
+    r = box.run(code, entry="strategy", driver="game2048_rules:play_games", driver_args={"seeds": [1]},
+                limits=Limits(wall_s=5, cpu_s=5, output_bytes=50_000))  # more than a pipe holds: copied while it plays
+    assert r.ok and r.value[0]["moves"] > 60 and r.truncated and r.stdout == ("x" * 999 + "\n") * 50
+
+
+def _processes_under(pid: int) -> list[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError):
+            pass
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [p for p, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def test_per_move_drivers_pin_the_child_to_its_runners_cpu_for_the_run_only(box):
+    code = "import os, random\nrng, seen = random.Random(0), []\ndef strategy(board):\n" \
+           "    if not seen:\n        seen.append(print(len(os.sched_getaffinity(0))))\n" \
+           "    return rng.choice(['left', 'up', 'right', 'down'])"
+    r = box.run(code, entry="strategy", driver="game2048_rules:play_games", driver_args={"seeds": [1]})
+    assert r.ok and r.stdout == "1\n"  # one CPU, shared with its runner
+    server = box._server.proc.pid
+    deadline = time.monotonic() + 5
+    while any(os.sched_getaffinity(p) != os.sched_getaffinity(server) for p in _processes_under(server)):
+        assert time.monotonic() < deadline, "a runner kept its pinned CPU after its run"  # `reap` unpins it
+        time.sleep(0.01)
+
+
 def test_concurrent_runs_from_threads(box):
     results = [None] * 8
 
