@@ -54,4 +54,5 @@ def play_game(strategy, seed: int, size: int = 4, difficulty: str = "easy", max_
 def play_games(child, seeds: list[int], size: int = 4, difficulty: str = "easy", max_moves: int = 200,
                max_invalid: int = 5) -> list[dict]:
     """Sandbox driver: one puzzle per seed, asking the sandboxed `strategy` for every move."""
+    child.colocate()  # one round trip per move: cheapest with both on one CPU
     return [play_game(child.call, seed, size, difficulty, max_moves, max_invalid) for seed in seeds]
