@@ -35,7 +35,6 @@ from rl.rollout import Trajectory, run_episodes
 from rl.toolcalls import get_format
 from rl.vision import VisionGRPOMixin
 
-
 # vLLM's Gemma 4 model imports transformers' Gemma4Processor, whose image processor needs
 # torchvision; PyPI's torchvision for torch 2.13 is a CUDA build that breaks beside the CPU torch
 # (and the GPU image has no vLLM). Refuse before writing weights for an engine that cannot start.
