@@ -142,6 +142,10 @@ class EvalSection:
     temperature: float = 0.0  # 0 = greedy
     k: int = 1  # samples per seed; >1 reports pass@k (needs temperature > 0)
     batch_size: int = 16  # episodes played together
+    # During GRPO: greedy episodes on the first `during_training` held-out seeds before the first
+    # step and every `every_steps` steps, logged as heldout/* (0 = off)
+    every_steps: int = 0
+    during_training: int = 64
 
 
 @dataclass
@@ -312,6 +316,9 @@ def validate(cfg: RunConfig) -> None:
     if cfg.env.train_seeds[1] > cfg.eval.seed_start:
         raise ConfigError(f"env.train_seeds {cfg.env.train_seeds} reach into the held-out eval seeds "
                           f"(eval.seed_start={cfg.eval.seed_start}); keep training seeds below it")
+    if cfg.eval.every_steps < 0 or (cfg.eval.every_steps and cfg.eval.during_training < 1):
+        raise ConfigError(f"eval.every_steps={cfg.eval.every_steps} must be >= 0 (0 = off), and with it "
+                          f"eval.during_training={cfg.eval.during_training} held-out episodes must be >= 1")
     if cfg.eval.k > 1 and cfg.eval.temperature <= 0:
         raise ConfigError(f"eval.k={cfg.eval.k} samples per seed need eval.temperature > 0 (greedy repeats itself)")
     r = cfg.rollout

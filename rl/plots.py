@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-CURVES = {"reward": "reward (weighted sum)", "env/solved": "solve rate", "loss": "loss"}
+CURVES = {"reward": "reward (weighted sum)", "env/solved": "solve rate", "heldout/solve_rate": "held-out solve rate",
+          "loss": "loss"}
 SMOOTH = 5  # steps in the moving mean drawn over a series at least this long
 
 

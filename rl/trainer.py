@@ -28,6 +28,7 @@ from rl.cli import check_resolvable
 from rl.config import ConfigError, RunConfig, to_yaml
 from rl.generation import TransformersBackend
 from rl.guards import SkipNonFiniteUpdates
+from rl.heldout import HeldOutEval
 from rl.models import load_image_tokenizer, load_model, lora_config
 from rl.plots import save_curve
 from rl.progress import JsonlLogger, RunProgress
@@ -67,14 +68,17 @@ class EpisodeRollouts:
         self.env_kwargs: dict | None = None
         self.remote_seen = remote_stats()  # server counters are per process; report this run's, per step
 
-    def envs_for(self, n: int, trainer) -> list:
+    def env_kwargs_for(self, trainer) -> dict:
         if self.env_kwargs is None:  # under data parallelism each process drives servers of its own
             self.env_kwargs = dict(self.cfg.env.kwargs)
             if "urls" in self.env_kwargs:
                 acc = trainer.accelerator
                 self.env_kwargs["urls"] = urls_for_rank(self.env_kwargs["urls"], acc.process_index, acc.num_processes)
+        return self.env_kwargs
+
+    def envs_for(self, n: int, trainer) -> list:
         while len(self.env_pool) < n:
-            self.env_pool.append(self.env_cls(**self.env_kwargs))
+            self.env_pool.append(self.env_cls(**self.env_kwargs_for(trainer)))
         return self.env_pool[:n]
 
     def __call__(self, prompts: list, trainer) -> dict[str, list]:
@@ -251,6 +255,8 @@ def build_trainer(cfg: RunConfig):
     RunProgress.install(trainer)
     trainer.add_callback(SkipNonFiniteUpdates(trainer))
     trainer.add_callback(JsonlLogger(out / "metrics.jsonl"))
+    if cfg.eval.every_steps:
+        trainer.add_callback(HeldOutEval(trainer, rollouts))
     return trainer
 
 

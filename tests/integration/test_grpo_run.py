@@ -49,8 +49,12 @@ def test_two_processes_under_accelerate(tmp_path):
          str(ROOT / "launch" / "grpo.py"), "--env", "sudoku", "--model", "tiny", "--name", "ddp",
          "--set", f"output_dir={tmp_path}", "--set", "log.wandb=off", "--set", "grpo.max_steps=1",
          "--set", "grpo.per_device_train_batch_size=4", "--set", "grpo.gradient_accumulation_steps=1",
-         "--set", "rollout.max_turns=2"],
+         "--set", "rollout.max_turns=2", "--set", "eval.every_steps=1", "--set", "eval.during_training=3"],
         capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    steps = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").open() if '"reward"' in line]
+    rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").open()]
+    steps = [r for r in rows if "reward" in r]
     assert len(steps) == 1 and steps[0]["env/model_turns"] == 2.0
+    # held-out seeds split 2 + 1 over the ranks, counts summed: rows at the start and after step 1
+    held = [(r["step"], r["heldout/episodes"]) for r in rows if "heldout/solve_rate" in r]
+    assert held == [(0, 3.0), (1, 3.0)]

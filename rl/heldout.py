@@ -1,0 +1,65 @@
+"""Held-out evaluation during GRPO: the same seeds, greedy, before the first step and every N steps.
+
+Per-step training rates are noisy (each step draws new puzzles and samples at temperature),
+so a run's curve says little about progress. `HeldOutEval` plays the first
+`eval.during_training` held-out seeds (those `launch/eval.py` starts with) with the
+current weights through the rollout backend, and logs `heldout/solve_rate`,
+`heldout/mean_return`, `heldout/invalid_call_rate` and `heldout/format_error_rate`: at step 0 (the starting model, e.g.
+the SFT checkpoint) and at every `eval.every_steps`-th step, into metrics.jsonl and the
+curve. Under data parallelism every process plays its share of the seeds and the counts
+are summed, so each process takes part in the gathers (ZeRO-3 generation needs that too).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from transformers import TrainerCallback
+from trl.models import unwrap_model_for_generation
+
+from rl.rollout import run_episodes
+
+KEYS = ("solved", "episode_return", "invalid_actions", "turns", "format_errors", "model_turns")
+
+
+class HeldOutEval(TrainerCallback):
+    def __init__(self, trainer, rollouts):
+        self.trainer, self.rollouts = trainer, rollouts
+        e = rollouts.cfg.eval
+        self.every, self.seeds = e.every_steps, list(range(e.seed_start, e.seed_start + e.during_training))
+        self.settings = dataclasses.replace(rollouts.cfg.rollout, temperature=e.temperature)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step == 0:  # the starting model; a resumed run measured it already
+            self.trainer.log(self.measure())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % self.every == 0:  # logged with this step's other metrics
+            for key, value in self.measure().items():
+                self.trainer._metrics["train"][key].append(value)
+
+    def measure(self) -> dict[str, float]:
+        trainer, acc = self.trainer, self.trainer.accelerator
+        seeds = self.seeds[acc.process_index::acc.num_processes]
+        training = trainer.model.training
+        trainer.model.eval()
+        try:
+            with unwrap_model_for_generation(trainer.model_wrapped, acc,
+                                             gather_deepspeed3_params=trainer.args.ds3_gather_for_generation) as model:
+                backend = self.rollouts.sync_backend(model, trainer)
+                envs = [self.rollouts.env_cls(**self.rollouts.env_kwargs_for(trainer)) for _ in seeds]
+                trajectories = run_episodes(envs, seeds, backend, self.rollouts.chat, self.settings)
+                for env in envs:
+                    env.close()
+                if hasattr(backend, "sleep"):
+                    backend.sleep()
+        finally:
+            trainer.model.train(training)
+        rows = [[float(t.info.get(k) or 0) for k in KEYS] for t in trajectories]
+        local = torch.tensor(rows, dtype=torch.float64).sum(0) if rows else torch.zeros(len(KEYS), dtype=torch.float64)
+        solved, returns, invalid, turns, format_errors, model_turns = acc.reduce(local.to(acc.device), "sum").tolist()
+        n = len(self.seeds)  # the rates as `rl.episodes.summarize` computes them
+        return {"heldout/solve_rate": solved / n, "heldout/mean_return": returns / n,
+                "heldout/invalid_call_rate": invalid / max(turns, 1),
+                "heldout/format_error_rate": format_errors / max(model_turns, 1), "heldout/episodes": float(n)}

@@ -1,0 +1,61 @@
+"""Held-out evaluation during GRPO (rl/heldout.py): same seeds and numbers as launch/eval.py."""
+
+import argparse
+import json
+
+from rl.cli import add_run_arguments, config_from_args
+
+PREFIX = '<tool_call>\n{"name": "place", "arguments": {"row": '  # the tiny model's calls then fail to parse
+
+
+def config(tmp_path, *extra):
+    parser = argparse.ArgumentParser()
+    add_run_arguments(parser)
+    return config_from_args(parser.parse_args([
+        "--env", "sudoku", "--model", "tiny", "--name", "held", "--set", f"output_dir={tmp_path}",
+        "--set", "log.wandb=off", "--set", "rollout.max_turns=3", "--set", "rollout.max_new_tokens=12",
+        "--set", f"rollout.response_prefix={json.dumps(PREFIX)}", "--set", "grpo.per_device_train_batch_size=4",
+        "--set", "grpo.gradient_accumulation_steps=1", "--set", "grpo.save_steps=100", *extra]))
+
+
+def test_grpo_logs_held_out_rows_at_the_start_and_every_n_steps_equal_to_eval(tmp_path, monkeypatch):
+    import rl.heldout
+    from rl.episodes import evaluate
+    from rl.trainer import train
+
+    played = []
+
+    def recording(envs, seeds, backend, chat, settings, **kwargs):
+        played.append((list(seeds), settings.temperature))
+        return run_episodes(envs, seeds, backend, chat, settings, **kwargs)
+
+    run_episodes = rl.heldout.run_episodes
+    monkeypatch.setattr(rl.heldout, "run_episodes", recording)
+
+    cfg = config(tmp_path, "--set", "grpo.max_steps=2", "--set", "eval.every_steps=2", "--set", "eval.during_training=3",
+                 "--set", "grpo.learning_rate=0.05")
+    start = evaluate(config(tmp_path, "--set", "eval.episodes=3", "--set", "eval.batch_size=3"))
+    train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "held" / "metrics.jsonl").open()]
+    held = {r["step"]: r for r in rows if "heldout/solve_rate" in r}
+    assert sorted(held) == [0, 2]  # the starting model, then every 2nd step (not step 1)
+    assert held[2]["reward"] is not None  # logged with the step's own metrics
+    assert held[0]["heldout/episodes"] == 3
+    # step 0 is the untrained model on eval.py's first 3 held-out seeds, greedy: the same numbers
+    assert held[0]["heldout/solve_rate"] == start["solve_rate"]
+    assert held[0]["heldout/mean_return"] == start["mean_return"]
+    assert held[0]["heldout/invalid_call_rate"] == start["invalid_call_rate"]
+    assert held[0]["heldout/format_error_rate"] == start["format_error_rate"] > 0
+    assert played == [([10_000_000, 10_000_001, 10_000_002], 0.0)] * 2  # eval.py's first seeds, greedy
+    assert (tmp_path / "held" / "curve.png").exists()
+
+
+def test_bad_held_out_settings_are_named(tmp_path):
+    import pytest
+
+    from rl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.every_steps=-1 must be >= 0"):
+        config(tmp_path, "--set", "eval.every_steps=-1")
+    with pytest.raises(ConfigError, match="eval.during_training=0 held-out episodes must be >= 1"):
+        config(tmp_path, "--set", "eval.every_steps=2", "--set", "eval.during_training=0")
