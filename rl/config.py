@@ -116,6 +116,10 @@ class GRPOSection:
     seed: int = 0
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
+    # Optimizer steps per generated batch (GRPO's mu): >1 reuses each batch's episodes, with the
+    # clipped importance ratio against the logprobs they were sampled with. Generation is most of a
+    # step, so this is the cheap way to learn more per episode played.
+    num_iterations: int = 1
 
 
 @dataclass
@@ -298,6 +302,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
 
 def validate(cfg: RunConfig) -> None:
     g = cfg.grpo
+    if g.num_iterations < 1:
+        raise ConfigError(f"grpo.num_iterations must be >= 1 (optimizer steps per generated batch), got {g.num_iterations}")
     if g.num_generations < 2:
         raise ConfigError(f"grpo.num_generations must be >= 2 for group-relative advantages, got {g.num_generations}")
     total = g.per_device_train_batch_size * g.gradient_accumulation_steps

@@ -239,6 +239,7 @@ def build_trainer(cfg: RunConfig):
         gradient_accumulation_steps=g.gradient_accumulation_steps, num_generations=g.num_generations,
         loss_type=g.loss_type, beta=g.beta, epsilon=g.epsilon, epsilon_high=g.epsilon_high or None,
         scale_rewards=g.scale_rewards, mask_truncated_completions=g.mask_truncated_completions,
+        num_iterations=g.num_iterations,
         gradient_checkpointing=g.gradient_checkpointing, logging_steps=g.logging_steps, save_steps=g.save_steps,
         save_total_limit=g.save_total_limit, seed=g.seed, warmup_steps=g.warmup_steps, max_grad_norm=g.max_grad_norm,
         max_completion_length=cfg.rollout.max_completion_tokens, temperature=cfg.rollout.temperature,

@@ -1,4 +1,5 @@
-"""Held-out evaluation during GRPO (rl/heldout.py): same seeds and numbers as launch/eval.py."""
+"""GRPO options, in-process on the tiny model: held-out eval during training (rl/heldout.py, the same seeds
+and numbers as launch/eval.py) and num_iterations."""
 
 import argparse
 import json
@@ -59,3 +60,24 @@ def test_bad_held_out_settings_are_named(tmp_path):
         config(tmp_path, "--set", "eval.every_steps=-1")
     with pytest.raises(ConfigError, match="eval.during_training=0 held-out episodes must be >= 1"):
         config(tmp_path, "--set", "eval.every_steps=2", "--set", "eval.during_training=0")
+    with pytest.raises(ConfigError, match=r"grpo.num_iterations must be >= 1 \(optimizer steps per generated batch\), got 0"):
+        config(tmp_path, "--set", "grpo.num_iterations=0")
+
+
+def test_num_iterations_reuses_each_generated_batch_for_that_many_optimizer_steps(tmp_path, monkeypatch):
+    from rl.trainer import EpisodeRollouts, train
+
+    calls = []
+    original = EpisodeRollouts.__call__
+
+    def counting(self, prompts, trainer):
+        calls.append(trainer.state.global_step)
+        return original(self, prompts, trainer)
+
+    monkeypatch.setattr(EpisodeRollouts, "__call__", counting)
+    train(config(tmp_path, "--set", "grpo.max_steps=4", "--set", "grpo.num_iterations=2"))
+    assert calls == [0, 2]  # one batch of episodes per 2 optimizer steps
+    steps = [json.loads(line) for line in (tmp_path / "held" / "metrics.jsonl").open() if '"loss"' in line]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]
+    assert all("clip_ratio/region_mean" in s for s in steps)  # the reused steps are clipped against old logprobs
+    assert [("env/solved" in s) for s in steps] == [True, False, True, False]  # episode metrics when played
