@@ -10,8 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import envs as envs_registry
 from envs.experts import expert_for, random_for
@@ -141,7 +144,7 @@ def evaluate(cfg: RunConfig, policy: str = "") -> dict:
     e = cfg.eval
     started = time.perf_counter()
     seeds = list(range(e.seed_start, e.seed_start + e.episodes))
-    backend, policy_fn, images = None, None, None
+    backend, policy_fn, images, engine_dir = None, None, None, None
     if policy:
         tokenizer = load_tokenizer(cfg.model)
         # the expert row is the expert that wrote the demonstrations, show_board habit included
@@ -155,18 +158,38 @@ def evaluate(cfg: RunConfig, policy: str = "") -> dict:
         model, tokenizer = load_model(cfg.model)
         if torch.cuda.is_available():
             model = model.to("cuda")
-        backend = TransformersBackend(model, tokenizer)
         images = load_image_tokenizer(cfg.model, tokenizer)  # a VLM sees the env's images, as in training
+        if cfg.rollout.backend == "vllm" and images is None:  # an engine of its own, on this model's weights
+            engine_dir = Path(tempfile.mkdtemp(prefix="toolgym-eval-"))
+            backend = _vllm_backend(cfg, model, tokenizer, engine_dir)
+        else:  # vllm-server serves a training run's weights, not this model's; VLMs generate with transformers
+            backend = TransformersBackend(model, tokenizer)
         label = cfg.model.name
     chat = chat_for(cfg, tokenizer, images)
     settings = dataclasses.replace(cfg.rollout, temperature=e.temperature)
     trajectories: list[Trajectory] = []
-    for _ in range(e.k):  # sample j of every seed, then sample j+1: pass@k reads them back in this order
-        trajectories += play(cfg, chat, seeds, backend=backend, policy=policy_fn, settings=settings,
-                             batch_size=e.batch_size)
-    return {"label": label, "env": cfg.env.name, "env_kwargs": cfg.env.kwargs, "seeds": [seeds[0], seeds[-1] + 1],
+    try:
+        for _ in range(e.k):  # sample j of every seed, then sample j+1: pass@k reads them back in this order
+            trajectories += play(cfg, chat, seeds, backend=backend, policy=policy_fn, settings=settings,
+                                 batch_size=e.batch_size)
+    finally:
+        if engine_dir is not None:
+            shutil.rmtree(engine_dir, ignore_errors=True)
+    return {"label": label, "backend": backend.name if backend else "policy", "env": cfg.env.name,
+            "env_kwargs": cfg.env.kwargs, "seeds": [seeds[0], seeds[-1] + 1],
             "temperature": e.temperature, "k": e.k, **summarize(trajectories, e.k),
             "wall_s": time.perf_counter() - started}  # model loading included
+
+
+def _vllm_backend(cfg: RunConfig, model, tokenizer, directory: Path):
+    """A colocated vLLM engine on `model` (LoRA merged), sized by `rollout.vllm`, for the whole evaluation."""
+    from rl.vllm_backend import VLLMBackend
+
+    v = cfg.rollout.vllm
+    return VLLMBackend.from_model(
+        model, tokenizer, directory, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        seed=cfg.eval.seed_start, gpu_memory_utilization=v.gpu_memory_utilization, kv_cache_gib=v.kv_cache_gib,
+        max_model_len=v.max_model_len)
 
 
 def markdown_row(result: dict) -> str:

@@ -199,3 +199,25 @@ def test_sleep_mode_is_refused_where_vllm_has_none():
         pytest.skip("this platform has sleep mode")
     with pytest.raises(ValueError, match="sleep mode"):
         VLLMBackend("unused", enable_sleep_mode=True)
+
+
+def test_eval_with_rollout_backend_vllm_gives_the_transformers_rows(tmp_path):
+    """`launch/eval.py --set rollout.backend=vllm` plays on an engine of its own: greedy, the same episodes."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    rows = {}
+    for backend in ("hf", "vllm"):
+        subprocess.run(
+            [sys.executable, str(root / "launch" / "eval.py"), "--env", "sudoku", "--model", "tiny", "--episodes", "4",
+             "--label", backend, "--out", str(tmp_path), "--set", "rollout.max_turns=3",
+             "--set", 'rollout.response_prefix="<tool_call>\\n{\\"name\\": \\"place\\", \\"arguments\\": {\\"row\\": "',
+             "--set", f"rollout.backend={backend}", "--set", "rollout.vllm.kv_cache_gib=0.25",
+             "--set", "rollout.vllm.max_model_len=2048"], check=True, capture_output=True, timeout=600, cwd=tmp_path)
+        rows[backend] = json.loads((tmp_path / f"sudoku-{backend}.json").read_text())
+    for key in ("solve_rate", "mean_return", "mean_turns", "invalid_call_rate", "format_error_rate", "facts"):
+        assert rows["vllm"][key] == rows["hf"][key], key
+    assert (rows["hf"]["backend"], rows["vllm"]["backend"]) == ("hf", "vllm") and rows["hf"]["facts"]["model_tokens"] > 0
