@@ -86,8 +86,8 @@ class ChildGone(BaseException):
 # JSON frames over pipes and sockets
 
 
-def write_frame(fd: int, obj) -> None:
-    data = json.dumps(obj).encode()
+def write_frame(fd: int, obj, dumps=json.dumps) -> None:
+    data = dumps(obj).encode()
     data = struct.pack(">I", len(data)) + data
     while data:
         data = data[os.write(fd, data):]
@@ -370,7 +370,8 @@ class Child:
         self.poller, self.watched = select.poll(), None
         for fd in self.streams:
             self.poller.register(fd, select.POLLIN)
-        self.encode, self.scan = state["child"].ENCODE, state["child"].SCAN
+        encode, self.scan = state["child"].ENCODE, state["child"].SCAN
+        self.dumps = lambda obj: "".join(encode(obj, 0))
         self.deadline, self.cap, self.cpu_limit = float("inf"), 0, 0.0  # set by `start`
         self.buf = bytearray()
         self.timed_out = False
@@ -434,11 +435,8 @@ class Child:
         self._ask(job)
 
     def _ask(self, msg: dict):
-        data = "".join(self.encode(msg, 0)).encode()
-        data = struct.pack(">I", len(data)) + data
         try:
-            while data:
-                data = data[os.write(self.calls, data):]
+            write_frame(self.calls, msg, self.dumps)
         except OSError:
             raise ChildGone from None
         return self._reply()

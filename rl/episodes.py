@@ -103,7 +103,11 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 def summarize(trajectories: list[Trajectory], k: int = 1) -> dict:
     """Solve rate with its 95% interval, returns, turns, error rates; pass@k over k samples per seed."""
-    infos = [t.info for t in trajectories]
+    return summarize_infos([t.info for t in trajectories], k)
+
+
+def summarize_infos(infos: list[dict], k: int = 1) -> dict:
+    """`summarize` over the episodes' info dicts (what processes can gather)."""
     n = len(infos)
     solved = sum(bool(i.get("solved")) for i in infos)
     low, high = wilson_interval(solved, n)
@@ -160,8 +164,10 @@ def evaluate(cfg: RunConfig, policy: str = "") -> dict:
             model = model.to("cuda")
         images = load_image_tokenizer(cfg.model, tokenizer)  # a VLM sees the env's images, as in training
         if cfg.rollout.backend == "vllm" and images is None:  # an engine of its own, on this model's weights
+            from rl.vllm_backend import VLLMBackend
+
             engine_dir = Path(tempfile.mkdtemp(prefix="toolgym-eval-"))
-            backend = _vllm_backend(cfg, model, tokenizer, engine_dir)
+            backend = VLLMBackend.from_settings(model, tokenizer, engine_dir, cfg.rollout.vllm, seed=e.seed_start)
         else:  # vllm-server serves a training run's weights, not this model's; VLMs generate with transformers
             backend = TransformersBackend(model, tokenizer)
         label = cfg.model.name
@@ -179,17 +185,6 @@ def evaluate(cfg: RunConfig, policy: str = "") -> dict:
             "env_kwargs": cfg.env.kwargs, "seeds": [seeds[0], seeds[-1] + 1],
             "temperature": e.temperature, "k": e.k, **summarize(trajectories, e.k),
             "wall_s": time.perf_counter() - started}  # model loading included
-
-
-def _vllm_backend(cfg: RunConfig, model, tokenizer, directory: Path):
-    """A colocated vLLM engine on `model` (LoRA merged), sized by `rollout.vllm`, for the whole evaluation."""
-    from rl.vllm_backend import VLLMBackend
-
-    v = cfg.rollout.vllm
-    return VLLMBackend.from_model(
-        model, tokenizer, directory, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-        seed=cfg.eval.seed_start, gpu_memory_utilization=v.gpu_memory_utilization, kv_cache_gib=v.kv_cache_gib,
-        max_model_len=v.max_model_len)
 
 
 def markdown_row(result: dict) -> str:

@@ -6,21 +6,21 @@ so a run's curve says little about progress. `HeldOutEval` plays the first
 current weights through the rollout backend, and logs `heldout/solve_rate`,
 `heldout/mean_return`, `heldout/invalid_call_rate` and `heldout/format_error_rate`: at step 0 (the starting model, e.g.
 the SFT checkpoint) and at every `eval.every_steps`-th step, into metrics.jsonl and the
-curve. Under data parallelism every process plays its share of the seeds and the counts
-are summed, so each process takes part in the gathers (ZeRO-3 generation needs that too).
+curve, computed as `launch/eval.py` computes them. Under data parallelism every process plays
+its share of the seeds and the episodes are gathered, so each process takes part in the
+gathers (ZeRO-3 generation needs that too).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import torch
+from accelerate.utils import gather_object
 from transformers import TrainerCallback
 from trl.models import unwrap_model_for_generation
 
+from rl.episodes import summarize_infos
 from rl.rollout import run_episodes
-
-KEYS = ("solved", "episode_return", "invalid_actions", "turns", "format_errors", "model_turns")
 
 
 class HeldOutEval(TrainerCallback):
@@ -56,10 +56,6 @@ class HeldOutEval(TrainerCallback):
                     backend.sleep()
         finally:
             trainer.model.train(training)
-        rows = [[float(t.info.get(k) or 0) for k in KEYS] for t in trajectories]
-        local = torch.tensor(rows, dtype=torch.float64).sum(0) if rows else torch.zeros(len(KEYS), dtype=torch.float64)
-        solved, returns, invalid, turns, format_errors, model_turns = acc.reduce(local.to(acc.device), "sum").tolist()
-        n = len(self.seeds)  # the rates as `rl.episodes.summarize` computes them
-        return {"heldout/solve_rate": solved / n, "heldout/mean_return": returns / n,
-                "heldout/invalid_call_rate": invalid / max(turns, 1),
-                "heldout/format_error_rate": format_errors / max(model_turns, 1), "heldout/episodes": float(n)}
+        summary = summarize_infos(gather_object([t.info for t in trajectories]))  # every process's episodes
+        return {f"heldout/{key}": float(summary[key])
+                for key in ("solve_rate", "mean_return", "invalid_call_rate", "format_error_rate", "episodes")}

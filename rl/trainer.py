@@ -165,11 +165,9 @@ def make_backend(cfg: RunConfig, model, tokenizer, step: int):
         from rl.vllm_backend import VLLMBackend
 
         rank = int(os.environ.get("LOCAL_RANK", "0"))
-        return VLLMBackend.from_model(
-            model, tokenizer, run_dir(cfg) / f"vllm-start-rank{rank}", weights_version=step,
-            dtype=str(next(model.parameters()).dtype).removeprefix("torch."), seed=cfg.grpo.seed + rank,
-            gpu_memory_utilization=v.gpu_memory_utilization, kv_cache_gib=v.kv_cache_gib,
-            max_model_len=v.max_model_len, enable_sleep_mode=v.enable_sleep_mode)
+        return VLLMBackend.from_settings(model, tokenizer, run_dir(cfg) / f"vllm-start-rank{rank}", v,
+                                         seed=cfg.grpo.seed + rank, weights_version=step,
+                                         enable_sleep_mode=v.enable_sleep_mode)
     from rl.vllm_client import VLLMServerBackend
 
     backend = VLLMServerBackend(v.urls, timeout_s=v.timeout_s, retries=v.retries, sync_dir=run_dir(cfg) / "weight-sync")

@@ -117,6 +117,14 @@ class VLLMBackend:
         kwargs.setdefault("weights_version", 0)
         return cls(directory, **kwargs)
 
+    @classmethod
+    def from_settings(cls, model: torch.nn.Module, tokenizer, directory: str | Path, settings, seed: int,
+                      **kwargs) -> VLLMBackend:
+        """`from_model` in the model's dtype, sized by a run's `rollout.vllm` settings (`VLLMSettings`)."""
+        return cls.from_model(model, tokenizer, directory, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                              seed=seed, gpu_memory_utilization=settings.gpu_memory_utilization,
+                              kv_cache_gib=settings.kv_cache_gib, max_model_len=settings.max_model_len, **kwargs)
+
     # ------------------------------------------------------------------ generation
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:
