@@ -120,6 +120,11 @@ class GRPOSection:
     # clipped importance ratio against the logprobs they were sampled with. Generation is most of a
     # step, so this is the cheap way to learn more per episode played.
     num_iterations: int = 1
+    # Stop at the end of the first optimizer step after this many seconds of training (0 = no limit),
+    # saving a checkpoint, final/ and curve.png as if max_steps had been reached: a run that must fit
+    # a job's wall-clock allowance ends cleanly instead of being killed mid-step. Counted per process
+    # start, so a resumed run gets the whole allowance again.
+    time_limit_s: float = 0.0
 
 
 @dataclass
@@ -304,6 +309,8 @@ def validate(cfg: RunConfig) -> None:
     g = cfg.grpo
     if g.num_iterations < 1:
         raise ConfigError(f"grpo.num_iterations must be >= 1 (optimizer steps per generated batch), got {g.num_iterations}")
+    if not g.time_limit_s >= 0:
+        raise ConfigError(f"grpo.time_limit_s must be >= 0 seconds (0 = no limit), got {g.time_limit_s}")
     if g.num_generations < 2:
         raise ConfigError(f"grpo.num_generations must be >= 2 for group-relative advantages, got {g.num_generations}")
     total = g.per_device_train_batch_size * g.gradient_accumulation_steps

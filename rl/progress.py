@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+from accelerate.utils import broadcast_object_list
 from transformers import ProgressCallback, TrainerCallback
+
+from rl.plots import save_curve
 
 
 class RunProgress(ProgressCallback):
@@ -26,7 +30,8 @@ class RunProgress(ProgressCallback):
 
 
 class JsonlLogger(TrainerCallback):
-    """Appends every logged dict, with its step, to `metrics.jsonl`."""
+    """Appends every logged dict, with its step, to `metrics.jsonl`, and redraws `curve.png` beside it
+    at every checkpoint, so a run stopped at any point leaves its curve up to its last checkpoint."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -35,3 +40,30 @@ class JsonlLogger(TrainerCallback):
         if state.is_world_process_zero and logs:
             with open(self.path, "a") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            save_curve(self.path.parent)
+
+
+class TimeLimit(TrainerCallback):
+    """Ends training at the first optimizer step that finishes `seconds` after training began, with a
+    checkpoint saved, as if max_steps had been reached. Rank 0's clock decides for every rank: ranks
+    that stopped at different steps would hang in their next collective."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.start = time.monotonic()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        decision = [time.monotonic() - self.start >= self.seconds]
+        if args.world_size > 1:
+            broadcast_object_list(decision, from_process=0)
+        if decision[0]:
+            control.should_training_stop = True
+            control.should_save = True
+            if state.is_world_process_zero:
+                print(f"grpo.time_limit_s={self.seconds:g} reached at step {state.global_step}: stopping there")

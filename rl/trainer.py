@@ -31,7 +31,7 @@ from rl.guards import SkipNonFiniteUpdates
 from rl.heldout import HeldOutEval
 from rl.models import load_image_tokenizer, load_model, lora_config
 from rl.plots import save_curve
-from rl.progress import JsonlLogger, RunProgress
+from rl.progress import JsonlLogger, RunProgress, TimeLimit
 from rl.rollout import Trajectory, run_episodes
 from rl.toolcalls import get_format
 from rl.vision import VisionGRPOMixin
@@ -254,6 +254,8 @@ def build_trainer(cfg: RunConfig):
     RunProgress.install(trainer)
     trainer.add_callback(SkipNonFiniteUpdates(trainer))
     trainer.add_callback(JsonlLogger(out / "metrics.jsonl"))
+    if g.time_limit_s:
+        trainer.add_callback(TimeLimit(g.time_limit_s))
     if cfg.eval.every_steps:
         trainer.add_callback(HeldOutEval(trainer, rollouts))
     return trainer

@@ -81,3 +81,16 @@ def test_num_iterations_reuses_each_generated_batch_for_that_many_optimizer_step
     assert [s["step"] for s in steps] == [1, 2, 3, 4]
     assert all("clip_ratio/region_mean" in s for s in steps)  # the reused steps are clipped against old logprobs
     assert [("env/solved" in s) for s in steps] == [True, False, True, False]  # episode metrics when played
+
+
+def test_time_limit_ends_the_run_at_a_step_boundary_with_checkpoint_final_and_curve(tmp_path, capsys):
+    from rl.trainer import latest_checkpoint, train
+
+    # every step takes longer than 1 ms, so the run stops after its first of 5 steps, as if max_steps were 1
+    out = train(config(tmp_path, "--set", "grpo.max_steps=5", "--set", "grpo.time_limit_s=0.001"))
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").open() if '"loss"' in line]
+    assert steps == [1]
+    assert latest_checkpoint(out).name == "checkpoint-1"  # saved although save_steps is 100
+    assert (out / "final" / "adapter_model.safetensors").exists() or (out / "final" / "model.safetensors").exists()
+    assert (out / "curve.png").exists()
+    assert "grpo.time_limit_s=0.001 reached at step 1" in capsys.readouterr().out

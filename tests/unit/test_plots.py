@@ -19,3 +19,21 @@ def test_curve_png_is_written_for_a_long_noisy_run(tmp_path):
     out = save_curve(tmp_path)
     assert out == tmp_path / "curve.png" and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert save_curve(tmp_path / "missing") is None
+
+
+def test_the_curve_is_redrawn_at_every_checkpoint_so_a_killed_run_keeps_it(tmp_path):
+    from types import SimpleNamespace
+
+    from rl.progress import JsonlLogger
+
+    logger = JsonlLogger(tmp_path / "metrics.jsonl")
+    state = SimpleNamespace(is_world_process_zero=True, global_step=1)
+    logger.on_log(None, state, None, logs={"reward": 0.5, "env/solved": 0.25})
+    assert not (tmp_path / "curve.png").exists()
+    logger.on_save(None, state, None)
+    first = (tmp_path / "curve.png").read_bytes()
+    state.global_step = 2
+    logger.on_log(None, state, None, logs={"reward": 0.75, "env/solved": 0.5})
+    logger.on_save(None, state, None)
+    assert (tmp_path / "curve.png").read_bytes() != first  # step 2 drawn without the run ever ending
+    logger.on_save(None, SimpleNamespace(is_world_process_zero=False, global_step=2), None)  # other ranks draw nothing
