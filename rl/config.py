@@ -72,6 +72,9 @@ class RolloutSettings:
 class ModelConfig:
     name: str = "gemma-3-270m"  # built-in name, hub id or local path
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16
+    # float32 weights on an NVIDIA GPU: matmuls in TF32 (fp32 range and accumulation, 10-bit inputs).
+    # launch/bench.py --suite precision measures its speed and logprob drift against full fp32 and bf16.
+    tf32: bool = True
     attn_implementation: str = "sdpa"
     chat_template: str = ""  # built-in name, trl:<name> or path; empty = the tokenizer's own
     tool_format: str = "hermes"
@@ -309,6 +312,8 @@ def validate(cfg: RunConfig) -> None:
     g = cfg.grpo
     if g.num_iterations < 1:
         raise ConfigError(f"grpo.num_iterations must be >= 1 (optimizer steps per generated batch), got {g.num_iterations}")
+    if not isinstance(cfg.model.tf32, bool):
+        raise ConfigError(f"model.tf32 must be true or false, got {cfg.model.tf32!r}")
     if not g.time_limit_s >= 0:
         raise ConfigError(f"grpo.time_limit_s must be >= 0 seconds (0 = no limit), got {g.time_limit_s}")
     if g.num_generations < 2:

@@ -215,6 +215,8 @@ def load_model(cfg: ModelConfig, tokenizer=None):
 
     tokenizer = tokenizer or load_tokenizer(cfg)
     dtype = resolve_dtype(cfg.dtype)
+    if dtype == torch.float32 and torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high" if cfg.tf32 else "highest")
     if cfg.name in (TINY, TINY_VLM):
         model = _built_in(cfg.name, dtype, tokenizer)
     else:

@@ -27,3 +27,26 @@ def test_lora_excludes_vision_tower_and_can_train_tied_embeddings():
     text_model = tiny_model(vocab_size=64)
     cfg = lora_config(LoraConfig(modules_to_save=["embed_tokens"]), text_model)
     assert cfg.exclude_modules is None and cfg.ensure_weight_tying and "embed_tokens" in cfg.modules_to_save
+
+
+def test_float32_weights_on_a_gpu_get_tf32_matmuls_unless_model_tf32_is_false(monkeypatch):
+    import pytest
+    import torch
+
+    from rl.config import ConfigError, ModelConfig, RunConfig, validate
+    from rl.models import load_model
+
+    before = torch.get_float32_matmul_precision()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only the precision switch asks
+    try:
+        load_model(ModelConfig(name="tiny", dtype="float32", tf32=False))
+        assert torch.get_float32_matmul_precision() == "highest"
+        load_model(ModelConfig(name="tiny", dtype="float32"))
+        assert torch.get_float32_matmul_precision() == "high"  # TF32, the default
+        torch.set_float32_matmul_precision("highest")
+        load_model(ModelConfig(name="tiny", dtype="bfloat16"))
+        assert torch.get_float32_matmul_precision() == "highest"  # not float32 weights: left alone
+    finally:
+        torch.set_float32_matmul_precision(before)
+    with pytest.raises(ConfigError, match="model.tf32 must be true or false, got 'yes please'"):
+        validate(RunConfig(model=ModelConfig(tf32="yes please")))

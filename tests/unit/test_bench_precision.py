@@ -1,0 +1,22 @@
+"""The precision suite: full float32 is the baseline its other rows are measured against."""
+
+
+def test_precision_rows_measure_speed_and_logprob_drift_against_full_float32():
+    import pytest
+
+    from rl.bench import load_suites
+
+    rows = load_suites()["precision"]({"model": "tiny", "rows": 2, "context": 8, "new_tokens": 2, "train_len": 16,
+                                       "repeats": 1})
+    by_mode = {r["mode"]: r for r in rows}
+    assert list(by_mode) == ["float32", "tf32", "bfloat16"]
+    base = by_mode["float32"]
+    assert base["logprob_drift_max"] == 0 and base["generate_speedup"] == base["train_speedup"] == 1
+    assert by_mode["bfloat16"]["logprob_drift_mean"] > 0  # bf16 weights do move the policy's logprobs
+    for r in rows:
+        assert r["generated_tokens_per_s"] == pytest.approx(2 * 2 / r["generate_s"])
+        assert r["generate_speedup"] == pytest.approx(base["generate_s"] / r["generate_s"])
+    assert [r["mode"] for r in load_suites()["precision"]({"model": "tiny", "rows": 1, "context": 4, "new_tokens": 1,
+                                                           "train_len": 8, "repeats": 1, "modes": "bfloat16"})] == ["bfloat16"]
+    with pytest.raises(ValueError, match=r"unknown precision mode\(s\) \['fp8'\] \(accepted: float32, tf32, bfloat16\)"):
+        load_suites()["precision"]({"model": "tiny", "modes": "fp8"})
