@@ -18,7 +18,7 @@ import string
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Hashable, Literal
 
 import gymnasium as gym
 
@@ -202,6 +202,17 @@ class ToolEnv(gym.Env):
 
     def render(self) -> str | None:
         return None
+
+    def state_key(self) -> Hashable | None:
+        """The state the next action acts on, as a hashable value: equal keys mean equal situations,
+        counters that end the episode (turns, invalid actions) included. GRPO's step-level advantages
+        (`grpo.step_advantage_weight`) compare the turns of a group's episodes that acted in equal
+        states. None (the default): unknown, and the env's turns take the episode's advantage only."""
+        return None
+
+    def budget_key(self) -> tuple[int, int]:
+        """The part of a state key every env shares: turns taken and invalid actions so far."""
+        return self.turns, self.invalid_actions
 
     # -- tools -------------------------------------------------------------------------
 

@@ -78,6 +78,9 @@ class Game2048Env(ToolEnv):
     def solved(self) -> bool:
         return bool(self.board) and max_tile(self.board) >= self.target
 
+    def state_key(self) -> tuple:
+        return tuple(map(tuple, self.board)), self.score, *self.budget_key()
+
     def facts(self) -> dict:
         tried = self.moves + self.invalid_actions
         return {"score": self.score, "max_tile": max_tile(self.board) if self.board else 0, "moves": self.moves,

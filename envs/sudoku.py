@@ -80,6 +80,9 @@ class SudokuEnv(ToolEnv):
     def solved(self) -> bool:
         return bool(self.board) and self.board == self.solution
 
+    def state_key(self) -> tuple:
+        return tuple(self.board), *self.budget_key()
+
     def facts(self) -> dict:
         empty = [i for i, v in enumerate(self.puzzle) if v == 0]
         correct = sum(self.board[i] == self.solution[i] for i in empty)

@@ -128,6 +128,10 @@ class GRPOSection:
     # a job's wall-clock allowance ends cleanly instead of being killed mid-step. Counted per process
     # start, so a resumed run gets the whole allowance again.
     time_limit_s: float = 0.0
+    # Step-level credit in multi-turn episodes (rl/credit.py, after GiGPO): a turn's tokens get the
+    # episode advantage plus this weight times the turn's advantage among the group's episodes that
+    # acted in the same env state (envs say so with `state_key()`). 0 = episode advantages only.
+    step_advantage_weight: float = 0.0
 
 
 @dataclass
@@ -314,6 +318,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"grpo.num_iterations must be >= 1 (optimizer steps per generated batch), got {g.num_iterations}")
     if not isinstance(cfg.model.tf32, bool):
         raise ConfigError(f"model.tf32 must be true or false, got {cfg.model.tf32!r}")
+    if not g.step_advantage_weight >= 0:
+        raise ConfigError(f"grpo.step_advantage_weight must be >= 0 (0 = episode advantages only), "
+                          f"got {g.step_advantage_weight}")
     if not g.time_limit_s >= 0:
         raise ConfigError(f"grpo.time_limit_s must be >= 0 seconds (0 = no limit), got {g.time_limit_s}")
     if g.num_generations < 2:

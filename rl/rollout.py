@@ -28,6 +28,7 @@ Follow one episode from `reset` to its loss mask:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import concurrent.futures as cf
 import time
 from collections.abc import Callable
@@ -58,6 +59,9 @@ class Trajectory:
     env_mask: list[int]  # 1 = sampled by the model, 0 = written by the env/template
     info: dict[str, Any]
     images: list = field(default_factory=list)  # model inputs of the images in the tokens, in order (VLMs)
+    # per model turn: (start, end) of its tokens in completion_ids, and a digest of the env's
+    # `state_key()` when the turn was asked for (None: the env does not say)
+    turns: list[tuple[int, int, int | None]] = field(default_factory=list)
 
 
 @dataclass
@@ -77,6 +81,7 @@ class _Episode:
     format_errors: int = 0
     stop_reason: str | None = None
     pending: list[dict] = field(default_factory=list)  # env messages for the next tool turn
+    turns: list[tuple[int, int, int | None]] = field(default_factory=list)  # see Trajectory.turns
     stopped_with: int | None = None  # the stop token that ended the last model turn
     stop_string: str | None = None  # or the stop string that did
 
@@ -247,6 +252,7 @@ class _Rollout:
         whole = len(ids) == len(gen.token_ids)
         ep.stopped_with = gen.stopped_with if whole else None
         ep.stop_string = gen.stop_string if whole else None
+        ep.turns.append((len(ep.completion_ids), len(ep.completion_ids) + len(ids), state_digest(ep.env)))
         ep.append(ids, logprobs, mask=1)
         ep.model_turns += 1
         self.generated_tokens += len(ids)
@@ -325,4 +331,16 @@ def _trajectory(ep: _Episode) -> Trajectory:
         "generation_error": ep.generation_error or "",
         "model_tokens": sum(ep.env_mask),
     }
-    return Trajectory(ep.prompt_ids, ep.completion_ids, ep.logprobs, ep.env_mask, info, ep.images)
+    return Trajectory(ep.prompt_ids, ep.completion_ids, ep.logprobs, ep.env_mask, info, ep.images, ep.turns)
+
+
+def state_digest(env: ToolEnv) -> int | None:
+    """A 64-bit digest of the env's `state_key()`, equal in every process (Python's own `hash` of a
+    string is not), so that step-level advantages can group turns across data-parallel ranks."""
+    try:
+        key = env.state_key()
+    except Exception:  # a broken key only costs this turn its step-level advantage
+        return None
+    if key is None:
+        return None
+    return int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "big", signed=True)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
+from accelerate.utils import gather_object
 from trl import GRPOConfig, GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
@@ -26,6 +27,7 @@ from rewards import get_reward
 from rl.chat import ChatFormat
 from rl.cli import check_resolvable
 from rl.config import ConfigError, RunConfig, to_yaml
+from rl.credit import step_advantages
 from rl.generation import TransformersBackend
 from rl.guards import SkipNonFiniteUpdates
 from rl.heldout import HeldOutEval
@@ -65,6 +67,7 @@ class EpisodeRollouts:
         self.log_dir = log_dir
         self.rows: list[dict] = []  # dataset rows of the batch being generated (set by the trainer)
         self.images: list | None = None  # each episode's images, for the trainer's forward passes (VLMs)
+        self.turns: list = []  # each episode's turns (token spans, state digests) of the last batch
         self.env_kwargs: dict | None = None
         self.remote_seen = remote_stats()  # server counters are per process; report this run's, per step
 
@@ -100,6 +103,7 @@ class EpisodeRollouts:
             if t.info["env_error"]:  # a crashed or hung env may still be mid-step in its thread: replace it
                 self.env_pool[i] = self.env_cls(**self.env_kwargs)
         self.images = [t.images for t in trajectories]
+        self.turns = [t.turns for t in trajectories]  # for step-level advantages
         self._log_metrics(trainer, trajectories, timing, elapsed)
         if self.log_dir is not None and trainer.accelerator.is_main_process:
             self._log_samples(trainer.state.global_step, trajectories)
@@ -251,6 +255,7 @@ def build_trainer(cfg: RunConfig):
         rollout_func=rollouts, peft_config=lora_config(cfg.lora, model),
     )
     trainer.image_token_id = chat.images.image_token_id if chat.images else None
+    trainer.step_advantage_weight = g.step_advantage_weight
     RunProgress.install(trainer)
     trainer.add_callback(SkipNonFiniteUpdates(trainer))
     trainer.add_callback(JsonlLogger(out / "metrics.jsonl"))
@@ -265,9 +270,40 @@ class ToolGymGRPOTrainer(VisionGRPOMixin, GRPOTrainer):
     """GRPOTrainer that lets the rollout see the batch's dataset rows (for env seeds), and gives a
     vision-language model its episodes' images in every forward pass (`rl.vision`)."""
 
+    step_advantage_weight = 0.0
+
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]):
         self.rollout_func.rows = inputs
-        return super()._generate_and_score_completions(inputs)
+        output = super()._generate_and_score_completions(inputs)
+        if self.step_advantage_weight:
+            output["advantages"] = self._add_step_advantages(output["advantages"], output["completion_ids"].shape[1])
+        return output
+
+    def _calculate_rewards(self, *args, **kwargs):
+        """TRL's rewards of every process's episodes (gathered), kept for the step-level advantages."""
+        self._rewards_per_func = super()._calculate_rewards(*args, **kwargs)
+        return self._rewards_per_func
+
+    def _add_step_advantages(self, advantages: torch.Tensor, width: int) -> torch.Tensor:
+        """(batch,) episode advantages -> (batch, width) per-token ones, each turn's tokens moved by
+        `step_advantage_weight` x its step advantage (rl/credit.py). Groups may span processes, so
+        every process computes them over the gathered batch and keeps its own rows."""
+        per_func = self._rewards_per_func
+        rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
+        turns = gather_object(self.rollout_func.turns)
+        steps, shared = step_advantages(rewards.tolist(), turns, self.num_generations, self.scale_rewards != "none")
+        first = self.accelerator.process_index * len(advantages)
+        out = advantages.unsqueeze(1).repeat(1, width)
+        moved = []
+        for i in range(len(advantages)):
+            for (start, end, _), step in zip(turns[first + i], steps[first + i]):
+                out[i, start:end] += self.step_advantage_weight * step
+                moved.append(abs(step))
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics["step_advantage/shared_state_turns"].append(shared)
+        metrics["step_advantage/abs_mean"].append(sum(moved) / len(moved) if moved else 0.0)
+        return out
 
 
 def latest_checkpoint(out: Path) -> Path | None:

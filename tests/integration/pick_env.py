@@ -36,6 +36,9 @@ class PickEnv(ToolEnv):
     def solved(self):
         return self.terminated
 
+    def state_key(self):
+        return self.budget_key()  # nothing else changes: the turn number is the state
+
 
 class FirstDigitFormat(ToolCallFormat):
     name = "first_digit"

@@ -2,12 +2,15 @@
 
 import json
 
+import pytest
+
 from rl.config import load_config
 from rl.trainer import train
 
 
-def test_grpo_learns_to_call_the_tool_with_the_right_argument(tmp_path):
-    cfg = load_config(None, [
+@pytest.mark.parametrize("step_weight", [0.0, 1.0])  # episode advantages; plus step-level ones
+def test_grpo_learns_to_call_the_tool_with_the_right_argument(tmp_path, step_weight):
+    cfg = load_config(None, [f"grpo.step_advantage_weight={step_weight}",
         f"output_dir={tmp_path}", "name=learn",
         "model.name=tiny", "model.tool_format=first_digit", "lora.enabled=false",
         "env.name=tests.integration.pick_env:PickEnv",
@@ -24,3 +27,51 @@ def test_grpo_learns_to_call_the_tool_with_the_right_argument(tmp_path):
     assert first < 0.3, f"the untrained model should rarely pick 7 first: {rewards[:5]}"
     assert last > first + 0.3, f"mean reward did not rise: first 5 steps {first:.2f}, last 5 {last:.2f}"
     assert any(entry["env/model_turns"] > 1 for entry in logs[:5])  # episodes were multi-turn
+
+
+def test_step_advantages_move_each_turns_tokens_by_its_anchor_group_advantage(tmp_path, monkeypatch):
+    import torch
+
+    from rl.credit import step_advantages
+    from rl.trainer import ToolGymGRPOTrainer
+
+    seen = []
+    add = ToolGymGRPOTrainer._add_step_advantages
+
+    def recording(self, advantages, width):
+        out = add(self, advantages, width)
+        seen.append((advantages.clone(), out.clone(), list(self.rollout_func.turns),
+                     (self._rewards_per_func * self.reward_weights).nansum(dim=1).tolist()))
+        return out
+
+    losses = []
+    compute_loss = ToolGymGRPOTrainer._compute_loss
+
+    def loss_shapes(self, model, inputs):
+        losses.append(tuple(inputs["advantages"].shape))
+        return compute_loss(self, model, inputs)
+
+    monkeypatch.setattr(ToolGymGRPOTrainer, "_add_step_advantages", recording)
+    monkeypatch.setattr(ToolGymGRPOTrainer, "_compute_loss", loss_shapes)
+    cfg = load_config(None, [
+        f"output_dir={tmp_path}", "name=steps", "model.name=tiny", "model.tool_format=first_digit", "lora.enabled=false",
+        "env.name=tests.integration.pick_env:PickEnv", "rollout.max_turns=3", "rollout.max_new_tokens=6",
+        "rollout.max_completion_tokens=96", "grpo.num_generations=8", "grpo.per_device_train_batch_size=16",
+        "grpo.max_steps=2", "grpo.save_steps=1000", "grpo.seed=1", "grpo.step_advantage_weight=0.5",
+        "rewards.episode_return=1.0", "rewards.solved=0.0", "log.wandb=off",
+    ])
+    out = train(cfg)
+    assert len(seen) == 2 and losses and all(len(shape) == 2 for shape in losses)  # per-token advantages
+    moved = 0
+    for episode_adv, token_adv, turns, rewards in seen:
+        steps, _ = step_advantages(rewards, turns, 8)
+        for i, row_turns in enumerate(turns):
+            covered = torch.zeros(token_adv.shape[1], dtype=torch.bool)
+            for (start, end, _), step in zip(row_turns, steps[i]):
+                assert torch.allclose(token_adv[i, start:end], episode_adv[i] + 0.5 * step)
+                covered[start:end] = True
+                moved += step != 0
+            assert torch.all(token_adv[i, ~covered] == episode_adv[i])  # env tokens and padding: the episode's
+    assert moved  # some turns shared a state with episodes that then did better or worse
+    logs = [json.loads(line) for line in (out / "metrics.jsonl").open() if '"reward"' in line]
+    assert all(0 < entry["step_advantage/shared_state_turns"] <= 1 for entry in logs)

@@ -200,3 +200,52 @@ def test_stop_after_tool_call_cuts_the_turn_and_closes_it_as_context(chat, scrip
                     {"role": "tool", "name": "show_board", "content": board}, {"role": "assistant", "content": call}]
     full = tiny_tokenizer.apply_chat_template(conversation, tools=reference.tool_schemas(), tokenize=False)
     assert tiny_tokenizer.decode(traj.prompt_ids + traj.completion_ids) == full.removesuffix("\n")
+
+
+def test_each_model_turn_records_its_token_span_and_the_env_state_it_acted_in(chat, scripted):
+    from rl.rollout import state_digest
+
+    row, col, digit = solution_move()
+    place = f'<tool_call>\n{{"name": "place", "arguments": {{"row": {row}, "col": {col}, "digit": {digit}}}}}\n</tool_call>'
+    replies = [place, '<tool_call>\n{"name": "place", "arguments": {"row": 1,}}\n</tool_call>', "Maybe 4?", place]
+    backend = scripted(lambda context, turn: replies[turn])
+    [traj] = run_episodes([envs.make("sudoku", max_invalid=None)], [SEED], backend, chat,
+                          RolloutSettings(max_turns=4, max_completion_tokens=4096))
+    runs, i = [], 0  # the maximal runs of model tokens
+    while i < len(traj.env_mask):
+        j = i
+        while j < len(traj.env_mask) and traj.env_mask[j] == traj.env_mask[i]:
+            j += 1
+        if traj.env_mask[i]:
+            runs.append((i, j))
+        i = j
+    assert [(start, end) for start, end, _ in traj.turns] == runs and len(runs) == 4
+
+    reference = envs.make("sudoku", max_invalid=None)  # the states the turns acted in, replayed
+    reference.reset(seed=SEED)
+    states = [state_digest(reference)]
+    reference.step({"name": "place", "arguments": {"row": row, "col": col, "digit": digit}})
+    states += [state_digest(reference)] * 2  # the malformed call never reached the env
+    reference.step("Maybe 4?")
+    states.append(state_digest(reference))
+    assert [key for _, _, key in traj.turns] == states
+    assert len(set(states)) == 3 and all(isinstance(s, int) for s in states)
+
+
+def test_equal_sudoku_states_have_equal_keys_whatever_the_path():
+    def played(moves):
+        env = SudokuEnv(size=4, difficulty="hard", max_invalid=None)
+        env.reset(seed=SEED)
+        empty = [i for i, v in enumerate(env.board) if v == 0]
+        for m in moves:
+            cell = empty[m]
+            env.step({"name": "place", "arguments": {"row": cell // 4 + 1, "col": cell % 4 + 1,
+                                                     "digit": env.solution[cell]}})
+        return env
+
+    assert played([0, 1]).state_key() == played([1, 0]).state_key()  # same board, same turn count
+    assert played([0, 1]).state_key() != played([0, 2]).state_key()
+    env = played([0])
+    before = env.state_key()
+    env.step({"name": "place", "arguments": {"row": 9, "col": 1, "digit": 1}})  # invalid: board unchanged
+    assert env.state_key() != before and env.state_key()[0] == before[0]  # the spent turn and error count
