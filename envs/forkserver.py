@@ -31,6 +31,7 @@ of whose processes are killed after the run. `_isolation` says exactly what is i
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import gc
 import importlib
 import itertools
@@ -40,6 +41,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import struct
 import sys
 import tempfile
@@ -61,10 +63,15 @@ ON_DEMAND = ["threading", "subprocess"]
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_REC, MS_PRIVATE, MNT_DETACH = 0x2, 0x4, 0x20, 0x4000, 0x40000, 0x2
 PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 1, 38
-# Runner n's runs take uids UID_BASE + n * UID_SPAN + (run % UID_SPAN): concurrent runs never share
+# Runner n's runs take uids base + n * UID_SPAN + (run % UID_SPAN): concurrent runs never share
 # a uid (RLIMIT_NPROC counts per uid, kill() works within one), and a runner reuses one only
-# UID_SPAN runs later, long after every process of that run is gone.
-UID_BASE, UID_SPAN, MAX_RUNNERS = 200_000, 1024, 65536
+# UID_SPAN runs later, long after every process of that run is gone. Each pool on the machine (a
+# trainer, a data-parallel rank, another job) holds a block of its own, base = UID_BASE + slot *
+# UID_BLOCK, for as long as it lives (`_uid_block`): pools that shared uids killed each other's runs.
+UID_BASE, UID_SPAN, MAX_RUNNERS = 200_000, 1024, 4096
+UID_BLOCK = UID_SPAN * MAX_RUNNERS
+UID_SLOTS = 1000  # UID_BASE + UID_SLOTS * UID_BLOCK stays below 2**32 - 1, the largest uid
+UID_LOCKS = "/tmp/toolgym-sandbox-uids"  # one lock file per slot, flock()ed by the pool holding it
 SCRATCH_MB = 16  # the tmpfs a child is armed with; a run that asks for another size remounts it
 MAX_FRAME = 64 << 20
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -156,7 +163,8 @@ def serve(sock_fd: int, namespaces: bool = True) -> None:
     harness = importlib.import_module("sandbox_child")  # beside this file: what every child runs
     sys.meta_path.insert(0, harness.OnDemand(ON_DEMAND))
     state = {"isolation": _isolation(namespaces), "root": tempfile.mkdtemp(prefix="toolgym-sandbox-"),
-             "base_vm": _vm_bytes(), "child": harness}
+             "base_vm": _vm_bytes(), "child": harness,
+             "uid_base": _uid_block() if os.geteuid() == 0 else None}
     os.chmod(state["root"], 0o755)
     # Done once here, inherited by every process below: no setuid binary can give privileges
     # back, and the environment is already the children's (`Sandbox` starts us with it).
@@ -182,6 +190,30 @@ def serve(sock_fd: int, namespaces: bool = True) -> None:
                 os.close(fd)
     finally:
         os.rmdir(state["root"])
+
+
+def _uid_block() -> int:
+    """The first uid of a block no other live pool on this machine holds. Slot n is held by an
+    flock() on lock file n, which the kernel drops when this server exits, however it exits. The
+    folder must be root's alone: a run's code (weak mode sees /tmp) must not hold or fake slots."""
+    os.makedirs(UID_LOCKS, mode=0o700, exist_ok=True)
+    info = os.lstat(UID_LOCKS)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o077:
+        raise PermissionError(f"{UID_LOCKS} must be a folder of root's with mode 0700 (sandbox uid slots); "
+                              f"found owner uid {info.st_uid}, mode {stat.filemode(info.st_mode)}: remove it")
+    for slot in range(UID_SLOTS):
+        fd = os.open(os.path.join(UID_LOCKS, str(slot)), os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        _HELD_SLOTS.append(fd)  # open for this server's life: the lock lives as long as the fd
+        return UID_BASE + slot * UID_BLOCK
+    raise RuntimeError(f"all {UID_SLOTS} sandbox uid slots on this machine are held by live pools")
+
+
+_HELD_SLOTS: list[int] = []
 
 
 def _vm_bytes() -> int:
@@ -245,7 +277,7 @@ def _zygote(sock: socket.socket, index: int, state: dict) -> None:
     for run in itertools.count():
         if not sock.recv(16):
             return  # the runner is done
-        uid = UID_BASE + index * UID_SPAN + run % UID_SPAN if os.geteuid() == 0 else None
+        uid = state["uid_base"] + index * UID_SPAN + run % UID_SPAN if state["uid_base"] is not None else None
         if strong:
             scratch = state["root"]
             _mount_tmpfs(scratch, SCRATCH_MB, uid)

@@ -134,3 +134,39 @@ def f():
     while stat.exists() and stat.read_text().split()[2] != "Z" and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not stat.exists() or stat.read_text().split()[2] == "Z", "the setsid() escapee outlived its run"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uids per run need root")
+def test_two_pools_on_one_machine_never_share_uids_or_kill_each_others_runs():
+    # Two trainers (two data-parallel ranks, two sweep jobs) each hold a pool. Weak mode ends a run by
+    # killing every process of its uid, so pools whose runs took the same uids killed each other's.
+    import threading
+
+    slow = "import os, time\ndef f():\n    time.sleep(1.5)\n    return os.getuid()"
+    with Sandbox(Limits(wall_s=10), namespaces=False) as a, Sandbox(Limits(wall_s=10), namespaces=False) as b:
+        result = {}
+        thread = threading.Thread(target=lambda: result.setdefault("a", a.run(slow, entry="f")))
+        thread.start()
+        time.sleep(0.5)  # a's first run is asleep under its uid; b's first run now starts and ends
+        quick = b.run("import os\ndef f():\n    return os.getuid()", entry="f")
+        thread.join()
+        assert quick.ok and result["a"].ok, (quick, result["a"])
+        assert quick.value != result["a"].value
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="uid slots are root's")
+def test_uid_slots_are_held_while_their_pool_lives_and_the_folder_must_be_roots_alone(tmp_path, monkeypatch):
+    from envs import forkserver
+
+    monkeypatch.setattr(forkserver, "UID_LOCKS", str(tmp_path / "slots"))
+    monkeypatch.setattr(forkserver, "_HELD_SLOTS", [])
+    first, second = forkserver._uid_block(), forkserver._uid_block()
+    assert (first, second) == (forkserver.UID_BASE, forkserver.UID_BASE + forkserver.UID_BLOCK)
+    os.close(forkserver._HELD_SLOTS.pop(0))  # the first pool exits: its slot is free again
+    assert forkserver._uid_block() == first
+    assert forkserver.UID_BASE + forkserver.UID_SLOTS * forkserver.UID_BLOCK < 2**32 - 1
+    for fd in forkserver._HELD_SLOTS:
+        os.close(fd)
+    os.chmod(tmp_path / "slots", 0o777)  # anyone could take or fake slots
+    with pytest.raises(PermissionError, match="slots must be a folder of root's with mode 0700.*drwxrwxrwx"):
+        forkserver._uid_block()
