@@ -18,7 +18,6 @@ import math
 import statistics
 from collections import defaultdict
 
-
 Turns = list[tuple[int, int, int | None]]  # (start, end, state digest) per model turn of an episode
 
 

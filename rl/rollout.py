@@ -28,8 +28,8 @@ Follow one episode from `reset` to its loss mask:
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import concurrent.futures as cf
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from datasets import Dataset
 from accelerate.utils import gather_object
+from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
 from trl.models import unwrap_model_for_generation
 

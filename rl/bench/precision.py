@@ -11,6 +11,7 @@ numbers in the loss). The full-float32 row is the baseline, measured in the same
 
 from __future__ import annotations
 
+import functools
 import time
 
 from rl.bench import suite
@@ -30,6 +31,22 @@ def _model(options: dict, dtype):
         torch.manual_seed(0)
         return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(options["arch"]), dtype=dtype)
     return load_model(ModelConfig(name=options.get("model", "gemma-3-270m"), dtype=str(dtype).removeprefix("torch.")))[0]
+
+
+def _generate(model, prompts, new_tokens: int) -> None:
+    import torch
+
+    with torch.no_grad():
+        model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
+                       max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+
+
+def _train_step(model, batch) -> None:
+    import torch
+
+    model.zero_grad(set_to_none=True)
+    logits = model(batch).logits[:, :-1].float()
+    torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)).backward()
 
 
 def _timed(fn, repeats: int, device) -> float:
@@ -73,18 +90,8 @@ def precision(options: dict) -> list[dict]:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
 
-            def generate():
-                with torch.no_grad():
-                    model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
-                                   max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
-
-            def train_step():
-                model.zero_grad(set_to_none=True)
-                logits = model(batch).logits[:, :-1].float()
-                torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)).backward()
-
-            generate_s = _timed(generate, repeats, device)
-            train_s = _timed(train_step, repeats, device)
+            generate_s = _timed(functools.partial(_generate, model, prompts, new_tokens), repeats, device)
+            train_s = _timed(functools.partial(_train_step, model, batch), repeats, device)
             with torch.no_grad():
                 logps = torch.log_softmax(model(batch).logits[:, :-1].float(), -1).gather(-1, batch[:, 1:, None])[..., 0].cpu()
             reference = logps if reference is None else reference
