@@ -4,6 +4,7 @@
     python launch/eval.py --env sudoku --policy expert --episodes 200
     python launch/eval.py --env sudoku --model runs/demo --set eval.temperature=1.0 --set eval.k=4
     python launch/eval.py --config configs/sudoku-sft.yaml --env sudoku --model runs/grpo --label SFT+GRPO
+    python launch/eval.py --compare runs/eval/sudoku-SFT.json runs/eval/sudoku-SFT+GRPO.json
 """
 
 import argparse
@@ -23,7 +24,20 @@ def main(argv=None) -> int:
     parser.add_argument("--policy", choices=["expert", "random"], help="evaluate a reference policy, not a model")
     parser.add_argument("--label", help="the row's name in results.md and the JSON file (default: the model's name)")
     parser.add_argument("--out", default="runs/eval", help="folder for <env>-<label>.json and results.md")
+    parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
+                        help="compare two results on the seeds both played (paired, McNemar's exact test); runs nothing")
     args = parser.parse_args(argv)
+    if args.compare:
+        from rl.episodes import paired_comparison, paired_line
+
+        try:
+            a, b = (json.loads(Path(p).read_text()) for p in args.compare)
+            comparison = paired_comparison(a, b)
+        except (OSError, ValueError) as e:
+            parser.error(str(e))
+        print(paired_line(comparison))
+        print(json.dumps(comparison))
+        return 0
     if args.episodes:
         args.overrides.append(f"eval.episodes={args.episodes}")
     cfg = resolve_or_exit(parser, args)

@@ -67,7 +67,7 @@ done
     "SFT stage $sft_done s, GRPO stage $((grpo_done - sft_done)) s, total $SECONDS s" <<'PY' >"$out/results.md"
 import json, sys
 from pathlib import Path
-from rl.episodes import MARKDOWN_HEADER, markdown_row
+from rl.episodes import MARKDOWN_HEADER, markdown_row, paired_comparison, paired_line
 out, config, model, demos, epochs, steps, episodes, overrides, timing = sys.argv[1:]
 try:
     import torch
@@ -81,6 +81,8 @@ print(f"Config `{config}` (overrides: {overrides}), model `{model}`, on {device}
 print(MARKDOWN_HEADER)
 for label in ("random", "base", "SFT", "SFT+GRPO", "expert"):
     print(markdown_row(json.loads((Path(out) / "eval" / f"sudoku-{label}.json").read_text())))
+rows = {label: json.loads((Path(out) / "eval" / f"sudoku-{label}.json").read_text()) for label in ("SFT", "SFT+GRPO")}
+print(f"\nPaired: {paired_line(paired_comparison(rows['SFT'], rows['SFT+GRPO']))}.")
 print(f"\nWall time: {timing}. GRPO curve: {out}/grpo/curve.png")
 PY
 cat "$out/results.md"

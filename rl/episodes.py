@@ -181,10 +181,45 @@ def evaluate(cfg: RunConfig, policy: str = "") -> dict:
     finally:
         if engine_dir is not None:
             shutil.rmtree(engine_dir, ignore_errors=True)
+    per_episode = [{"seed": seeds[i % len(seeds)], "sample": i // len(seeds), "solved": bool(t.info.get("solved")),
+                    "return": float(t.info.get("episode_return") or 0), "turns": int(t.info.get("model_turns") or 0)}
+                   for i, t in enumerate(trajectories)]
     return {"label": label, "backend": backend.name if backend else "policy", "env": cfg.env.name,
             "env_kwargs": cfg.env.kwargs, "seeds": [seeds[0], seeds[-1] + 1],
             "temperature": e.temperature, "k": e.k, **summarize(trajectories, e.k),
-            "wall_s": time.perf_counter() - started}  # model loading included
+            "wall_s": time.perf_counter() - started,  # model loading included
+            "per_episode": per_episode}  # for paired comparisons on the same seeds (`paired_comparison`)
+
+
+def paired_comparison(a: dict, b: dict) -> dict:
+    """B against A on the episodes both played (same env settings, seed and sample), with McNemar's
+    exact test: only the seeds one solved and the other did not carry information, and under "no
+    difference" each such seed is a fair coin. Far more sensitive than comparing two intervals."""
+    for name, result in (("first", a), ("second", b)):
+        if "per_episode" not in result:
+            raise ValueError(f"the {name} result ({result.get('label')!r}) has no per-episode outcomes: it was "
+                             "written by an older eval.py; evaluate that model again")
+    if (a["env"], a.get("env_kwargs")) != (b["env"], b.get("env_kwargs")):
+        raise ValueError(f"different env settings: {a['env']} {a.get('env_kwargs')} vs {b['env']} {b.get('env_kwargs')}")
+    first = {(e["seed"], e["sample"]): e["solved"] for e in a["per_episode"]}
+    second = {(e["seed"], e["sample"]): e["solved"] for e in b["per_episode"]}
+    common = sorted(first.keys() & second.keys())
+    if not common:
+        raise ValueError(f"no episodes in common: seeds {a['seeds']} vs {b['seeds']}")
+    only_b = sum(second[k] and not first[k] for k in common)
+    only_a = sum(first[k] and not second[k] for k in common)
+    n = only_a + only_b
+    p = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n) if n else 1.0
+    return {"a": a["label"], "b": b["label"], "episodes": len(common),
+            "a_solve_rate": sum(first[k] for k in common) / len(common),
+            "b_solve_rate": sum(second[k] for k in common) / len(common),
+            "solved_by_b_only": only_b, "solved_by_a_only": only_a, "p_value": p}
+
+
+def paired_line(c: dict) -> str:
+    return (f"{c['b']} vs {c['a']} on the same {c['episodes']} episodes: {c['b_solve_rate']:.1%} vs {c['a_solve_rate']:.1%}; "
+            f"solved by {c['b']} only: {c['solved_by_b_only']}, by {c['a']} only: {c['solved_by_a_only']}; "
+            f"McNemar exact p = {c['p_value']:.3g}")
 
 
 def markdown_row(result: dict) -> str:

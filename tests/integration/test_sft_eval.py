@@ -103,6 +103,7 @@ def test_recipe_script_runs_every_stage_and_writes_one_table(tmp_path):
     rows = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
     labels = [row.split(" | ")[0].removeprefix("| ") for row in rows[1:]]
     assert labels == ["random", "base", "SFT", "SFT+GRPO", "expert"]
+    assert "Paired: SFT+GRPO vs SFT on the same 3 episodes:" in (out / "results.md").read_text()
     assert all(" | sudoku | 3 | " in row for row in rows[1:])
     expert = json.loads((out / "eval" / "sudoku-expert.json").read_text())
     assert expert["solve_rate"] == 0.0 and expert["env_kwargs"]["difficulty"] == "hard"  # 4 turns < 10 holes

@@ -1,0 +1,57 @@
+"""Paired comparison of two eval results on the same seeds (McNemar's exact test)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from rl.episodes import paired_comparison
+
+EVAL_PY = Path(__file__).resolve().parents[2] / "launch" / "eval.py"
+
+
+def result(label, solved, seed_start=10_000_000, env_kwargs=None):
+    return {"label": label, "env": "sudoku", "env_kwargs": env_kwargs or {"size": 4}, "seeds": [seed_start, seed_start + len(solved)],
+            "per_episode": [{"seed": seed_start + i, "sample": 0, "solved": s, "return": float(s), "turns": 3}
+                            for i, s in enumerate(solved)]}
+
+
+def test_only_seeds_where_the_two_differ_decide_and_each_is_a_fair_coin_under_no_difference():
+    a = result("SFT", [True, True, False, False, False, False, False, False, False, False])
+    b = result("GRPO", [True, False, True, True, True, True, True, True, False, False])
+    c = paired_comparison(a, b)
+    assert (c["solved_by_b_only"], c["solved_by_a_only"], c["episodes"]) == (6, 1, 10)
+    assert (c["a_solve_rate"], c["b_solve_rate"]) == (0.2, 0.7)
+    assert c["p_value"] == pytest.approx(2 * (1 + 7) / 2**7)  # two-sided: P(X <= 1) for X ~ Bin(7, 1/2), doubled
+    assert paired_comparison(a, a)["p_value"] == 1.0
+    # only the seeds both played count
+    c = paired_comparison(a, result("later", [True] * 10, seed_start=10_000_005))
+    assert c["episodes"] == 5 and c["solved_by_b_only"] == 5 and c["p_value"] == pytest.approx(2 / 32)
+
+
+def test_incomparable_results_are_named():
+    a = result("SFT", [True, False])
+    with pytest.raises(ValueError, match="different env settings"):
+        paired_comparison(a, result("x", [True, False], env_kwargs={"size": 9}))
+    with pytest.raises(ValueError, match="no episodes in common"):
+        paired_comparison(a, result("x", [True, False], seed_start=5))
+    old = {k: v for k, v in a.items() if k != "per_episode"}
+    with pytest.raises(ValueError, match="'SFT'.*no per-episode outcomes.*evaluate that model again"):
+        paired_comparison(old, a)
+
+
+def test_eval_compare_prints_the_paired_line_and_json(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("eval_entry", EVAL_PY)
+    eval_entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_entry)
+    paths = []
+    for r in (result("SFT", [False, False, True]), result("SFT+GRPO", [True, True, True])):
+        paths.append(tmp_path / f"{r['label']}.json")
+        paths[-1].write_text(json.dumps(r))
+    assert eval_entry.main(["--compare", *map(str, paths)]) == 0
+    line, data = capsys.readouterr().out.splitlines()
+    assert line.startswith("SFT+GRPO vs SFT on the same 3 episodes: 100.0% vs 33.3%") and "p = 0.5" in line
+    assert json.loads(data)["solved_by_b_only"] == 2
+    with pytest.raises(SystemExit):
+        eval_entry.main(["--compare", str(paths[0]), str(tmp_path / "missing.json")])
