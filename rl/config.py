@@ -118,6 +118,9 @@ class GRPOSection:
     save_total_limit: int = 3
     seed: int = 0
     warmup_steps: int = 0
+    # linear decays to 0 at max_steps; constant keeps the rate (a run ended by time_limit_s, or
+    # continued in legs, then trains at the rate it was given throughout)
+    lr_scheduler_type: str = "linear"
     max_grad_norm: float = 1.0
     # Optimizer steps per generated batch (GRPO's mu): >1 reuses each batch's episodes, with the
     # clipped importance ratio against the logprobs they were sampled with. Generation is most of a
@@ -312,12 +315,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     return cfg
 
 
+LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")  # those that need no further settings
+
+
 def validate(cfg: RunConfig) -> None:
     g = cfg.grpo
     if g.num_iterations < 1:
         raise ConfigError(f"grpo.num_iterations must be >= 1 (optimizer steps per generated batch), got {g.num_iterations}")
     if not isinstance(cfg.model.tf32, bool):
         raise ConfigError(f"model.tf32 must be true or false, got {cfg.model.tf32!r}")
+    if g.lr_scheduler_type not in LR_SCHEDULERS:
+        raise ConfigError(f"unknown grpo.lr_scheduler_type {g.lr_scheduler_type!r} (accepted: {', '.join(LR_SCHEDULERS)})")
     if not g.step_advantage_weight >= 0:
         raise ConfigError(f"grpo.step_advantage_weight must be >= 0 (0 = episode advantages only), "
                           f"got {g.step_advantage_weight}")

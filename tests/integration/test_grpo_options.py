@@ -94,3 +94,16 @@ def test_time_limit_ends_the_run_at_a_step_boundary_with_checkpoint_final_and_cu
     assert (out / "final" / "adapter_model.safetensors").exists() or (out / "final" / "model.safetensors").exists()
     assert (out / "curve.png").exists()
     assert "grpo.time_limit_s=0.001 reached at step 1" in capsys.readouterr().out
+
+
+def test_a_constant_schedule_keeps_the_learning_rate_where_linear_decays_it(tmp_path):
+    from rl.trainer import train
+
+    rates = {}
+    for schedule in ("linear", "constant"):
+        out = train(config(tmp_path / schedule, "--set", "grpo.max_steps=2", "--set", "grpo.learning_rate=1e-4",
+                           "--set", f"grpo.lr_scheduler_type={schedule}"))
+        rates[schedule] = [json.loads(line)["learning_rate"] for line in (out / "metrics.jsonl").open()
+                           if '"learning_rate"' in line]
+    assert rates["constant"] == [1e-4, 1e-4]
+    assert rates["linear"][0] == 1e-4 and rates["linear"][1] < 1e-4
