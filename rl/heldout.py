@@ -35,7 +35,9 @@ class HeldOutEval(TrainerCallback):
             self.trainer.log(self.measure())
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every == 0:  # logged with this step's other metrics
+        # every N steps, and at the last step (max_steps, or a time limit: decided before this
+        # callback, the same on every rank), so the curve ends on the model in final/
+        if state.global_step % self.every == 0 or control.should_training_stop:  # logged with this step's metrics
             for key, value in self.measure().items():
                 self.trainer._metrics["train"][key].append(value)
 

@@ -107,3 +107,12 @@ def test_a_constant_schedule_keeps_the_learning_rate_where_linear_decays_it(tmp_
                            if '"learning_rate"' in line]
     assert rates["constant"] == [1e-4, 1e-4]
     assert rates["linear"][0] == 1e-4 and rates["linear"][1] < 1e-4
+
+
+def test_held_out_eval_also_measures_the_last_step(tmp_path):
+    from rl.trainer import train
+
+    out = train(config(tmp_path, "--set", "grpo.max_steps=3", "--set", "eval.every_steps=2",
+                       "--set", "eval.during_training=2"))
+    held = [json.loads(line)["step"] for line in (out / "metrics.jsonl").open() if "heldout/solve_rate" in line]
+    assert held == [0, 2, 3]  # the start, every 2nd step, and the final model
