@@ -81,8 +81,9 @@ def precision(options: dict) -> list[dict]:
     try:
         for mode in ["float32"] + [m for m in modes if m != "float32"]:  # the baseline first: drift is against it
             dtype_name, matmul = MODES[mode]
-            torch.set_float32_matmul_precision(matmul)
             model = _model(options, getattr(torch, dtype_name)).to(device)
+            # after loading: load_model sets the precision itself for float32 on a GPU (model.tf32)
+            torch.set_float32_matmul_precision(matmul)
             vocab = model.config.get_text_config().vocab_size
             g = torch.Generator().manual_seed(0)
             prompts = torch.randint(3, vocab, (rows, context), generator=g).to(device)

@@ -20,3 +20,25 @@ def test_precision_rows_measure_speed_and_logprob_drift_against_full_float32():
                                                            "train_len": 8, "repeats": 1, "modes": "bfloat16"})] == ["bfloat16"]
     with pytest.raises(ValueError, match=r"unknown precision mode\(s\) \['fp8'\] \(accepted: float32, tf32, bfloat16\)"):
         load_suites()["precision"]({"model": "tiny", "modes": "fp8"})
+
+
+def test_each_mode_is_timed_at_its_own_precision_whatever_model_loading_sets(monkeypatch):
+    import torch
+
+    import rl.bench.precision as precision
+
+    load, timed, seen = precision._model, precision._timed, []
+
+    def loading_like_a_gpu(options, dtype):  # load_model turns TF32 on for float32 weights on a GPU
+        model = load(options, dtype)
+        torch.set_float32_matmul_precision("high")
+        return model
+
+    def recording(fn, repeats, device):
+        seen.append(torch.get_float32_matmul_precision())
+        return timed(fn, repeats, device)
+
+    monkeypatch.setattr(precision, "_model", loading_like_a_gpu)
+    monkeypatch.setattr(precision, "_timed", recording)
+    precision.precision({"model": "tiny", "rows": 1, "context": 4, "new_tokens": 1, "train_len": 8, "repeats": 1})
+    assert seen == ["highest", "highest", "high", "high", "highest", "highest"]  # generate and train, per mode
