@@ -135,6 +135,10 @@ class GRPOSection:
     # episode advantage plus this weight times the turn's advantage among the group's episodes that
     # acted in the same env state (envs say so with `state_key()`). 0 = episode advantages only.
     step_advantage_weight: float = 0.0
+    # Project only the model's own tokens through the LM head in the loss passes (rl/scoring.py):
+    # the same numbers where the loss reads them, without scoring tool results (most of a
+    # multi-turn completion). false = TRL's scoring of every completion token.
+    score_only_model_tokens: bool = True
 
 
 @dataclass

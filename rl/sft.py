@@ -27,6 +27,7 @@ from rl.guards import SkipNonFiniteUpdates
 from rl.models import load_image_tokenizer, load_model, lora_config
 from rl.plots import save_curve
 from rl.progress import JsonlLogger
+from rl.scoring import compact_lm_head
 from rl.trainer import _report_to, latest_checkpoint, run_dir
 from rl.vision import VisionSFTCollator
 
@@ -69,7 +70,8 @@ def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
     checkpoint = latest_checkpoint(out) if resume else None
     if resume and checkpoint is None:
         raise FileNotFoundError(f"--resume: no checkpoint-* under {out}")
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    with compact_lm_head(args.device):  # the LM head projects only the demonstrations' model tokens
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     final = trainer.model
     # A VLM's run keeps its adapter as the model: it loads with its base, whose image processor it needs.
     if images is None and hasattr(final, "merge_and_unload"):

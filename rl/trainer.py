@@ -35,6 +35,7 @@ from rl.models import load_image_tokenizer, load_model, lora_config
 from rl.plots import save_curve
 from rl.progress import JsonlLogger, RunProgress, TimeLimit
 from rl.rollout import Trajectory, run_episodes
+from rl.scoring import ModelTokenScoringMixin
 from rl.toolcalls import get_format
 from rl.vision import VisionGRPOMixin
 
@@ -68,6 +69,7 @@ class EpisodeRollouts:
         self.rows: list[dict] = []  # dataset rows of the batch being generated (set by the trainer)
         self.images: list | None = None  # each episode's images, for the trainer's forward passes (VLMs)
         self.turns: list = []  # each episode's turns (token spans, state digests) of the last batch
+        self.env_masks: list | None = None  # each episode's env_mask as returned to TRL, of the last batch
         self.env_kwargs: dict | None = None
         self.remote_seen = remote_stats()  # server counters are per process; report this run's, per step
 
@@ -107,7 +109,9 @@ class EpisodeRollouts:
         self._log_metrics(trainer, trajectories, timing, elapsed)
         if self.log_dir is not None and trainer.accelerator.is_main_process:
             self._log_samples(trainer.state.global_step, trajectories)
-        return to_trl(trajectories, fallback_id=trainer.processing_class.eos_token_id)
+        out = to_trl(trajectories, fallback_id=trainer.processing_class.eos_token_id)
+        self.env_masks = out["env_mask"]  # which tokens the loss passes score (rl/scoring.py)
+        return out
 
     def sync_backend(self, model, trainer):
         """The generation backend, holding the trainer's current weights (version = global step)."""
@@ -257,6 +261,7 @@ def build_trainer(cfg: RunConfig):
     )
     trainer.image_token_id = chat.images.image_token_id if chat.images else None
     trainer.step_advantage_weight = g.step_advantage_weight
+    trainer.score_only_model_tokens = g.score_only_model_tokens
     RunProgress.install(trainer)
     trainer.add_callback(SkipNonFiniteUpdates(trainer))
     trainer.add_callback(JsonlLogger(out / "metrics.jsonl"))
@@ -267,9 +272,10 @@ def build_trainer(cfg: RunConfig):
     return trainer
 
 
-class ToolGymGRPOTrainer(VisionGRPOMixin, GRPOTrainer):
-    """GRPOTrainer that lets the rollout see the batch's dataset rows (for env seeds), and gives a
-    vision-language model its episodes' images in every forward pass (`rl.vision`)."""
+class ToolGymGRPOTrainer(VisionGRPOMixin, ModelTokenScoringMixin, GRPOTrainer):
+    """GRPOTrainer that lets the rollout see the batch's dataset rows (for env seeds), gives a
+    vision-language model its episodes' images in every forward pass (`rl.vision`), and projects
+    only the model's tokens through the LM head (`rl.scoring`)."""
 
     step_advantage_weight = 0.0
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 Suite = Callable[[dict], list[dict]]
 SUITES: dict[str, Suite] = {}
-_MODULES = ["rl.bench.sandbox", "rl.bench.remote", "rl.bench.rollout", "rl.bench.agent_loop", "rl.bench.precision"]  # each registers its suites
+_MODULES = ["rl.bench.sandbox", "rl.bench.remote", "rl.bench.rollout", "rl.bench.agent_loop", "rl.bench.precision",
+            "rl.bench.scoring"]  # each registers its suites
 
 
 def suite(name: str) -> Callable[[Suite], Suite]:

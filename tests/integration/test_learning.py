@@ -75,3 +75,36 @@ def test_step_advantages_move_each_turns_tokens_by_its_anchor_group_advantage(tm
     assert moved  # some turns shared a state with episodes that then did better or worse
     logs = [json.loads(line) for line in (out / "metrics.jsonl").open() if '"reward"' in line]
     assert all(0 < entry["step_advantage/shared_state_turns"] <= 1 for entry in logs)
+
+
+def test_scoring_only_the_model_tokens_trains_exactly_as_scoring_every_token(tmp_path, monkeypatch):
+    """Same episodes, same numbers: loss, gradient norm, entropy and KL per step, with a reused batch
+    (old logprobs at generation time) and a reference model (the LoRA's base), whichever positions the LM head projects."""
+    import rl.scoring
+
+    masks = []
+    score_tokens = rl.scoring.score_tokens
+
+    def recording(model, input_ids, attention_mask, logits_to_keep, score_mask, *args, **kwargs):
+        masks.append(score_mask)
+        return score_tokens(model, input_ids, attention_mask, logits_to_keep, score_mask, *args, **kwargs)
+
+    monkeypatch.setattr(rl.scoring, "score_tokens", recording)
+    logged = {}
+    for only in (True, False):
+        cfg = load_config(None, [
+            f"output_dir={tmp_path}", f"name=only-{only}", "model.name=tiny", "model.tool_format=first_digit",
+            "lora.enabled=true", "env.name=tests.integration.pick_env:PickEnv", "rollout.max_turns=3",
+            "rollout.max_new_tokens=6", "rollout.max_completion_tokens=96", "grpo.num_generations=8",
+            "grpo.per_device_train_batch_size=16", "grpo.max_steps=2", "grpo.num_iterations=2", "grpo.beta=0.04",
+            "grpo.learning_rate=3e-3", "grpo.save_steps=1000", "grpo.seed=3", "rewards.episode_return=1.0",
+            "rewards.solved=0.0", "log.wandb=off", f"grpo.score_only_model_tokens={only}",
+        ])
+        logged[only] = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").open() if '"loss"' in line]
+    # generation: reference and old logprobs; then a loss pass per step; tool results never scored
+    assert len(masks) == 4 and all(0 < int(m.sum()) < m.numel() for m in masks)
+    assert [s["step"] for s in logged[True]] == [s["step"] for s in logged[False]] == [1, 2]
+    assert logged[True][0]["reward_std"] > 0 and logged[True][0]["grad_norm"] > 0  # a real update to compare
+    for ours, theirs in zip(logged[True], logged[False]):
+        for key in ("loss", "grad_norm", "entropy", "kl"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key

@@ -1,0 +1,128 @@
+"""The GRPO loss pass: TRL's scoring of every completion token against model tokens only (rl/scoring.py).
+
+    python launch/bench.py --suite scoring --set episodes=8 --set micro_batch=2
+    python launch/bench.py --suite scoring --set model=runs/sft --set config=configs/sudoku-sft.yaml
+
+The expert plays `episodes` episodes of the config's env through the rollout engine, so the
+batch has the exact token layout of RL episodes (prompt, model turns, tool results). Each
+mode then runs what a GRPO step's loss passes run over that batch: per-token log-probabilities
+and entropies through TRL's fused LM head, in micro-batches of `micro_batch` rows, with a
+backward pass each (through the config's LoRA, as in training). TRL's scoring is the baseline,
+measured in the same run; the log-probabilities of the model's tokens must agree.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from types import SimpleNamespace
+
+from rl.bench import suite
+
+MODES = ("model_tokens", "trl")  # ours first: the CPU's peak-RSS mark only rises
+
+
+def _episodes(cfg, tokenizer, n: int):
+    import torch
+
+    from rl.episodes import chat_for, make_policy, play
+
+    start = cfg.env.train_seeds[0]
+    trajectories = play(cfg, chat_for(cfg, tokenizer), list(range(start, start + n)),
+                        policy=make_policy(cfg, "expert", seed=0, **cfg.sft.expert), batch_size=n)
+    prompt = max(len(t.prompt_ids) for t in trajectories)
+    width = max(len(t.completion_ids) for t in trajectories)
+    pad = tokenizer.pad_token_id or 0
+    ids = torch.full((n, prompt + width), pad)
+    attention = torch.zeros_like(ids)
+    score = torch.zeros(n, width, dtype=torch.bool)
+    for i, t in enumerate(trajectories):  # TRL's layout: prompts left-padded, completions right-padded
+        p, c = len(t.prompt_ids), len(t.completion_ids)
+        ids[i, prompt - p:prompt + c] = torch.tensor(t.prompt_ids + t.completion_ids)
+        attention[i, prompt - p:prompt + c] = 1
+        score[i, :c] = torch.tensor(t.env_mask, dtype=torch.bool)
+    turns = sum(t.info["model_turns"] for t in trajectories) / n
+    return ids, attention, width, score, turns
+
+
+def _model(cfg, device):
+    from peft import get_peft_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    from rl.models import load_model, lora_config
+
+    model, tokenizer = load_model(cfg.model)
+    add_fused_lm_head(model, temperature=cfg.rollout.temperature, outputs=("log_probs", "entropy"))
+    peft = lora_config(cfg.lora, model)
+    return (get_peft_model(model, peft) if peft else model).to(device), tokenizer
+
+
+def _loss_passes(model, mode: str, ids, attention, keep: int, score, micro: int, trainer):
+    """One GRPO step's loss passes: log-probs and entropies of every row, backward per micro-batch."""
+    import torch
+    from trl import GRPOTrainer
+
+    from rl.scoring import score_tokens
+
+    out = []
+    for start in range(0, ids.size(0), micro):
+        rows = slice(start, start + micro)
+        if mode == "trl":
+            logps, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+                trainer, model, ids[rows], attention[rows], keep, compute_entropy=True)
+        else:
+            logps, _ = score_tokens(model, ids[rows], attention[rows], keep, score[rows], compute_entropy=True)
+        mask = score[rows] & attention[rows, -keep:].bool()
+        (-(logps * mask).sum() / mask.sum().clamp(min=1)).backward()
+        out.append(logps.detach().where(mask, torch.zeros((), device=logps.device)))
+    model.zero_grad(set_to_none=True)
+    return torch.cat(out)
+
+
+@suite("scoring")
+def scoring(options: dict) -> list[dict]:
+    import torch
+    from accelerate import Accelerator
+
+    from rl.config import load_config
+
+    overrides = [f"model.name={options['model']}"] if options.get("model") else []
+    cfg = load_config(options.get("config", "configs/sudoku-sft.yaml"), overrides)
+    n, micro, repeats = int(options.get("episodes", 8)), int(options.get("micro_batch", 2)), int(options.get("repeats", 1))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = _model(cfg, device)
+    ids, attention, keep, score, turns = _episodes(cfg, tokenizer, n)
+    ids, attention, score = ids.to(device), attention.to(device), score.to(device)
+    trainer = SimpleNamespace(accelerator=Accelerator(cpu=device.type == "cpu"))  # what TRL's method reads off self
+    rows, reference = [], None
+    for mode in MODES:  # warm-up: one micro-batch each (first-call allocations, kernel choices)
+        _loss_passes(model, mode, ids[:micro], attention[:micro], keep, score[:micro], micro, trainer)
+    for mode in MODES:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            logps = _loss_passes(model, mode, ids, attention, keep, score, micro, trainer)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - started)
+        reference = logps if reference is None else reference
+        model_tokens = int((score & attention[:, -keep:].bool()).sum())
+        row = {"mode": mode, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+               "episodes": n, "mean_turns": turns, "sequence_tokens": int(attention.sum()),
+               "completion_tokens": int(attention[:, -keep:].sum()), "model_tokens": model_tokens,
+               "lm_head_positions": model_tokens if mode == "model_tokens" else (
+                   int(attention[:, -keep:].sum()) if device.type == "cuda" else ids.numel() - n),
+               "loss_passes_s": best, "model_tokens_per_s": model_tokens / best,
+               "logprob_max_diff": float((logps - reference).abs().max())}
+        if device.type == "cuda":
+            row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        else:  # the process's high-water mark so far: ours runs first, so TRL's row shows a rise only
+            row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        rows.append(row)
+    base = rows[-1]["loss_passes_s"]
+    for row in rows:
+        row["speedup"] = base / row["loss_passes_s"]
+    return rows

@@ -1,0 +1,129 @@
+"""The GRPO loss passes project only the model's own tokens through the LM head.
+
+A multi-turn episode's completion is mostly text the model did not write: tool results,
+which `env_mask` keeps out of the loss. TRL 1.16's fused LM head still scores every
+completion position (on a CPU every position, prompt included: it projects only labelled
+positions on Triton devices, so that tile shapes stay fixed for compilers elsewhere) and
+masks the tool results afterwards. With Gemma's 262k-token vocabulary the head costs more
+per position than the whole transformer below it. Here the label of every position the
+loss never reads (prompt, padding, `env_mask` 0) is -100, so the head projects only the
+model's tokens. Their log-probabilities and entropies are those TRL computes; the other
+positions get 0, which TRL multiplies by a zero mask.
+
+Every pass over a batch (old and reference log-probabilities at generation time, the loss
+pass later) uses the same mask, the rollout's `env_mask`: the importance ratio then never
+compares a scored position with an unscored one.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+import trl.trainer.utils as trl_utils
+
+SCORE_MASK = "score_mask"  # the training batch's column: (B, T) bool, True on the model's tokens
+
+
+def pad_masks(masks: list[list[int]], width: int, device: Any = None) -> torch.Tensor:
+    """Per-row 0/1 lists -> (rows, width) bool, right-padded with False (padding is never scored)."""
+    out = torch.zeros(len(masks), width, dtype=torch.bool)
+    for i, mask in enumerate(masks):
+        n = min(len(mask), width)
+        out[i, :n] = torch.tensor(mask[:n], dtype=torch.bool)
+    return out.to(device) if device is not None else out
+
+
+@contextmanager
+def compact_lm_head(device: torch.device):
+    """On a CPU, TRL's fused head projects every position (`compact` only on Triton devices, where
+    tile shapes may change with each batch). Eager PyTorch recompiles nothing, so there too it
+    projects only the labelled positions."""
+    if device.type != "cpu":
+        yield
+        return
+    saved = trl_utils._use_triton
+    trl_utils._use_triton = lambda _device: True
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = saved
+
+
+def score_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
+                 score_mask: torch.Tensor, batch_size: int | None = None, compute_entropy: bool = False,
+                 autocast=nullcontext) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probabilities (and entropies) of the last `logits_to_keep` tokens, as TRL's
+    `_get_per_token_logps_and_entropies` returns them for a text-only batch, but projected through
+    the LM head only where `score_mask` (rows, logits_to_keep) is True; 0 elsewhere. The model must
+    carry TRL's fused head (`add_fused_lm_head`; GRPOTrainer adds it)."""
+    if score_mask.shape != (input_ids.size(0), logits_to_keep):
+        raise ValueError(f"score_mask has shape {tuple(score_mask.shape)}, expected "
+                         f"{(input_ids.size(0), logits_to_keep)} (rows, completion tokens)")
+    step = batch_size or input_ids.size(0)
+    logps, entropies = [], []
+    for start in range(0, input_ids.size(0), step):
+        rows = slice(start, start + step)
+        ids, attention = input_ids[rows], attention_mask[rows]
+        labels = ids.masked_fill(attention == 0, -100)
+        labels[:, :-logits_to_keep] = -100
+        labels[:, -logits_to_keep:] = labels[:, -logits_to_keep:].masked_fill(~score_mask[rows].to(ids.device), -100)
+        with autocast(), compact_lm_head(ids.device):
+            out = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True)
+        logps.append(out.log_probs[:, -logits_to_keep:])
+        if compute_entropy:
+            entropies.append(out.entropy[:, -logits_to_keep:])
+    return torch.cat(logps), torch.cat(entropies) if compute_entropy else None
+
+
+class ModelTokenScoringMixin:
+    """Gives a `GRPOTrainer` with a `rollout_func` model-token-only scoring (`score_tokens`).
+
+    The rollout leaves its rows' `env_mask` in `rollout_func.env_masks`. Scoring passes during
+    generation read them there; the batch returned for training carries them as `score_mask`,
+    which TRL shuffles and splits with the rows, and the loss pass reads it from its inputs.
+    Vision-language models (a trainer with an `image_token_id`; rl/vision.py) and MoE models
+    trained with their auxiliary loss keep TRL's scoring, in every pass alike.
+    """
+
+    score_only_model_tokens = True
+    _loss_score_mask: torch.Tensor | None = None
+
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self._scores_model_tokens():
+            ids = output["completion_ids"]
+            output[SCORE_MASK] = pad_masks(self._rollout_masks(ids.size(0)), ids.size(1), ids.device)
+        return output
+
+    def _compute_loss(self, model, inputs):
+        self._loss_score_mask = inputs.get(SCORE_MASK)
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._loss_score_mask = None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **kwargs):
+        if not self._scores_model_tokens() or any(v is not None for v in kwargs.values()):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
+        mask = self._loss_score_mask
+        if mask is None:  # a pass at generation time: the rollout just played these rows
+            mask = pad_masks(self._rollout_masks(input_ids.size(0)), logits_to_keep, input_ids.device)
+        logps, entropies = score_tokens(model, input_ids, attention_mask, logits_to_keep, mask, batch_size,
+                                        compute_entropy, autocast=self.accelerator.autocast)
+        return logps, entropies, None
+
+    def _scores_model_tokens(self) -> bool:
+        return (self.score_only_model_tokens and getattr(self, "image_token_id", None) is None
+                and not getattr(self, "aux_loss_enabled", False))
+
+    def _rollout_masks(self, rows: int) -> list[list[int]]:
+        masks = getattr(self.rollout_func, "env_masks", None)
+        if masks is None or len(masks) != rows:
+            raise RuntimeError(f"the rollout left env masks for {None if masks is None else len(masks)} rows "
+                               f"but the batch has {rows}")
+        return masks

@@ -1,0 +1,101 @@
+"""Model-token-only scoring (rl/scoring.py) against TRL 1.16's own `_get_per_token_logps_and_entropies`."""
+
+import pytest
+
+
+def _batch(seed=0, rows=3, prompt=5, completion=9):
+    import torch
+
+    from rl.config import ModelConfig
+    from rl.models import load_model
+    from trl.trainer.utils import add_fused_lm_head
+
+    torch.manual_seed(seed)
+    model, _ = load_model(ModelConfig(name="tiny"))
+    add_fused_lm_head(model, outputs=("log_probs", "entropy"))
+    vocab = model.config.get_text_config().vocab_size
+    ids = torch.randint(3, vocab, (rows, prompt + completion))
+    attention = torch.ones_like(ids)
+    attention[0, :2] = 0  # a left-padded prompt
+    attention[1, -3:] = 0  # a completion shorter than the batch's
+    score = torch.rand(rows, completion) < 0.4  # the model's tokens; the rest are tool results
+    score[-1] = False  # an episode without a model token (a failed generation) still yields a graph
+    return model, ids, attention, completion, score
+
+
+def _trl(model, ids, attention, keep, batch_size):
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+    from trl import GRPOTrainer
+
+    stub = SimpleNamespace(accelerator=Accelerator(cpu=True))
+    logps, entropies, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+        stub, model, ids, attention, keep, batch_size=batch_size, compute_entropy=True)
+    return logps, entropies
+
+
+def _grads(model, loss):
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_model_tokens_get_trls_logprobs_entropies_and_gradients_and_the_rest_zero():
+    import torch
+
+    from rl.scoring import score_tokens
+
+    model, ids, attention, keep, score = _batch()
+    theirs, their_entropy = _trl(model, ids, attention, keep, batch_size=2)
+    ours, our_entropy = score_tokens(model, ids, attention, keep, score, batch_size=2, compute_entropy=True)
+    loss_mask = score & attention[:, -keep:].bool()
+    assert loss_mask.sum() > 3 and (theirs[~loss_mask] != 0).any()  # TRL scored the tool results too
+    torch.testing.assert_close(ours[loss_mask], theirs[loss_mask], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(our_entropy[loss_mask], their_entropy[loss_mask], rtol=1e-5, atol=1e-5)
+    assert (ours[~score] == 0).all() and (our_entropy[~score] == 0).all()
+
+    # the loss TRL builds reads only masked positions: equal gradients
+    their_grads = _grads(model, (_trl(model, ids, attention, keep, 2)[0] * loss_mask).sum())
+    our_grads = _grads(model, (score_tokens(model, ids, attention, keep, score, 2)[0] * loss_mask).sum())
+    assert their_grads.keys() == our_grads.keys() and their_grads
+    for name in their_grads:
+        torch.testing.assert_close(our_grads[name], their_grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_only_the_model_tokens_are_projected_through_the_lm_head_on_a_cpu(monkeypatch):
+    import trl.trainer.utils as trl_utils
+
+    from rl.scoring import score_tokens
+
+    model, ids, attention, keep, score = _batch(rows=2)
+    projected = []
+    kernel = trl_utils._ChunkedLogProbFunction
+
+    class Counting:
+        @staticmethod
+        def apply(hidden, *args):
+            projected.append(hidden.shape[0])
+            return kernel.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counting)
+    _trl(model, ids, attention, keep, batch_size=None)
+    score_tokens(model, ids, attention, keep, score)
+    labelled = int((score & attention[:, -keep:].bool()).sum())
+    assert projected == [ids.numel() - ids.size(0), labelled]  # TRL: every position but the last; ours: the model's
+    assert trl_utils._use_triton is not None and trl_utils._use_triton(ids.device) is False  # patched only inside
+
+
+def test_a_mask_of_the_wrong_shape_is_named():
+    from rl.scoring import score_tokens
+
+    model, ids, attention, keep, score = _batch()
+    with pytest.raises(ValueError, match=r"score_mask has shape \(3, 8\), expected \(3, 9\)"):
+        score_tokens(model, ids, attention, keep, score[:, :8])
+
+
+def test_pad_masks_right_pads_with_false_and_cuts_to_width():
+    from rl.scoring import pad_masks
+
+    assert pad_masks([[1, 0, 1], [1]], 2).tolist() == [[True, False], [True, False]]
+    assert pad_masks([[0, 1]], 4).tolist() == [[False, True, False, False]]
