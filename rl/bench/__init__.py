@@ -63,6 +63,32 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def regressions(result: dict, baseline: dict, tolerance: float = 0.2) -> list[str]:
+    """Where `result` falls behind `baseline` (both as `run` writes them): each baseline row, matched
+    by its first column, must come back with every `*speedup*` column at least (1 - tolerance) x
+    the baseline's. Ratios, not seconds: both sides of a ratio ran in the same run, so they carry
+    from one machine to a similar one; absolute times do not."""
+    if result["suite"] != baseline["suite"]:
+        raise ValueError(f"baseline is of suite {baseline['suite']!r}, this run of {result['suite']!r}")
+    if not 0 <= tolerance < 1:
+        raise ValueError(f"tolerance must be in [0, 1), got {tolerance}")
+    key = next(iter(baseline["rows"][0]))
+    got = {row.get(key): row for row in result["rows"]}
+    problems = []
+    for want in baseline["rows"]:
+        row = got.get(want[key])
+        if row is None:
+            problems.append(f"{key}={want[key]}: no such row in this run")
+            continue
+        for column, value in want.items():
+            if "speedup" in column and isinstance(value, (int, float)):
+                new = row.get(column)
+                if not isinstance(new, (int, float)) or new < (1 - tolerance) * value:
+                    problems.append(f"{key}={want[key]}: {column} {new if new is None else f'{new:.3g}'} "
+                                    f"< {1 - tolerance:.2f} x baseline {value:.3g}")
+    return problems
+
+
 def run(name: str, options: dict, out_dir: Path) -> Path:
     suites = load_suites()
     if name not in suites:
