@@ -66,3 +66,21 @@ class ScriptedBackend:
 @pytest.fixture
 def scripted(tiny_tokenizer):
     return lambda policy, **kw: ScriptedBackend(tiny_tokenizer, policy, **kw)
+
+
+@pytest.fixture
+def lm_head_rows(monkeypatch) -> list[int]:
+    """Rows each call of TRL's fused LM head projects (its chunked log-prob kernel), in call order."""
+    import trl.trainer.utils as trl_utils
+
+    projected: list[int] = []
+    kernel = trl_utils._ChunkedLogProbFunction
+
+    class Counting:
+        @staticmethod
+        def apply(hidden, *args):
+            projected.append(hidden.shape[0])
+            return kernel.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counting)
+    return projected

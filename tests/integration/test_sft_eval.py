@@ -110,22 +110,11 @@ def test_recipe_script_runs_every_stage_and_writes_one_table(tmp_path):
     assert (out / "grpo" / "final" / "adapter_config.json").exists() and (out / "sft" / "demos").is_dir()
 
 
-def test_sft_projects_only_the_demonstrations_model_tokens_through_the_lm_head(tmp_path, monkeypatch):
-    import trl.trainer.utils as trl_utils
+def test_sft_projects_only_the_demonstrations_model_tokens_through_the_lm_head(tmp_path, lm_head_rows):
     from datasets import load_from_disk
 
     from rl.sft import train_sft
 
-    projected = []
-    kernel = trl_utils._ChunkedLogProbFunction
-
-    class Counting:
-        @staticmethod
-        def apply(hidden, *args):
-            projected.append(hidden.shape[0])
-            return kernel.apply(hidden, *args)
-
-    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counting)
     cfg = load_config(None, [f"output_dir={tmp_path}", "name=sft", "model.name=tiny", "env.name=sudoku",
                              "sft.num_episodes=4", "sft.num_train_epochs=1", "sft.per_device_train_batch_size=4",
                              "sft.gradient_accumulation_steps=1", "log.wandb=off"])
@@ -133,4 +122,4 @@ def test_sft_projects_only_the_demonstrations_model_tokens_through_the_lm_head(t
     demos = load_from_disk(str(out / "demos"))
     model_tokens = sum(sum(mask) for mask in demos["completion_mask"])
     tokens = sum(len(ids) for ids in demos["input_ids"])
-    assert projected == [model_tokens] and model_tokens < tokens / 2  # one step over the 4 demonstrations
+    assert lm_head_rows == [model_tokens] and model_tokens < tokens / 2  # one step over the 4 demonstrations

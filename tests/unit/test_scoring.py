@@ -63,27 +63,17 @@ def test_model_tokens_get_trls_logprobs_entropies_and_gradients_and_the_rest_zer
         torch.testing.assert_close(our_grads[name], their_grads[name], rtol=1e-4, atol=1e-6)
 
 
-def test_only_the_model_tokens_are_projected_through_the_lm_head_on_a_cpu(monkeypatch):
+def test_only_the_model_tokens_are_projected_through_the_lm_head_on_a_cpu(lm_head_rows):
     import trl.trainer.utils as trl_utils
 
     from rl.scoring import score_tokens
 
     model, ids, attention, keep, score = _batch(rows=2)
-    projected = []
-    kernel = trl_utils._ChunkedLogProbFunction
-
-    class Counting:
-        @staticmethod
-        def apply(hidden, *args):
-            projected.append(hidden.shape[0])
-            return kernel.apply(hidden, *args)
-
-    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counting)
     _trl(model, ids, attention, keep, batch_size=None)
     score_tokens(model, ids, attention, keep, score)
     labelled = int((score & attention[:, -keep:].bool()).sum())
-    assert projected == [ids.numel() - ids.size(0), labelled]  # TRL: every position but the last; ours: the model's
-    assert trl_utils._use_triton is not None and trl_utils._use_triton(ids.device) is False  # patched only inside
+    assert lm_head_rows == [ids.numel() - ids.size(0), labelled]  # TRL: every position but the last; ours: the model's
+    assert trl_utils._use_triton(ids.device) is False  # patched only while scoring
 
 
 def test_a_mask_of_the_wrong_shape_is_named():
