@@ -57,7 +57,11 @@ def score_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, l
     """Per-token log-probabilities (and entropies) of the last `logits_to_keep` tokens, as TRL's
     `_get_per_token_logps_and_entropies` returns them for a text-only batch, but projected through
     the LM head only where `score_mask` (rows, logits_to_keep) is True; 0 elsewhere. The model must
-    carry TRL's fused head (`add_fused_lm_head`; GRPOTrainer adds it)."""
+    carry TRL's fused head (`add_fused_lm_head`; GRPOTrainer adds it).
+
+    Completions are right-padded to the longest of the whole generation batch; each chunk of
+    `batch_size` rows runs only up to its own longest (the cut columns are padding, which no
+    earlier token attends to), so short episodes do not pay for the batch's longest."""
     if score_mask.shape != (input_ids.size(0), logits_to_keep):
         raise ValueError(f"score_mask has shape {tuple(score_mask.shape)}, expected "
                          f"{(input_ids.size(0), logits_to_keep)} (rows, completion tokens)")
@@ -65,15 +69,19 @@ def score_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, l
     logps, entropies = [], []
     for start in range(0, input_ids.size(0), step):
         rows = slice(start, start + step)
-        ids, attention = input_ids[rows], attention_mask[rows]
+        attended = attention_mask[rows].any(dim=0).nonzero()
+        cut = min(input_ids.size(1) - 1 - int(attended.max()) if len(attended) else 0, logits_to_keep - 1)
+        end = input_ids.size(1) - cut
+        keep = logits_to_keep - cut
+        ids, attention = input_ids[rows, :end], attention_mask[rows, :end]
         labels = ids.masked_fill(attention == 0, -100)
-        labels[:, :-logits_to_keep] = -100
-        labels[:, -logits_to_keep:] = labels[:, -logits_to_keep:].masked_fill(~score_mask[rows].to(ids.device), -100)
+        labels[:, :-keep] = -100
+        labels[:, -keep:] = labels[:, -keep:].masked_fill(~score_mask[rows, :keep].to(ids.device), -100)
         with autocast(), compact_lm_head(ids.device):
             out = model(input_ids=ids, attention_mask=attention, labels=labels, fused_lm_head=True)
-        logps.append(out.log_probs[:, -logits_to_keep:])
+        logps.append(torch.nn.functional.pad(out.log_probs[:, -keep:], (0, cut)))
         if compute_entropy:
-            entropies.append(out.entropy[:, -logits_to_keep:])
+            entropies.append(torch.nn.functional.pad(out.entropy[:, -keep:], (0, cut)))
     return torch.cat(logps), torch.cat(entropies) if compute_entropy else None
 
 

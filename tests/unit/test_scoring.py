@@ -18,6 +18,7 @@ def _batch(seed=0, rows=3, prompt=5, completion=9):
     attention = torch.ones_like(ids)
     attention[0, :2] = 0  # a left-padded prompt
     attention[1, -3:] = 0  # a completion shorter than the batch's
+    attention[-1, -4:] = 0  # the last chunk's rows all end early: it runs without those columns
     score = torch.rand(rows, completion) < 0.4  # the model's tokens; the rest are tool results
     score[-1] = False  # an episode without a model token (a failed generation) still yields a graph
     return model, ids, attention, completion, score
@@ -48,7 +49,12 @@ def test_model_tokens_get_trls_logprobs_entropies_and_gradients_and_the_rest_zer
 
     model, ids, attention, keep, score = _batch()
     theirs, their_entropy = _trl(model, ids, attention, keep, batch_size=2)
+    lengths = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: lengths.append(kwargs["input_ids"].shape[1]),
+                                           with_kwargs=True)
     ours, our_entropy = score_tokens(model, ids, attention, keep, score, batch_size=2, compute_entropy=True)
+    hook.remove()
+    assert lengths == [14, 10]  # rows 0-1 need every column; row 2 ends 4 early and runs without them
     loss_mask = score & attention[:, -keep:].bool()
     assert loss_mask.sum() > 3 and (theirs[~loss_mask] != 0).any()  # TRL scored the tool results too
     torch.testing.assert_close(ours[loss_mask], theirs[loss_mask], rtol=1e-5, atol=1e-5)
