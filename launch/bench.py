@@ -51,9 +51,11 @@ def _baseline(parser, args) -> dict:
         baseline = json.loads(Path(args.check).read_text())
     except (OSError, ValueError) as e:
         parser.exit(2, f"error: --check {args.check!r}: not a JSON result of launch/bench.py ({e})\n")
-    if not isinstance(baseline, dict) or baseline.get("suite") != args.suite or not baseline.get("rows"):
-        suite = baseline.get("suite") if isinstance(baseline, dict) else None
+    suite = baseline.get("suite") if isinstance(baseline, dict) else None
+    if suite != args.suite:
         parser.exit(2, f"error: --check {args.check!r} holds a result of suite {suite!r}, not of {args.suite!r}\n")
+    if not baseline.get("rows"):
+        parser.exit(2, f"error: --check {args.check!r} holds no rows to compare with\n")
     if not 0 <= args.tolerance < 1:
         parser.exit(2, f"error: --tolerance must be in [0, 1), got {args.tolerance}\n")
     return baseline

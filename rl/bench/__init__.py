@@ -15,6 +15,7 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 Suite = Callable[[dict], list[dict]]
 SUITES: dict[str, Suite] = {}
@@ -61,6 +62,24 @@ def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def timed(fn: Callable[[], Any], repeats: int, device: Any) -> tuple[float, Any]:
+    """The best wall time of `repeats` calls of `fn` (a GPU's queued work finished inside each), and
+    the last call's result."""
+    sync = device.type == "cuda"
+    if sync:
+        import torch
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        if sync:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        result = fn()
+        if sync:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return best, result
 
 
 def regressions(result: dict, baseline: dict, tolerance: float = 0.2) -> list[str]:

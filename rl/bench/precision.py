@@ -12,9 +12,8 @@ numbers in the loss). The full-float32 row is the baseline, measured in the same
 from __future__ import annotations
 
 import functools
-import time
 
-from rl.bench import suite
+from rl.bench import suite, timed
 
 MODES = {"float32": ("float32", "highest"), "tf32": ("float32", "high"), "bfloat16": ("bfloat16", "highest")}
 
@@ -49,21 +48,6 @@ def _train_step(model, batch) -> None:
     torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)).backward()
 
 
-def _timed(fn, repeats: int, device) -> float:
-    import torch
-
-    best = float("inf")
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
 @suite("precision")
 def precision(options: dict) -> list[dict]:
     import torch
@@ -91,8 +75,8 @@ def precision(options: dict) -> list[dict]:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
 
-            generate_s = _timed(functools.partial(_generate, model, prompts, new_tokens), repeats, device)
-            train_s = _timed(functools.partial(_train_step, model, batch), repeats, device)
+            generate_s, _ = timed(functools.partial(_generate, model, prompts, new_tokens), repeats, device)
+            train_s, _ = timed(functools.partial(_train_step, model, batch), repeats, device)
             with torch.no_grad():
                 logps = torch.log_softmax(model(batch).logits[:, :-1].float(), -1).gather(-1, batch[:, 1:, None])[..., 0].cpu()
             reference = logps if reference is None else reference

@@ -13,11 +13,11 @@ measured in the same run; the log-probabilities of the model's tokens must agree
 
 from __future__ import annotations
 
+import functools
 import resource
-import time
 from types import SimpleNamespace
 
-from rl.bench import suite
+from rl.bench import suite, timed
 
 MODES = ("model_tokens", "trl")  # ours first: the CPU's peak-RSS mark only rises
 
@@ -94,27 +94,22 @@ def scoring(options: dict) -> list[dict]:
     ids, attention, keep, score, turns = _episodes(cfg, tokenizer, n)
     ids, attention, score = ids.to(device), attention.to(device), score.to(device)
     trainer = SimpleNamespace(accelerator=Accelerator(cpu=device.type == "cpu"))  # what TRL's method reads off self
+    model_tokens = int((score & attention[:, -keep:].bool()).sum())
+    completion_tokens = int(attention[:, -keep:].sum())
     rows, reference = [], None
     for mode in MODES:  # warm-up: one micro-batch each (first-call allocations, kernel choices)
         _loss_passes(model, mode, ids[:micro], attention[:micro], keep, score[:micro], micro, trainer)
     for mode in MODES:
         if device.type == "cuda":
-            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
-            logps = _loss_passes(model, mode, ids, attention, keep, score, micro, trainer)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - started)
+        best, logps = timed(functools.partial(_loss_passes, model, mode, ids, attention, keep, score, micro, trainer),
+                            repeats, device)
         reference = logps if reference is None else reference
-        model_tokens = int((score & attention[:, -keep:].bool()).sum())
         row = {"mode": mode, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
                "episodes": n, "mean_turns": turns, "sequence_tokens": int(attention.sum()),
-               "completion_tokens": int(attention[:, -keep:].sum()), "model_tokens": model_tokens,
+               "completion_tokens": completion_tokens, "model_tokens": model_tokens,
                "lm_head_positions": model_tokens if mode == "model_tokens" else (
-                   int(attention[:, -keep:].sum()) if device.type == "cuda" else ids.numel() - n),
+                   completion_tokens if device.type == "cuda" else ids.numel() - n),
                "loss_passes_s": best, "model_tokens_per_s": model_tokens / best,
                "logprob_max_diff": float((logps - reference).abs().max())}
         if device.type == "cuda":

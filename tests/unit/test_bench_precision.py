@@ -27,7 +27,7 @@ def test_each_mode_is_timed_at_its_own_precision_whatever_model_loading_sets(mon
 
     import rl.bench.precision as precision
 
-    load, timed, seen = precision._model, precision._timed, []
+    load, timed, seen = precision._model, precision.timed, []
 
     def loading_like_a_gpu(options, dtype):  # load_model turns TF32 on for float32 weights on a GPU
         model = load(options, dtype)
@@ -39,6 +39,6 @@ def test_each_mode_is_timed_at_its_own_precision_whatever_model_loading_sets(mon
         return timed(fn, repeats, device)
 
     monkeypatch.setattr(precision, "_model", loading_like_a_gpu)
-    monkeypatch.setattr(precision, "_timed", recording)
+    monkeypatch.setattr(precision, "timed", recording)
     precision.precision({"model": "tiny", "rows": 1, "context": 4, "new_tokens": 1, "train_len": 8, "repeats": 1})
     assert seen == ["highest", "highest", "high", "high", "highest", "highest"]  # generate and train, per mode
