@@ -5,6 +5,7 @@
     python launch/eval.py --env sudoku --model runs/demo --set eval.temperature=1.0 --set eval.k=4
     python launch/eval.py --config configs/sudoku-sft.yaml --env sudoku --model runs/grpo --label SFT+GRPO
     python launch/eval.py --compare runs/eval/sudoku-SFT.json runs/eval/sudoku-SFT+GRPO.json
+    python launch/eval.py --heldout runs/grpo-a runs/grpo-b   # GRPO runs' held-out curves, paired
 """
 
 import argparse
@@ -26,7 +27,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/eval", help="folder for <env>-<label>.json and results.md")
     parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                         help="compare two results on the seeds both played (paired, McNemar's exact test); runs nothing")
+    parser.add_argument("--heldout", nargs="+", metavar="RUN",
+                        help="tabulate GRPO runs' held-out measurements (RUN/heldout/step-*.json); runs nothing")
     args = parser.parse_args(argv)
+    if args.heldout:
+        from rl.episodes import heldout_table
+
+        try:
+            print(heldout_table(args.heldout), end="")
+        except (OSError, ValueError) as e:
+            parser.error(str(e))
+        return 0
     if args.compare:
         from rl.episodes import paired_comparison, paired_line
 

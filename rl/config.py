@@ -33,12 +33,21 @@ class VLLMSettings:
     kv_cache_gib: float | None = None  # KV cache size; None = vLLM's sizing from gpu_memory_utilization
     max_model_len: int = 4096  # prompt + completion tokens per sequence
     enable_sleep_mode: bool = False  # free the engine's GPU memory during the optimizer step (CUDA only)
+    # The engine's weights: auto = the trainer's dtype (float32 weights get TF32 with model.tf32), or
+    # bfloat16 / float16 / float32. Another dtype than the trainer's makes the sampling policy differ
+    # from the one the loss scores (sync_check_tokens measures by how much).
+    dtype: str = "auto"
+    # After every weight push, score this many tokens of the last batch's first episode under the
+    # engine and the trainer and log the largest and mean logprob difference
+    # (rollout/sync_logprob_diff_max, _mean): proof that the engine samples from the trained weights. 0 = off.
+    sync_check_tokens: int = 256
     urls: list[str] = field(default_factory=list)  # vllm-server: servers started with launch/serve.py
     timeout_s: float = 300.0  # vllm-server: per request
     retries: int = 2  # vllm-server: per request, moving on to the next URL
 
 
 BACKENDS = ("hf", "vllm", "vllm-server")
+VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -364,6 +373,10 @@ def validate(cfg: RunConfig) -> None:
     if r.backend == "vllm-server" and not r.vllm.urls:
         raise ConfigError("rollout.backend=vllm-server needs rollout.vllm.urls, e.g. "
                           "--set 'rollout.vllm.urls=[http://127.0.0.1:8001]' (start one with launch/serve.py)")
+    if r.vllm.dtype not in VLLM_DTYPES:
+        raise ConfigError(f"rollout.vllm.dtype={r.vllm.dtype!r} is not accepted (accepted: {', '.join(VLLM_DTYPES)})")
+    if r.vllm.sync_check_tokens < 0:
+        raise ConfigError(f"rollout.vllm.sync_check_tokens must be >= 0 (0 = off), got {r.vllm.sync_check_tokens}")
     if not 0 < r.vllm.gpu_memory_utilization <= 1:
         raise ConfigError(f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {r.vllm.gpu_memory_utilization}")
     if not cfg.rewards:

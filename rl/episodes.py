@@ -181,14 +181,23 @@ def evaluate(cfg: RunConfig, policy: str = "") -> dict:
     finally:
         if engine_dir is not None:
             shutil.rmtree(engine_dir, ignore_errors=True)
-    per_episode = [{"seed": seeds[i % len(seeds)], "sample": i // len(seeds), "solved": bool(t.info.get("solved")),
-                    "return": float(t.info.get("episode_return") or 0), "turns": int(t.info.get("model_turns") or 0)}
-                   for i, t in enumerate(trajectories)]
-    return {"label": label, "backend": backend.name if backend else "policy", "env": cfg.env.name,
-            "env_kwargs": cfg.env.kwargs, "seeds": [seeds[0], seeds[-1] + 1],
-            "temperature": e.temperature, "k": e.k, **summarize(trajectories, e.k),
-            "wall_s": time.perf_counter() - started,  # model loading included
-            "per_episode": per_episode}  # for paired comparisons on the same seeds (`paired_comparison`)
+    return eval_result(cfg, label, backend.name if backend else "policy", seeds, [t.info for t in trajectories],
+                       e.temperature, e.k, wall_s=time.perf_counter() - started)  # model loading included
+
+
+def eval_result(cfg: RunConfig, label: str, backend: str, seeds: list[int], infos: list[dict], temperature: float,
+                k: int = 1, **extra) -> dict:
+    """An eval result as `launch/eval.py` writes it: the summary and every episode's outcome.
+
+    `infos[i]` is the episode of `seeds[i % len(seeds)]`, sample `i // len(seeds)` (all seeds of
+    sample 0, then of sample 1, ...); the per-episode rows make results of other runs on the same
+    seeds comparable pairwise (`paired_comparison`)."""
+    per_episode = [{"seed": seeds[i % len(seeds)], "sample": i // len(seeds), "solved": bool(info.get("solved")),
+                    "return": float(info.get("episode_return") or 0), "turns": int(info.get("model_turns") or 0)}
+                   for i, info in enumerate(infos)]
+    return {"label": label, "backend": backend, "env": cfg.env.name, "env_kwargs": cfg.env.kwargs,
+            "seeds": [seeds[0], seeds[-1] + 1], "temperature": temperature, "k": k, **summarize_infos(infos, k),
+            **extra, "per_episode": per_episode}
 
 
 def paired_comparison(a: dict, b: dict) -> dict:
@@ -234,3 +243,31 @@ def markdown_row(result: dict) -> str:
 
 MARKDOWN_HEADER = ("| policy | env | episodes | solve rate [95% CI] | mean return | mean turns | invalid calls "
                    "| format errors | tool calls per turn | pass@k |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def heldout_results(run: str | Path) -> list[dict]:
+    """A GRPO run's held-out measurements (`<run>/heldout/step-<N>.json`, written with eval.every_steps), by step."""
+    paths = sorted(Path(run, "heldout").glob("step-*.json"), key=lambda p: int(p.stem.split("-")[1]))
+    if not paths:
+        raise ValueError(f"{run}: no heldout/step-*.json (train with --set eval.every_steps=N to write them)")
+    return [json.loads(p.read_text()) for p in paths]
+
+
+def heldout_table(runs: list[str | Path]) -> str:
+    """Markdown: every held-out measurement of each run, each against the run's first one (paired, on
+    the same episodes), then each run's last against the first run's last."""
+    lines = ["| run | step | episodes | solve rate [95% CI] | invalid calls | format errors | vs its first: "
+             "solved only now / only then, McNemar p |", "|---|---|---|---|---|---|---|"]
+    lasts = []
+    for run in runs:
+        results = heldout_results(run)
+        first = results[0]
+        for r in results:
+            low, high = r["solve_rate_ci95"]
+            c = paired_comparison(first, r)
+            lines.append(f"| {Path(run).name} | {r.get('step', '?')} | {r['episodes']} | {r['solve_rate']:.1%} "
+                         f"[{low:.1%}, {high:.1%}] | {r['invalid_call_rate']:.1%} | {r['format_error_rate']:.1%} | "
+                         f"{c['solved_by_b_only']} / {c['solved_by_a_only']}, p = {c['p_value']:.3g} |")
+        lasts.append(results[-1])
+    lines += ["", *(paired_line(paired_comparison(lasts[0], last)) for last in lasts[1:])]
+    return "\n".join(lines) + "\n"

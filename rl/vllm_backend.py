@@ -120,8 +120,12 @@ class VLLMBackend:
     @classmethod
     def from_settings(cls, model: torch.nn.Module, tokenizer, directory: str | Path, settings, seed: int,
                       **kwargs) -> VLLMBackend:
-        """`from_model` in the model's dtype, sized by a run's `rollout.vllm` settings (`VLLMSettings`)."""
-        return cls.from_model(model, tokenizer, directory, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        """`from_model` in the settings' dtype (auto: the model's), sized by a run's `rollout.vllm` settings
+        (`VLLMSettings`)."""
+        dtype = getattr(settings, "dtype", "auto")
+        if dtype == "auto":
+            dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        return cls.from_model(model, tokenizer, directory, dtype=dtype,
                               seed=seed, gpu_memory_utilization=settings.gpu_memory_utilization,
                               kv_cache_gib=settings.kv_cache_gib, max_model_len=settings.max_model_len, **kwargs)
 
@@ -209,6 +213,17 @@ class VLLMBackend:
         self.last_sync = {"tensors": sent, "seconds": time.perf_counter() - started}
         return sent
 
+    def prompt_logprobs(self, ids: list[int]) -> list[float]:
+        """The logprob of each token of `ids` after the ones before it (len(ids) - 1 values) under the
+        engine's current weights, at temperature 1: what a weight push is checked against."""
+        from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        self.check_length(ids)
+        sampling = VLLMSamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids))], sampling, use_tqdm=False)[0]
+        return [entry[token].logprob for entry, token in zip(out.prompt_logprobs[1:], ids[1:])]
+
     def _engine_model(self):
         return self.llm.llm_engine.model_executor.driver_worker.worker.get_model()
 
@@ -223,6 +238,22 @@ class VLLMBackend:
     def wake_up(self) -> None:
         if self.sleep_mode:
             self.llm.wake_up()
+
+
+def sync_gap(backend, model: torch.nn.Module, ids: list[int]) -> dict[str, float]:
+    """How far the engine's logprobs of `ids` are from the trainer model's: {"max": .., "mean": ..}
+    of |difference| over every token after the first. After a weight push, this is the check that
+    the engine samples from the weights being trained (float32/TF32 on both sides: about 1e-3)."""
+    import torch
+
+    engine = torch.tensor(backend.prompt_logprobs(ids))
+    device = next(model.parameters()).device
+    x = torch.tensor([ids], device=device)
+    with torch.no_grad():
+        logits = model(input_ids=x).logits[0, :-1].float()
+        trainer = torch.log_softmax(logits, -1).gather(-1, x[0, 1:, None]).squeeze(-1).cpu()
+    gap = (engine - trainer).abs()
+    return {"max": float(gap.max()), "mean": float(gap.mean())}
 
 
 class EngineStream:

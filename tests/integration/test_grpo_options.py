@@ -21,7 +21,7 @@ def config(tmp_path, *extra):
 
 def test_grpo_logs_held_out_rows_at_the_start_and_every_n_steps_equal_to_eval(tmp_path, monkeypatch):
     import rl.heldout
-    from rl.episodes import evaluate
+    from rl.episodes import evaluate, paired_comparison
     from rl.trainer import train
 
     played = []
@@ -48,6 +48,12 @@ def test_grpo_logs_held_out_rows_at_the_start_and_every_n_steps_equal_to_eval(tm
     assert held[0]["heldout/invalid_call_rate"] == start["invalid_call_rate"]
     assert held[0]["heldout/format_error_rate"] == start["format_error_rate"] > 0
     assert played == [([10_000_000, 10_000_001, 10_000_002], 0.0)] * 2  # eval.py's first seeds, greedy
+    # each measurement is an eval.py result too: step 0 plays every episode as eval.py did
+    written = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in (tmp_path / "held" / "heldout").glob("*.json")}
+    assert sorted(written) == [0, 2] and written[0]["label"] == "held@step-0"
+    assert written[0]["per_episode"] == start["per_episode"]
+    assert written[2]["solve_rate"] == held[2]["heldout/solve_rate"]
+    assert paired_comparison(start, written[2])["episodes"] == 3
     assert (tmp_path / "held" / "curve.png").exists()
 
 

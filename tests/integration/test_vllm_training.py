@@ -61,6 +61,21 @@ def test_colocated_engine_follows_every_optimizer_step(tmp_path):
     engine_matches_trainer(trainer, backend)
     metrics = [m for m in trainer.state.log_history if "reward" in m]
     assert len(metrics) == 2 and metrics[0]["env/model_turns"] >= 1
+    # step 2's rollout came after a push, checked on step 1's first episode: the engine held the trained weights
+    assert "rollout/sync_logprob_diff_max" not in metrics[0]  # nothing pushed before step 1
+    assert 0 <= metrics[1]["rollout/sync_logprob_diff_mean"] <= metrics[1]["rollout/sync_logprob_diff_max"] <= TOL
+    assert rollouts.sync_check and len(rollouts.probe_ids) > 1
+
+
+def test_engine_dtype_is_the_trainers_unless_the_config_names_one(tmp_path):
+    from rl.config import ConfigError
+
+    trainer = build_trainer(config(tmp_path, "vllm", "grpo.max_steps=1", "rollout.vllm.dtype=bfloat16"))
+    trainer.train()
+    assert trainer.model.dtype == torch.float32
+    assert trainer.rollout_func.backend.llm.llm_engine.model_config.dtype == torch.bfloat16
+    with pytest.raises(ConfigError, match="rollout.vllm.dtype='fp8' is not accepted"):
+        config(tmp_path, "vllm", "rollout.vllm.dtype=fp8")
 
 
 def test_served_engine_follows_every_optimizer_step(tmp_path, tiny_tokenizer):

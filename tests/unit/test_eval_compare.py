@@ -55,3 +55,36 @@ def test_eval_compare_prints_the_paired_line_and_json(tmp_path, capsys):
     assert json.loads(data)["solved_by_b_only"] == 2
     with pytest.raises(SystemExit):
         eval_entry.main(["--compare", str(paths[0]), str(tmp_path / "missing.json")])
+
+
+def held_out_run(root, name, outcomes_by_step):
+    """A GRPO run folder with heldout/step-N.json results, as eval.every_steps writes them."""
+    from rl.config import load_config
+    from rl.episodes import eval_result
+
+    folder = root / name / "heldout"
+    folder.mkdir(parents=True)
+    cfg = load_config(None, ["env.kwargs.size=4"])
+    for step, solved in outcomes_by_step.items():
+        seeds = list(range(10_000_000, 10_000_000 + len(solved)))
+        infos = [{"solved": s, "episode_return": float(s), "model_turns": 3, "turns": 3, "invalid_actions": 1}
+                 for s in solved]
+        r = eval_result(cfg, f"{name}@step-{step}", "vllm", seeds, infos, 0.0, step=step)
+        (folder / f"step-{step}.json").write_text(json.dumps(r))
+    return root / name
+
+
+def test_heldout_table_pairs_each_step_with_the_first_and_the_runs_last_steps(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("eval_entry", EVAL_PY)
+    eval_entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_entry)
+    a = held_out_run(tmp_path, "credit", {0: [False] * 8, 5: [True] * 2 + [False] * 6, 10: [True] * 7 + [False]})
+    b = held_out_run(tmp_path, "episode", {0: [False] * 8, 10: [True] + [False] * 7})
+    assert eval_entry.main(["--heldout", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| credit") or line.startswith("| episode")]
+    assert [r.split(" | ")[1] for r in rows] == ["0", "5", "10", "0", "10"]  # steps in order, not as strings sort
+    assert "| 87.5% [" in rows[2] and "7 / 0, p = 0.0156" in rows[2]  # 7 seeds solved only at step 10
+    assert "episode@step-10 vs credit@step-10 on the same 8 episodes: 12.5% vs 87.5%" in out
+    with pytest.raises(SystemExit):
+        eval_entry.main(["--heldout", str(tmp_path / "nothing")])

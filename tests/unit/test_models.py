@@ -50,3 +50,31 @@ def test_float32_weights_on_a_gpu_get_tf32_matmuls_unless_model_tf32_is_false(mo
         torch.set_float32_matmul_precision(before)
     with pytest.raises(ConfigError, match="model.tf32 must be true or false, got 'yes please'"):
         validate(RunConfig(model=ModelConfig(tf32="yes please")))
+
+
+def test_processes_starting_together_convert_the_default_model_once(tmp_path, monkeypatch):
+    """Two first loads at once (an eval beside a training run on a fresh machine): one converts, the other
+    waits for it and finds the cache."""
+    import threading
+    import time
+
+    import rl.models
+
+    monkeypatch.setenv("TOOLGYM_CACHE", str(tmp_path))
+    converted = []
+
+    def convert(assemble, target):
+        converted.append(target)
+        time.sleep(0.5)  # the other caller arrives while this one converts
+        target.mkdir(parents=True)
+        (target / "config.json").write_text("{}")
+        return target
+
+    monkeypatch.setattr(rl.models, "_convert_gemma", convert)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(rl.models.gemma_270m_path())) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert converted == [tmp_path / "gemma-3-270m"] and results == [tmp_path / "gemma-3-270m"] * 3
