@@ -500,10 +500,14 @@ def save_for_vllm(model: torch.nn.Module, tokenizer, directory: str | Path) -> P
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights: dict[str, torch.Tensor] = {}
-    seen: set[int] = set()
+    seen: set[int] = set()  # addresses of the model's own tensors: a second name on one is a tied copy
     with torch.no_grad():
         for name, _, tensor in _named_weights(model):
-            tensor = tensor() if callable(tensor) else tensor
+            if callable(tensor):
+                # LoRA merged into a fresh tensor: never tied. Its address may be one a merged tensor freed
+                # earlier had (a GPU's caching allocator hands it out again at once), so it never joins `seen`.
+                weights[name] = tensor().detach().to("cpu", copy=True).contiguous()  # its memory is reused
+                continue
             if tensor.data_ptr() in seen:  # a tied copy: the config's tie_word_embeddings restores it
                 continue
             seen.add(tensor.data_ptr())
