@@ -256,8 +256,9 @@ def heldout_results(run: str | Path) -> list[dict]:
 def heldout_table(runs: list[str | Path]) -> str:
     """Markdown: every held-out measurement of each run, each against the run's first one (paired, on
     the same episodes), then each run's last against the first run's last."""
-    lines = ["| run | step | episodes | solve rate [95% CI] | invalid calls | format errors | vs its first: "
-             "solved only now / only then, McNemar p |", "|---|---|---|---|---|---|---|"]
+    header = ("| run | step | episodes | solve rate [95% CI] | invalid calls | format errors | vs its first: "
+              "solved only now / only then, McNemar p |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
     lasts = []
     for run in runs:
         results = heldout_results(run)

@@ -36,6 +36,7 @@ from rl.plots import save_curve
 from rl.progress import JsonlLogger, RunProgress, TimeLimit
 from rl.rollout import Trajectory, run_episodes
 from rl.scoring import ModelTokenScoringMixin
+from rl import trl_contract
 from rl.toolcalls import get_format
 from rl.vision import VisionGRPOMixin
 
@@ -231,6 +232,7 @@ def _report_to(cfg: RunConfig) -> list[str]:
 def build_trainer(cfg: RunConfig):
     """Everything TRL needs, validated in cheap-first order: env and rewards before the model."""
     check_resolvable(cfg)  # env, env kwargs and reward paths, before the model loads
+    trl_contract.check()  # the TRL private names the subclass below overrides
     env_cls = envs_registry.resolve(cfg.env.name)
     reward_funcs, reward_weights = resolve_rewards(cfg)
     tool_format = get_format(cfg.model.tool_format)

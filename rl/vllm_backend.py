@@ -92,12 +92,26 @@ class VLLMBackend:
                              "(only CUDA, ROCm, XPU); use enable_sleep_mode=False")
         if kv_cache_gib is not None:
             engine_kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
-        self.llm = LLM(
-            model=str(model_path), tokenizer=str(tokenizer_path or model_path), dtype=dtype, seed=seed,
-            gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-            enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
-            enable_sleep_mode=enable_sleep_mode, enable_prefix_caching=enable_prefix_caching,
-            logprobs_mode="processed_logprobs", **engine_kwargs)
+        import torch
+
+        # vLLM's worker sets the process's float32 matmul precision from VLLM_FLOAT32_MATMUL_PRECISION
+        # (default "highest"); in the trainer's process that silently turned the trainer's TF32
+        # (model.tf32) off. The engine takes the precision the process already has, and it stays.
+        precision = torch.get_float32_matmul_precision()
+        told = "VLLM_FLOAT32_MATMUL_PRECISION" in os.environ
+        if not told:
+            os.environ["VLLM_FLOAT32_MATMUL_PRECISION"] = precision
+        try:
+            self.llm = LLM(
+                model=str(model_path), tokenizer=str(tokenizer_path or model_path), dtype=dtype, seed=seed,
+                gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
+                enable_sleep_mode=enable_sleep_mode, enable_prefix_caching=enable_prefix_caching,
+                logprobs_mode="processed_logprobs", **engine_kwargs)
+        finally:
+            if not told:
+                del os.environ["VLLM_FLOAT32_MATMUL_PRECISION"]
+            torch.set_float32_matmul_precision(precision)
         self.max_model_len = max_model_len
         self.model_name = str(model_path)
         self.vocab_size = self.llm.llm_engine.model_config.get_vocab_size()

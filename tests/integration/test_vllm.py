@@ -31,8 +31,17 @@ def model(tiny_tokenizer):
 def backend(model, tiny_tokenizer, tmp_path_factory):
     # One engine for the whole file: starting one costs seconds. Tests that change its
     # weights put the original model back before they end.
-    return VLLMBackend.from_model(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny-vllm"), dtype="float32",
-                                  kv_cache_gib=0.25, max_model_len=2048, seed=0)
+    torch.set_float32_matmul_precision("high")  # what model.tf32 sets for a trainer on a GPU
+    engine = VLLMBackend.from_model(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny-vllm"), dtype="float32",
+                                    kv_cache_gib=0.25, max_model_len=2048, seed=0)
+    engine.precision_after_start = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    return engine
+
+
+def test_starting_an_engine_keeps_the_processs_float32_matmul_precision(backend):
+    # vLLM's worker sets it to "highest" unless told otherwise: the trainer beside it lost TF32
+    assert backend.precision_after_start == "high"
 
 
 def forward_logprobs(model, prompt, ids, temperature=1.0):

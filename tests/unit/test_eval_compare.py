@@ -82,7 +82,7 @@ def test_heldout_table_pairs_each_step_with_the_first_and_the_runs_last_steps(tm
     b = held_out_run(tmp_path, "episode", {0: [False] * 8, 10: [True] + [False] * 7})
     assert eval_entry.main(["--heldout", str(a), str(b)]) == 0
     out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith("| credit") or line.startswith("| episode")]
+    rows = [line for line in out.splitlines() if line.startswith(("| credit", "| episode"))]
     assert [r.split(" | ")[1] for r in rows] == ["0", "5", "10", "0", "10"]  # steps in order, not as strings sort
     assert "| 87.5% [" in rows[2] and "7 / 0, p = 0.0156" in rows[2]  # 7 seeds solved only at step 10
     assert "episode@step-10 vs credit@step-10 on the same 8 episodes: 12.5% vs 87.5%" in out

@@ -28,7 +28,12 @@ def test_every_merged_lora_weight_is_saved_even_at_a_reused_address(tmp_path, ti
 
     def at_reused_address(layer, pname):
         merge = merged_of(layer, pname)
-        return lambda: (lambda t: freed[:t.numel()].view_as(t).copy_(t))(merge())
+
+        def merged_into_the_freed_block():
+            tensor = merge()
+            return freed[:tensor.numel()].view_as(tensor).copy_(tensor)
+
+        return merged_into_the_freed_block
 
     monkeypatch.setattr(vb, "_merged", at_reused_address)
     saved = load_file(str(vb.save_for_vllm(model, tiny_tokenizer, tmp_path) / "model.safetensors"))
