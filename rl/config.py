@@ -148,6 +148,9 @@ class GRPOSection:
     # the same numbers where the loss reads them, without scoring tool results (most of a
     # multi-turn completion). false = TRL's scoring of every completion token.
     score_only_model_tokens: bool = True
+    # Any other field of TRL's GRPOConfig, passed through as given (`--set grpo.weight_decay=0.1` lands
+    # here); checked against GRPOConfig's fields when the config loads.
+    trl_args: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -264,6 +267,9 @@ def _apply(obj: Any, data: dict, prefix: str = "", merge_dicts: bool = False) ->
     hints = typing.get_type_hints(type(obj))
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if key not in fields and isinstance(obj, GRPOSection):
+            obj.trl_args[key] = _grpo_config_value(key, value, fields)
+            continue
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
             hint = f"; did you mean {prefix + close[0]!r}?" if close else ""
@@ -278,6 +284,40 @@ def _apply(obj: Any, data: dict, prefix: str = "", merge_dicts: bool = False) ->
             if merge_dicts and isinstance(current, dict) and isinstance(value, dict):
                 value = _deep_merge(current, value)
             setattr(obj, key, value)
+
+
+# GRPOConfig fields that toolgym sets from its own sections: name -> where to set it instead
+SET_BY_TOOLGYM = {
+    "output_dir": "output_dir", "run_name": "name", "max_completion_length": "rollout.max_completion_tokens",
+    "temperature": "rollout.temperature", "top_p": "rollout.top_p", "top_k": "rollout.top_k",
+    "reward_weights": "rewards (a weight per reward)", "report_to": "log.wandb", "bf16": "model.dtype",
+    "fp16": "model.dtype", "use_cpu": "nothing (a GPU is used when there is one)",
+    "chat_template_kwargs": "rollout.chat_template_kwargs", "use_vllm": "rollout.backend",
+    "vllm_mode": "rollout.backend", "disable_tqdm": "nothing (the progress bar shows episode metrics)",
+}
+
+
+def _grpo_config_value(key: str, value: Any, own: dict) -> Any:
+    """A `grpo.*` key toolgym has no field for: a field of TRL's GRPOConfig, passed through."""
+    from trl import GRPOConfig
+
+    trl_fields = {f.name: f for f in dataclasses.fields(GRPOConfig) if f.init}
+    if key in SET_BY_TOOLGYM:
+        raise ConfigError(f"grpo.{key} is set by toolgym: use {SET_BY_TOOLGYM[key]}")
+    if key not in trl_fields:
+        names = [n for n in dict.fromkeys([*own, *trl_fields]) if n not in SET_BY_TOOLGYM and n != "trl_args"]
+        close = difflib.get_close_matches(key, names, n=3, cutoff=0.4)
+        hint = f"; did you mean {' or '.join(repr('grpo.' + c) for c in close)}?" if close else ""
+        raise ConfigError(f"unknown config key 'grpo.{key}': neither a toolgym grpo key nor a field of TRL's "
+                          f"GRPOConfig{hint}")
+    hint = trl_fields[key].type
+    expected = {"float": float, "int": int, "bool": bool, "str": str}.get(hint if isinstance(hint, str) else
+                                                                          getattr(hint, "__name__", ""))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+        raise ConfigError(f"config key 'grpo.{key}' (TRL's GRPOConfig.{key}) expects {expected.__name__}, got {value!r}")
+    return value
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -333,6 +373,8 @@ LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")  # thos
 
 def validate(cfg: RunConfig) -> None:
     g = cfg.grpo
+    own = {f.name: f for f in dataclasses.fields(g)}
+    g.trl_args = {k: _grpo_config_value(k, v, own) for k, v in g.trl_args.items()}  # a config file's too
     if g.num_iterations < 1:
         raise ConfigError(f"grpo.num_iterations must be >= 1 (optimizer steps per generated batch), got {g.num_iterations}")
     if not isinstance(cfg.model.tf32, bool):

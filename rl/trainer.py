@@ -266,7 +266,7 @@ def build_trainer(cfg: RunConfig):
         max_completion_length=cfg.rollout.max_completion_tokens, temperature=cfg.rollout.temperature,
         top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, reward_weights=reward_weights,
         report_to=_report_to(cfg), use_cpu=not on_gpu, bf16=model.dtype == torch.bfloat16,
-        chat_template_kwargs=cfg.rollout.chat_template_kwargs, disable_tqdm=False,
+        chat_template_kwargs=cfg.rollout.chat_template_kwargs, disable_tqdm=False, **g.trl_args,
     )
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is the point of this module
     trainer = ToolGymGRPOTrainer(

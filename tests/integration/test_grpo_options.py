@@ -122,3 +122,13 @@ def test_held_out_eval_also_measures_the_last_step(tmp_path):
                        "--set", "eval.during_training=2"))
     held = [json.loads(line)["step"] for line in (out / "metrics.jsonl").open() if "heldout/solve_rate" in line]
     assert held == [0, 2, 3]  # the start, every 2nd step, and the final model
+
+
+def test_a_field_of_trls_grpo_config_reaches_the_optimizer(tmp_path):
+    from rl.trainer import build_trainer
+
+    trainer = build_trainer(config(tmp_path, "--set", "grpo.weight_decay=0.1", "--set", "grpo.adam_beta2=0.95"))
+    assert trainer.args.weight_decay == 0.1
+    optimizer = trainer.create_optimizer()
+    trained = [g for g in optimizer.param_groups if g["params"]]
+    assert 0.1 in {g["weight_decay"] for g in trained} and {g["betas"][1] for g in trained} == {0.95}

@@ -28,6 +28,13 @@ def test_yaml_and_dotted_overrides(tmp_path):
     ("grpo.loss_type=ppo", "unknown grpo.loss_type 'ppo'"),
     ("log.wandb=maybe", "unknown log.wandb 'maybe'"),
     ("novalue", "bad override 'novalue'"),
+    # any other field of TRL's GRPOConfig passes through, checked against GRPOConfig
+    ("grpo.nonsense=1", "unknown config key 'grpo.nonsense': neither a toolgym grpo key nor a field of TRL's "
+                        "GRPOConfig; did you mean 'grpo.seed'"),
+    ("grpo.weight_decy=0.1", "did you mean 'grpo.weight_decay'"),
+    ("grpo.weight_decay=heavy", r"'grpo.weight_decay' \(TRL's GRPOConfig.weight_decay\) expects float, got 'heavy'"),
+    ("grpo.temperature=0.5", "grpo.temperature is set by toolgym: use rollout.temperature"),
+    ("grpo.report_to=[wandb]", "grpo.report_to is set by toolgym: use log.wandb"),
 ])
 def test_bad_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -69,3 +76,17 @@ def test_launch_errors_exit_before_any_model_loads(args, message):
     assert result.returncode == 2 and message in result.stderr
     assert "Loading weights" not in result.stderr
 
+
+
+def test_grpo_config_fields_pass_through_typed_and_survive_a_saved_config(tmp_path):
+    from rl.config import to_yaml
+
+    cfg = load_config(None, ["grpo.weight_decay=1", "grpo.optim=adamw_torch", "grpo.log_completions=true"])
+    assert cfg.grpo.trl_args == {"weight_decay": 1.0, "optim": "adamw_torch", "log_completions": True}
+    assert isinstance(cfg.grpo.trl_args["weight_decay"], float)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(cfg))  # as a run writes it; --resume reads it back
+    assert load_config(saved).grpo.trl_args == cfg.grpo.trl_args
+    saved.write_text("grpo:\n  trl_args: {nonsense: 1}\n")  # a file's passthrough is checked too
+    with pytest.raises(ConfigError, match="unknown config key 'grpo.nonsense'"):
+        load_config(saved)
