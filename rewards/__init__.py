@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from typing import Callable
 
 RewardFn = Callable[..., list]
@@ -30,7 +31,7 @@ def reward(fn: RewardFn | None = None, *, name: str | None = None):
 
 
 def get_reward(spec: str) -> RewardFn:
-    """A reward function by registered name or "module.path:function"."""
+    """A reward function by registered name, "module.path:function" or "path/to/file.py:function"."""
     if ":" not in spec:
         if spec not in REWARDS:
             close = difflib.get_close_matches(spec, REWARDS, n=1)
@@ -40,17 +41,75 @@ def get_reward(spec: str) -> RewardFn:
                 f"or a 'module.path:function' import path){hint}"
             )
         return REWARDS[spec]
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise ValueError(f"bad reward path {spec!r}: cannot import module {module_name!r} ({e})") from e
+    module_name, _, attr = spec.rpartition(":")
+    if module_name.endswith(".py"):
+        module = _load_file(spec, module_name)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise ValueError(f"bad reward path {spec!r}: cannot import module {module_name!r} ({e})") from e
     fn = getattr(module, attr, None)
     if not callable(fn):
         public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
         raise ValueError(f"bad reward path {spec!r}: module {module_name!r} has no function {attr!r} "
                          f"(functions there: {', '.join(public) or 'none'})")
     return fn
+
+
+def _load_file(spec: str, path: str):
+    """The module of a reward file, loaded once per path (a second spec from the same file reuses it)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise ValueError(f"bad reward path {spec!r}: no file {path!r}")
+    name = f"toolgym_rewards_file_{abs(hash(str(file)))}"
+    if name not in sys.modules:
+        module_spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module  # picklable by name, like any imported module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[name]
+            raise ValueError(f"bad reward path {spec!r}: {path} fails to import ({type(e).__name__}: {e})") from e
+    return sys.modules[name]
+
+
+class NamedReward:
+    """A reward function logged under the name its run gives it (`rewards/<name>/mean`), not its `__name__`,
+    so two functions called `solved` (a user's beside the built-in) stay two components."""
+
+    def __init__(self, fn: RewardFn, name: str):
+        self.fn, self.__name__ = fn, name
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
+class AsyncNamedReward(NamedReward):
+    async def __call__(self, *args, **kwargs):
+        return await self.fn(*args, **kwargs)
+
+
+def named_rewards(specs: list[str]) -> list[NamedReward]:
+    """The functions of `specs` (config order), each named as the run names it: a built-in by its name, a
+    path by its function's name, or by `module:function` (`file.py:function`) where two share that
+    name; always unique."""
+    short = [spec.rpartition(":")[2] for spec in specs]
+    out, taken = [], set()
+    for spec, name in zip(specs, short):
+        if short.count(name) > 1 and ":" in spec:
+            name = spec.rpartition("/")[2]
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        fn = get_reward(spec)
+        out.append((AsyncNamedReward if inspect.iscoroutinefunction(fn) else NamedReward)(fn, name))
+    return out
 
 
 def fact(kwargs: dict, key: str, n: int) -> list:

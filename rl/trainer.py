@@ -23,7 +23,7 @@ from trl.models import unwrap_model_for_generation
 
 import envs as envs_registry
 from envs.remote import RemoteEnv, remote_stats, urls_for_rank
-from rewards import get_reward
+from rewards import named_rewards
 from rl.chat import ChatFormat
 from rl.cli import check_resolvable
 from rl.config import ConfigError, RunConfig, to_yaml
@@ -50,7 +50,7 @@ VLM_BACKEND_ERROR = ("model {model!r} is a vision-language model; rollout.backen
 
 def resolve_rewards(cfg: RunConfig) -> tuple[list, list[float]]:
     """Reward functions and their weights, in config order."""
-    return [get_reward(spec) for spec in cfg.rewards], [float(w) for w in cfg.rewards.values()]
+    return named_rewards(list(cfg.rewards)), [float(w) for w in cfg.rewards.values()]
 
 
 def run_dir(cfg: RunConfig) -> Path:

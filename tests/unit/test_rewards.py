@@ -47,3 +47,31 @@ def test_bad_reward_paths_are_explained(tmp_path, monkeypatch):
         get_reward("other_rewards:fake")
     with pytest.raises(ValueError, match="unknown reward 'solve'.*did you mean 'solved'"):
         get_reward("solve")
+
+
+def test_a_reward_from_a_file_path_and_same_named_rewards_log_apart(tmp_path, monkeypatch):
+    import asyncio
+
+    from rewards import get_reward, named_rewards
+
+    folder = tmp_path / "my rewards"
+    folder.mkdir()
+    (folder / "shaped.py").write_text(
+        "def solved(prompts, completions, **kwargs):\n    return [2.0] * len(completions)\n\n"
+        "async def later(prompts, completions, **kwargs):\n    return [3.0] * len(completions)\n")
+    path = str(folder / "shaped.py")
+    assert get_reward(f"{path}:solved")([], ["a"]) == [2.0]
+    fns = named_rewards(["solved", f"{path}:solved", f"{path}:later", "format_valid"])
+    assert [f.__name__ for f in fns] == ["solved", "shaped.py:solved", "later", "format_valid"]
+    assert fns[0]([], ["a"], solved=[True]) == [1.0] and fns[1]([], ["a"]) == [2.0]
+    assert asyncio.run(fns[2]([], ["a"])) == [3.0]
+
+    from trl.trainer.utils import get_callable_name, is_async_callable
+
+    assert [get_callable_name(f) for f in fns][:2] == ["solved", "shaped.py:solved"]  # TRL's logged names
+    assert is_async_callable(fns[2]) and not is_async_callable(fns[1])
+    with pytest.raises(ValueError, match="no file"):
+        get_reward(str(tmp_path / "missing.py") + ":fn")
+    (tmp_path / "broken.py").write_text("import nonexistent_module_xyz\n")
+    with pytest.raises(ValueError, match="broken.py fails to import"):
+        get_reward(str(tmp_path / "broken.py") + ":fn")
