@@ -187,6 +187,8 @@ class EvalSection:
 class LogConfig:
     wandb: str = "auto"  # auto (online if logged in, else offline), online, offline, off
     project: str = "toolgym"
+    group: str = ""  # wandb run group (e.g. a sweep's name); empty = none
+    tags: list[str] = field(default_factory=list)  # wandb run tags
     sample_episodes: int = 1  # episodes per step written to episodes.jsonl
 
 

@@ -19,14 +19,16 @@ import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
 from trl import GRPOConfig, GRPOTrainer
+from transformers import TrainerCallback
 from trl.models import unwrap_model_for_generation
 
 import envs as envs_registry
 from envs.remote import RemoteEnv, remote_stats, urls_for_rank
 from rewards import named_rewards
+from rl import trl_contract
 from rl.chat import ChatFormat
 from rl.cli import check_resolvable
-from rl.config import ConfigError, RunConfig, to_yaml
+from rl.config import ConfigError, RunConfig, to_dict, to_yaml
 from rl.credit import step_advantages
 from rl.generation import TransformersBackend
 from rl.guards import SkipNonFiniteUpdates
@@ -36,7 +38,6 @@ from rl.plots import save_curve
 from rl.progress import JsonlLogger, RunProgress, TimeLimit
 from rl.rollout import Trajectory, run_episodes
 from rl.scoring import ModelTokenScoringMixin
-from rl import trl_contract
 from rl.toolcalls import get_format
 from rl.vision import VisionGRPOMixin
 
@@ -226,7 +227,25 @@ def _report_to(cfg: RunConfig) -> list[str]:
     os.environ.setdefault("WANDB_MODE", mode)
     os.environ.setdefault("WANDB_PROJECT", cfg.log.project)
     os.environ.setdefault("WANDB_DIR", str(run_dir(cfg)))
+    if cfg.log.group:
+        os.environ.setdefault("WANDB_RUN_GROUP", cfg.log.group)
+    if cfg.log.tags:
+        os.environ.setdefault("WANDB_TAGS", ",".join(cfg.log.tags))
     return ["wandb"]
+
+
+class WandbRunConfig(TrainerCallback):
+    """Puts the whole resolved toolgym config (env, rollout, rewards, ...) into the wandb run's config,
+    beside TRL's arguments, once TRL's wandb callback has started the run."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import wandb
+
+        if state.is_world_process_zero and wandb.run is not None:
+            wandb.config.update({"toolgym": to_dict(self.cfg)}, allow_val_change=True)
 
 
 def build_trainer(cfg: RunConfig):
@@ -279,6 +298,8 @@ def build_trainer(cfg: RunConfig):
     RunProgress.install(trainer)
     trainer.add_callback(SkipNonFiniteUpdates(trainer))
     trainer.add_callback(JsonlLogger(out / "metrics.jsonl"))
+    if args.report_to and "wandb" in args.report_to:
+        trainer.add_callback(WandbRunConfig(cfg))
     if g.time_limit_s:
         trainer.add_callback(TimeLimit(g.time_limit_s))
     if cfg.eval.every_steps:
@@ -346,4 +367,8 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     trainer.save_model(str(out / "final"))
     trainer.processing_class.save_pretrained(str(out / "final"))
     save_curve(out)
+    if "wandb" in (trainer.args.report_to or []) and trainer.accelerator.is_main_process:
+        import wandb
+
+        wandb.finish()  # the run's files complete; a next run in this process (a sweep) gets its own
     return out

@@ -132,3 +132,31 @@ def test_a_field_of_trls_grpo_config_reaches_the_optimizer(tmp_path):
     optimizer = trainer.create_optimizer()
     trained = [g for g in optimizer.param_groups if g["params"]]
     assert 0.1 in {g["weight_decay"] for g in trained} and {g["betas"][1] for g in trained} == {0.95}
+
+
+def test_the_wandb_run_holds_the_whole_toolgym_config(tmp_path, monkeypatch):
+    from rl.trainer import train
+
+    for name in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_DIR", "WANDB_RUN_GROUP", "WANDB_TAGS"):
+        monkeypatch.setenv(name, "")  # restored after the test; the run sets them
+        monkeypatch.delenv(name)
+    cfg = config(tmp_path, "--set", "grpo.max_steps=1", "--set", "log.wandb=offline", "--set", "log.group=sweep-a",
+                 "--set", "log.tags=[tiny, test]")
+    train(cfg)
+    # an offline run keeps its records in run-*.wandb (protobuf); a config item is its key, then its JSON
+    # value as field 16 (tag 0x82 0x01) with a varint length
+    [log] = list((tmp_path / "held" / "wandb").glob("offline-run-*/run-*.wandb"))
+    data = log.read_bytes()
+    at = data.index(b"\n\x07toolgym\x82\x01") + 11
+    length, shift = 0, 0
+    while True:
+        byte = data[at]
+        at += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            break
+    logged = json.loads(data[at:at + length])
+    assert logged["env"]["name"] == "sudoku" and logged["rollout"]["max_turns"] == 3
+    assert logged["rewards"] == cfg.rewards and logged["log"]["tags"] == ["tiny", "test"]
+    assert b"sweep-a" in data  # the run's group
