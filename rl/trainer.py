@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from accelerate.utils import gather_object
 from datasets import Dataset
-from trl import GRPOConfig, GRPOTrainer
 from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
 import envs as envs_registry
