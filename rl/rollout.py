@@ -62,6 +62,9 @@ class Trajectory:
     # per model turn: (start, end) of its tokens in completion_ids, and a digest of the env's
     # `state_key()` when the turn was asked for (None: the env does not say)
     turns: list[tuple[int, int, int | None]] = field(default_factory=list)
+    # per model turn: its text as the env read it (the response prefix, then the model's tokens without
+    # the stop token): what reward functions get as the model's messages, never the env's replies
+    texts: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -82,6 +85,7 @@ class _Episode:
     stop_reason: str | None = None
     pending: list[dict] = field(default_factory=list)  # env messages for the next tool turn
     turns: list[tuple[int, int, int | None]] = field(default_factory=list)  # see Trajectory.turns
+    texts: list[str] = field(default_factory=list)  # see Trajectory.texts
     stopped_with: int | None = None  # the stop token that ended the last model turn
     stop_string: str | None = None  # or the stop string that did
 
@@ -256,7 +260,9 @@ class _Rollout:
         ep.append(ids, logprobs, mask=1)
         ep.model_turns += 1
         self.generated_tokens += len(ids)
-        return self.settings.response_prefix + self.chat.decode(ids[:-1] if ep.stopped_with is not None else ids)
+        text = self.settings.response_prefix + self.chat.decode(ids[:-1] if ep.stopped_with is not None else ids)
+        ep.texts.append(text)
+        return text
 
     def after_env(self, ep: _Episode) -> None:
         """Stop, or append the env's reply as context for the next turn."""
@@ -331,7 +337,7 @@ def _trajectory(ep: _Episode) -> Trajectory:
         "generation_error": ep.generation_error or "",
         "model_tokens": sum(ep.env_mask),
     }
-    return Trajectory(ep.prompt_ids, ep.completion_ids, ep.logprobs, ep.env_mask, info, ep.images, ep.turns)
+    return Trajectory(ep.prompt_ids, ep.completion_ids, ep.logprobs, ep.env_mask, info, ep.images, ep.turns, ep.texts)
 
 
 def state_digest(env: ToolEnv) -> int | None:

@@ -71,6 +71,7 @@ class EpisodeRollouts:
         self.rows: list[dict] = []  # dataset rows of the batch being generated (set by the trainer)
         self.images: list | None = None  # each episode's images, for the trainer's forward passes (VLMs)
         self.turns: list = []  # each episode's turns (token spans, state digests) of the last batch
+        self.texts: list = []  # each episode's model turns as text, of the last batch
         self.env_masks: list | None = None  # each episode's env_mask as returned to TRL, of the last batch
         self.env_kwargs: dict | None = None
         self.probe_ids: list[int] = []  # the last batch's first episode: what a weight push is checked on
@@ -110,6 +111,7 @@ class EpisodeRollouts:
                 self.env_pool[i] = self.env_cls(**self.env_kwargs)
         self.images = [t.images for t in trajectories]
         self.turns = [t.turns for t in trajectories]  # for step-level advantages
+        self.texts = [t.texts for t in trajectories]  # the model's messages, for reward functions
         self._log_metrics(trainer, trajectories, timing, elapsed)
         if self.log_dir is not None and trainer.accelerator.is_main_process:
             self._log_samples(trainer.state.global_step, trajectories)
@@ -268,7 +270,10 @@ def build_trainer(cfg: RunConfig):
 
     start, stop = cfg.env.train_seeds
     seeds = list(range(start, stop))
-    dataset = Dataset.from_dict({"prompt": [f"{cfg.env.name} seed {s}" for s in seeds], "seed": seeds})
+    # Conversational rows, so reward functions get TRL's conversational format (as TRL's own rewards expect);
+    # the real prompt is the env's first observation, which the rollout renders.
+    dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"{cfg.env.name} seed {s}"}] for s in seeds],
+                                 "seed": seeds})
 
     g = cfg.grpo
     on_gpu = torch.cuda.is_available()
@@ -321,9 +326,18 @@ class ToolGymGRPOTrainer(VisionGRPOMixin, ModelTokenScoringMixin, GRPOTrainer):
             output["advantages"] = self._add_step_advantages(output["advantages"], output["completion_ids"].shape[1])
         return output
 
-    def _calculate_rewards(self, *args, **kwargs):
-        """TRL's rewards of every process's episodes (gathered), kept for the step-level advantages."""
-        self._rewards_per_func = super()._calculate_rewards(*args, **kwargs)
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's rewards of every process's episodes (gathered), kept for the step-level advantages.
+
+        Reward functions get the model's own messages as `completions`: one assistant message per model
+        turn, its tool calls included, never the env's replies (TRL decodes the whole completion, tool
+        results and all, so a text reward would score the env's output as the model's)."""
+        texts = self.rollout_func.texts
+        if len(texts) == len(completions):
+            completions = [[{"role": "assistant", "content": text} for text in turns] or [{"role": "assistant",
+                                                                                           "content": ""}]
+                           for turns in texts]
+        self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         return self._rewards_per_func
 
     def _add_step_advantages(self, advantages: torch.Tensor, width: int) -> torch.Tensor:
