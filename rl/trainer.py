@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -33,8 +34,9 @@ from rl.credit import step_advantages
 from rl.generation import TransformersBackend
 from rl.guards import SkipNonFiniteUpdates
 from rl.heldout import HeldOutEval
-from rl.models import load_image_tokenizer, load_model, lora_config
+from rl.models import load_image_tokenizer, load_model, load_tokenizer, lora_config
 from rl.plots import save_curve
+from rl.preflight import check_rewards
 from rl.progress import JsonlLogger, RunProgress, TimeLimit
 from rl.rollout import Trajectory, run_episodes
 from rl.scoring import ModelTokenScoringMixin
@@ -261,11 +263,15 @@ def build_trainer(cfg: RunConfig):
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
 
-    model, tokenizer = load_model(cfg.model)
+    tokenizer = load_tokenizer(cfg.model)
     chat = ChatFormat(tokenizer, tool_format, cfg.rollout.chat_template_kwargs,
                       images=load_image_tokenizer(cfg.model, tokenizer))
     if chat.images is not None and cfg.rollout.backend != "hf":
         raise ConfigError(VLM_BACKEND_ERROR.format(model=cfg.model.name, backend=cfg.rollout.backend))
+    if not issubclass(env_cls, RemoteEnv):  # remote episodes would take servers from the run
+        for warning in check_rewards(cfg, chat, reward_funcs):
+            print(f"[toolgym] warning: {warning}", file=sys.stderr, flush=True)
+    model, tokenizer = load_model(cfg.model, tokenizer)
     rollouts = EpisodeRollouts(cfg, chat, env_cls, log_dir=out)
 
     start, stop = cfg.env.train_seeds

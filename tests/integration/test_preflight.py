@@ -1,0 +1,43 @@
+"""Reward functions are tried on real episodes (the env's expert, its baseline, a tool-less policy) before
+the model loads: a crash stops the run naming the reward, a constant reward is named in a warning."""
+
+import pytest
+
+from rl.config import ConfigError, load_config
+
+
+def crashes(prompts, completions, **kwargs):
+    return [len(c["content"]) for c in completions]  # treats a completion (a list of messages) as one message
+
+
+def reads_a_missing_fact(prompts, completions, **kwargs):
+    return [float(kwargs.get("board_solved") or 0.0) for _ in completions]
+
+
+def config(tmp_path, reward):
+    cfg = load_config(None, ["model.name=tiny", "env.name=sudoku", f"output_dir={tmp_path}", "name=pre", "log.wandb=off",
+                             "rewards.sudoku_progress=0.5", "rewards.format_valid=0.2",
+                             "rewards.invalid_action_penalty=0.1"])
+    cfg.rewards[f"tests.integration.test_preflight:{reward}"] = 1.0
+    return cfg
+
+
+def test_a_crashing_reward_stops_the_run_before_the_model_loads(tmp_path, monkeypatch):
+    import rl.trainer
+
+    monkeypatch.setattr(rl.trainer, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    with pytest.raises(ConfigError, match=r"(?s)reward 'crashes' failed on 12 episodes.*TypeError"):
+        rl.trainer.build_trainer(config(tmp_path, "crashes"))
+
+
+def test_a_reward_constant_over_real_episodes_is_named_and_the_built_ins_are_not(tmp_path, capsys):
+    from rl.episodes import chat_for
+    from rl.models import load_tokenizer
+    from rl.preflight import check_rewards
+    from rl.trainer import resolve_rewards
+
+    cfg = config(tmp_path, "reads_a_missing_fact")
+    warnings = check_rewards(cfg, chat_for(cfg, load_tokenizer(cfg.model)), resolve_rewards(cfg)[0])
+    [warning] = warnings
+    assert "'reads_a_missing_fact' gave every one of 12 expert, baseline and tool-less episodes 0" in warning
+    assert "progress" in warning and "solved" in warning  # the facts it could have read
