@@ -13,12 +13,50 @@ from rl.plots import save_curve
 
 
 class RunProgress(ProgressCallback):
-    """The step bar, with reward, solve rate and generation tokens/s instead of printed dicts."""
+    """The step bar, with reward, solve rate and generation tokens/s instead of printed dicts; while a
+    step generates, episodes ended and tokens/s (every few seconds); after the first step, how long the
+    run will take at that pace."""
+
+    every_s = 3.0  # bar updates while generating, at most this often
+
+    def __init__(self):
+        super().__init__()
+        self.started = self.last_shown = self.generating_since = 0.0
+        self.begin_step = 0
 
     @classmethod
-    def install(cls, trainer) -> None:
+    def install(cls, trainer) -> RunProgress:
         trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(cls())
+        progress = cls()
+        trainer.add_callback(progress)
+        return progress
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        self.started, self.begin_step = time.monotonic(), state.global_step  # a resumed run begins later
+
+    def generating(self, done: int, total: int, tokens: int) -> None:
+        """A rollout's progress: (episodes ended, episodes, tokens generated); shown every `every_s`."""
+        now = time.monotonic()
+        if done <= 1 or not self.generating_since:
+            self.generating_since = now
+        if self.training_bar is None or (now - self.last_shown < self.every_s and done < total):
+            return
+        self.last_shown = now
+        rate = tokens / max(now - self.generating_since, 1e-9)
+        self.training_bar.set_postfix({"episodes": f"{done}/{total}", "tok/s": f"{rate:.0f}"}, refresh=True)
+        if done == total:
+            self.generating_since = 0.0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        super().on_step_end(args, state, control, **kwargs)
+        left_steps = state.max_steps - state.global_step
+        if state.is_world_process_zero and state.global_step == self.begin_step + 1 and left_steps > 0:
+            step_s = time.monotonic() - self.started
+            left = step_s * left_steps
+            print(f"[toolgym] step {state.global_step} took {step_s:.0f} s: the {left_steps} steps left take about "
+                  f"{_duration(left)} at that pace (grpo.max_steps={state.max_steps}; grpo.time_limit_s caps "
+                  "the wall time)", flush=True)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or self.training_bar is None or not logs:
@@ -67,3 +105,8 @@ class TimeLimit(TrainerCallback):
             control.should_save = True
             if state.is_world_process_zero:
                 print(f"grpo.time_limit_s={self.seconds:g} reached at step {state.global_step}: stopping there")
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"

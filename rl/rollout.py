@@ -163,8 +163,10 @@ class _Rollout:
     """One batch of episodes, each played by its own coroutine on one event loop."""
 
     def __init__(self, episodes: list[_Episode], chat: ChatFormat, settings: RolloutSettings, options: dict | None,
-                 stream: GenerationStream):
+                 stream: GenerationStream, progress: Callable[[int, int, int], None] | None = None):
         self.episodes = episodes
+        self.progress = progress
+        self.finished = 0
         self.chat = chat
         self.settings = settings
         self.options = options
@@ -225,6 +227,9 @@ class _Rollout:
         finally:
             self.stream.retire(key)
             await self.lease_call(ep, "end_episode")
+            self.finished += 1
+            if self.progress is not None:
+                self.progress(self.finished, len(self.episodes), self.generated_tokens)
 
     async def lease_call(self, ep: _Episode, method: str) -> None:
         """`env.lease()` (wait for a free server, bounded by the env's own queue timeout) or
@@ -282,7 +287,8 @@ class _Rollout:
 
 def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: GenerationBackend | None, chat: ChatFormat,
                  settings: RolloutSettings, options: dict | None = None, metrics: dict[str, float] | None = None,
-                 policy: Callable[[ToolEnv], ToolCall | str] | None = None) -> list[Trajectory]:
+                 policy: Callable[[ToolEnv], ToolCall | str] | None = None,
+                 progress: Callable[[int, int, int], None] | None = None) -> list[Trajectory]:
     """Play one episode per (env, seed) pair, all together, and return their trajectories.
 
     `metrics`, if given, receives timing and token counts for the whole batch:
@@ -290,6 +296,8 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
     in an env step (they overlap), `wall_s` the whole rollout. `policy`, if given, stands
     in for the model (experts, random play): it sees the env and returns an action, which
     is rendered in the tool-call format and laid out exactly as model tokens would be.
+    `progress`, if given, is called as each episode ends with (episodes ended, episodes, tokens
+    generated so far).
     """
     if len(envs) != len(seeds):
         raise ValueError(f"got {len(envs)} envs but {len(seeds)} seeds")
@@ -306,7 +314,7 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
             stream: GenerationStream = BatchedStream(turns, len(episodes), settings.batch_wait_s)
         else:
             stream = open_stream(backend, len(episodes), settings.batch_wait_s)
-        rollout = _Rollout(episodes, chat, settings, options, stream)
+        rollout = _Rollout(episodes, chat, settings, options, stream, progress)
         await rollout.run()
         return rollout
 

@@ -76,6 +76,7 @@ class EpisodeRollouts:
         self.texts: list = []  # each episode's model turns as text, of the last batch
         self.env_masks: list | None = None  # each episode's env_mask as returned to TRL, of the last batch
         self.env_kwargs: dict | None = None
+        self.progress = None  # called as each episode of a batch ends (the run's progress bar)
         self.probe_ids: list[int] = []  # the last batch's first episode: what a weight push is checked on
         self.sync_check: dict[str, float] = {}
         self.remote_seen = remote_stats()  # server counters are per process; report this run's, per step
@@ -104,7 +105,7 @@ class EpisodeRollouts:
                                          gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs) as model:
             backend = self.sync_backend(model, trainer)
             trajectories = run_episodes(self.envs_for(len(seeds), trainer), seeds, backend, self.chat,
-                                        self.cfg.rollout, metrics=timing)
+                                        self.cfg.rollout, metrics=timing, progress=self.progress)
             if hasattr(backend, "sleep"):
                 backend.sleep()
         elapsed = time.perf_counter() - started
@@ -306,7 +307,7 @@ def build_trainer(cfg: RunConfig):
     trainer.image_token_id = chat.images.image_token_id if chat.images else None
     trainer.step_advantage_weight = g.step_advantage_weight
     trainer.score_only_model_tokens = g.score_only_model_tokens
-    RunProgress.install(trainer)
+    rollouts.progress = RunProgress.install(trainer).generating
     trainer.add_callback(SkipNonFiniteUpdates(trainer))
     trainer.add_callback(JsonlLogger(out / "metrics.jsonl"))
     if args.report_to and "wandb" in args.report_to:

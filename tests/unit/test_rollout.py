@@ -249,3 +249,14 @@ def test_equal_sudoku_states_have_equal_keys_whatever_the_path():
     before = env.state_key()
     env.step({"name": "place", "arguments": {"row": 9, "col": 1, "digit": 1}})  # invalid: board unchanged
     assert env.state_key() != before and env.state_key()[0] == before[0]  # the spent turn and error count
+
+
+def test_progress_is_reported_as_each_episode_ends(chat):
+    from envs.experts import random_for
+
+    seen = []
+    policy = random_for(SudokuEnv(), seed=0)
+    out = run_episodes([SudokuEnv() for _ in range(5)], list(range(5)), None, chat, RolloutSettings(max_turns=3),
+                       policy=policy, progress=lambda done, total, tokens: seen.append((done, total, tokens)))
+    assert [d for d, _, _ in seen] == [1, 2, 3, 4, 5] and {t for _, t, _ in seen} == {5} and len(out) == 5
+    assert [tokens for _, _, tokens in seen] == sorted(tokens for _, _, tokens in seen)
