@@ -4,6 +4,11 @@ The episode ends when the puzzle is solved (reward 1), after `max_invalid` inval
 or at `max_turns`. `progress` (the share of empty cells now holding their solution digit)
 is reported in `info` for shaped rewards.
 
+Its facts are also given under the names the reward functions of TRL's OpenEnv Sudoku example
+read (`correct_reward`, `valid_move_reward`, `empty_cell_reward`, `repetition_reward`,
+`progress_reward`), per `place` call of the episode, so those functions score toolgym episodes as
+they are.
+
 `list_empty_cells=True` adds a line `Empty cells (row, col): (1,3) (1,4) ...` under every
 board, in reading order. A small model reading `Row 1: 4 3 | . .` must count positions to
 know that the first '.' is column 3; the line states it. It names cells, never digits.
@@ -30,6 +35,8 @@ class SudokuEnv(ToolEnv):
         self.difficulty = difficulty
         self.list_empty_cells = list_empty_cells
         self.board: list[int] = []
+        self.tries: dict[tuple, int] = {}
+        self.moves: list[tuple[bool, bool, int]] = []
 
     def setup(self, options: dict) -> str:
         size = options.get("size", self.size)
@@ -37,6 +44,8 @@ class SudokuEnv(ToolEnv):
         rng = random.Random(int(self.np_random.integers(2**63)))
         self.puzzle, self.solution = generate(size, difficulty, rng)
         self.size, self.board = size, list(self.puzzle)
+        self.tries: dict[tuple, int] = {}  # (row, col, digit) -> place calls so far
+        self.moves: list[tuple[bool, bool, int]] = []  # per place call: empty target, valid and new, repeats
         bh, bw = box_shape(size)
         return (
             f"Solve this {size}x{size} Sudoku. Every row, every column and every {bh}x{bw} box must "
@@ -53,6 +62,19 @@ class SudokuEnv(ToolEnv):
             col: Column number, counting from 1 at the left.
             digit: The digit to write, from 1 to the board size.
         """
+        n = self.size
+        repeats = self.tries.get((row, col, digit), 0)
+        self.tries[(row, col, digit)] = repeats + 1
+        empty = 1 <= row <= n and 1 <= col <= n and self.board[(row - 1) * n + col - 1] == 0
+        try:
+            result = self._place(row, col, digit)
+        except ToolError:
+            self.moves.append((empty, False, repeats))
+            raise
+        self.moves.append((empty, repeats == 0, repeats))
+        return result
+
+    def _place(self, row: int, col: int, digit: int) -> str:
         n = self.size
         for name, value in (("row", row), ("col", col), ("digit", digit)):
             if not 1 <= value <= n:
@@ -86,7 +108,15 @@ class SudokuEnv(ToolEnv):
     def facts(self) -> dict:
         empty = [i for i, v in enumerate(self.puzzle) if v == 0]
         correct = sum(self.board[i] == self.solution[i] for i in empty)
-        return {"progress": correct / len(empty) if empty else 1.0, "cells_filled": correct}
+        progress = correct / len(empty) if empty else 1.0
+        moves = self.moves or [(False, False, 0)]  # no place call: nothing earned
+        mean = lambda values: sum(values) / len(moves)  # noqa: E731
+        return {"progress": progress, "cells_filled": correct,
+                # the names TRL's OpenEnv Sudoku example reads (module docstring)
+                "correct_reward": float(self.solved), "progress_reward": progress,
+                "valid_move_reward": mean([float(valid) for _, valid, _ in moves]),
+                "empty_cell_reward": mean([1.0 if empty_cell else -1.0 for empty_cell, _, _ in moves]) if self.moves else 0.0,
+                "repetition_reward": mean([-min(2.0 ** (r - 1), 10.0) if r else 0.0 for _, _, r in moves])}
 
     def board_text(self) -> str:
         n = self.size

@@ -27,7 +27,8 @@ def test_trl_builtin_and_text_rewards_see_only_the_models_messages(tmp_path):
     trainer.train()
     [metrics] = [m for m in trainer.state.log_history if "reward" in m]
     assert metrics["rewards/think_format_reward/mean"] == 0.0  # ran on every episode (no <think> in them)
-    [(prompts, completions, turns)] = SEEN
+    (checked, _, _), (prompts, completions, turns) = SEEN  # the pre-flight's 12 policy episodes, then the step's
+    assert len(checked) == 12
     assert all(p[0]["role"] == "user" for p in prompts)
     assert [len(c) for c in completions] == turns and max(turns) >= 2
     texts = [m["content"] for c in completions for m in c]
@@ -35,3 +36,53 @@ def test_trl_builtin_and_text_rewards_see_only_the_models_messages(tmp_path):
     assert all(t.startswith(prefix) for t in texts)  # each model turn, as the env read it
     assert not any("tool_response" in t or "Error" in t for t in texts)  # never the env's replies
     assert metrics["rewards/messages_seen/mean"] == sum(turns) / len(turns)
+
+
+# The reward functions of TRL's OpenEnv Sudoku example (examples/scripts/openenv/sudoku.py), in the shape a
+# user brings them: each reads a fact its own rollout returned, and returns 0.0 for every episode without it.
+def reward_empty_cell(completions, **kwargs):
+    rewards = kwargs.get("empty_cell_reward")
+    return [0.0 for _ in completions] if rewards is None else [float(r) for r in rewards]
+
+
+def reward_valid_moves(completions, **kwargs):
+    rewards = kwargs.get("valid_move_reward")
+    return [0.0 for _ in completions] if rewards is None else [float(r) for r in rewards]
+
+
+def reward_correct(completions, **kwargs):
+    rewards = kwargs.get("correct_reward")
+    return [0.0 for _ in completions] if rewards is None else [float(r) for r in rewards]
+
+
+def reward_repetition(completions, **kwargs):
+    rewards = kwargs.get("repetition_reward")
+    return [0.0 for _ in completions] if rewards is None else [float(r) for r in rewards]
+
+
+def reward_progress(completions, **kwargs):
+    rewards = kwargs.get("progress_reward")
+    return [0.0 for _ in completions] if rewards is None else [float(r) for r in rewards]
+
+
+def test_trls_sudoku_example_rewards_tell_expert_from_random_play():
+    from rl.episodes import chat_for, make_policy, play
+    from rl.models import load_tokenizer
+    from rl.preflight import check_rewards
+    from rl.trainer import to_trl
+
+    cfg = load_config(None, ["model.name=tiny", "env.name=sudoku", "env.kwargs.difficulty=hard", "rollout.max_turns=12",
+                             "rollout.max_completion_tokens=8192"])  # the tiny tokenizer spends many tokens a turn
+    chat = chat_for(cfg, load_tokenizer(cfg.model))
+    fns = [reward_empty_cell, reward_valid_moves, reward_correct, reward_repetition, reward_progress]
+    assert check_rewards(cfg, chat, fns) == []  # none constant over expert, baseline and tool-less episodes
+    seeds = list(range(8))
+    scores = {}
+    for name in ("expert", "random"):
+        facts = {k: v for k, v in to_trl(play(cfg, chat, seeds, policy=make_policy(cfg, name)), 0).items()
+                 if k not in ("prompt_ids", "completion_ids", "logprobs", "env_mask")}
+        scores[name] = [sum(fn(completions=seeds, **facts)) / len(seeds) for fn in fns]
+    expert, random = scores["expert"], scores["random"]
+    assert expert[2] == 1.0 > random[2]  # correct: the expert solves every puzzle
+    assert expert[4] == 1.0 > random[4]  # progress
+    assert expert[0] == 1.0 and expert[1] == 1.0 and expert[3] == 0.0  # empty cells, valid and new, no repeats
