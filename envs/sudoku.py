@@ -110,12 +110,12 @@ class SudokuEnv(ToolEnv):
         correct = sum(self.board[i] == self.solution[i] for i in empty)
         progress = correct / len(empty) if empty else 1.0
         moves = self.moves or [(False, False, 0)]  # no place call: nothing earned
-        mean = lambda values: sum(values) / len(moves)  # noqa: E731
+        mean = lambda values: sum(values) / len(moves)
         return {"progress": progress, "cells_filled": correct,
                 # the names TRL's OpenEnv Sudoku example reads (module docstring)
                 "correct_reward": float(self.solved), "progress_reward": progress,
                 "valid_move_reward": mean([float(valid) for _, valid, _ in moves]),
-                "empty_cell_reward": mean([1.0 if empty_cell else -1.0 for empty_cell, _, _ in moves]) if self.moves else 0.0,
+                "empty_cell_reward": mean([1.0 if empty else -1.0 for empty, _, _ in moves]) if self.moves else 0.0,
                 "repetition_reward": mean([-min(2.0 ** (r - 1), 10.0) if r else 0.0 for _, _, r in moves])}
 
     def board_text(self) -> str:

@@ -318,7 +318,8 @@ def _grpo_config_value(key: str, value: Any, own: dict) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
-        raise ConfigError(f"config key 'grpo.{key}' (TRL's GRPOConfig.{key}) expects {expected.__name__}, got {value!r}")
+        raise ConfigError(f"config key 'grpo.{key}' (TRL's GRPOConfig.{key}) expects {expected.__name__}, "
+                          f"got {value!r}")
     return value
 
 

@@ -8,7 +8,8 @@ current weights through the rollout backend, and logs `heldout/solve_rate`,
 the SFT checkpoint) and at every `eval.every_steps`-th step, into metrics.jsonl and the
 curve, computed as `launch/eval.py` computes them. Each measurement is also written as an eval.py
 result, `<run>/heldout/step-<N>.json`, with every episode's outcome, so any two of them, or one and
-an `eval.py` result on the same seeds, compare pairwise (`eval.py --compare`). Under data parallelism every process plays
+an `eval.py` result on the same seeds, compare pairwise (`eval.py --compare`). Under data parallelism
+every process plays
 its share of the seeds and the episodes are gathered, so each process takes part in the
 gathers (ZeRO-3 generation needs that too).
 """

@@ -3,10 +3,10 @@
 A reward that crashes would otherwise stop the run after its first generation batch (minutes on a CPU);
 one that reads keyword arguments the rollout does not give returns a constant (often 0.0) for every
 episode, and the run trains on nothing, silently. `check_rewards` plays a few episodes with the env's
-expert, its baseline policy and a policy that never calls a tool (no model needed), hands every reward function exactly what GRPO will
-(`prompts`, conversational `completions` of the model's messages, `completion_ids`, the episode facts),
-stops on a crash with the reward's name and traceback, and warns about a reward that gives every one of
-those episodes the same value.
+expert, its baseline policy and a policy that never calls a tool (no model needed), hands every reward
+function exactly what GRPO will (`prompts`, conversational `completions` of the model's messages,
+`completion_ids`, the episode facts), stops on a crash with the reward's name and traceback, and warns
+about a reward that gives every one of those episodes the same value.
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def check_rewards(cfg: RunConfig, chat, reward_funcs: list, episodes: int = 4) -
     kwargs = {key: values for key, values in columns.items() if key not in TRL_COLUMNS}
     kwargs["seed"] = [start + i % episodes for i in range(n)]
     prompts = [[{"role": "user", "content": f"{cfg.env.name} seed {s}"}] for s in kwargs["seed"]]
-    completions = [[{"role": "assistant", "content": text} for text in t.texts] or [{"role": "assistant", "content": ""}]
-                   for t in trajectories]
+    nothing = [{"role": "assistant", "content": ""}]
+    completions = [[{"role": "assistant", "content": text} for text in t.texts] or nothing for t in trajectories]
     warnings = []
     for fn in reward_funcs:
         name = getattr(fn, "__name__", type(fn).__name__)
@@ -55,13 +55,15 @@ def check_rewards(cfg: RunConfig, chat, reward_funcs: list, episodes: int = 4) -
                 values = asyncio.run(values)
         except Exception as e:
             raise ConfigError(f"reward {name!r} failed on {n} episodes of the env's expert, its baseline and a "
-                              f"policy that never calls a tool (before any model loaded):\n{traceback.format_exc()}") from e
+                              "policy that never calls a tool (before any model loaded):\n"
+                              f"{traceback.format_exc()}") from e
         if not isinstance(values, (list, tuple)) or len(values) != n:
             raise ConfigError(f"reward {name!r} must return one value (a number or None) per completion: got "
                               f"{values!r:.200} for {n} completions")
         scored = {float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))}
         if len(scored) == 1:
-            warnings.append(f"reward {name!r} gave every one of {n} expert, baseline and tool-less episodes {scored.pop():g}, so "
-                            "it cannot tell them apart; check what it reads (facts the rollout gives: "
+            warnings.append(f"reward {name!r} gave every one of {n} expert, baseline and tool-less episodes "
+                            f"{scored.pop():g}, so it cannot tell them apart; check what it reads (facts the "
+                            "rollout gives: "
                             f"{', '.join(sorted(kwargs))})")
     return warnings
