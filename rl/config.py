@@ -270,7 +270,7 @@ def _apply(obj: Any, data: dict, prefix: str = "", merge_dicts: bool = False) ->
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in fields and isinstance(obj, GRPOSection):
-            obj.trl_args[key] = _grpo_config_value(key, value, fields)
+            obj.trl_args[key] = value  # checked against TRL's GRPOConfig in validate()
             continue
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)

@@ -38,7 +38,7 @@ class RunProgress(ProgressCallback):
     def generating(self, done: int, total: int, tokens: int) -> None:
         """A rollout's progress: (episodes ended, episodes, tokens generated); shown every `every_s`."""
         now = time.monotonic()
-        if done <= 1 or not self.generating_since:
+        if done == 0 or not self.generating_since:  # a batch starts (0 of it done)
             self.generating_since = now
         if self.training_bar is None or (now - self.last_shown < self.every_s and done < total):
             return

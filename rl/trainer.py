@@ -104,6 +104,8 @@ class EpisodeRollouts:
                                          gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
                                          gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs) as model:
             backend = self.sync_backend(model, trainer)
+            if self.progress is not None:
+                self.progress(0, len(seeds), 0)  # the batch starts
             trajectories = run_episodes(self.envs_for(len(seeds), trainer), seeds, backend, self.chat,
                                         self.cfg.rollout, metrics=timing, progress=self.progress)
             if hasattr(backend, "sleep"):
@@ -202,6 +204,19 @@ def make_backend(cfg: RunConfig, model, tokenizer, step: int):
     return backend
 
 
+def prompt_row(env_name: str, seed: int) -> list[dict]:
+    """A dataset row's prompt: conversational, so reward functions get TRL's conversational format (as TRL's
+    own rewards expect); the real prompt is the env's first observation, which the rollout renders."""
+    return [{"role": "user", "content": f"{env_name} seed {seed}"}]
+
+
+def model_messages(texts: list[list[str]]) -> list[list[dict]]:
+    """`completions` as reward functions get them: per episode, one assistant message per model turn (its
+    tool calls included, never the env's replies); an episode the model never spoke in gets one empty one."""
+    return [[{"role": "assistant", "content": text} for text in turns] or [{"role": "assistant", "content": ""}]
+            for turns in texts]
+
+
 def to_trl(trajectories: list[Trajectory], fallback_id: int) -> dict[str, list]:
     """The dict TRL's `rollout_func` returns: ids, logprobs, `env_mask`, plus episode facts as columns."""
     out: dict[str, list] = defaultdict(list)
@@ -277,10 +292,7 @@ def build_trainer(cfg: RunConfig):
 
     start, stop = cfg.env.train_seeds
     seeds = list(range(start, stop))
-    # Conversational rows, so reward functions get TRL's conversational format (as TRL's own rewards expect);
-    # the real prompt is the env's first observation, which the rollout renders.
-    dataset = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"{cfg.env.name} seed {s}"}] for s in seeds],
-                                 "seed": seeds})
+    dataset = Dataset.from_dict({"prompt": [prompt_row(cfg.env.name, s) for s in seeds], "seed": seeds})
 
     g = cfg.grpo
     on_gpu = torch.cuda.is_available()
@@ -341,9 +353,7 @@ class ToolGymGRPOTrainer(VisionGRPOMixin, ModelTokenScoringMixin, GRPOTrainer):
         results and all, so a text reward would score the env's output as the model's)."""
         texts = self.rollout_func.texts
         if len(texts) == len(completions):
-            completions = [[{"role": "assistant", "content": text} for text in turns] or [{"role": "assistant",
-                                                                                           "content": ""}]
-                           for turns in texts]
+            completions = model_messages(texts)
         self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         return self._rewards_per_func
 
