@@ -43,6 +43,8 @@ def main(argv=None) -> int:
 
         try:
             a, b = (json.loads(Path(p).read_text()) for p in args.compare)
+            if a.get("label") == b.get("label"):  # e.g. two runs' step-0 rows: name each by its file
+                a["label"], b["label"] = args.compare
             comparison = paired_comparison(a, b)
         except (OSError, ValueError) as e:
             parser.error(str(e))

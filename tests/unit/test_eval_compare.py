@@ -55,6 +55,12 @@ def test_eval_compare_prints_the_paired_line_and_json(tmp_path, capsys):
     assert json.loads(data)["solved_by_b_only"] == 2
     with pytest.raises(SystemExit):
         eval_entry.main(["--compare", str(paths[0]), str(tmp_path / "missing.json")])
+    # two results under one label (two runs' step-0 rows) are named by their files
+    for i, p in enumerate(paths):
+        p.write_text(json.dumps(result("credit@step-0", [True, i == 1, False])))
+    assert eval_entry.main(["--compare", *map(str, paths)]) == 0
+    data = json.loads(capsys.readouterr().out.splitlines()[1])
+    assert (data["a"], data["b"], data["solved_by_b_only"]) == (str(paths[0]), str(paths[1]), 1)
 
 
 def held_out_run(root, name, outcomes_by_step):
