@@ -7,12 +7,12 @@ known to Gymnasium, so `gymnasium.make("toolgym/Sudoku-v0")` works once `envs` i
 from __future__ import annotations
 
 import difflib
-import importlib
 from typing import Callable
 
 import gymnasium as gym
 
 from envs.base import ToolCall, ToolEnv, ToolError, tool, tool_schema
+from envs.entry_points import load_module
 
 __all__ = ["ToolCall", "ToolEnv", "ToolError", "tool", "tool_schema", "register", "make", "resolve", "names"]
 
@@ -31,16 +31,16 @@ def names() -> list[str]:
 
 
 def resolve(name: str) -> Callable[..., ToolEnv]:
-    """The env class for a short name or a "module:Class" import path."""
+    """The env class for a short name, a "module:Class" import path or a "path/to/file.py:Class" file."""
     entry_point = _REGISTRY.get(name, name if ":" in name else None)
     if entry_point is None:
         close = difflib.get_close_matches(name, names(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown env {name!r} (known: {', '.join(names())}, or 'module:Class'){hint}")
-    module_name, _, attr = entry_point.partition(":")
+        raise ValueError(f"unknown env {name!r} (known: {', '.join(names())}, or 'module:Class' or 'path/to/file.py:Class'){hint}")
+    attr = entry_point.rpartition(":")[2]
     try:
-        cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as e:
+        cls = getattr(load_module(entry_point, "env"), attr)
+    except (ValueError, AttributeError) as e:
         raise ValueError(f"cannot load env {name!r} from {entry_point!r}: {e}") from e
     if not (isinstance(cls, type) and issubclass(cls, ToolEnv)):
         raise ValueError(f"env {name!r} ({entry_point}) is not a ToolEnv subclass")

@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     label = Path(result["label"]).name or result["label"]
-    (out / f"{cfg.env.name}-{label}.json").write_text(json.dumps(result, indent=2))
+    env = cfg.env.name.rpartition(":")[2]  # "path/to/guess.py:Guess" -> "Guess"
+    (out / f"{env}-{label}.json").write_text(json.dumps(result, indent=2))
     table = out / "results.md"
     if not table.exists():
         table.write_text(MARKDOWN_HEADER + "\n")

@@ -41,42 +41,16 @@ def get_reward(spec: str) -> RewardFn:
                 f"or a 'module.path:function' import path){hint}"
             )
         return REWARDS[spec]
+    from envs.entry_points import load_module
+
     module_name, _, attr = spec.rpartition(":")
-    if module_name.endswith(".py"):
-        module = _load_file(spec, module_name)
-    else:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as e:
-            raise ValueError(f"bad reward path {spec!r}: cannot import module {module_name!r} ({e})") from e
+    module = load_module(spec, "reward")
     fn = getattr(module, attr, None)
     if not callable(fn):
         public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
         raise ValueError(f"bad reward path {spec!r}: module {module_name!r} has no function {attr!r} "
                          f"(functions there: {', '.join(public) or 'none'})")
     return fn
-
-
-def _load_file(spec: str, path: str):
-    """The module of a reward file, loaded once per path (a second spec from the same file reuses it)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    file = Path(path).resolve()
-    if not file.is_file():
-        raise ValueError(f"bad reward path {spec!r}: no file {path!r}")
-    name = f"toolgym_rewards_file_{abs(hash(str(file)))}"
-    if name not in sys.modules:
-        module_spec = importlib.util.spec_from_file_location(name, file)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module  # picklable by name, like any imported module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as e:
-            del sys.modules[name]
-            raise ValueError(f"bad reward path {spec!r}: {path} fails to import ({type(e).__name__}: {e})") from e
-    return sys.modules[name]
 
 
 class NamedReward:

@@ -84,3 +84,19 @@ def lm_head_rows(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counting)
     return projected
+
+
+TIERS = ("unit", "integration", "slow")  # fastest first: a break in a pure-Python unit shows in minutes
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark each test by its folder (`-m unit`, `-m "not slow"`) and run the tiers fastest first."""
+    def tier(item) -> int:
+        parts = item.path.parts
+        return next((i for i, name in enumerate(TIERS) if name in parts), len(TIERS))
+
+    for item in items:
+        rank = tier(item)
+        if rank < len(TIERS):
+            item.add_marker(TIERS[rank])
+    items.sort(key=tier)  # stable: each tier keeps its files' order

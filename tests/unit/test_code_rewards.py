@@ -67,4 +67,4 @@ def test_config_rewards_resolve():
     root = Path(__file__).resolve().parents[2] / "configs"
     for name in ("2048.yaml", "kernels.yaml"):
         for reward in yaml.safe_load((root / name).read_text())["rewards"]:
-            get_reward(reward)
+            assert callable(get_reward(reward)), (name, reward)

@@ -24,3 +24,37 @@ def test_gymnasium_make_and_env_checker():
     obs, info = env.reset(seed=1)
     assert env.observation_space.contains(obs)
     check_env(env.unwrapped, skip_render_check=True)
+
+
+def test_an_env_from_a_file_with_its_policies_registered_beside_it(tmp_path, monkeypatch):
+    from envs.experts import expert_for, random_for, register_policies
+
+    (tmp_path / "coin.py").write_text(
+        "from envs import ToolCall, ToolEnv, tool\n"
+        "from envs.experts import register_policies\n"
+        "class Coin(ToolEnv):\n"
+        "    def setup(self, options):\n"
+        "        return 'Call flip.'\n"
+        "    @tool\n"
+        "    def flip(self) -> str:\n"
+        "        '''Flip the coin.'''\n"
+        "        self.terminated = True\n"
+        "        return 'heads'\n"
+        "def expert(explore=0.0, seed=None):\n"
+        "    return lambda env: ToolCall('flip', {})\n"
+        "register_policies(Coin, expert=expert)\n")
+    monkeypatch.chdir(tmp_path)
+    env = envs.make("coin.py:Coin")
+    assert type(env).__name__ == "Coin" and envs.resolve(f"{tmp_path}/coin.py:Coin") is type(env)  # loaded once
+    assert expert_for(env, explore=0.1, seed=0)(env).name == "flip"
+    with pytest.raises(ValueError, match=r"no random policy for Coin .*register_policies\(Coin, random=\.\.\.\)"):
+        random_for(env)
+    with pytest.raises(ValueError, match=r"cannot load env 'nope.py:Coin'.*no file 'nope.py'"):
+        envs.make("nope.py:Coin")
+    (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(ValueError, match=r"broken.py fails to import \(RuntimeError: boom\)"):
+        envs.make("broken.py:Coin")
+    with pytest.raises(ValueError, match="needs a ToolEnv subclass, got 'Coin'"):
+        register_policies("Coin", expert=lambda: None)
+    with pytest.raises(ValueError, match="the random policy of Coin must be callable, got 3"):
+        register_policies(type(env), random=3)

@@ -1,0 +1,43 @@
+"""Load a user's object by "module.path:name" or "path/to/file.py:name" (an env class, a reward).
+
+A file is loaded once per resolved path and kept in `sys.modules` under a stable name, so what it
+defines pickles by name like any imported module, and a second spec from the same file reuses it.
+Importing such a file runs its registrations too (an env's expert and baseline, beside the env).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+
+def load_module(spec: str, kind: str) -> ModuleType:
+    """The module part of `spec` ("module.path:name" or "path/to/file.py:name"), imported."""
+    module_name = spec.rpartition(":")[0]
+    if module_name.endswith(".py"):
+        return _load_file(spec, module_name, kind)
+    try:
+        return importlib.import_module(module_name)
+    except ImportError as e:
+        raise ValueError(f"bad {kind} path {spec!r}: cannot import module {module_name!r} ({e})") from e
+
+
+def _load_file(spec: str, path: str, kind: str) -> ModuleType:
+    file = Path(path).resolve()
+    if not file.is_file():
+        raise ValueError(f"bad {kind} path {spec!r}: no file {path!r}")
+    name = f"toolgym_{kind}_file_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:10]}"
+    if name not in sys.modules:
+        module_spec = importlib.util.spec_from_file_location(name, file)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module  # picklable by name, like any imported module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[name]
+            raise ValueError(f"bad {kind} path {spec!r}: {path} fails to import ({type(e).__name__}: {e})") from e
+    return sys.modules[name]
