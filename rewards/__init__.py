@@ -12,7 +12,6 @@ Built-in rewards are looked up by name (`solved`); user rewards by import path
 from __future__ import annotations
 
 import difflib
-import importlib
 import inspect
 from typing import Callable
 

@@ -79,7 +79,7 @@ log: {wandb: "off"}
 
 def run(script, *args, cwd):
     result = subprocess.run([sys.executable, str(ROOT / "launch" / script), *args], capture_output=True, text=True,
-                            timeout=600, cwd=cwd)
+                            timeout=600, cwd=cwd, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
