@@ -52,8 +52,8 @@ def make(name: str, **kwargs) -> ToolEnv:
 
 
 register("sudoku", "envs.sudoku:SudokuEnv", "toolgym/Sudoku-v0")
-register("carla", "envs.carla:CarlaEnv", "toolgym/Carla-v0")
-register("2048", "envs.game2048:Game2048Env", "toolgym/Game2048-v0")
-register("2048-strategy", "envs.game2048:Game2048StrategyEnv", "toolgym/Game2048Strategy-v0")
-register("sudoku-strategy", "envs.sudoku_strategy:SudokuStrategyEnv", "toolgym/SudokuStrategy-v0")
+register("carla", "envs.driving:CarlaEnv", "toolgym/Carla-v0")
+register("2048", "envs.g2048:Game2048Env", "toolgym/Game2048-v0")
+register("2048-strategy", "envs.g2048:Game2048StrategyEnv", "toolgym/Game2048Strategy-v0")
+register("sudoku-strategy", "envs.sudoku:SudokuStrategyEnv", "toolgym/SudokuStrategy-v0")
 register("kernels", "envs.kernels:KernelsEnv", "toolgym/Kernels-v0")

@@ -1,7 +1,7 @@
 """Serve a toolgym env (or any OpenEnv app) as an OpenEnv server: HTTP + WebSocket sessions.
 
     python launch/serve_env.py --env sudoku --port 8000 --set size=4
-    python launch/serve_env.py --app envs.driving_sim:app_factory --port 8001 --set max_sessions=1
+    python launch/serve_env.py --app envs.driving.sim:app_factory --port 8001 --set max_sessions=1
 """
 
 import argparse

@@ -26,7 +26,7 @@ from pathlib import Path
 from envs.sandbox import Sandbox
 from rl.bench import suite
 
-ENVS_DIR = Path(__file__).resolve().parents[2] / "envs"
+ENVS_DIR = Path(__file__).resolve().parents[2] / "envs" / "g2048"
 TRIVIAL = "def f(x):\n    return x + 1"
 STRATEGY = "import random\nrng = random.Random(0)\ndef strategy(board):\n    return rng.choice(['up', 'down', 'left', 'right'])"
 HARNESS = """
@@ -36,7 +36,7 @@ request = json.loads(sys.stdin.read())
 scope = {{}}
 exec(request["code"], scope)
 if request["game"]:
-    from game2048_rules import play_game
+    from rules import play_game
     print(json.dumps(play_game(scope["strategy"], request["seed"])))
 else:
     print(json.dumps(scope["f"](1)))
@@ -52,7 +52,7 @@ def _baseline(workload: str, i: int) -> bool:
 
 def _pool(box: Sandbox, workload: str, i: int) -> bool:
     if workload == "2048 game":
-        r = box.run(STRATEGY, "strategy", driver="game2048_rules:play_games", driver_args={"seeds": [i]})
+        r = box.run(STRATEGY, "strategy", driver="g2048/rules.py:play_games", driver_args={"seeds": [i]})
     else:
         r = box.run(TRIVIAL, "f", args=[1])
     return r.ok

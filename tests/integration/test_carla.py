@@ -18,7 +18,7 @@ from tests.integration.test_remote import serve
 
 @pytest.fixture(scope="module")
 def driving_server():
-    with serve("--app", "envs.driving_sim:app_factory", "--set", "max_sessions=1") as (_, url):
+    with serve("--app", "envs.driving.sim:app_factory", "--set", "max_sessions=1") as (_, url):
         yield url
 
 
@@ -117,8 +117,8 @@ def test_more_episodes_than_servers_wait_for_one_without_spending_their_step_dea
     # episode after three turns (the car is still driving), so its server must be given back
     # for the next episode to start; the last ones wait for a server far longer than one step
     # may take, and that wait is no step.
-    with serve("--app", "envs.driving_sim:app_factory", "--set", "step_delay_s=0.2") as (_, a), \
-            serve("--app", "envs.driving_sim:app_factory", "--set", "step_delay_s=0.2") as (_, b):
+    with serve("--app", "envs.driving.sim:app_factory", "--set", "step_delay_s=0.2") as (_, a), \
+            serve("--app", "envs.driving.sim:app_factory", "--set", "step_delay_s=0.2") as (_, b):
         episodes = [envs.make("carla", urls=[a, b], ticks_per_tool=2, images=False) for _ in range(6)]
         waits = timed_acquires(episodes[0].pool)
         settings = RolloutSettings(max_turns=3, step_timeout_s=1.0)
@@ -132,7 +132,7 @@ def test_more_episodes_than_servers_wait_for_one_without_spending_their_step_dea
 
 def test_an_episode_that_waits_too_long_for_a_server_fails_alone_and_says_why(chat, scripted):
     # The first episode holds the only server for 3 steps of 0.3 s; the second may wait 0.5 s.
-    with serve("--app", "envs.driving_sim:app_factory", "--set", "step_delay_s=0.3") as (_, url):
+    with serve("--app", "envs.driving.sim:app_factory", "--set", "step_delay_s=0.3") as (_, url):
         episodes = [envs.make("carla", urls=[url], ticks_per_tool=2, images=False,
                               timing={"queue_timeout_s": 0.5}) for _ in range(2)]
         settings = RolloutSettings(max_turns=3, step_timeout_s=30.0)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 
 import envs
+from envs.driving.expert import CarlaDriver, CarlaRandom
 from envs.experts import expert_for, random_for
-from envs.experts_driving import CarlaDriver, CarlaRandom
 from tests.integration.test_remote import serve
 
 SEEDS = range(16)
@@ -21,7 +21,7 @@ SEEDS = range(16)
 
 @pytest.fixture(scope="module")
 def driving_server():
-    with serve("--app", "envs.driving_sim:app_factory", "--set", "max_sessions=1") as (_, url):
+    with serve("--app", "envs.driving.sim:app_factory", "--set", "max_sessions=1") as (_, url):
         yield url
 
 

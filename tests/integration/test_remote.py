@@ -212,9 +212,9 @@ def test_slow_steps_outlive_a_short_websocket_ping():
     # A step of 1 s against pings every 0.2 s that must be answered within 0.2 s (the old
     # default was 20 s / 20 s): the step runs off the server's event loop and the client's
     # loop is free, so both sides keep answering pings while the simulator works.
-    with serve("--app", "envs.driving_sim:app_factory", "--set", "step_delay_s=1.0",
+    with serve("--app", "envs.driving.sim:app_factory", "--set", "step_delay_s=1.0",
                "--ping-interval", "0.2", "--ping-timeout", "0.2") as (_, url):
-        from envs.carla import CarlaEnv
+        from envs.driving.carla import CarlaEnv
 
         fast_pings = {"ping_interval_s": 0.2, "ping_timeout_s": 0.2, "timeout_s": 5.0}
         env = CarlaEnv([url], ticks_per_tool=1, images=False, timing=fast_pings)

@@ -5,10 +5,10 @@ import pytest
 
 def _batch(seed=0, rows=3, prompt=5, completion=9):
     import torch
+    from trl.trainer.utils import add_fused_lm_head
 
     from rl.config import ModelConfig
     from rl.models import load_model
-    from trl.trainer.utils import add_fused_lm_head
 
     torch.manual_seed(seed)
     model, _ = load_model(ModelConfig(name="tiny"))

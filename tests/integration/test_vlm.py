@@ -26,7 +26,7 @@ OBSERVE = "<|tool_call>call:observe{}<tool_call|>"  # opens every turn, so each 
 
 @pytest.fixture(scope="module")
 def driving_servers():
-    app = ("--app", "envs.driving_sim:app_factory")
+    app = ("--app", "envs.driving.sim:app_factory")
     with serve(*app) as (_, a), serve(*app) as (_, b):
         yield [a, b]
 
@@ -175,7 +175,7 @@ class ScriptedDriver:
 
 @pytest.fixture
 def scripted_expert(monkeypatch):
-    from envs.carla import CarlaEnv
+    from envs.driving.carla import CarlaEnv
 
     monkeypatch.setattr("envs.experts.EXPERTS", {CarlaEnv: ScriptedDriver})
 

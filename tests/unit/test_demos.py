@@ -5,7 +5,7 @@ import json
 import pytest
 
 import envs
-from envs.experts import SudokuExpert
+from envs.sudoku import SudokuExpert
 from rl.config import load_config
 from rl.episodes import demonstrations, summarize, wilson_interval
 from rl.rollout import run_episodes

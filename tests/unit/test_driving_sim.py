@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
-from envs.driving_sim import DT, LANE_WIDTH, MAX_DECEL, SCENARIOS, CarlaAction, DrivingEnvironment, DrivingSim
+from envs.driving.sim import DT, LANE_WIDTH, MAX_DECEL, SCENARIOS, CarlaAction, DrivingEnvironment, DrivingSim
 
 
 def run(scenario: str, plan: list[str], seed: int = 0, ticks_per_command: int = 11) -> DrivingSim:

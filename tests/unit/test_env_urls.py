@@ -45,7 +45,7 @@ def test_each_process_drives_servers_of_its_own():
 
 
 def test_the_trainer_builds_each_processs_envs_on_its_share():
-    from envs.carla import CarlaEnv
+    from envs.driving.carla import CarlaEnv
     from rl.config import load_config
     from rl.trainer import EpisodeRollouts
 

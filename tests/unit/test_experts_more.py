@@ -15,12 +15,12 @@ import pytest
 
 import envs
 from envs.base import ToolCall
+from envs.driving.expert import CarlaDriver, CarlaRandom
 from envs.experts import expert_for, random_for
-from envs.experts_2048 import Game2048Expert, Game2048Random, expectimax_move
-from envs.experts_driving import CarlaDriver, CarlaRandom
-from envs.experts_kernels import WRONG_KERNELS, KernelsExpert, KernelsWrong
-from envs.game2048_rules import legal_moves, slide
-from envs.kernel_tasks import TASKS
+from envs.g2048.expert import Game2048Expert, Game2048Random, expectimax_move
+from envs.g2048.rules import legal_moves, slide
+from envs.kernels.expert import WRONG_KERNELS, KernelsExpert, KernelsWrong
+from envs.kernels.tasks import TASKS
 from envs.sandbox import Sandbox
 
 

@@ -5,7 +5,7 @@ import random
 import pytest
 
 import envs
-from envs.game2048_rules import legal_moves, new_board, play_game, slide
+from envs.g2048.rules import legal_moves, new_board, play_game, slide
 from envs.sandbox import Sandbox
 
 

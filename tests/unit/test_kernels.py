@@ -3,7 +3,7 @@ import math
 import pytest
 
 import envs
-from envs.kernel_tasks import TASKS, compare, get_task
+from envs.kernels.tasks import TASKS, compare, get_task
 from envs.sandbox import Sandbox
 
 CORRECT = {

@@ -100,16 +100,16 @@ def test_runtime_import_gate(box):
 
 def test_driver_calls_the_function_per_move(box):
     code = "import random\nrng = random.Random(0)\ndef strategy(board):\n    return rng.choice(['left', 'up', 'right', 'down'])"
-    r = box.run(code, entry="strategy", driver="game2048_rules:play_games", driver_args={"seeds": [1, 2]})
+    r = box.run(code, entry="strategy", driver="g2048/rules.py:play_games", driver_args={"seeds": [1, 2]})
     assert r.ok and [g["seed"] for g in r.value] == [1, 2] and all(g["moves"] > 10 for g in r.value)
-    again = box.run(code, entry="strategy", driver="game2048_rules:play_games", driver_args={"seeds": [1, 2]})
+    again = box.run(code, entry="strategy", driver="g2048/rules.py:play_games", driver_args={"seeds": [1, 2]})
     assert again.value == r.value  # seeded: same seeds, same strategy, same games
 
 
 def test_output_printed_across_many_calls_is_captured_up_to_the_cap(box):
     code = "import random\nrng = random.Random(0)\ndef strategy(board):\n    print('x' * 999)\n" \
            "    return rng.choice(['left', 'up', 'right', 'down'])"
-    r = box.run(code, entry="strategy", driver="game2048_rules:play_games", driver_args={"seeds": [1]},
+    r = box.run(code, entry="strategy", driver="g2048/rules.py:play_games", driver_args={"seeds": [1]},
                 limits=Limits(wall_s=5, cpu_s=5, output_bytes=50_000))  # more than a pipe holds: copied while it plays
     assert r.ok and r.value[0]["moves"] > 60 and r.truncated and r.stdout == ("x" * 999 + "\n") * 50
 
@@ -132,7 +132,7 @@ def test_per_move_drivers_pin_the_child_to_its_runners_cpu_for_the_run_only(box)
     code = "import os, random\nrng, seen = random.Random(0), []\ndef strategy(board):\n" \
            "    if not seen:\n        seen.append(print(len(os.sched_getaffinity(0))))\n" \
            "    return rng.choice(['left', 'up', 'right', 'down'])"
-    r = box.run(code, entry="strategy", driver="game2048_rules:play_games", driver_args={"seeds": [1]})
+    r = box.run(code, entry="strategy", driver="g2048/rules.py:play_games", driver_args={"seeds": [1]})
     assert r.ok and r.stdout == "1\n"  # one CPU, shared with its runner
     server = box._server.proc.pid
     deadline = time.monotonic() + 5

@@ -156,8 +156,13 @@ def test_two_pools_on_one_machine_never_share_uids_or_kill_each_others_runs():
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="uid slots are root's")
 def test_uid_slots_are_held_while_their_pool_lives_and_the_folder_must_be_roots_alone(tmp_path, monkeypatch):
-    from envs import forkserver
+    import importlib
+    from pathlib import Path
 
+    import envs.sandbox
+
+    monkeypatch.syspath_prepend(str(Path(envs.sandbox.__file__).parent))  # a script: its parts load by bare name
+    forkserver = importlib.import_module("forkserver")
     monkeypatch.setattr(forkserver, "UID_LOCKS", str(tmp_path / "slots"))
     monkeypatch.setattr(forkserver, "_HELD_SLOTS", [])
     first, second = forkserver._uid_block(), forkserver._uid_block()

@@ -3,7 +3,7 @@ import random
 import pytest
 
 import envs
-from envs.sudoku_puzzles import HOLES, box_shape, count_solutions, generate, peers
+from envs.sudoku.puzzles import HOLES, box_shape, count_solutions, generate, peers
 
 
 def is_valid_solution(grid, size):

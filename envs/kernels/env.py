@@ -13,8 +13,8 @@ from __future__ import annotations
 import threading
 
 from envs.base import ToolEnv, ToolError, tool
-from envs.kernel_tasks import TASKS, get_task
-from envs.sandbox import Limits, Sandbox, default_sandbox, extract_code, imports_outside, parse_function
+from envs.kernels.tasks import TASKS, get_task
+from envs.sandbox.box import Limits, Sandbox, default_sandbox, extract_code, imports_outside, parse_function
 
 _reference_times: dict[tuple, float] = {}  # (task, size, seeds) -> median seconds, per trainer process
 _reference_lock = threading.Lock()
@@ -108,7 +108,7 @@ class KernelsEnv(ToolEnv):
 
     def _run(self, code: str, driver: str, **driver_args):
         run = (self.sandbox or default_sandbox()).run(
-            code, self.task.entry, driver=f"kernel_tasks:{driver}", limits=self.limits,
+            code, self.task.entry, driver=f"kernels/tasks.py:{driver}", limits=self.limits,
             driver_args={"task": self.task.name, **driver_args}, allowed_imports=self.allowed)
         if not run.ok:
             raise ToolError(f"your code failed ({run.status}): {run.error}" + (f"\n{run.stderr[-500:]}" if run.stderr else ""))
@@ -124,7 +124,7 @@ class KernelsEnv(ToolEnv):
             ref = _reference_times.get(key)
         if ref is None:
             run = (self.sandbox or default_sandbox()).run(
-                self.task.reference_code, self.task.entry, driver="kernel_tasks:time_calls", limits=self.limits,
+                self.task.reference_code, self.task.entry, driver="kernels/tasks.py:time_calls", limits=self.limits,
                 driver_args={"task": self.task.name, "size": self.task.bench_size, "seeds": self.bench_seeds})
             if not run.ok:
                 raise RuntimeError(f"the reference {self.task.name} failed in the sandbox: {run.error}")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import random
 
 from envs.base import ToolCall
-from envs.experts_2048 import SubmitSource
-from envs.sudoku import SudokuEnv
-from envs.sudoku_puzzles import peers
+from envs.g2048.expert import SubmitSource
+from envs.sudoku.env import SudokuEnv
+from envs.sudoku.puzzles import peers
 
 
 class SudokuExpert:

@@ -18,8 +18,8 @@ import itertools
 import random
 
 from envs.base import ToolCall
-from envs.game2048 import Game2048Env
-from envs.game2048_rules import DIRECTIONS, slide
+from envs.g2048.env import Game2048Env
+from envs.g2048.rules import DIRECTIONS, slide
 
 # nneonneo's 2048-ai weights (github.com/nneonneo/2048-ai), with tile ranks (log2 values).
 EMPTY_WEIGHT, MERGES_WEIGHT = 270.0, 700.0

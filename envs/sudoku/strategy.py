@@ -8,12 +8,12 @@ reports the share of puzzles solved and of valid moves.
 from __future__ import annotations
 
 from envs.base import tool
-from envs.game2048 import StrategyTask
-from envs.sudoku_puzzles import box_shape
+from envs.sandbox.task import StrategyTask
+from envs.sudoku.puzzles import box_shape
 
 
 class SudokuStrategyEnv(StrategyTask):
-    driver = "sudoku_games:play_games"
+    driver = "sudoku/games.py:play_games"
 
     def __init__(self, size: int = 4, difficulty: str = "easy", max_moves: int = 200, **kwargs):
         box_shape(size)  # validates size

@@ -8,7 +8,7 @@ doing nothing would have hit (or nobody was hit at all), else 0. Outcomes come f
 physics, not from a table: `inaction_hits` is measured by simulating a copy of the world.
 
 `DrivingEnvironment` serves it with `openenv`'s own `create_app` (`app_factory`), with
-`CarlaAction` / `CarlaObservation` shaped like the public CARLA env, so `envs.carla` runs
+`CarlaAction` / `CarlaObservation` shaped like the public CARLA env, so `envs.driving.carla` runs
 against this server and against a real CARLA server alike. Never imports torch.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from envs.remote import load_openenv
+from envs.remote.client import load_openenv
 
 load_openenv()
 from openenv.core.env_server import Action, Environment, Observation, State, create_app

@@ -15,7 +15,7 @@ import re
 from collections import Counter
 
 from envs.base import ToolCall
-from envs.carla import CarlaEnv
+from envs.driving.carla import CarlaEnv
 
 
 def _lane_index(name) -> int | None:

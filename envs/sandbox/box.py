@@ -4,7 +4,7 @@
     result = box.run("def f(x):\\n    return x * 2", entry="f", args=[21])
     result.status, result.value  # ("ok", 42)
 
-Every run gets a fresh process forked from a warm fork server (`envs/forkserver.py`),
+Every run gets a fresh process forked from a warm fork server (`envs/sandbox/forkserver.py`),
 never reused after model code ran in it. The process has CPU-time, address-space,
 file-size and process-count rlimits, a wall-clock deadline that kills its whole process
 tree, no network, a private scratch directory as its whole filesystem, an empty
@@ -13,8 +13,8 @@ environment, and capped stdout/stderr. Which of these the OS allowed is in
 `Sandbox(namespaces=False)` forces "weak". The process is forked and locked down before
 the run is asked for, so a run costs about a millisecond of its caller's time.
 
-A run can also hand the model's function to a trusted *driver*, a function in a module
-beside `forkserver.py` (e.g. `game2048_rules:play_games`) that runs outside the sandbox
+A run can also hand the model's function to a trusted *driver*, a function in one of the fork
+server's `DRIVERS` (e.g. `g2048/rules.py:play_games`, a path under envs/) that runs outside the sandbox
 and calls the model's function once per move or test input. Game state, inputs,
 references and timings stay on the trusted side, so the model's code cannot fake them.
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from envs.forkserver import read_frame, write_frame
+from envs.sandbox.protocol import read_frame, write_frame
 
 STATUSES = ("ok", "timeout", "memory", "killed", "error")
 SPARE_RUNNERS = 2  # idle runners kept beyond the busy ones: each re-arms while the others run

@@ -1,6 +1,6 @@
 """CARLA driving over OpenEnv: `observe()`, `emergency_stop()` and `lane_change(direction)`.
 
-The car lives on a CARLA OpenEnv server (the public CARLA env, or `envs.driving_sim` for
+The car lives on a CARLA OpenEnv server (the public CARLA env, or `envs.driving.sim` for
 tests and demos); one server drives one car, so N concurrent episodes need N URLs. Each
 tool sends its command, lets the simulation run `ticks_per_tool` ticks (about half a
 second), then captures a camera image. The tool result is text (scene description,
@@ -17,7 +17,7 @@ import base64
 from typing import Any, Literal
 
 from envs.base import ToolCall, tool
-from envs.remote import RemoteEnv
+from envs.remote.env import RemoteEnv
 
 
 class CarlaEnv(RemoteEnv):

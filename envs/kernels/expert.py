@@ -13,7 +13,7 @@ import inspect
 import random
 
 from envs.base import ToolCall
-from envs.kernels import KernelsEnv
+from envs.kernels.env import KernelsEnv
 
 # One plausible bug per task: each runs on every test input and returns the right shape.
 WRONG_KERNELS = {

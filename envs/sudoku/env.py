@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 
 from envs.base import ToolEnv, ToolError, tool
-from envs.sudoku_puzzles import box_shape, generate, peers
+from envs.sudoku.puzzles import box_shape, generate, peers
 
 
 class SudokuEnv(ToolEnv):

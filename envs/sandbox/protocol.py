@@ -1,0 +1,49 @@
+"""The sandbox's wire: length-prefixed JSON frames over pipes and sockets, and the two ways a call ends badly.
+
+Shared by the caller (`envs.sandbox.box`) and the fork server, which imports it by its bare name (it
+runs as a script, importing nothing from the `envs` package)."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+MAX_FRAME = 64 << 20
+
+
+class CallError(Exception):
+    """The model's function raised, or its reply was unusable."""
+
+
+class ChildGone(BaseException):
+    """The child exited or was killed before answering.
+
+    A BaseException so that a driver's `except Exception` (around one bad move, say)
+    cannot swallow the end of the run.
+    """
+
+
+def write_frame(fd: int, obj, dumps=json.dumps) -> None:
+    data = dumps(obj).encode()
+    data = struct.pack(">I", len(data)) + data
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def read_frame(fd: int):
+    head = _read_exact(fd, 4)
+    (n,) = struct.unpack(">I", head)
+    if n > MAX_FRAME:
+        raise ValueError(f"frame of {n} bytes exceeds {MAX_FRAME}")
+    return json.loads(_read_exact(fd, n))
+
+
+def _read_exact(fd: int, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return buf
