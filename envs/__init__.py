@@ -48,6 +48,8 @@ def resolve(name: str) -> Callable[..., ToolEnv]:
 
 
 def make(name: str, **kwargs) -> ToolEnv:
+    if "max_turns" in kwargs:
+        raise ValueError(f"max_turns={kwargs['max_turns']!r} is now max_steps (the env's cap on tool steps)")
     return resolve(name)(**kwargs)
 
 

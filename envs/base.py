@@ -176,13 +176,13 @@ class ToolEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["ansi"]}
-    default_max_turns = 32
+    default_max_steps = 32
 
-    def __init__(self, max_turns: int | None = None, max_invalid: int | None = None, render_mode: str | None = None):
+    def __init__(self, max_steps: int | None = None, max_invalid: int | None = None, render_mode: str | None = None):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"unknown render_mode {render_mode!r} (accepted: None, 'ansi')")
         self.render_mode = render_mode
-        self.max_turns = max_turns or self.default_max_turns
+        self.max_steps = max_steps or self.default_max_steps
         self.max_invalid = max_invalid
         self.observation_space = gym.spaces.Text(MAX_TEXT_LENGTH, min_length=0, charset=TEXT_CHARSET)
         self.action_space = gym.spaces.Text(MAX_TEXT_LENGTH, min_length=0, charset=TEXT_CHARSET)
@@ -258,7 +258,7 @@ class ToolEnv(gym.Env):
         if self.max_invalid is not None and self.invalid_actions >= self.max_invalid and not self.terminated:
             self.terminated = True
             observation += f"\nToo many invalid actions ({self.invalid_actions}); the episode is over."
-        truncated = not self.terminated and self.turns >= self.max_turns
+        truncated = not self.terminated and self.turns >= self.max_steps
         return observation, self.step_reward, self.terminated, truncated, self.info()
 
     def info(self) -> dict:

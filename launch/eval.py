@@ -31,7 +31,7 @@ def main(argv=None) -> int:
                         help="tabulate GRPO runs' held-out measurements (RUN/heldout/step-*.json); runs nothing")
     args = parser.parse_args(argv)
     if args.heldout:
-        from rl.episodes import heldout_table
+        from rl.evaluation import heldout_table
 
         try:
             print(heldout_table(args.heldout), end="")
@@ -39,7 +39,7 @@ def main(argv=None) -> int:
             parser.error(str(e))
         return 0
     if args.compare:
-        from rl.episodes import paired_comparison, paired_line
+        from rl.evaluation import paired_comparison, paired_line
 
         try:
             a, b = (json.loads(Path(p).read_text()) for p in args.compare)
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     if args.episodes:
         args.overrides.append(f"eval.episodes={args.episodes}")
     cfg = resolve_or_exit(parser, args)
-    from rl.episodes import MARKDOWN_HEADER, evaluate, markdown_row
+    from rl.evaluation import MARKDOWN_HEADER, evaluate, markdown_row
 
     result = evaluate(cfg, policy=args.policy or "")
     if args.label:

@@ -67,7 +67,7 @@ done
     "SFT stage $sft_done s, GRPO stage $((grpo_done - sft_done)) s, total $SECONDS s" <<'PY' >"$out/results.md"
 import json, sys
 from pathlib import Path
-from rl.episodes import MARKDOWN_HEADER, markdown_row, paired_comparison, paired_line
+from rl.evaluation import MARKDOWN_HEADER, markdown_row, paired_comparison, paired_line
 out, config, model, demos, epochs, steps, episodes, overrides, timing = sys.argv[1:]
 try:
     import torch

@@ -67,6 +67,9 @@ def check_resolvable(cfg: RunConfig) -> None:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     env_cls = envs.resolve(cfg.env.name)
+    if "max_turns" in cfg.env.kwargs:
+        raise ConfigError(f"env.kwargs.max_turns={cfg.env.kwargs['max_turns']!r} is now env.kwargs.max_steps (the "
+                          "env's cap on tool steps; rollout.max_turns caps the model's turns)")
     try:
         env_cls(**cfg.env.kwargs)
     except (TypeError, ValueError) as e:

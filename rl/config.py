@@ -26,7 +26,7 @@ VISION_MODULES = ["vision_tower", "vision_model", "multi_modal_projector", "visu
 
 
 @dataclass
-class VLLMSettings:
+class VLLMSection:
     """vLLM engine (`rollout.backend: vllm`, in the trainer's process) or servers (`vllm-server`)."""
 
     gpu_memory_utilization: float = 0.3  # share of GPU memory (of RAM on CPU) for weights + KV cache
@@ -41,7 +41,7 @@ class VLLMSettings:
     # engine and the trainer and log the largest and mean logprob difference
     # (rollout/sync_logprob_diff_max, _mean): proof that the engine samples from the trained weights. 0 = off.
     sync_check_tokens: int = 256
-    urls: list[str] = field(default_factory=list)  # vllm-server: servers started with launch/serve.py
+    urls: list[str] = field(default_factory=list)  # vllm-server: servers started with launch/serve_vllm.py
     timeout_s: float = 300.0  # vllm-server: per request
     retries: int = 2  # vllm-server: per request, moving on to the next URL
 
@@ -51,7 +51,7 @@ VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
-class RolloutSettings:
+class RolloutSection:
     max_turns: int = 8  # model turns per episode (the cap on tool iterations)
     max_new_tokens: int = 64  # per model turn
     max_completion_tokens: int = 1024  # model + tool tokens after the prompt
@@ -72,13 +72,13 @@ class RolloutSettings:
     stop_after_tool_call: bool = False
     chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
     # Generation during training: hf (transformers generate), vllm (an engine in the trainer's
-    # process, weights pushed after every optimizer step), vllm-server (launch/serve.py).
+    # process, weights pushed after every optimizer step), vllm-server (launch/serve_vllm.py).
     backend: str = "hf"
-    vllm: VLLMSettings = field(default_factory=VLLMSettings)
+    vllm: VLLMSection = field(default_factory=VLLMSection)
 
 
 @dataclass
-class ModelConfig:
+class ModelSection:
     name: str = "gemma-3-270m"  # built-in name, hub id or local path
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16
     # float32 weights on an NVIDIA GPU: matmuls in TF32 (fp32 range and accumulation, 10-bit inputs).
@@ -90,7 +90,7 @@ class ModelConfig:
 
 
 @dataclass
-class LoraConfig:
+class LoraSection:
     enabled: bool = True
     r: int = 16
     alpha: int = 32
@@ -102,7 +102,7 @@ class LoraConfig:
 
 
 @dataclass
-class EnvConfig:
+class EnvSection:
     name: str = "sudoku"
     kwargs: dict[str, Any] = field(default_factory=dict)
     train_seeds: list[int] = field(default_factory=lambda: [0, 100_000])  # [start, stop)
@@ -144,7 +144,7 @@ class GRPOSection:
     # episode advantage plus this weight times the turn's advantage among the group's episodes that
     # acted in the same env state (envs say so with `state_key()`). 0 = episode advantages only.
     step_advantage_weight: float = 0.0
-    # Project only the model's own tokens through the LM head in the loss passes (rl/scoring.py):
+    # Project only the model's own tokens through the LM head in the loss passes (rl/logprobs.py):
     # the same numbers where the loss reads them, without scoring tool results (most of a
     # multi-turn completion). false = TRL's scoring of every completion token.
     score_only_model_tokens: bool = True
@@ -184,7 +184,7 @@ class EvalSection:
 
 
 @dataclass
-class LogConfig:
+class LogSection:
     wandb: str = "auto"  # auto (online if logged in, else offline), online, offline, off
     project: str = "toolgym"
     group: str = ""  # wandb run group (e.g. a sweep's name); empty = none
@@ -196,15 +196,15 @@ class LogConfig:
 class RunConfig:
     name: str = ""  # default: <env>-<timestamp>
     output_dir: str = "runs"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    env: EnvConfig = field(default_factory=EnvConfig)
-    rollout: RolloutSettings = field(default_factory=RolloutSettings)
+    model: ModelSection = field(default_factory=ModelSection)
+    lora: LoraSection = field(default_factory=LoraSection)
+    env: EnvSection = field(default_factory=EnvSection)
+    rollout: RolloutSection = field(default_factory=RolloutSection)
     grpo: GRPOSection = field(default_factory=GRPOSection)
     rewards: dict[str, float] = field(default_factory=lambda: {"solved": 1.0})
     sft: SFTSection = field(default_factory=SFTSection)
     eval: EvalSection = field(default_factory=EvalSection)
-    log: LogConfig = field(default_factory=LogConfig)
+    log: LogSection = field(default_factory=LogSection)
 
 
 class ConfigError(ValueError):
@@ -417,7 +417,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"unknown rollout.backend {r.backend!r} (accepted: {', '.join(BACKENDS)})")
     if r.backend == "vllm-server" and not r.vllm.urls:
         raise ConfigError("rollout.backend=vllm-server needs rollout.vllm.urls, e.g. "
-                          "--set 'rollout.vllm.urls=[http://127.0.0.1:8001]' (start one with launch/serve.py)")
+                          "--set 'rollout.vllm.urls=[http://127.0.0.1:8001]' (start one with launch/serve_vllm.py)")
     if r.vllm.dtype not in VLLM_DTYPES:
         raise ConfigError(f"rollout.vllm.dtype={r.vllm.dtype!r} is not accepted (accepted: {', '.join(VLLM_DTYPES)})")
     if r.vllm.sync_check_tokens < 0:

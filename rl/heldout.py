@@ -25,7 +25,7 @@ from accelerate.utils import gather_object
 from transformers import TrainerCallback
 from trl.models import unwrap_model_for_generation
 
-from rl.episodes import eval_result
+from rl.evaluation import eval_result
 from rl.rollout import run_episodes
 
 

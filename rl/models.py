@@ -25,7 +25,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from rl.chat import load_template
-from rl.config import LoraConfig, ModelConfig
+from rl.config import LoraSection, ModelSection
 
 GEMMA_270M = "gemma-3-270m"
 TINY = "tiny"
@@ -185,7 +185,7 @@ def model_path(name: str) -> str:
     return name
 
 
-def load_tokenizer(cfg: ModelConfig):
+def load_tokenizer(cfg: ModelSection):
     if cfg.name in (TINY, TINY_VLM):
         tokenizer = tiny_tokenizer() if cfg.name == TINY else tiny_vlm_tokenizer()
     else:
@@ -199,7 +199,7 @@ def load_tokenizer(cfg: ModelConfig):
     return tokenizer
 
 
-def load_image_tokenizer(cfg: ModelConfig, tokenizer):
+def load_image_tokenizer(cfg: ModelSection, tokenizer):
     """What turns images into tokens for a vision-language model; None for a text model."""
     from rl.vision import ImageTokenizer
 
@@ -222,7 +222,7 @@ def load_image_tokenizer(cfg: ModelConfig, tokenizer):
     return ImageTokenizer.from_processor(processor, pixel_dtype)
 
 
-def load_model(cfg: ModelConfig, tokenizer=None):
+def load_model(cfg: ModelSection, tokenizer=None):
     """(model, tokenizer) for a config; the model's generation config stops at end of turn."""
     from rl.chat import stop_token_ids
 
@@ -292,7 +292,7 @@ def exclude_pattern(names: list[str]) -> str | None:
     return r"(^|.*\.)(" + "|".join(re.escape(n) for n in names) + r")(\..*|$)"
 
 
-def lora_config(cfg: LoraConfig, model: torch.nn.Module):
+def lora_config(cfg: LoraSection, model: torch.nn.Module):
     """peft's LoraConfig, or None when LoRA is off. Vision towers are excluded by default."""
     if not cfg.enabled:
         return None

@@ -17,7 +17,7 @@ import math
 import traceback
 
 from rl.config import ConfigError, RunConfig
-from rl.episodes import make_policy, play
+from rl.evaluation import make_policy, play
 
 TRL_COLUMNS = ("prompt_ids", "completion_ids", "logprobs", "env_mask")  # what TRL consumes, not rewards
 

@@ -37,7 +37,7 @@ from typing import Any
 
 from envs.base import ToolCall, ToolEnv
 from rl.chat import ChatFormat
-from rl.config import RolloutSettings
+from rl.config import RolloutSection
 from rl.generation import (
     BatchedStream,
     Generation,
@@ -101,7 +101,7 @@ class _Episode:
 
 
 # Stop conditions: small named checks, evaluated after every env round.
-STOP_CONDITIONS: dict[str, Callable[[_Episode, RolloutSettings], bool]] = {
+STOP_CONDITIONS: dict[str, Callable[[_Episode, RolloutSection], bool]] = {
     "env_error": lambda ep, s: ep.env_error is not None,
     "env_done": lambda ep, s: ep.env_done,
     "max_turns": lambda ep, s: ep.model_turns >= s.max_turns,
@@ -109,7 +109,7 @@ STOP_CONDITIONS: dict[str, Callable[[_Episode, RolloutSettings], bool]] = {
 }
 
 
-def _first_stop(ep: _Episode, settings: RolloutSettings) -> str | None:
+def _first_stop(ep: _Episode, settings: RolloutSection) -> str | None:
     return next((name for name, check in STOP_CONDITIONS.items() if check(ep, settings)), None)
 
 
@@ -162,7 +162,7 @@ class _Busy:
 class _Rollout:
     """One batch of episodes, each played by its own coroutine on one event loop."""
 
-    def __init__(self, episodes: list[_Episode], chat: ChatFormat, settings: RolloutSettings, options: dict | None,
+    def __init__(self, episodes: list[_Episode], chat: ChatFormat, settings: RolloutSection, options: dict | None,
                  stream: GenerationStream, progress: Callable[[int, int, int], None] | None = None):
         self.episodes = episodes
         self.progress = progress
@@ -286,7 +286,7 @@ class _Rollout:
 
 
 def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: GenerationBackend | None, chat: ChatFormat,
-                 settings: RolloutSettings, options: dict | None = None, metrics: dict[str, float] | None = None,
+                 settings: RolloutSection, options: dict | None = None, metrics: dict[str, float] | None = None,
                  policy: Callable[[ToolEnv], ToolCall | str] | None = None,
                  progress: Callable[[int, int, int], None] | None = None) -> list[Trajectory]:
     """Play one episode per (env, seed) pair, all together, and return their trajectories.

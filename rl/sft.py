@@ -1,6 +1,6 @@
 """Supervised warm-start on expert demonstrations, with TRL's SFTTrainer.
 
-The demonstrations come from `rl.episodes.demonstrations`: the exact token layout of a
+The demonstrations come from `rl.demos.demonstrations`: the exact token layout of a
 rollout, with loss only on the expert's tokens (`completion_mask`), never on tool
 results. The result is a full model in `runs/<name>/final` (LoRA is merged), which
 `launch/grpo.py --model runs/<name>` starts from; with LoRA, the adapter alone is also saved in
@@ -22,12 +22,12 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 from rl.cli import check_resolvable
 from rl.config import ConfigError, RunConfig, to_yaml
-from rl.episodes import demonstrations
+from rl.demos import demonstrations
 from rl.guards import SkipNonFiniteUpdates
+from rl.logprobs import compact_lm_head
 from rl.models import load_image_tokenizer, load_model, lora_config
 from rl.plots import save_curve
 from rl.progress import JsonlLogger
-from rl.scoring import compact_lm_head
 from rl.trainer import _report_to, latest_checkpoint, run_dir
 from rl.vision import VisionSFTCollator
 

@@ -34,12 +34,12 @@ from rl.credit import step_advantages
 from rl.generation import TransformersBackend
 from rl.guards import SkipNonFiniteUpdates
 from rl.heldout import HeldOutEval
+from rl.logprobs import ModelTokenScoringMixin
 from rl.models import load_image_tokenizer, load_model, load_tokenizer, lora_config
 from rl.plots import save_curve
 from rl.preflight import check_rewards
 from rl.progress import JsonlLogger, RunProgress, TimeLimit
 from rl.rollout import Trajectory, run_episodes
-from rl.scoring import ModelTokenScoringMixin
 from rl.toolcalls import get_format
 from rl.vision import VisionGRPOMixin
 
@@ -124,7 +124,7 @@ class EpisodeRollouts:
         if check and trajectories:
             self.probe_ids = (trajectories[0].prompt_ids + trajectories[0].completion_ids)[:check]
         out = to_trl(trajectories, fallback_id=trainer.processing_class.eos_token_id)
-        self.env_masks = out["env_mask"]  # which tokens the loss passes score (rl/scoring.py)
+        self.env_masks = out["env_mask"]  # which tokens the loss passes score (rl/logprobs.py)
         return out
 
     def sync_backend(self, model, trainer):
@@ -197,7 +197,7 @@ def make_backend(cfg: RunConfig, model, tokenizer, step: int):
         return VLLMBackend.from_settings(model, tokenizer, run_dir(cfg) / f"vllm-start-rank{rank}", v,
                                          seed=cfg.grpo.seed + rank, weights_version=step,
                                          enable_sleep_mode=v.enable_sleep_mode)
-    from rl.vllm_client import VLLMServerBackend
+    from rl.vllm_server_backend import VLLMServerBackend
 
     backend = VLLMServerBackend(v.urls, timeout_s=v.timeout_s, retries=v.retries, sync_dir=run_dir(cfg) / "weight-sync")
     backend.wait_ready(timeout_s=v.timeout_s)
@@ -334,7 +334,7 @@ def build_trainer(cfg: RunConfig):
 class ToolGymGRPOTrainer(VisionGRPOMixin, ModelTokenScoringMixin, GRPOTrainer):
     """GRPOTrainer that lets the rollout see the batch's dataset rows (for env seeds), gives a
     vision-language model its episodes' images in every forward pass (`rl.vision`), and projects
-    only the model's tokens through the LM head (`rl.scoring`)."""
+    only the model's tokens through the LM head (`rl.logprobs`)."""
 
     step_advantage_weight = 0.0
 

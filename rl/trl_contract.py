@@ -28,7 +28,7 @@ GRPO = "trl.trainer.grpo_trainer:GRPOTrainer"
 
 HOOKS = (
     Hook(f"{GRPO}._generate_and_score_completions", ("inputs",),
-         "rl/trainer.py, rl/scoring.py, rl/vision.py",
+         "rl/trainer.py, rl/logprobs.py, rl/vision.py",
          "hands the batch's dataset rows (env seeds) to the rollout, adds step-level advantages, the "
          "model-token score mask and VLM image inputs to the batch TRL trains on",
          "a rollout_func that receives the dataset rows and may return extra per-token training columns"),
@@ -36,22 +36,22 @@ HOOKS = (
          "rl/trainer.py",
          "keeps the per-function rewards of the gathered batch for step-level advantages",
          "per-function rewards in the output of _generate_and_score_completions"),
-    Hook(f"{GRPO}._compute_loss", ("model", "inputs"), "rl/scoring.py",
+    Hook(f"{GRPO}._compute_loss", ("model", "inputs"), "rl/logprobs.py",
          "lets the loss pass read the batch's score mask",
          "a label/score mask column that TRL's loss pass forwards to the LM head"),
     Hook(f"{GRPO}._get_per_token_logps_and_entropies",
          ("model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "compute_entropy",
           "compute_aux_loss"),
-         "rl/scoring.py, rl/vision.py",
+         "rl/logprobs.py, rl/vision.py",
          "projects only the model's tokens through the LM head; gives a VLM its images in every pass",
          "the same score mask column, and image inputs carried for rollout_func batches"),
     Hook(f"{GRPO}.__init__", (), "rl/trainer.py, rl/guards.py, rl/heldout.py",
          "logs episode, rollout and held-out metrics into TRL's per-step metrics (self._metrics[mode][key])",
          "a public way to add metrics to a step's log", assigns="self._metrics"),
-    Hook("trl.trainer.utils:_use_triton", ("device",), "rl/scoring.py",
+    Hook("trl.trainer.utils:_use_triton", ("device",), "rl/logprobs.py",
          "on a CPU, TRL's fused LM head projects every position; patched so it projects only labelled ones",
          "compacting to labelled positions on every device, as on Triton devices"),
-    Hook("trl.trainer.utils:add_fused_lm_head", (), "rl/scoring.py (via GRPOTrainer)",
+    Hook("trl.trainer.utils:add_fused_lm_head", (), "rl/logprobs.py (via GRPOTrainer)",
          "the fused head that takes `labels` and returns `log_probs`/`entropy` for the labelled positions", ""),
 )
 

@@ -135,7 +135,7 @@ class VLLMBackend:
     def from_settings(cls, model: torch.nn.Module, tokenizer, directory: str | Path, settings, seed: int,
                       **kwargs) -> VLLMBackend:
         """`from_model` in the settings' dtype (auto: the model's), sized by a run's `rollout.vllm` settings
-        (`VLLMSettings`)."""
+        (`VLLMSection`)."""
         dtype = getattr(settings, "dtype", "auto")
         if dtype == "auto":
             dtype = str(next(model.parameters()).dtype).removeprefix("torch.")

@@ -1,5 +1,5 @@
-"""A vLLM generation server for rollouts (`launch/serve.py`): one in-process engine behind HTTP.
-Its client is `rl.vllm_client.VLLMServerBackend`.
+"""A vLLM generation server for rollouts (`launch/serve_vllm.py`): one in-process engine behind HTTP.
+Its client is `rl.vllm_server_backend.VLLMServerBackend`.
 
     GET  /health          {"model", "weights_version", "running", "fused_groups"}
     POST /generate        {"request_id", "prompt_token_ids", "sampling": {...}}

@@ -21,7 +21,7 @@ from envs.remote.env import RemoteEnv
 
 
 class CarlaEnv(RemoteEnv):
-    default_max_turns = 10
+    default_max_steps = 10
 
     def __init__(self, urls: list[str] | str, scenario: str = "trolley_micro_escape_exists", ticks_per_tool: int = 10,
                  images: bool = True, max_play_out_ticks: int = 400, **kwargs: Any):

@@ -26,15 +26,15 @@ def board_text(board: list[list[int]]) -> str:
 class Game2048Env(ToolEnv):
     """Slide tiles with `move`; reaching the target tile wins (reward 1)."""
 
-    default_max_turns = 400
+    default_max_steps = 400
 
-    def __init__(self, size: int = 4, target: int = 2048, max_turns: int | None = None,
+    def __init__(self, size: int = 4, target: int = 2048, max_steps: int | None = None,
                  max_invalid: int | None = 8, render_mode: str | None = None):
         if size < 2:
             raise ValueError(f"board size must be at least 2, got {size}")
         if target < 4 or target & (target - 1):
             raise ValueError(f"target must be a power of two >= 4, got {target}")
-        super().__init__(max_turns=max_turns, max_invalid=max_invalid, render_mode=render_mode)
+        super().__init__(max_steps=max_steps, max_invalid=max_invalid, render_mode=render_mode)
         self.size, self.target = size, target
         self.board: list[list[int]] = []
 

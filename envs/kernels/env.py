@@ -21,14 +21,14 @@ _reference_lock = threading.Lock()
 
 
 class KernelsEnv(ToolEnv):
-    default_max_turns = 6
+    default_max_steps = 6
 
     def __init__(self, task: str = "any", allowed_imports: list[str] | None = None, trials: int = 5,
-                 wall_s: float = 20.0, max_turns: int | None = None, sandbox: Sandbox | None = None,
+                 wall_s: float = 20.0, max_steps: int | None = None, sandbox: Sandbox | None = None,
                  render_mode: str | None = None):
         if task != "any":
             get_task(task)
-        super().__init__(max_turns=max_turns, max_invalid=None, render_mode=render_mode)
+        super().__init__(max_steps=max_steps, max_invalid=None, render_mode=render_mode)
         self.task_name, self.allowed_override, self.trials = task, allowed_imports, trials
         self.limits, self.sandbox = Limits(wall_s=wall_s, cpu_s=wall_s), sandbox
 

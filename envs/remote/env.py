@@ -24,8 +24,8 @@ class RemoteEnv(ToolEnv):
     """
 
     def __init__(self, urls: list[str] | str, slots: int = 1, timing: Timing | dict | None = None,
-                 max_turns: int | None = None, max_invalid: int | None = None, render_mode: str | None = None):
-        super().__init__(max_turns=max_turns, max_invalid=max_invalid, render_mode=render_mode)
+                 max_steps: int | None = None, max_invalid: int | None = None, render_mode: str | None = None):
+        super().__init__(max_steps=max_steps, max_invalid=max_invalid, render_mode=render_mode)
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         self.pool = pool_for(self.urls, slots)
         self.timing = timing if isinstance(timing, Timing) else Timing(**(timing or {}))

@@ -25,14 +25,14 @@ def strategy_facts(result, games: int) -> dict:
 class StrategyTask(ToolEnv):
     """Shared by the strategy envs: check the code statically, play it in the sandbox, keep the facts."""
 
-    default_max_turns = 2
+    default_max_steps = 2
     entry = "strategy"
     driver = ""
     allowed_imports = ("math", "random", "itertools", "functools", "collections", "heapq", "operator")
 
-    def __init__(self, games: int = 4, wall_s: float = 20.0, max_turns: int | None = None,
+    def __init__(self, games: int = 4, wall_s: float = 20.0, max_steps: int | None = None,
                  sandbox: Sandbox | None = None, render_mode: str | None = None):
-        super().__init__(max_turns=max_turns, max_invalid=None, render_mode=render_mode)
+        super().__init__(max_steps=max_steps, max_invalid=None, render_mode=render_mode)
         self.games, self.limits, self.sandbox = games, Limits(wall_s=wall_s, cpu_s=wall_s), sandbox
         self.result: dict = {}
 

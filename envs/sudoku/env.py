@@ -1,7 +1,7 @@
 """Sudoku as a tool environment: `place(row, col, digit)` and `show_board()`.
 
 The episode ends when the puzzle is solved (reward 1), after `max_invalid` invalid moves,
-or at `max_turns`. `progress` (the share of empty cells now holding their solution digit)
+or at `max_steps`. `progress` (the share of empty cells now holding their solution digit)
 is reported in `info` for shaped rewards.
 
 Its facts are also given under the names the reward functions of TRL's OpenEnv Sudoku example
@@ -23,14 +23,14 @@ from envs.sudoku.puzzles import box_shape, generate, peers
 
 
 class SudokuEnv(ToolEnv):
-    default_max_turns = 40
+    default_max_steps = 40
 
-    def __init__(self, size: int = 4, difficulty: str | int = "easy", max_turns: int | None = None,
+    def __init__(self, size: int = 4, difficulty: str | int = "easy", max_steps: int | None = None,
                  max_invalid: int | None = 8, list_empty_cells: bool = False, render_mode: str | None = None):
         box_shape(size)  # validates size
         if not isinstance(list_empty_cells, bool):
             raise TypeError(f"list_empty_cells must be true or false, got {list_empty_cells!r}")
-        super().__init__(max_turns=max_turns, max_invalid=max_invalid, render_mode=render_mode)
+        super().__init__(max_steps=max_steps, max_invalid=max_invalid, render_mode=render_mode)
         self.size = size
         self.difficulty = difficulty
         self.list_empty_cells = list_empty_cells

@@ -21,7 +21,7 @@ MODES = {"float32": ("float32", "highest"), "tf32": ("float32", "high"), "bfloat
 def _model(options: dict, dtype):
     import torch
 
-    from rl.config import ModelConfig
+    from rl.config import ModelSection
     from rl.models import load_model
 
     if options.get("arch"):  # an architecture's config.json, with seeded random weights
@@ -29,7 +29,7 @@ def _model(options: dict, dtype):
 
         torch.manual_seed(0)
         return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(options["arch"]), dtype=dtype)
-    return load_model(ModelConfig(name=options.get("model", "gemma-3-270m"), dtype=str(dtype).removeprefix("torch.")))[0]
+    return load_model(ModelSection(name=options.get("model", "gemma-3-270m"), dtype=str(dtype).removeprefix("torch.")))[0]
 
 
 def _generate(model, prompts, new_tokens: int) -> None:

@@ -1,4 +1,4 @@
-"""The GRPO loss pass: TRL's scoring of every completion token against model tokens only (rl/scoring.py).
+"""The GRPO loss pass: TRL's scoring of every completion token against model tokens only (rl/logprobs.py).
 
     python launch/bench.py --suite scoring --set episodes=8 --set micro_batch=2
     python launch/bench.py --suite scoring --set model=runs/sft --set config=configs/sudoku-sft.yaml
@@ -25,7 +25,7 @@ MODES = ("model_tokens", "trl")  # ours first: the CPU's peak-RSS mark only rise
 def _episodes(cfg, tokenizer, n: int):
     import torch
 
-    from rl.episodes import chat_for, make_policy, play
+    from rl.evaluation import chat_for, make_policy, play
 
     start = cfg.env.train_seeds[0]
     trajectories = play(cfg, chat_for(cfg, tokenizer), list(range(start, start + n)),
@@ -62,7 +62,7 @@ def _loss_passes(model, mode: str, ids, attention, keep: int, score, micro: int,
     import torch
     from trl import GRPOTrainer
 
-    from rl.scoring import score_tokens
+    from rl.logprobs import score_tokens
 
     out = []
     for start in range(0, ids.size(0), micro):

@@ -11,7 +11,7 @@ from PIL import Image
 
 import envs
 from envs.base import ToolCall
-from rl.config import RolloutSettings
+from rl.config import RolloutSection
 from rl.rollout import run_episodes
 from tests.integration.test_remote import serve
 
@@ -74,7 +74,7 @@ def test_braking_saves_the_crossing_pedestrian(driving_server):
 
 
 def test_out_of_turns_the_car_drives_on_to_the_end(driving_server):
-    env = envs.make("carla", urls=[driving_server], max_turns=1)
+    env = envs.make("carla", urls=[driving_server], max_steps=1)
     obs, _, _, truncated, info = drive(env, ["observe"])
     assert truncated and "You are out of turns" in obs and "COLLISION" in obs
     assert info["outcome"] == "collision" and info["rubric_reward"] == 0.0 and env.url is None
@@ -121,7 +121,7 @@ def test_more_episodes_than_servers_wait_for_one_without_spending_their_step_dea
             serve("--app", "envs.driving.sim:app_factory", "--set", "step_delay_s=0.2") as (_, b):
         episodes = [envs.make("carla", urls=[a, b], ticks_per_tool=2, images=False) for _ in range(6)]
         waits = timed_acquires(episodes[0].pool)
-        settings = RolloutSettings(max_turns=3, step_timeout_s=1.0)
+        settings = RolloutSection(max_turns=3, step_timeout_s=1.0)
         trajectories = run_episodes(episodes, list(range(6)), scripted(lambda c, t: OBSERVE), chat, settings)
         assert [t.info["env_error"] for t in trajectories] == [""] * 6
         assert all(t.info["model_turns"] == 3 and t.info["tool_calls"] == 3 for t in trajectories)
@@ -135,7 +135,7 @@ def test_an_episode_that_waits_too_long_for_a_server_fails_alone_and_says_why(ch
     with serve("--app", "envs.driving.sim:app_factory", "--set", "step_delay_s=0.3") as (_, url):
         episodes = [envs.make("carla", urls=[url], ticks_per_tool=2, images=False,
                               timing={"queue_timeout_s": 0.5}) for _ in range(2)]
-        settings = RolloutSettings(max_turns=3, step_timeout_s=30.0)
+        settings = RolloutSection(max_turns=3, step_timeout_s=30.0)
         started = time.monotonic()
         first, second = run_episodes(episodes, [0, 1], scripted(lambda c, t: OBSERVE), chat, settings)
         assert first.info["env_error"] == "" and first.info["model_turns"] == 3

@@ -21,7 +21,7 @@ def config(tmp_path, *extra):
 
 def test_grpo_logs_held_out_rows_at_the_start_and_every_n_steps_equal_to_eval(tmp_path, monkeypatch):
     import rl.heldout
-    from rl.episodes import evaluate, paired_comparison
+    from rl.evaluation import evaluate, paired_comparison
     from rl.trainer import train
 
     played = []

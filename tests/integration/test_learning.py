@@ -80,16 +80,16 @@ def test_step_advantages_move_each_turns_tokens_by_its_anchor_group_advantage(tm
 def test_scoring_only_the_model_tokens_trains_exactly_as_scoring_every_token(tmp_path, monkeypatch):
     """Same episodes, same numbers: loss, gradient norm, entropy and KL per step, with a reused batch
     (old logprobs at generation time) and a reference model (the LoRA's base), whichever positions the LM head projects."""
-    import rl.scoring
+    import rl.logprobs
 
     masks = []
-    score_tokens = rl.scoring.score_tokens
+    score_tokens = rl.logprobs.score_tokens
 
     def recording(model, input_ids, attention_mask, logits_to_keep, score_mask, *args, **kwargs):
         masks.append(score_mask)
         return score_tokens(model, input_ids, attention_mask, logits_to_keep, score_mask, *args, **kwargs)
 
-    monkeypatch.setattr(rl.scoring, "score_tokens", recording)
+    monkeypatch.setattr(rl.logprobs, "score_tokens", recording)
     logged = {}
     for only in (True, False):
         cfg = load_config(None, [

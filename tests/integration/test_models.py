@@ -5,7 +5,7 @@ def test_lora_excludes_vision_tower_and_can_train_tied_embeddings():
     import torch
     from peft import get_peft_model
 
-    from rl.config import LoraConfig
+    from rl.config import LoraSection
     from rl.models import lora_config, tiny_model
 
     class ToyVLM(torch.nn.Module):
@@ -19,13 +19,13 @@ def test_lora_excludes_vision_tower_and_can_train_tied_embeddings():
             return kwargs
 
     model = ToyVLM()
-    peft_model = get_peft_model(model, lora_config(LoraConfig(), model))
+    peft_model = get_peft_model(model, lora_config(LoraSection(), model))
     adapted = {name for name, _ in peft_model.named_modules() if name.endswith("lora_A")}
     assert adapted and not any("vision_tower" in n or "multi_modal_projector" in n for n in adapted)
     assert any("q_proj" in n for n in adapted)
 
     text_model = tiny_model(vocab_size=64)
-    cfg = lora_config(LoraConfig(modules_to_save=["embed_tokens"]), text_model)
+    cfg = lora_config(LoraSection(modules_to_save=["embed_tokens"]), text_model)
     assert cfg.exclude_modules is None and cfg.ensure_weight_tying and "embed_tokens" in cfg.modules_to_save
 
 
@@ -33,23 +33,23 @@ def test_float32_weights_on_a_gpu_get_tf32_matmuls_unless_model_tf32_is_false(mo
     import pytest
     import torch
 
-    from rl.config import ConfigError, ModelConfig, RunConfig, validate
+    from rl.config import ConfigError, ModelSection, RunConfig, validate
     from rl.models import load_model
 
     before = torch.get_float32_matmul_precision()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only the precision switch asks
     try:
-        load_model(ModelConfig(name="tiny", dtype="float32", tf32=False))
+        load_model(ModelSection(name="tiny", dtype="float32", tf32=False))
         assert torch.get_float32_matmul_precision() == "highest"
-        load_model(ModelConfig(name="tiny", dtype="float32"))
+        load_model(ModelSection(name="tiny", dtype="float32"))
         assert torch.get_float32_matmul_precision() == "high"  # TF32, the default
         torch.set_float32_matmul_precision("highest")
-        load_model(ModelConfig(name="tiny", dtype="bfloat16"))
+        load_model(ModelSection(name="tiny", dtype="bfloat16"))
         assert torch.get_float32_matmul_precision() == "highest"  # not float32 weights: left alone
     finally:
         torch.set_float32_matmul_precision(before)
     with pytest.raises(ConfigError, match="model.tf32 must be true or false, got 'yes please'"):
-        validate(RunConfig(model=ModelConfig(tf32="yes please")))
+        validate(RunConfig(model=ModelSection(tf32="yes please")))
 
 
 def test_processes_starting_together_convert_the_default_model_once(tmp_path, monkeypatch):

@@ -69,7 +69,7 @@ register_policies(Guess, expert=GuessExpert, random=GuessRandom)
 
 CONFIG = """
 model: {name: tiny}
-env: {name: "guess.py:Guess", kwargs: {max_turns: 7}}
+env: {name: "guess.py:Guess", kwargs: {max_steps: 7}}
 rollout: {max_turns: 7, max_new_tokens: 16, max_completion_tokens: 512}
 grpo: {max_steps: 1, num_generations: 2, per_device_train_batch_size: 4, gradient_accumulation_steps: 1}
 rewards: {solved: 1.0}

@@ -31,7 +31,7 @@ def test_a_crashing_reward_stops_the_run_before_the_model_loads(tmp_path, monkey
 
 
 def test_a_reward_constant_over_real_episodes_is_named_and_the_built_ins_are_not(tmp_path, capsys):
-    from rl.episodes import chat_for
+    from rl.evaluation import chat_for
     from rl.models import load_tokenizer
     from rl.preflight import check_rewards
     from rl.trainer import resolve_rewards

@@ -16,7 +16,7 @@ import envs
 from envs.base import ToolCall
 from envs.experts import expert_for
 from envs.remote import RemoteEnvError, RemoteToolEnv, ServerPool, pool_for
-from rl.config import RolloutSettings
+from rl.config import RolloutSection
 from rl.rollout import run_episodes
 from tests.integration.servers import ROOT, free_port, running
 
@@ -76,7 +76,7 @@ def test_rollout_engine_gives_identical_trajectories_remote_and_local(sudoku_ser
     def by_board(context: str, turn: int) -> str:  # the reply script of whichever puzzle this context shows
         return replies[next(s for s in seeds if boards[s] in context)][turn]
 
-    settings = RolloutSettings(max_turns=12, max_completion_tokens=4096)
+    settings = RolloutSection(max_turns=12, max_completion_tokens=4096)
     local = run_episodes([envs.make("sudoku") for _ in seeds], seeds, scripted(by_board), chat, settings)
     remote_envs = [RemoteToolEnv([sudoku_server], slots=8) for _ in seeds]
     remote = run_episodes(remote_envs, seeds, scripted(by_board), chat, settings)
@@ -91,7 +91,7 @@ def test_unreachable_server_fails_only_its_episode_with_the_url(sudoku_server, c
     episodes = [RemoteToolEnv([sudoku_server], slots=8, timing=timing), RemoteToolEnv([dead], timing=timing)]
     show = '<tool_call>{"name": "show_board", "arguments": {}}</tool_call>'
     started = time.monotonic()
-    good, bad = run_episodes(episodes, [0, 1], scripted(lambda c, t: show), chat, RolloutSettings(max_turns=2))
+    good, bad = run_episodes(episodes, [0, 1], scripted(lambda c, t: show), chat, RolloutSection(max_turns=2))
     assert time.monotonic() - started < 10
     assert good.info["env_error"] == "" and good.info["model_turns"] == 2
     assert bad.info["stop_reason"] == "env_error"
@@ -239,7 +239,7 @@ def test_interop_with_openenvs_own_example_server(tmp_path):
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "server.app:app", "--host", "127.0.0.1", "--port", str(port)]
     with running(command, port, cwd=tmp_path / "echo_env"):
-        env = RemoteToolEnv([f"http://127.0.0.1:{port}"], max_turns=4)
+        env = RemoteToolEnv([f"http://127.0.0.1:{port}"], max_steps=4)
         [schema] = env.tool_schemas()
         assert schema["function"]["name"] == "echo"
         assert schema["function"]["parameters"]["required"] == ["message"]

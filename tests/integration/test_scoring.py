@@ -1,4 +1,4 @@
-"""Model-token-only scoring (rl/scoring.py) against TRL 1.16's own `_get_per_token_logps_and_entropies`."""
+"""Model-token-only scoring (rl/logprobs.py) against TRL 1.16's own `_get_per_token_logps_and_entropies`."""
 
 import pytest
 
@@ -7,11 +7,11 @@ def _batch(seed=0, rows=3, prompt=5, completion=9):
     import torch
     from trl.trainer.utils import add_fused_lm_head
 
-    from rl.config import ModelConfig
+    from rl.config import ModelSection
     from rl.models import load_model
 
     torch.manual_seed(seed)
-    model, _ = load_model(ModelConfig(name="tiny"))
+    model, _ = load_model(ModelSection(name="tiny"))
     add_fused_lm_head(model, outputs=("log_probs", "entropy"))
     vocab = model.config.get_text_config().vocab_size
     ids = torch.randint(3, vocab, (rows, prompt + completion))
@@ -45,7 +45,7 @@ def _grads(model, loss):
 def test_model_tokens_get_trls_logprobs_entropies_and_gradients_and_the_rest_zero():
     import torch
 
-    from rl.scoring import score_tokens
+    from rl.logprobs import score_tokens
 
     model, ids, attention, keep, score = _batch()
     theirs, their_entropy = _trl(model, ids, attention, keep, batch_size=2)
@@ -72,7 +72,7 @@ def test_model_tokens_get_trls_logprobs_entropies_and_gradients_and_the_rest_zer
 def test_only_the_model_tokens_are_projected_through_the_lm_head_on_a_cpu(lm_head_rows):
     import trl.trainer.utils as trl_utils
 
-    from rl.scoring import score_tokens
+    from rl.logprobs import score_tokens
 
     model, ids, attention, keep, score = _batch(rows=2)
     _trl(model, ids, attention, keep, batch_size=None)
@@ -83,7 +83,7 @@ def test_only_the_model_tokens_are_projected_through_the_lm_head_on_a_cpu(lm_hea
 
 
 def test_a_mask_of_the_wrong_shape_is_named():
-    from rl.scoring import score_tokens
+    from rl.logprobs import score_tokens
 
     model, ids, attention, keep, score = _batch()
     with pytest.raises(ValueError, match=r"score_mask has shape \(3, 8\), expected \(3, 9\)"):
@@ -91,7 +91,7 @@ def test_a_mask_of_the_wrong_shape_is_named():
 
 
 def test_pad_masks_right_pads_with_false_and_cuts_to_width():
-    from rl.scoring import pad_masks
+    from rl.logprobs import pad_masks
 
     assert pad_masks([[1, 0, 1], [1]], 2).tolist() == [[True, False], [True, False]]
     assert pad_masks([[0, 1]], 4).tolist() == [[False, True, False, False]]

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from rl.config import load_config
-from rl.episodes import evaluate
+from rl.evaluation import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,15 +44,15 @@ def assert_adapter_is_the_merged_model(sft: Path) -> None:
     """`runs/<sft>/adapter` (a few MB, portable) loads as the same model as `runs/<sft>` (merged)."""
     import torch
 
-    from rl.config import ModelConfig
+    from rl.config import ModelSection
     from rl.models import load_model
 
     adapter = sft / "adapter"
     assert (adapter / "adapter_config.json").exists()
     assert json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny"
-    merged, tokenizer = load_model(ModelConfig(name=str(sft), dtype="float32"))
-    again, _ = load_model(ModelConfig(name=str(adapter), dtype="float32"))
-    base, _ = load_model(ModelConfig(name="tiny", dtype="float32"))
+    merged, tokenizer = load_model(ModelSection(name=str(sft), dtype="float32"))
+    again, _ = load_model(ModelSection(name=str(adapter), dtype="float32"))
+    base, _ = load_model(ModelSection(name="tiny", dtype="float32"))
     ids = torch.tensor([tokenizer("place a digit on the board").input_ids])
     with torch.no_grad():
         want, got, before = (m(ids).logits for m in (merged, again, base))
@@ -63,10 +63,10 @@ def assert_adapter_is_the_merged_model(sft: Path) -> None:
     # so loading it brings back SFT's change too, not just the built-in base's.
     from peft import get_peft_model
 
-    from rl.config import LoraConfig
+    from rl.config import LoraSection
     from rl.models import lora_config
 
-    on_top = get_peft_model(again, lora_config(LoraConfig(enabled=True), again))
+    on_top = get_peft_model(again, lora_config(LoraSection(enabled=True), again))
     for name, param in on_top.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.05)
@@ -75,7 +75,7 @@ def assert_adapter_is_the_merged_model(sft: Path) -> None:
     on_top.save_pretrained(str(sft / "on-top"))
     tokenizer.save_pretrained(str(sft / "on-top"))
     assert json.loads((sft / "on-top" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(adapter)
-    chain, _ = load_model(ModelConfig(name=str(sft / "on-top"), dtype="float32"))
+    chain, _ = load_model(ModelSection(name=str(sft / "on-top"), dtype="float32"))
     with torch.no_grad():
         assert torch.allclose(chain(ids).logits, stacked, atol=1e-5)
 

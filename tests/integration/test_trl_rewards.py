@@ -66,7 +66,7 @@ def reward_progress(completions, **kwargs):
 
 
 def test_trls_sudoku_example_rewards_tell_expert_from_random_play():
-    from rl.episodes import chat_for, make_policy, play
+    from rl.evaluation import chat_for, make_policy, play
     from rl.models import load_tokenizer
     from rl.preflight import check_rewards
     from rl.trainer import to_trl

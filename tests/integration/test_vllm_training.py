@@ -84,7 +84,7 @@ def test_served_engine_follows_every_optimizer_step(tmp_path, tiny_tokenizer):
 
     start = save_for_vllm(tiny_model(len(tiny_tokenizer), seed=11), tiny_tokenizer, tmp_path / "served")
     port = free_port()
-    command = [sys.executable, "launch/serve.py", "--model", str(start), "--port", str(port), "--dtype", "float32",
+    command = [sys.executable, "launch/serve_vllm.py", "--model", str(start), "--port", str(port), "--dtype", "float32",
                "--kv-cache-gib", "0.25", "--max-model-len", "2048"]
     with running(command, port, start_timeout_s=240) as (_, url):
         trainer = build_trainer(config(tmp_path, "vllm-server", f"rollout.vllm.urls=[{url}]"))

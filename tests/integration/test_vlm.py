@@ -13,7 +13,7 @@ import torch
 import envs
 from rl.chat import ChatFormat
 from rl.cli import add_run_arguments, config_from_args
-from rl.config import LoraConfig, ModelConfig, RolloutSettings
+from rl.config import LoraSection, ModelSection, RolloutSection
 from rl.generation import TransformersBackend
 from rl.models import TINY_VLM, load_image_tokenizer, load_model, lora_config
 from rl.rollout import run_episodes
@@ -33,7 +33,7 @@ def driving_servers():
 
 @pytest.fixture(scope="module")
 def vlm():
-    cfg = ModelConfig(name=TINY_VLM, tool_format="gemma4", dtype="float32")
+    cfg = ModelSection(name=TINY_VLM, tool_format="gemma4", dtype="float32")
     model, tokenizer = load_model(cfg)
     chat = ChatFormat(tokenizer, get_format("gemma4"), {"enable_thinking": False},
                       images=load_image_tokenizer(cfg, tokenizer))
@@ -46,14 +46,14 @@ def test_lora_leaves_gemma4s_vision_tower_projector_and_audio_alone(vlm):
     model, _, _ = vlm
     linear = {name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     assert any(".vision_tower." in n for n in linear) and any("embed_vision" in n for n in linear)
-    peft_model = get_peft_model(load_model(ModelConfig(name=TINY_VLM, dtype="float32"))[0],
-                                lora_config(LoraConfig(), model))
+    peft_model = get_peft_model(load_model(ModelSection(name=TINY_VLM, dtype="float32"))[0],
+                                lora_config(LoraSection(), model))
     adapted = {name.removesuffix(".lora_A") for name, _ in peft_model.named_modules() if name.endswith("lora_A")}
     assert adapted and all(".language_model." in n for n in adapted)
     assert any(n.endswith("self_attn.q_proj") for n in adapted)
     # Without the exclusion all-linear would have adapted the vision tower and the projector.
-    everything = get_peft_model(load_model(ModelConfig(name=TINY_VLM, dtype="float32"))[0],
-                                lora_config(LoraConfig(exclude_modules=[]), model))
+    everything = get_peft_model(load_model(ModelSection(name=TINY_VLM, dtype="float32"))[0],
+                                lora_config(LoraSection(exclude_modules=[]), model))
     names = {name for name, _ in everything.named_modules() if name.endswith("lora_A")}
     assert any("vision_tower" in n for n in names) and any("embed_vision" in n for n in names)
 
@@ -61,7 +61,7 @@ def test_lora_leaves_gemma4s_vision_tower_projector_and_audio_alone(vlm):
 def test_sampled_logprobs_are_the_forward_pass_with_the_episodes_images(vlm, driving_servers):
     model, _, chat = vlm
     episodes = [envs.make("carla", urls=driving_servers) for _ in range(3)]
-    settings = RolloutSettings(max_turns=3, max_new_tokens=12, max_completion_tokens=1024, response_prefix=OBSERVE)
+    settings = RolloutSection(max_turns=3, max_new_tokens=12, max_completion_tokens=1024, response_prefix=OBSERVE)
     trajectories = run_episodes(episodes, [0, 1, 2], TransformersBackend(model, chat.tokenizer), chat, settings)
     image_id = chat.images.image_token_id
     for t in trajectories:
@@ -140,7 +140,7 @@ def vlm_config(tmp_path, urls, *extra):
 
 
 def test_eval_of_a_vlm_gives_the_model_the_camera_frames(tmp_path, driving_servers, monkeypatch):
-    from rl.episodes import evaluate
+    from rl.evaluation import evaluate
     from rl.vision import ImagePrompt
 
     seen = []
@@ -184,7 +184,8 @@ def test_vlm_demonstrations_keep_the_frames_their_image_tokens_stand_for(tmp_pat
                                                                           vlm):
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    from rl.episodes import demonstrations, make_policy, play
+    from rl.demos import demonstrations
+    from rl.evaluation import make_policy, play
     from rl.vision import VisionSFTCollator
 
     model, tokenizer, chat = vlm
@@ -213,7 +214,7 @@ def test_vlm_demonstrations_keep_the_frames_their_image_tokens_stand_for(tmp_pat
 def test_sft_of_a_vlm_trains_its_adapter_on_the_frames_and_eval_loads_it(tmp_path, driving_servers, scripted_expert,
                                                                         monkeypatch):
     import rl.sft
-    from rl.episodes import evaluate
+    from rl.evaluation import evaluate
     from rl.models import load_image_tokenizer, load_model
     from rl.sft import train_sft
 
@@ -239,7 +240,7 @@ def test_sft_of_a_vlm_trains_its_adapter_on_the_frames_and_eval_loads_it(tmp_pat
     losses = [json.loads(line)["loss"] for line in (out / "metrics.jsonl").open() if '"loss"' in line]
     assert losses and all(math.isfinite(loss) for loss in losses)
     assert (out / "final" / "adapter_config.json").exists() and not (out / "final" / "model.safetensors").exists()
-    trained = ModelConfig(name=str(out), tool_format="gemma4", dtype="float32")
+    trained = ModelSection(name=str(out), tool_format="gemma4", dtype="float32")
     model, tokenizer = load_model(trained)
     assert type(model).__name__ == "Gemma4ForConditionalGeneration"
     assert load_image_tokenizer(trained, tokenizer) is not None

@@ -7,7 +7,8 @@ import pytest
 import envs
 from envs.sudoku import SudokuExpert
 from rl.config import load_config
-from rl.episodes import demonstrations, summarize, wilson_interval
+from rl.demos import demonstrations
+from rl.evaluation import summarize, wilson_interval
 from rl.rollout import run_episodes
 from rl.toolcalls import get_format
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rl.episodes import paired_comparison
+from rl.evaluation import paired_comparison
 
 EVAL_PY = Path(__file__).resolve().parents[2] / "launch" / "eval.py"
 
@@ -66,7 +66,7 @@ def test_eval_compare_prints_the_paired_line_and_json(tmp_path, capsys):
 def held_out_run(root, name, outcomes_by_step):
     """A GRPO run folder with heldout/step-N.json results, as eval.every_steps writes them."""
     from rl.config import load_config
-    from rl.episodes import eval_result
+    from rl.evaluation import eval_result
 
     folder = root / name / "heldout"
     folder.mkdir(parents=True)

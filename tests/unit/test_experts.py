@@ -20,7 +20,7 @@ def play(policy, seed, **env_kwargs):
 @pytest.mark.parametrize("order", SudokuExpert.ORDERS)
 @pytest.mark.parametrize("size, difficulty", [(4, "hard"), (9, "easy")])
 def test_expert_beats_random_on_fixed_seeds(size, difficulty, order):
-    kwargs = {"size": size, "difficulty": difficulty, "max_turns": 120}
+    kwargs = {"size": size, "difficulty": difficulty, "max_steps": 120}
     expert = [play(SudokuExpert(seed=s, order=order), s, **kwargs) for s in range(20)]
     rand = [play(SudokuRandom(seed=s), s, **kwargs) for s in range(20)]
     expert_rate = sum(i["solved"] for i in expert) / 20
@@ -67,7 +67,7 @@ def test_policy_lookup_names_what_exists():
 
 def test_the_config_picks_the_experts_options_and_names_a_bad_one():
     from rl.config import load_config
-    from rl.episodes import make_policy
+    from rl.evaluation import make_policy
 
     cfg = load_config("configs/sudoku-sft.yaml", ["sft.expert.order=constrained"])
     assert cfg.sft.expert == {"order": "constrained"}

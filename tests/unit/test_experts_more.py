@@ -50,7 +50,7 @@ def rate(infos, key="solved"):
 
 @pytest.mark.parametrize("depth, at_least", [(1, 0.7), (2, 0.9)])
 def test_2048_expert_beats_random_play(depth, at_least):
-    make = lambda: envs.make("2048", target=256, max_turns=400)
+    make = lambda: envs.make("2048", target=256, max_steps=400)
     expert = [play(make(), Game2048Expert(depth=depth, seed=s), s)[1] for s in range(20)]
     rand = [play(make(), Game2048Random(seed=s), s)[1] for s in range(20)]
     assert rate(expert) >= at_least and rate(rand) <= 0.3 and rate(expert) - rate(rand) >= 0.4

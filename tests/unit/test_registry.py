@@ -16,6 +16,8 @@ def test_unknown_env_names_the_known_ones():
         envs.make("sudokku")
     with pytest.raises(ValueError, match="cannot load env"):
         envs.make("envs.sudoku:Nope")
+    with pytest.raises(ValueError, match="max_turns=3 is now max_steps"):
+        envs.make("sudoku", max_turns=3)
 
 
 def test_gymnasium_make_and_env_checker():

@@ -7,7 +7,7 @@ import pytest
 import envs
 from envs.sudoku import SudokuEnv
 from rl.chat import ChatFormat
-from rl.config import RolloutSettings
+from rl.config import RolloutSection
 from rl.rollout import run_episodes
 from rl.toolcalls import get_format
 
@@ -31,7 +31,7 @@ def test_multi_turn_token_layout_token_by_token(chat, scripted, tiny_tokenizer):
     ]
     backend = scripted(lambda context, turn: replies[turn])
     env = envs.make("sudoku", max_invalid=None)
-    [traj] = run_episodes([env], [SEED], backend, chat, RolloutSettings(max_turns=4, max_completion_tokens=4096))
+    [traj] = run_episodes([env], [SEED], backend, chat, RolloutSection(max_turns=4, max_completion_tokens=4096))
 
     # The prompt is the template's rendering of the first observation with the env's tools.
     reference = envs.make("sudoku")
@@ -84,14 +84,14 @@ def test_multi_turn_token_layout_token_by_token(chat, scripted, tiny_tokenizer):
 def test_every_waiting_episode_shares_one_generate_call(chat, scripted):
     backend = scripted(lambda context, turn: "no idea")
     episodes = [envs.make("sudoku", max_invalid=n) for n in (1, 2, 2, 3)]  # each silent turn is invalid
-    trajectories = run_episodes(episodes, [0, 1, 2, 3], backend, chat, RolloutSettings(max_turns=5))
+    trajectories = run_episodes(episodes, [0, 1, 2, 3], backend, chat, RolloutSection(max_turns=5))
     assert [len(batch) for batch in backend.calls] == [4, 3, 1]
     assert [t.info["model_turns"] for t in trajectories] == [1, 2, 2, 3]
 
 
 def test_model_that_never_calls_a_tool(chat, scripted):
     backend = scripted(lambda context, turn: "I am not sure what to do.")
-    [traj] = run_episodes([envs.make("sudoku", max_invalid=3)], [1], backend, chat, RolloutSettings(max_turns=10))
+    [traj] = run_episodes([envs.make("sudoku", max_invalid=3)], [1], backend, chat, RolloutSection(max_turns=10))
     info = traj.info
     assert info["no_tool_calls"] == 3 and info["tool_calls"] == 0 and info["model_turns"] == 3
     assert info["stop_reason"] == "env_done" and not info["solved"]
@@ -122,7 +122,7 @@ def test_crashing_env_ends_only_its_own_episode(chat, scripted):
     for e in episodes:
         e._crash_on = probe.puzzle
     backend = scripted(lambda context, turn: '<tool_call>{"name": "show_board", "arguments": {}}</tool_call>')
-    trajectories = run_episodes(episodes, [0, 1, 2], backend, chat, RolloutSettings(max_turns=3))
+    trajectories = run_episodes(episodes, [0, 1, 2], backend, chat, RolloutSection(max_turns=3))
     crashed = trajectories[1].info
     assert crashed["env_error"] == "ConnectionError: simulator went away" and crashed["stop_reason"] == "env_error"
     for t in (trajectories[0], trajectories[2]):
@@ -137,7 +137,7 @@ def test_slow_env_times_out_alone(chat, scripted):
         e._slow_on = probe.puzzle
     backend = scripted(lambda context, turn: '<tool_call>{"name": "show_board", "arguments": {}}</tool_call>')
     started = time.monotonic()
-    fast, slow = run_episodes(episodes, [0, 1], backend, chat, RolloutSettings(max_turns=2, step_timeout_s=0.3))
+    fast, slow = run_episodes(episodes, [0, 1], backend, chat, RolloutSection(max_turns=2, step_timeout_s=0.3))
     assert time.monotonic() - started < 4  # the 5 s step was abandoned, not awaited
     assert slow.info["env_error"] == "env step timed out after 0.3 s"
     assert fast.info["env_error"] == "" and fast.info["model_turns"] == 2
@@ -146,7 +146,7 @@ def test_slow_env_times_out_alone(chat, scripted):
 def test_token_budget_caps_the_completion(chat, scripted):
     backend = scripted(lambda context, turn: '<tool_call>{"name": "show_board", "arguments": {}}</tool_call>')
     [traj] = run_episodes([envs.make("sudoku")], [0], backend, chat,
-                          RolloutSettings(max_turns=50, max_completion_tokens=120))
+                          RolloutSection(max_turns=50, max_completion_tokens=120))
     assert len(traj.completion_ids) <= 120 and traj.info["stop_reason"] == "token_budget"
     assert traj.env_mask[-1] == 1  # ends on model tokens
 
@@ -166,14 +166,14 @@ def test_chat_template_kwargs_reach_every_render(tiny_tokenizer):
 
 def test_mismatched_seeds_are_rejected(chat, scripted):
     with pytest.raises(ValueError, match="got 2 envs but 1 seeds"):
-        run_episodes([envs.make("sudoku")] * 2, [0], scripted(lambda c, t: ""), chat, RolloutSettings())
+        run_episodes([envs.make("sudoku")] * 2, [0], scripted(lambda c, t: ""), chat, RolloutSection())
 
 
 def test_response_prefix_opens_every_model_turn_as_context(chat, scripted, tiny_tokenizer):
     prefix = '<tool_call>\n{"name": "'
     backend = scripted(lambda context, turn: 'show_board", "arguments": {}}\n</tool_call>')
     [traj] = run_episodes([envs.make("sudoku")], [0], backend, chat,
-                          RolloutSettings(max_turns=2, response_prefix=prefix))
+                          RolloutSection(max_turns=2, response_prefix=prefix))
     prefix_ids = tiny_tokenizer.encode(prefix, add_special_tokens=False)
     assert traj.prompt_ids[-len(prefix_ids):] == prefix_ids
     assert traj.info["tool_calls"] == 2 and traj.info["format_errors"] == 0  # prefix + reply parsed as calls
@@ -187,7 +187,7 @@ def test_stop_after_tool_call_cuts_the_turn_and_closes_it_as_context(chat, scrip
     call = '<tool_call>\n{"name": "show_board", "arguments": {}}\n</tool_call>'
     backend = scripted(lambda context, turn: call + "\nand then I ramble <tool_call>{broken")
     [traj] = run_episodes([envs.make("sudoku")], [0], backend, chat,
-                          RolloutSettings(max_turns=2, stop_after_tool_call=True))
+                          RolloutSection(max_turns=2, stop_after_tool_call=True))
     assert traj.info["tool_calls"] == 2 and traj.info["format_errors"] == 0
     model_text = tiny_tokenizer.decode([t for t, m in zip(traj.completion_ids, traj.env_mask) if m])
     assert model_text == call + call and "ramble" not in chat.decode(traj.completion_ids)
@@ -210,7 +210,7 @@ def test_each_model_turn_records_its_token_span_and_the_env_state_it_acted_in(ch
     replies = [place, '<tool_call>\n{"name": "place", "arguments": {"row": 1,}}\n</tool_call>', "Maybe 4?", place]
     backend = scripted(lambda context, turn: replies[turn])
     [traj] = run_episodes([envs.make("sudoku", max_invalid=None)], [SEED], backend, chat,
-                          RolloutSettings(max_turns=4, max_completion_tokens=4096))
+                          RolloutSection(max_turns=4, max_completion_tokens=4096))
     runs, i = [], 0  # the maximal runs of model tokens
     while i < len(traj.env_mask):
         j = i
@@ -256,7 +256,7 @@ def test_progress_is_reported_as_each_episode_ends(chat):
 
     seen = []
     policy = random_for(SudokuEnv(), seed=0)
-    out = run_episodes([SudokuEnv() for _ in range(5)], list(range(5)), None, chat, RolloutSettings(max_turns=3),
+    out = run_episodes([SudokuEnv() for _ in range(5)], list(range(5)), None, chat, RolloutSection(max_turns=3),
                        policy=policy, progress=lambda done, total, tokens: seen.append((done, total, tokens)))
     assert [d for d, _, _ in seen] == [1, 2, 3, 4, 5] and {t for _, t, _ in seen} == {5} and len(out) == 5
     assert [tokens for _, _, tokens in seen] == sorted(tokens for _, _, tokens in seen)

@@ -4,7 +4,7 @@ step is done; a slow env delays only its own episode."""
 import time
 
 from envs.sudoku import SudokuEnv
-from rl.config import RolloutSettings
+from rl.config import RolloutSection
 from rl.rollout import run_episodes
 
 SHOW = '<tool_call>{"name": "show_board", "arguments": {}}</tool_call>'
@@ -28,7 +28,7 @@ class TimedEnv(SudokuEnv):
 def test_fast_episodes_do_not_wait_for_a_slow_env(chat, scripted):
     slow, *fast = [TimedEnv(0.8)] + [TimedEnv(0.0) for _ in range(3)]
     backend = scripted(lambda context, turn: SHOW)
-    settings = RolloutSettings(max_turns=4, batch_wait_s=0.05)
+    settings = RolloutSection(max_turns=4, batch_wait_s=0.05)
     trajectories = run_episodes([slow, *fast], [0, 1, 2, 3], backend, chat, settings)
 
     assert all(t.info["model_turns"] == 4 and t.info["env_error"] == "" for t in trajectories)
@@ -41,20 +41,20 @@ def test_fast_episodes_do_not_wait_for_a_slow_env(chat, scripted):
 def test_fast_envs_move_in_lockstep_batches(chat, scripted):
     backend = scripted(lambda context, turn: SHOW)
     envs = [TimedEnv(0.0) for _ in range(5)]
-    run_episodes(envs, list(range(5)), backend, chat, RolloutSettings(max_turns=3, batch_wait_s=30))
+    run_episodes(envs, list(range(5)), backend, chat, RolloutSection(max_turns=3, batch_wait_s=30))
     # every live episode waits for the model before a batch starts: one full batch per round
     assert [len(batch) for batch in backend.calls] == [5, 5, 5]
     # ... in episode order, whatever order the env threads finished in
     first_rows = [chat.decode(p) for p in backend.calls[0]]
     expected = [chat.decode(run_episodes([TimedEnv(0.0)], [s], backend, chat,
-                                         RolloutSettings(max_turns=1))[0].prompt_ids) for s in range(5)]
+                                         RolloutSection(max_turns=1))[0].prompt_ids) for s in range(5)]
     assert first_rows == expected
 
 
 def test_overlapping_time_is_reported_as_wall_time(chat, scripted):
     metrics = {}
     envs = [TimedEnv(0.2) for _ in range(4)]
-    run_episodes(envs, list(range(4)), scripted(lambda c, t: SHOW), chat, RolloutSettings(max_turns=2),
+    run_episodes(envs, list(range(4)), scripted(lambda c, t: SHOW), chat, RolloutSection(max_turns=2),
                  metrics=metrics)
     # four 0.2 s steps ran side by side in each of 2 rounds: about 0.4 s of env time, not 1.6 s
     assert 0.35 < metrics["env_s"] < 1.2 and metrics["wall_s"] >= metrics["env_s"]

@@ -108,7 +108,7 @@ def test_too_many_invalid_moves_end_the_episode():
 
 
 def test_max_turns_truncates():
-    env = fresh(max_turns=2, max_invalid=None)
+    env = fresh(max_steps=2, max_invalid=None)
     env.step({"name": "show_board", "arguments": {}})
     _, _, terminated, truncated, info = env.step({"name": "show_board", "arguments": {}})
     assert truncated and not terminated and info["turns"] == 2

@@ -25,7 +25,7 @@ def test_every_override_of_the_trainer_is_in_the_contract():
 def test_a_missing_hook_stops_the_run_naming_it(monkeypatch):
     monkeypatch.delattr(grpo_trainer.GRPOTrainer, "_compute_loss")
     [line] = trl_contract.problems()
-    assert "GRPOTrainer._compute_loss is gone" in line and "rl/scoring.py" in line
+    assert "GRPOTrainer._compute_loss is gone" in line and "rl/logprobs.py" in line
     with pytest.raises(RuntimeError, match="_compute_loss is gone"):
         trl_contract.check()
 

@@ -1,6 +1,6 @@
 """Serve a model with vLLM for rollouts: per-episode requests, weight updates from the trainer.
 
-    python launch/serve.py --model gemma-3-270m --port 8001
+    python launch/serve_vllm.py --model gemma-3-270m --port 8001
     python launch/grpo.py --env sudoku --set rollout.backend=vllm-server \
         --set rollout.vllm.urls=[http://127.0.0.1:8001]
 
