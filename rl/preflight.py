@@ -25,7 +25,7 @@ TRL_COLUMNS = ("prompt_ids", "completion_ids", "logprobs", "env_mask")  # what T
 def check_rewards(cfg: RunConfig, chat, reward_funcs: list, episodes: int = 4) -> list[str]:
     """Warnings (one per reward that is constant over `episodes` episodes of each policy); raises
     ConfigError naming a reward that crashes or returns the wrong number of values."""
-    from rl.trainer import model_messages, prompt_row, to_trl
+    from rl.trl_hooks import model_messages, prompt_row, to_trl
 
     trajectories = []
     start = cfg.env.train_seeds[0]

@@ -1,4 +1,4 @@
-"""TRL glue: GRPOTrainer with toolgym's rollout engine as its `rollout_func`.
+"""A GRPO run: TRL's GRPOTrainer (`rl.trl_hooks`) with toolgym's rollout engine as its `rollout_func`.
 
 TRL computes advantages, the loss and the optimizer step; everything about episodes
 (envs, multi-turn generation, tool calls, `env_mask`) happens in `rl.rollout`. Episode
@@ -12,15 +12,12 @@ import json
 import os
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import torch
-from accelerate.utils import gather_object
 from datasets import Dataset
 from transformers import TrainerCallback
-from trl import GRPOConfig, GRPOTrainer
+from trl import GRPOConfig
 from trl.models import unwrap_model_for_generation
 
 import envs as envs_registry
@@ -30,18 +27,16 @@ from rl import trl_contract
 from rl.chat import ChatFormat
 from rl.cli import check_resolvable
 from rl.config import ConfigError, RunConfig, to_dict, to_yaml
-from rl.credit import step_advantages
 from rl.generation import TransformersBackend
 from rl.guards import SkipNonFiniteUpdates
 from rl.heldout import HeldOutEval
-from rl.logprobs import ModelTokenScoringMixin
 from rl.models import load_image_tokenizer, load_model, load_tokenizer, lora_config
 from rl.plots import save_curve
 from rl.preflight import check_rewards
 from rl.progress import JsonlLogger, RunProgress, TimeLimit
 from rl.rollout import Trajectory, run_episodes
 from rl.toolcalls import get_format
-from rl.vision import VisionGRPOMixin
+from rl.trl_hooks import ToolGymGRPOTrainer, prompt_row, to_trl
 
 # vLLM's Gemma 4 model imports transformers' Gemma4Processor, whose image processor needs
 # torchvision; PyPI's torchvision for torch 2.13 is a CUDA build that breaks beside the CPU torch
@@ -204,38 +199,6 @@ def make_backend(cfg: RunConfig, model, tokenizer, step: int):
     return backend
 
 
-def prompt_row(env_name: str, seed: int) -> list[dict]:
-    """A dataset row's prompt: conversational, so reward functions get TRL's conversational format (as TRL's
-    own rewards expect); the real prompt is the env's first observation, which the rollout renders."""
-    return [{"role": "user", "content": f"{env_name} seed {seed}"}]
-
-
-def model_messages(texts: list[list[str]]) -> list[list[dict]]:
-    """`completions` as reward functions get them: per episode, one assistant message per model turn (its
-    tool calls included, never the env's replies); an episode the model never spoke in gets one empty one."""
-    return [[{"role": "assistant", "content": text} for text in turns] or [{"role": "assistant", "content": ""}]
-            for turns in texts]
-
-
-def to_trl(trajectories: list[Trajectory], fallback_id: int) -> dict[str, list]:
-    """The dict TRL's `rollout_func` returns: ids, logprobs, `env_mask`, plus episode facts as columns."""
-    out: dict[str, list] = defaultdict(list)
-    keys = sorted({k for t in trajectories for k in t.info})
-    for t in trajectories:
-        completion, logprobs, mask = t.completion_ids, t.logprobs, t.env_mask
-        if not completion:  # the env failed before the model spoke: one masked token keeps shapes valid
-            completion, logprobs, mask = [fallback_id], [0.0], [0]
-        if t.info.get("generation_error"):  # the generator failed this episode: nothing in it to learn from
-            mask = [0] * len(mask)
-        out["prompt_ids"].append(t.prompt_ids or [fallback_id])
-        out["completion_ids"].append(completion)
-        out["logprobs"].append(logprobs)
-        out["env_mask"].append(mask)
-        for k in keys:
-            out[k].append(t.info.get(k))
-    return dict(out)
-
-
 def _report_to(cfg: RunConfig) -> list[str]:
     mode = cfg.log.wandb
     if mode == "off":
@@ -329,54 +292,6 @@ def build_trainer(cfg: RunConfig):
     if cfg.eval.every_steps:
         trainer.add_callback(HeldOutEval(trainer, rollouts))
     return trainer
-
-
-class ToolGymGRPOTrainer(VisionGRPOMixin, ModelTokenScoringMixin, GRPOTrainer):
-    """GRPOTrainer that lets the rollout see the batch's dataset rows (for env seeds), gives a
-    vision-language model its episodes' images in every forward pass (`rl.vision`), and projects
-    only the model's tokens through the LM head (`rl.logprobs`)."""
-
-    step_advantage_weight = 0.0
-
-    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]):
-        self.rollout_func.rows = inputs
-        output = super()._generate_and_score_completions(inputs)
-        if self.step_advantage_weight:
-            output["advantages"] = self._add_step_advantages(output["advantages"], output["completion_ids"].shape[1])
-        return output
-
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        """TRL's rewards of every process's episodes (gathered), kept for the step-level advantages.
-
-        Reward functions get the model's own messages as `completions`: one assistant message per model
-        turn, its tool calls included, never the env's replies (TRL decodes the whole completion, tool
-        results and all, so a text reward would score the env's output as the model's)."""
-        texts = self.rollout_func.texts
-        if len(texts) == len(completions):
-            completions = model_messages(texts)
-        self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        return self._rewards_per_func
-
-    def _add_step_advantages(self, advantages: torch.Tensor, width: int) -> torch.Tensor:
-        """(batch,) episode advantages -> (batch, width) per-token ones, each turn's tokens moved by
-        `step_advantage_weight` x its step advantage (rl/credit.py). Groups may span processes, so
-        every process computes them over the gathered batch and keeps its own rows."""
-        per_func = self._rewards_per_func
-        rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
-        rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
-        turns = gather_object(self.rollout_func.turns)
-        steps, shared = step_advantages(rewards.tolist(), turns, self.num_generations, self.scale_rewards != "none")
-        first = self.accelerator.process_index * len(advantages)
-        out = advantages.unsqueeze(1).repeat(1, width)
-        moved = []
-        for i in range(len(advantages)):
-            for (start, end, _), step in zip(turns[first + i], steps[first + i]):
-                out[i, start:end] += self.step_advantage_weight * step
-                moved.append(abs(step))
-        metrics = self._metrics["train" if self.model.training else "eval"]
-        metrics["step_advantage/shared_state_turns"].append(shared)
-        metrics["step_advantage/abs_mean"].append(sum(moved) / len(moved) if moved else 0.0)
-        return out
 
 
 def latest_checkpoint(out: Path) -> Path | None:

@@ -28,21 +28,21 @@ GRPO = "trl.trainer.grpo_trainer:GRPOTrainer"
 
 HOOKS = (
     Hook(f"{GRPO}._generate_and_score_completions", ("inputs",),
-         "rl/trainer.py, rl/logprobs.py, rl/vision.py",
+         "rl/trl_hooks.py",
          "hands the batch's dataset rows (env seeds) to the rollout, adds step-level advantages, the "
          "model-token score mask and VLM image inputs to the batch TRL trains on",
          "a rollout_func that receives the dataset rows and may return extra per-token training columns"),
     Hook(f"{GRPO}._calculate_rewards", ("inputs", "prompts", "completions", "completion_ids_list"),
-         "rl/trainer.py",
+         "rl/trl_hooks.py",
          "keeps the per-function rewards of the gathered batch for step-level advantages",
          "per-function rewards in the output of _generate_and_score_completions"),
-    Hook(f"{GRPO}._compute_loss", ("model", "inputs"), "rl/logprobs.py",
+    Hook(f"{GRPO}._compute_loss", ("model", "inputs"), "rl/trl_hooks.py",
          "lets the loss pass read the batch's score mask",
          "a label/score mask column that TRL's loss pass forwards to the LM head"),
     Hook(f"{GRPO}._get_per_token_logps_and_entropies",
          ("model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "compute_entropy",
           "compute_aux_loss"),
-         "rl/logprobs.py, rl/vision.py",
+         "rl/trl_hooks.py",
          "projects only the model's tokens through the LM head; gives a VLM its images in every pass",
          "the same score mask column, and image inputs carried for rollout_func batches"),
     Hook(f"{GRPO}.__init__", (), "rl/trainer.py, rl/guards.py, rl/heldout.py",
@@ -73,16 +73,16 @@ def problems(hooks: tuple[Hook, ...] = HOOKS) -> list[str]:
         try:
             obj = _resolve(hook.target)
         except (ImportError, AttributeError) as e:
-            out.append(f"{hook.target} is gone ({e}); used by {hook.used_by} to {hook.why}")
+            out.append(f"{hook.target} is gone ({e}); used by {hook.used_by} ({hook.why})")
             continue
         if hook.assigns and f"{hook.assigns} = " not in inspect.getsource(obj):
-            out.append(f"{hook.target} no longer sets {hook.assigns}; used by {hook.used_by} to {hook.why}")
+            out.append(f"{hook.target} no longer sets {hook.assigns}; used by {hook.used_by} ({hook.why})")
         if hook.params:
             names = list(inspect.signature(obj).parameters)
             missing = [p for p in hook.params if p not in names]
             if missing:
                 out.append(f"{hook.target} has no parameter {', '.join(missing)} (it takes {', '.join(names)}); "
-                           f"used by {hook.used_by} to {hook.why}")
+                           f"used by {hook.used_by} ({hook.why})")
     return [f"TRL {trl.__version__}: {line}" for line in out]
 
 

@@ -10,7 +10,7 @@ text-only `ChatFormat` drops them, so the same env trains a text model on its te
 Generation: an episode hands its context to the backend as an `ImagePrompt` (token ids
 plus the processed images they contain). Training: with a `rollout_func`, TRL 1.16 runs
 its forward passes without pixels (it only re-renders images from dataset columns, and
-a rollout cannot return any), so `VisionGRPOMixin` adds each episode's images to the
+a rollout cannot return any), so `rl.trl_hooks.VisionGRPOMixin` adds each episode's images to the
 batch TRL scores and trains on.
 """
 
@@ -126,71 +126,6 @@ def batch_image_inputs(rows: list[list[dict]], input_ids: Any, image_token_id: i
     inputs = {k: torch.stack([image[k] for image in images]).to(input_ids.device) for k in IMAGE_INPUT_KEYS}
     inputs["mm_token_type_ids"] = (input_ids == image_token_id).long()
     return inputs
-
-
-class VisionGRPOMixin:
-    """Gives a `GRPOTrainer` with a `rollout_func` the images of its episodes in every forward pass.
-
-    The rollout leaves the batch's processed images in `rollout_func.images` (one list per
-    row, in row order). Scoring passes (old/reference logprobs) read them there; the batch
-    returned for training carries them as `pixel_values`, `image_position_ids` and
-    `num_images`, which TRL shuffles and splits with the rows and hands back to
-    `_get_per_token_logps_and_entropies`, where each chunk of rows gets its own images.
-    """
-
-    image_token_id: int | None = None
-
-    def _generate_and_score_completions(self, inputs):
-        self.rollout_func.images = None
-        output = super()._generate_and_score_completions(inputs)
-        rows, self.rollout_func.images = self.rollout_func.images, None
-        if rows and any(rows):
-            import torch
-
-            images = [image for row in rows for image in row]
-            for key in IMAGE_INPUT_KEYS:
-                output[key] = torch.stack([image[key] for image in images]).to(output["prompt_ids"].device)
-            output["num_images"] = [len(row) for row in rows]
-        return output
-
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
-                                           compute_entropy=False, compute_aux_loss=False, **kwargs):
-        rows = self._image_rows(input_ids.size(0), kwargs)
-        if rows is None:
-            return super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
-                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
-        import torch
-
-        step = batch_size or input_ids.size(0)
-        logps, entropies, aux = [], [], []
-        for start in range(0, input_ids.size(0), step):
-            chunk = slice(start, start + step)
-            images = batch_image_inputs(rows[chunk], input_ids[chunk], self.image_token_id)
-            if images:
-                images["num_images"] = [len(row) for row in rows[chunk]]
-            out = super()._get_per_token_logps_and_entropies(
-                model, input_ids[chunk], attention_mask[chunk], logits_to_keep, compute_entropy=compute_entropy,
-                compute_aux_loss=compute_aux_loss, **images)
-            logps.append(out[0])
-            entropies.append(out[1])
-            aux.append(out[2])
-        return (torch.cat(logps), torch.cat(entropies) if compute_entropy else None,
-                torch.stack(aux).mean() if compute_aux_loss else None)
-
-    def _image_rows(self, n: int, kwargs: dict) -> list[list[dict]] | None:
-        """Each row's images: from the training batch's columns, else from the rollout just played."""
-        pixel_values, num_images = kwargs.get("pixel_values"), kwargs.get("num_images")
-        if pixel_values is not None and num_images is not None:
-            columns = {k: kwargs[k].split(num_images) for k in IMAGE_INPUT_KEYS}
-            return [[{k: columns[k][row][i] for k in IMAGE_INPUT_KEYS} for i in range(count)]
-                    for row, count in enumerate(num_images)]
-        rows = getattr(self.rollout_func, "images", None)
-        if rows and any(rows):
-            if len(rows) != n:
-                raise RuntimeError(f"the rollout returned images for {len(rows)} rows but the batch has {n}")
-            return rows
-        return None
 
 
 class VisionSFTCollator:

@@ -33,7 +33,7 @@ def test_step_advantages_move_each_turns_tokens_by_its_anchor_group_advantage(tm
     import torch
 
     from rl.credit import step_advantages
-    from rl.trainer import ToolGymGRPOTrainer
+    from rl.trl_hooks import ToolGymGRPOTrainer
 
     seen = []
     add = ToolGymGRPOTrainer._add_step_advantages
@@ -80,16 +80,16 @@ def test_step_advantages_move_each_turns_tokens_by_its_anchor_group_advantage(tm
 def test_scoring_only_the_model_tokens_trains_exactly_as_scoring_every_token(tmp_path, monkeypatch):
     """Same episodes, same numbers: loss, gradient norm, entropy and KL per step, with a reused batch
     (old logprobs at generation time) and a reference model (the LoRA's base), whichever positions the LM head projects."""
-    import rl.logprobs
+    import rl.trl_hooks
 
     masks = []
-    score_tokens = rl.logprobs.score_tokens
+    score_tokens = rl.trl_hooks.score_tokens
 
     def recording(model, input_ids, attention_mask, logits_to_keep, score_mask, *args, **kwargs):
         masks.append(score_mask)
         return score_tokens(model, input_ids, attention_mask, logits_to_keep, score_mask, *args, **kwargs)
 
-    monkeypatch.setattr(rl.logprobs, "score_tokens", recording)
+    monkeypatch.setattr(rl.trl_hooks, "score_tokens", recording)  # where the loss hooks call it
     logged = {}
     for only in (True, False):
         cfg = load_config(None, [

@@ -69,7 +69,7 @@ def test_trls_sudoku_example_rewards_tell_expert_from_random_play():
     from rl.evaluation import chat_for, make_policy, play
     from rl.models import load_tokenizer
     from rl.preflight import check_rewards
-    from rl.trainer import to_trl
+    from rl.trl_hooks import to_trl
 
     cfg = load_config(None, ["model.name=tiny", "env.name=sudoku", "env.kwargs.difficulty=hard", "rollout.max_turns=12",
                              "rollout.max_completion_tokens=8192"])  # the tiny tokenizer spends many tokens a turn

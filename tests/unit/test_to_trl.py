@@ -1,7 +1,7 @@
 """Trajectories in the shape TRL's rollout_func returns."""
 
 from rl.rollout import Trajectory
-from rl.trainer import to_trl
+from rl.trl_hooks import to_trl
 
 
 def traj(completion, mask, **info):

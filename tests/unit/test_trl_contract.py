@@ -13,7 +13,7 @@ def test_installed_trl_has_every_hooked_name():
 
 
 def test_every_override_of_the_trainer_is_in_the_contract():
-    from rl.trainer import ToolGymGRPOTrainer
+    from rl.trl_hooks import ToolGymGRPOTrainer
 
     hooked = {h.target.rpartition(".")[2] for h in trl_contract.HOOKS if h.target.startswith(trl_contract.GRPO)}
     overridden = {name for klass in ToolGymGRPOTrainer.__mro__
@@ -25,7 +25,7 @@ def test_every_override_of_the_trainer_is_in_the_contract():
 def test_a_missing_hook_stops_the_run_naming_it(monkeypatch):
     monkeypatch.delattr(grpo_trainer.GRPOTrainer, "_compute_loss")
     [line] = trl_contract.problems()
-    assert "GRPOTrainer._compute_loss is gone" in line and "rl/logprobs.py" in line
+    assert "GRPOTrainer._compute_loss is gone" in line and "rl/trl_hooks.py" in line
     with pytest.raises(RuntimeError, match="_compute_loss is gone"):
         trl_contract.check()
 

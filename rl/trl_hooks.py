@@ -1,0 +1,239 @@
+"""The one seam with TRL: the GRPOTrainer subclass and every override of a TRL private method.
+
+toolgym owns the episodes (`rl.rollout`: envs, multi-turn generation, tool calls, `env_mask`), the scoring
+of the model's own tokens (`rl.logprobs`), step-level credit (`rl.credit`) and a VLM's images
+(`rl.vision`); TRL owns the advantages, the loss, the optimizer step and logging. TRL 1.16 has no public
+hook for what toolgym hands over, so the classes below override private methods, each marked with why and
+with the upstream change that would remove it. `rl/trl_contract.py` checks, before every run, that every
+private name used here exists in the installed TRL with the parameters relied on.
+
+The rollout (`rl.trainer.EpisodeRollouts`, TRL's `rollout_func`) returns TRL's dict (ids, logprobs,
+`env_mask`, episode facts as columns) and keeps on itself what the hooks read back for the same batch:
+`rows` (set here), `texts`, `turns`, `env_masks`, `images`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from trl import GRPOTrainer
+
+from rl.credit import step_advantages
+from rl.logprobs import SCORE_MASK, pad_masks, score_tokens
+from rl.rollout import Trajectory
+from rl.vision import IMAGE_INPUT_KEYS, batch_image_inputs
+
+
+def prompt_row(env_name: str, seed: int) -> list[dict]:
+    """A dataset row's prompt: conversational, so reward functions get TRL's conversational format (as TRL's
+    own rewards expect); the real prompt is the env's first observation, which the rollout renders."""
+    return [{"role": "user", "content": f"{env_name} seed {seed}"}]
+
+
+def model_messages(texts: list[list[str]]) -> list[list[dict]]:
+    """`completions` as reward functions get them: per episode, one assistant message per model turn (its
+    tool calls included, never the env's replies); an episode the model never spoke in gets one empty one."""
+    return [[{"role": "assistant", "content": text} for text in turns] or [{"role": "assistant", "content": ""}]
+            for turns in texts]
+
+
+def to_trl(trajectories: list[Trajectory], fallback_id: int) -> dict[str, list]:
+    """The dict TRL's `rollout_func` returns: ids, logprobs, `env_mask`, plus episode facts as columns."""
+    out: dict[str, list] = defaultdict(list)
+    keys = sorted({k for t in trajectories for k in t.info})
+    for t in trajectories:
+        completion, logprobs, mask = t.completion_ids, t.logprobs, t.env_mask
+        if not completion:  # the env failed before the model spoke: one masked token keeps shapes valid
+            completion, logprobs, mask = [fallback_id], [0.0], [0]
+        if t.info.get("generation_error"):  # the generator failed this episode: nothing in it to learn from
+            mask = [0] * len(mask)
+        out["prompt_ids"].append(t.prompt_ids or [fallback_id])
+        out["completion_ids"].append(completion)
+        out["logprobs"].append(logprobs)
+        out["env_mask"].append(mask)
+        for k in keys:
+            out[k].append(t.info.get(k))
+    return dict(out)
+
+
+class VisionGRPOMixin:
+    """Gives a `GRPOTrainer` with a `rollout_func` the images of its episodes in every forward pass.
+
+    The rollout leaves the batch's processed images in `rollout_func.images` (one list per
+    row, in row order). Scoring passes (old/reference logprobs) read them there; the batch
+    returned for training carries them as `pixel_values`, `image_position_ids` and
+    `num_images`, which TRL shuffles and splits with the rows and hands back to
+    `_get_per_token_logps_and_entropies`, where each chunk of rows gets its own images.
+    """
+
+    image_token_id: int | None = None
+
+    # TRL private: adds the episodes' image inputs to the batch TRL trains on.
+    # Upstream fix: image inputs carried for rollout_func batches.
+    def _generate_and_score_completions(self, inputs):
+        self.rollout_func.images = None
+        output = super()._generate_and_score_completions(inputs)
+        rows, self.rollout_func.images = self.rollout_func.images, None
+        if rows and any(rows):
+            import torch
+
+            images = [image for row in rows for image in row]
+            for key in IMAGE_INPUT_KEYS:
+                output[key] = torch.stack([image[key] for image in images]).to(output["prompt_ids"].device)
+            output["num_images"] = [len(row) for row in rows]
+        return output
+
+    # TRL private: gives a VLM its images in every forward pass, chunk by chunk.
+    # Upstream fix: the same image inputs carried into TRL's scoring passes.
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **kwargs):
+        rows = self._image_rows(input_ids.size(0), kwargs)
+        if rows is None:
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
+        import torch
+
+        step = batch_size or input_ids.size(0)
+        logps, entropies, aux = [], [], []
+        for start in range(0, input_ids.size(0), step):
+            chunk = slice(start, start + step)
+            images = batch_image_inputs(rows[chunk], input_ids[chunk], self.image_token_id)
+            if images:
+                images["num_images"] = [len(row) for row in rows[chunk]]
+            out = super()._get_per_token_logps_and_entropies(
+                model, input_ids[chunk], attention_mask[chunk], logits_to_keep, compute_entropy=compute_entropy,
+                compute_aux_loss=compute_aux_loss, **images)
+            logps.append(out[0])
+            entropies.append(out[1])
+            aux.append(out[2])
+        return (torch.cat(logps), torch.cat(entropies) if compute_entropy else None,
+                torch.stack(aux).mean() if compute_aux_loss else None)
+
+    def _image_rows(self, n: int, kwargs: dict) -> list[list[dict]] | None:
+        """Each row's images: from the training batch's columns, else from the rollout just played."""
+        pixel_values, num_images = kwargs.get("pixel_values"), kwargs.get("num_images")
+        if pixel_values is not None and num_images is not None:
+            columns = {k: kwargs[k].split(num_images) for k in IMAGE_INPUT_KEYS}
+            return [[{k: columns[k][row][i] for k in IMAGE_INPUT_KEYS} for i in range(count)]
+                    for row, count in enumerate(num_images)]
+        rows = getattr(self.rollout_func, "images", None)
+        if rows and any(rows):
+            if len(rows) != n:
+                raise RuntimeError(f"the rollout returned images for {len(rows)} rows but the batch has {n}")
+            return rows
+        return None
+
+
+class ModelTokenScoringMixin:
+    """Gives a `GRPOTrainer` with a `rollout_func` model-token-only scoring (`score_tokens`).
+
+    The rollout leaves its rows' `env_mask` in `rollout_func.env_masks`. Scoring passes during
+    generation read them there; the batch returned for training carries them as `score_mask`,
+    which TRL shuffles and splits with the rows, and the loss pass reads it from its inputs.
+    Vision-language models (a trainer with an `image_token_id`; rl/vision.py) and MoE models
+    trained with their auxiliary loss keep TRL's scoring, in every pass alike.
+    """
+
+    score_only_model_tokens = True
+    _loss_score_mask: torch.Tensor | None = None
+
+    # TRL private: adds the model-token score mask to the batch TRL trains on.
+    # Upstream fix: a rollout_func that may return extra per-token training columns.
+    def _generate_and_score_completions(self, inputs):
+        output = super()._generate_and_score_completions(inputs)
+        if self._scores_model_tokens():
+            ids = output["completion_ids"]
+            output[SCORE_MASK] = pad_masks(self._rollout_masks(ids.size(0)), ids.size(1), ids.device)
+        return output
+
+    # TRL private: lets the loss pass read the batch's score mask.
+    # Upstream fix: a label/score mask column that TRL's loss pass forwards to the LM head.
+    def _compute_loss(self, model, inputs):
+        self._loss_score_mask = inputs.get(SCORE_MASK)
+        try:
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._loss_score_mask = None
+
+    # TRL private: projects only the model's tokens through the LM head.
+    # Upstream fix: the same score mask column honoured by TRL's own scoring.
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **kwargs):
+        if not self._scores_model_tokens() or any(v is not None for v in kwargs.values()):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
+        mask = self._loss_score_mask
+        if mask is None:  # a pass at generation time: the rollout just played these rows
+            mask = pad_masks(self._rollout_masks(input_ids.size(0)), logits_to_keep, input_ids.device)
+        logps, entropies = score_tokens(model, input_ids, attention_mask, logits_to_keep, mask, batch_size,
+                                        compute_entropy, autocast=self.accelerator.autocast)
+        return logps, entropies, None
+
+    def _scores_model_tokens(self) -> bool:
+        return (self.score_only_model_tokens and getattr(self, "image_token_id", None) is None
+                and not getattr(self, "aux_loss_enabled", False))
+
+    def _rollout_masks(self, rows: int) -> list[list[int]]:
+        masks = getattr(self.rollout_func, "env_masks", None)
+        if masks is None or len(masks) != rows:
+            raise RuntimeError(f"the rollout left env masks for {None if masks is None else len(masks)} rows "
+                               f"but the batch has {rows}")
+        return masks
+
+
+class ToolGymGRPOTrainer(VisionGRPOMixin, ModelTokenScoringMixin, GRPOTrainer):
+    """GRPOTrainer that lets the rollout see the batch's dataset rows (for env seeds), gives a
+    vision-language model its episodes' images in every forward pass (`rl.vision`), and projects
+    only the model's tokens through the LM head (`rl.logprobs`)."""
+
+    step_advantage_weight = 0.0
+
+    # TRL private: hands the rollout the batch's dataset rows (env seeds), adds step-level advantages.
+    # Upstream fix: a rollout_func that receives the dataset rows and may return per-token advantages.
+    def _generate_and_score_completions(self, inputs: list[dict[str, Any]]):
+        self.rollout_func.rows = inputs
+        output = super()._generate_and_score_completions(inputs)
+        if self.step_advantage_weight:
+            output["advantages"] = self._add_step_advantages(output["advantages"], output["completion_ids"].shape[1])
+        return output
+
+    # TRL private: reward functions get the model's own messages; the gathered per-function rewards are
+    # kept for step-level advantages. Upstream fix: per-function rewards in the output of
+    # _generate_and_score_completions, and completions built from the rollout's own messages.
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        """TRL's rewards of every process's episodes (gathered), kept for the step-level advantages.
+
+        Reward functions get the model's own messages as `completions`: one assistant message per model
+        turn, its tool calls included, never the env's replies (TRL decodes the whole completion, tool
+        results and all, so a text reward would score the env's output as the model's)."""
+        texts = self.rollout_func.texts
+        if len(texts) == len(completions):
+            completions = model_messages(texts)
+        self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        return self._rewards_per_func
+
+    def _add_step_advantages(self, advantages: torch.Tensor, width: int) -> torch.Tensor:
+        """(batch,) episode advantages -> (batch, width) per-token ones, each turn's tokens moved by
+        `step_advantage_weight` x its step advantage (rl/credit.py). Groups may span processes, so
+        every process computes them over the gathered batch and keeps its own rows."""
+        per_func = self._rewards_per_func
+        rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
+        rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
+        turns = gather_object(self.rollout_func.turns)
+        steps, shared = step_advantages(rewards.tolist(), turns, self.num_generations, self.scale_rewards != "none")
+        first = self.accelerator.process_index * len(advantages)
+        out = advantages.unsqueeze(1).repeat(1, width)
+        moved = []
+        for i in range(len(advantages)):
+            for (start, end, _), step in zip(turns[first + i], steps[first + i]):
+                out[i, start:end] += self.step_advantage_weight * step
+                moved.append(abs(step))
+        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics["step_advantage/shared_state_turns"].append(shared)
+        metrics["step_advantage/abs_mean"].append(sum(moved) / len(moved) if moved else 0.0)
+        return out
