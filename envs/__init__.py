@@ -14,7 +14,8 @@ import gymnasium as gym
 from envs.base import ToolCall, ToolEnv, ToolError, tool, tool_schema
 from envs.entry_points import load_module
 
-__all__ = ["ToolCall", "ToolEnv", "ToolError", "tool", "tool_schema", "register", "make", "resolve", "names"]
+__all__ = ["ToolCall", "ToolEnv", "ToolError", "tool", "tool_schema", "register", "make", "resolve", "names",
+           "check_kwargs", "short_name"]
 
 _REGISTRY: dict[str, str] = {}  # short name -> "module:Class"
 
@@ -47,9 +48,20 @@ def resolve(name: str) -> Callable[..., ToolEnv]:
     return cls
 
 
-def make(name: str, **kwargs) -> ToolEnv:
+def check_kwargs(kwargs: dict) -> None:
+    """Refuse a renamed keyword with a message naming its new name (every way of building an env calls this)."""
     if "max_turns" in kwargs:
-        raise ValueError(f"max_turns={kwargs['max_turns']!r} is now max_steps (the env's cap on tool steps)")
+        raise ValueError(f"max_turns={kwargs['max_turns']!r} is now max_steps (the env's cap on tool steps; a run's "
+                         "rollout.max_turns caps the model's turns)")
+
+
+def short_name(name: str) -> str:
+    """A name fit for a folder or file: "sudoku" stays, "path/to/guess.py:Guess" and "pkg.mod:Guess" give "Guess"."""
+    return name.rpartition(":")[2]
+
+
+def make(name: str, **kwargs) -> ToolEnv:
+    check_kwargs(kwargs)
     return resolve(name)(**kwargs)
 
 

@@ -178,6 +178,11 @@ class ToolEnv(gym.Env):
     metadata = {"render_modes": ["ansi"]}
     default_max_steps = 32
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "default_max_turns" in vars(cls):
+            raise TypeError(f"{cls.__name__}.default_max_turns is now default_max_steps (the env's cap on tool steps)")
+
     def __init__(self, max_steps: int | None = None, max_invalid: int | None = None, render_mode: str | None = None):
         if render_mode not in (None, "ansi"):
             raise ValueError(f"unknown render_mode {render_mode!r} (accepted: None, 'ansi')")

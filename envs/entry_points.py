@@ -30,7 +30,7 @@ def _load_file(spec: str, path: str, kind: str) -> ModuleType:
     file = Path(path).resolve()
     if not file.is_file():
         raise ValueError(f"bad {kind} path {spec!r}: no file {path!r}")
-    name = f"toolgym_{kind}_file_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:10]}"
+    name = f"toolgym_file_{file.stem}_{hashlib.sha1(str(file).encode()).hexdigest()[:10]}"  # one module per file
     if name not in sys.modules:
         module_spec = importlib.util.spec_from_file_location(name, file)
         module = importlib.util.module_from_spec(module_spec)

@@ -62,7 +62,9 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     label = Path(result["label"]).name or result["label"]
-    env = cfg.env.name.rpartition(":")[2]  # "path/to/guess.py:Guess" -> "Guess"
+    from envs import short_name
+
+    env = short_name(cfg.env.name)  # "path/to/guess.py:Guess" -> "Guess"
     (out / f"{env}-{label}.json").write_text(json.dumps(result, indent=2))
     table = out / "results.md"
     if not table.exists():
@@ -71,7 +73,7 @@ def main(argv=None) -> int:
         f.write(markdown_row(result) + "\n")
     print(MARKDOWN_HEADER)
     print(markdown_row(result))
-    print(f"results: {out / f'{cfg.env.name}-{label}.json'}, table: {table}")
+    print(f"results: {out / f'{env}-{label}.json'}, table: {table}")
     return 0
 
 

@@ -54,7 +54,7 @@ def config_from_args(args: argparse.Namespace, resume: bool = False) -> RunConfi
         name, weight = parse_reward_spec(spec)
         cfg.rewards[name] = weight
     if not cfg.name:
-        cfg.name = f"{cfg.env.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        cfg.name = f"{envs.short_name(cfg.env.name)}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg
 
 
@@ -67,10 +67,8 @@ def check_resolvable(cfg: RunConfig) -> None:
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     env_cls = envs.resolve(cfg.env.name)
-    if "max_turns" in cfg.env.kwargs:
-        raise ConfigError(f"env.kwargs.max_turns={cfg.env.kwargs['max_turns']!r} is now env.kwargs.max_steps (the "
-                          "env's cap on tool steps; rollout.max_turns caps the model's turns)")
     try:
+        envs.check_kwargs(cfg.env.kwargs)
         env_cls(**cfg.env.kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"env {cfg.env.name!r} rejects env.kwargs {cfg.env.kwargs}: {e}") from e
@@ -79,7 +77,7 @@ def check_resolvable(cfg: RunConfig) -> None:
 
 
 def _latest_run(cfg: RunConfig) -> str:
-    runs = sorted(Path(cfg.output_dir).glob(f"{cfg.env.name}-*"), key=lambda p: p.stat().st_mtime)
+    runs = sorted(Path(cfg.output_dir).glob(f"{envs.short_name(cfg.env.name)}-*"), key=lambda p: p.stat().st_mtime)
     if not runs:
         raise ConfigError(f"--resume: no runs of env {cfg.env.name!r} under {cfg.output_dir}/; pass --name")
     return runs[-1].name

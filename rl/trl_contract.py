@@ -45,7 +45,7 @@ HOOKS = (
          "rl/trl_hooks.py",
          "projects only the model's tokens through the LM head; gives a VLM its images in every pass",
          "the same score mask column, and image inputs carried for rollout_func batches"),
-    Hook(f"{GRPO}.__init__", (), "rl/trainer.py, rl/guards.py, rl/heldout.py",
+    Hook(f"{GRPO}.__init__", (), "rl/trainer.py, rl/trl_hooks.py, rl/guards.py, rl/heldout.py",
          "logs episode, rollout and held-out metrics into TRL's per-step metrics (self._metrics[mode][key])",
          "a public way to add metrics to a step's log", assigns="self._metrics"),
     Hook("trl.trainer.utils:_use_triton", ("device",), "rl/logprobs.py",

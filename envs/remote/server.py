@@ -79,6 +79,7 @@ def toolgym_app(env: str, env_kwargs: dict | None = None, max_sessions: int = 16
     from openenv.core.env_server import ConcurrencyConfig, create_app
 
     env_cls = envs.resolve(env)
+    envs.check_kwargs(env_kwargs or {})
     make_env = functools.partial(env_cls, **(env_kwargs or {}))
     make_env()  # fail now, with the env's own message, on bad kwargs
     ToolAction, ToolObservation, ServedToolEnv = _served_types()

@@ -14,7 +14,7 @@ environment, and capped stdout/stderr. Which of these the OS allowed is in
 the run is asked for, so a run costs about a millisecond of its caller's time.
 
 A run can also hand the model's function to a trusted *driver*, a function in one of the fork
-server's `DRIVERS` (e.g. `g2048/rules.py:play_games`, a path under envs/) that runs outside the sandbox
+`protocol.DRIVERS` (e.g. `g2048/rules.py:play_games`, a path under envs/) that runs outside the sandbox
 and calls the model's function once per move or test input. Game state, inputs,
 references and timings stay on the trusted side, so the model's code cannot fake them.
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from envs.sandbox.protocol import read_frame, write_frame
+from envs.sandbox.protocol import check_driver, read_frame, write_frame
 
 STATUSES = ("ok", "timeout", "memory", "killed", "error")
 SPARE_RUNNERS = 2  # idle runners kept beyond the busy ones: each re-arms while the others run
@@ -117,6 +117,8 @@ class Sandbox:
         """
         if driver and not entry:
             raise ValueError(f"driver {driver!r} needs an entry function to drive")
+        if driver:
+            check_driver(driver)
         limits = limits or self.limits
         request = {"code": code, "entry": entry, "args": list(args), "driver": driver,
                    "driver_args": driver_args or {}, "limits": vars(limits),

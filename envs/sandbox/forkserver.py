@@ -64,7 +64,7 @@ from isolation import (
     _mount_tmpfs,
     _unshare,
 )
-from protocol import CallError, ChildGone, read_frame, write_frame
+from protocol import DRIVERS, CallError, ChildGone, check_driver, read_frame, write_frame
 
 # Modules the child may import without a filesystem (it is chrooted into an empty tmpfs).
 PRELOAD = ["array", "bisect", "builtins", "collections", "copy", "dataclasses", "functools", "heapq",
@@ -72,10 +72,9 @@ PRELOAD = ["array", "bisect", "builtins", "collections", "copy", "dataclasses", 
            "time", "typing",
            # present so that escape attempts meet the OS limits, not a missing module
            "ctypes", "socket", "signal", "gc", "locale", "_posixsubprocess", "fcntl"]
-# The trusted drivers, by their path under envs/ (how a run names one: "g2048/rules.py:play_games"). Each is
-# loaded here, once, by its bare name with its own folder on the path (stdlib only, like its siblings there).
+# The trusted drivers (protocol.DRIVERS) are loaded here, once each, by their bare file names with their
+# folders on the path (stdlib only, like their siblings there).
 ENVS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DRIVERS = ["g2048/rules.py", "kernels/tasks.py", "sudoku/games.py"]
 _DRIVER_MODULES: dict = {}
 # Importable too, but compiled here and run only in a child that imports them: `threading`
 # loaded here would cost every child its after-fork hook (see child.OnDemand).
@@ -100,6 +99,9 @@ def serve(sock_fd: int, namespaces: bool = True) -> None:
     sock = socket.socket(fileno=sock_fd)
     for name in PRELOAD:
         importlib.import_module(name)
+    names = [os.path.basename(path) for path in DRIVERS]
+    if len(set(names)) != len(names):  # loaded by bare name: two `rules.py` would be one module
+        raise RuntimeError(f"sandbox drivers must have distinct file names: {DRIVERS}")
     for path in DRIVERS:
         folder, name = os.path.split(os.path.join(ENVS, path))
         if folder not in sys.path:
@@ -288,9 +290,8 @@ def _run(child: Child, req: dict) -> dict:
     try:
         child.start({k: req[k] for k in ("code", "entry", "allowed_imports", "limits")}, started)
         if req["driver"]:
+            check_driver(req["driver"])  # the caller checked too: this one guards the trusted side
             path, _, fn = req["driver"].rpartition(":")
-            if path not in _DRIVER_MODULES:
-                raise ValueError(f"unknown driver {req['driver']!r} (drivers: {', '.join(DRIVERS)}, as 'path:function')")
             value = getattr(_DRIVER_MODULES[path], fn)(child, **req["driver_args"])
         elif req["entry"]:
             value = child.call(*req["args"])

@@ -10,6 +10,16 @@ import os
 import struct
 
 MAX_FRAME = 64 << 20
+# The trusted drivers, by their path under envs/ (how a run names one: "g2048/rules.py:play_games"). The fork
+# server loads each once by its bare file name (so the names must differ) with its folder on the path.
+DRIVERS = ("g2048/rules.py", "kernels/tasks.py", "sudoku/games.py")
+
+
+def check_driver(driver: str) -> None:
+    """Refuse a driver that is not one of `DRIVERS` ("path:function"), naming the ones there are."""
+    path, _, fn = driver.rpartition(":")
+    if path not in DRIVERS or not fn:
+        raise ValueError(f"unknown driver {driver!r} (accepted: one of {', '.join(DRIVERS)}, as 'path:function')")
 
 
 class CallError(Exception):

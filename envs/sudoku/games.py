@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import random
 
-from puzzles import generate, peers  # by bare name: the fork server loads drivers beside their folder
+try:
+    from puzzles import generate, peers  # in the fork server: drivers and their siblings load by bare name
+except ImportError:
+    from envs.sudoku.puzzles import generate, peers
 
 
 def _is_valid(board, puzzle, move, size) -> bool:

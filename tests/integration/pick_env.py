@@ -14,7 +14,7 @@ TARGET = 7
 
 
 class PickEnv(ToolEnv):
-    default_max_turns = 3
+    default_max_steps = 3
 
     def setup(self, options):
         return "Pick a number."

@@ -70,7 +70,8 @@ def test_dry_run_prints_resolved_config():
     (["--env", "sudoku", "--set", "grpo.lr=1"], "unknown config key 'grpo.lr'"),
     (["--env", "sudoku", "--reward", "no_such_pkg.rewards:shaped=0.5"], "bad reward path 'no_such_pkg.rewards:shaped'"),
     (["--env", "sudoku", "--reward", "solved=heavy"], "bad reward weight 'heavy'"),
-    (["--env", "sudoku", "--set", "env.kwargs.max_turns=9"], "env.kwargs.max_turns=9 is now env.kwargs.max_steps"),
+    (["--env", "sudoku", "--set", "env.kwargs.max_turns=9"], "rejects env.kwargs {'size': 4, "
+                                                             "'difficulty': 'easy', 'max_invalid': 6, 'max_turns': 9}: max_turns=9 is now max_steps"),
 ])
 def test_launch_errors_exit_before_any_model_loads(args, message):
     result = run_launch(*args)

@@ -18,6 +18,10 @@ def test_unknown_env_names_the_known_ones():
         envs.make("envs.sudoku:Nope")
     with pytest.raises(ValueError, match="max_turns=3 is now max_steps"):
         envs.make("sudoku", max_turns=3)
+    with pytest.raises(TypeError, match="Old.default_max_turns is now default_max_steps"):
+        type("Old", (envs.ToolEnv,), {"default_max_turns": 3})
+    assert [envs.short_name(n) for n in ("sudoku", "envs.sudoku:SudokuEnv", "sub/guess.py:Guess")] == \
+        ["sudoku", "SudokuEnv", "Guess"]  # run folders and eval files are named by it
 
 
 def test_gymnasium_make_and_env_checker():

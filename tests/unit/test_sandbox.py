@@ -98,6 +98,12 @@ def test_runtime_import_gate(box):
     assert box.run("import math\ndef f():\n    return math.floor(2.5)", entry="f", allowed_imports=["math"]).value == 2
 
 
+def test_an_unknown_driver_is_refused_before_the_run_naming_the_drivers(box):
+    with pytest.raises(ValueError, match=r"unknown driver 'rules.py:play_games' \(accepted: one of g2048/rules.py, "
+                                         r"kernels/tasks.py, sudoku/games.py, as 'path:function'\)"):
+        box.run("def strategy(board):\n    return 'up'", entry="strategy", driver="rules.py:play_games")
+
+
 def test_driver_calls_the_function_per_move(box):
     code = "import random\nrng = random.Random(0)\ndef strategy(board):\n    return rng.choice(['left', 'up', 'right', 'down'])"
     r = box.run(code, entry="strategy", driver="g2048/rules.py:play_games", driver_args={"seeds": [1, 2]})
