@@ -37,7 +37,8 @@ def resolve(name: str) -> Callable[..., ToolEnv]:
     if entry_point is None:
         close = difflib.get_close_matches(name, names(), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown env {name!r} (known: {', '.join(names())}, or 'module:Class' or 'path/to/file.py:Class'){hint}")
+        raise ValueError(f"unknown env {name!r} (known: {', '.join(names())}, or 'module:Class' or "
+                         f"'path/to/file.py:Class'){hint}")
     attr = entry_point.rpartition(":")[2]
     try:
         cls = getattr(load_module(entry_point, "env"), attr)

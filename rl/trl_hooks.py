@@ -78,8 +78,6 @@ class VisionGRPOMixin:
         output = super()._generate_and_score_completions(inputs)
         rows, self.rollout_func.images = self.rollout_func.images, None
         if rows and any(rows):
-            import torch
-
             images = [image for row in rows for image in row]
             for key in IMAGE_INPUT_KEYS:
                 output[key] = torch.stack([image[key] for image in images]).to(output["prompt_ids"].device)
@@ -95,8 +93,6 @@ class VisionGRPOMixin:
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
                 compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **kwargs)
-        import torch
-
         step = batch_size or input_ids.size(0)
         logps, entropies, aux = [], [], []
         for start in range(0, input_ids.size(0), step):
