@@ -11,8 +11,8 @@ SMOOTH = 5  # steps in the moving mean drawn over a series at least this long
 
 
 def curve_series(rows: list[dict]) -> dict[str, list[tuple[int, float]]]:
-    """(step, value) per plotted metric, in step order. A resumed run repeats the steps after
-    its last checkpoint; the later value of a step wins."""
+    """(step, value) per plotted metric, in step order. Should a step appear twice (a log
+    written before resumes cut logs back to the checkpoint), the later value wins."""
     series = {key: sorted({r["step"]: r[key] for r in rows if key in r}.items()) for key in CURVES}
     return {k: v for k, v in series.items() if v}
 

@@ -13,6 +13,7 @@ adapter, in `final/` (it loads with its base model and that model's image proces
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -24,11 +25,12 @@ from rl.cli import check_resolvable
 from rl.config import ConfigError, RunConfig, to_yaml
 from rl.demos import demonstrations
 from rl.guards import SkipNonFiniteUpdates
-from rl.logprobs import compact_lm_head
 from rl.models import load_image_tokenizer, load_model, lora_config
 from rl.plots import save_curve
 from rl.progress import JsonlLogger
-from rl.trainer import _report_to, latest_checkpoint, run_dir
+from rl.resume import checkpoint_step, latest_checkpoint, trim_logs
+from rl.trainer import _report_to, run_dir
+from rl.trl_hooks import compact_lm_head
 from rl.vision import VisionSFTCollator
 
 
@@ -70,6 +72,8 @@ def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
     checkpoint = latest_checkpoint(out) if resume else None
     if resume and checkpoint is None:
         raise FileNotFoundError(f"--resume: no checkpoint-* under {out}")
+    if checkpoint and int(os.environ.get("RANK", "0")) == 0:
+        trim_logs(out, checkpoint_step(checkpoint))  # the steps after the checkpoint are logged again
     with compact_lm_head(args.device):  # the LM head projects only the demonstrations' model tokens
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     final = trainer.model

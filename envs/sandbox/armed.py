@@ -11,7 +11,7 @@ import struct
 import time
 
 from isolation import _libc
-from protocol import MAX_FRAME, CallError, ChildGone, write_frame
+from protocol import MAX_FRAME, CallError, ChildGone, clip, write_frame
 
 
 def _fds(ancillary) -> list[int]:
@@ -44,6 +44,9 @@ class Child:
         encode, self.scan = state["child"].ENCODE, state["child"].SCAN
         self.dumps = lambda obj: "".join(encode(obj, 0))
         self.deadline, self.cap, self.cpu_limit = float("inf"), 0, 0.0  # set by `start`
+        self.frame_cap = MAX_FRAME  # the largest reply frame taken (the run's value_bytes, from `start`)
+        self.error_cap = 4096  # characters of an error message the child reports (error_chars, from `start`)
+        self.too_large = 0  # the size of a reply frame refused for its size
         self.buf = bytearray()
         self.timed_out = False
         self.truncated = False
@@ -103,6 +106,9 @@ class Child:
         """Hand the armed child its code and limits; returns once the code is defined."""
         limits = job["limits"]
         self.deadline, self.cap, self.cpu_limit = started + limits["wall_s"], limits["output_bytes"], limits["cpu_s"]
+        self.error_cap = limits["error_chars"]
+        # the child's own caps: a value, or an error message (a character escaped as JSON takes up to 6 bytes)
+        self.frame_cap = min(max(limits["value_bytes"], 6 * limits["error_chars"]) + 1024, MAX_FRAME)
         self._ask(job)
 
     def _ask(self, msg: dict):
@@ -116,8 +122,10 @@ class Child:
         while True:
             if len(self.buf) >= 4:
                 (n,) = struct.unpack_from(">I", self.buf)
-                if n > MAX_FRAME:
-                    raise CallError(f"reply of {n} bytes is larger than {MAX_FRAME}")
+                if n > self.frame_cap:  # the harness sends a small error instead: code wrote to the pipe itself
+                    self.too_large = n
+                    self.kill()  # it is blocked writing the rest: waiting for it would last until the deadline
+                    raise ChildGone
                 if len(self.buf) >= 4 + n:
                     frame, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
                     try:
@@ -127,7 +135,7 @@ class Child:
                             raise ValueError("trailing data")
                         if "error" in reply:
                             self.reported = reply
-                            raise CallError(reply["error"])
+                            raise CallError(clip(str(reply["error"]), self.error_cap))
                         return reply["value"]
                     except (ValueError, KeyError, TypeError, StopIteration):
                         raise CallError("the child sent a malformed reply") from None
@@ -244,6 +252,10 @@ class Child:
         status, cpu = self.exit_status or 0, self.cpu_s  # no exit status yet: it answered "exit"
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
         kind = (self.reported or {}).get("type", "")
+        if self.too_large:
+            return "too_large", f"reply of {self.too_large} bytes is larger than the limit ({self.frame_cap} bytes)"
+        if kind == "ValueTooLarge":
+            return "too_large", self.reported["error"]
         if self.timed_out:
             return "timeout", "wall-clock deadline passed; the process tree was killed"
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= self.cpu_limit - 0.05):

@@ -8,7 +8,8 @@ Every run gets a fresh process forked from a warm fork server (`envs/sandbox/for
 never reused after model code ran in it. The process has CPU-time, address-space,
 file-size and process-count rlimits, a wall-clock deadline that kills its whole process
 tree, no network, a private scratch directory as its whole filesystem, an empty
-environment, and capped stdout/stderr. Which of these the OS allowed is in
+environment, capped stdout/stderr and exception text, and a cap on the return value (a
+larger one ends the run at once, status "too_large"). Which of these the OS allowed is in
 `Sandbox.isolation` and in every result's `isolation` ("namespaces" or "weak");
 `Sandbox(namespaces=False)` forces "weak". The process is forked and locked down before
 the run is asked for, so a run costs about a millisecond of its caller's time.
@@ -36,9 +37,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from envs.sandbox.protocol import check_driver, read_frame, write_frame
+from envs.sandbox.protocol import MAX_FRAME, check_driver, read_frame, write_frame
 
-STATUSES = ("ok", "timeout", "memory", "killed", "error")
+STATUSES = ("ok", "timeout", "memory", "too_large", "killed", "error")
 SPARE_RUNNERS = 2  # idle runners kept beyond the busy ones: each re-arms while the others run
 STDLIB_SAFE = ("math", "cmath", "random", "itertools", "functools", "collections", "heapq", "bisect", "array",
                "operator", "statistics", "fractions", "decimal", "copy", "string", "typing", "dataclasses", "re")
@@ -53,11 +54,18 @@ class Limits:
     scratch_mb: int = 16  # the whole scratch filesystem
     procs: int = 8  # processes and threads of the run's uid
     output_bytes: int = 64 * 1024  # each of stdout and stderr
+    value_bytes: int = 16 << 20  # a return value as JSON; larger ones end the run at once as "too_large"
+    error_chars: int = 4096  # an exception's text; the rest is cut, with a marker saying how much
+
+    def __post_init__(self):
+        if not 0 < self.value_bytes <= MAX_FRAME // 2 or self.error_chars <= 0:
+            raise ValueError(f"Limits: value_bytes must be in 1..{MAX_FRAME // 2} and error_chars positive, got "
+                             f"value_bytes={self.value_bytes}, error_chars={self.error_chars}")
 
 
 @dataclass
 class Result:
-    status: str  # ok | timeout | memory | killed | error
+    status: str  # ok | timeout | memory | too_large | killed | error
     value: Any = None
     stdout: str = ""
     stderr: str = ""

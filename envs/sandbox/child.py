@@ -117,66 +117,25 @@ def _install_audit_hook(scratch: str) -> None:
     sys.addaudithook(hook)
 
 
-def _serve(calls: int, replies: int, base_vm: int) -> None:
-    """Take the job (code, entry, allowed imports, limits), define the code, answer calls until "exit"."""
-    join, unpack, pack, write, read, exit_ = "".join, struct.unpack, struct.pack, os.write, os.read, os._exit
-    fmt_exc, flush_out, flush_err = traceback.format_exception_only, sys.stdout.flush, sys.stderr.flush
-    BaseExc, len_, bytes_, bytearray_, type_ = BaseException, len, bytes, bytearray, type
-    encode, scan, builtins_dict, pristine = ENCODE, SCAN, builtins.__dict__, PRISTINE_BUILTINS
-
-    def send(obj) -> None:
-        try:
-            data = join(encode(obj, 0)).encode()
-        except BaseExc as e:
-            data = join(encode({"error": f"return value is not JSON-serializable: {e}", "type": "TypeError"}, 0))
-            data = data.encode()
-        data = pack(">I", len_(data)) + data
-        while data:
-            data = data[write(replies, data):]
-
-    pending = [b""]  # what was read beyond the last frame
-
-    def recv():
-        data = pending[0]
-        while len_(data) < 4 or len_(data) < 4 + unpack(">I", data[:4])[0]:
-            chunk = read(calls, 1 << 16)
-            if not chunk:
-                exit_(0)
-            data += chunk
-        n = 4 + unpack(">I", data[:4])[0]
-        pending[0] = data[n:]
-        return scan(data[4:n].decode(), 0)[0]
-
-    def report(e: BaseException, where: str) -> None:
-        builtins_dict.update(pristine)  # traceback formatting needs the real builtins
-        text = join(fmt_exc(type_(e), e)).strip()
-        send({"error": f"{where}: {text}", "type": type_(e).__name__})
-
-    req = recv()
-    _set_limits(req["limits"], base_vm)
-    allowed = req["allowed_imports"]
-    if allowed is not None:
-        real_import, allowed_set = builtins.__import__, frozenset(allowed)
-
-        def gated_import(name, globals=None, locals=None, fromlist=(), level=0):
-            if level == 0 and name.partition(".")[0] not in allowed_set:
-                raise ImportError(f"import of {name!r} is not allowed (allowed: {', '.join(sorted(allowed_set)) or 'none'})")
-            return real_import(name, globals, locals, fromlist, level)
-
-        builtins.__import__ = gated_import
-        pristine["__import__"] = gated_import
+def _define(code: str, entry: str, send, report, BaseExc):
+    """Run the model's code once and answer with its entry function's readiness; the function, or None."""
     scope = {"__name__": "__sandbox__"}
     try:
-        exec(compile(req["code"], "<model code>", "exec"), scope)
-        fn = scope.get(req["entry"]) if req["entry"] else None
-        if req["entry"] and not callable(fn):
+        exec(compile(code, "<model code>", "exec"), scope)
+        fn = scope.get(entry) if entry else None
+        if entry and not callable(fn):
             names = sorted(k for k, v in scope.items() if callable(v) and not k.startswith("__"))
-            raise NameError(f"no function named {req['entry']!r} is defined (defined: {', '.join(names) or 'none'})")
+            raise NameError(f"no function named {entry!r} is defined (defined: {', '.join(names) or 'none'})")
     except BaseExc as e:
-        fn = None
         report(e, "while defining the code")
-    else:
-        send({"value": None})
+        return None
+    send({"value": None})
+    return fn
+
+
+def _answer(fn, entry, recv, send, report, flush_out, flush_err, exit_, BaseExc, bytearray_, bytes_, len_) -> None:
+    """Answer the runner's calls until "exit", then flush and leave. Runs after the model's code: every
+    name it uses is a parameter, bound by `_serve` before that code ran (none is looked up at call time)."""
     staged: list = []
     while True:
         msg = recv()
@@ -198,7 +157,7 @@ def _serve(calls: int, replies: int, base_vm: int) -> None:
             else:
                 break
         except BaseExc as e:
-            report(e, f"in {req['entry']}()")
+            report(e, f"in {entry}()")
     try:
         flush_out()
         flush_err()
@@ -207,3 +166,73 @@ def _serve(calls: int, replies: int, base_vm: int) -> None:
     send({"value": None})  # "exit" answered: all it printed is in the pipes
     recv()  # the runner reads our CPU clock, then closes the pipe
     exit_(0)
+
+
+def _serve(calls: int, replies: int, base_vm: int) -> None:
+    """Take the job (code, entry, allowed imports, limits), define the code, answer calls until "exit"."""
+    join, unpack, pack, write, read, exit_ = "".join, struct.unpack, struct.pack, os.write, os.read, os._exit
+    fmt_exc, flush_out, flush_err = traceback.format_exception_only, sys.stdout.flush, sys.stderr.flush
+    BaseExc, MemoryExc, len_, sum_, map_, isinstance_ = BaseException, MemoryError, len, sum, map, isinstance
+    bytes_, bytearray_, type_, str_ = bytes, bytearray, type, str
+    encode, scan, builtins_dict, pristine = ENCODE, SCAN, builtins.__dict__, PRISTINE_BUILTINS
+    answer = _answer  # bound now: model code may rebind module globals once it runs
+    pending = [b""]  # what was read beyond the last frame
+
+    def recv():
+        data = pending[0]
+        while len_(data) < 4 or len_(data) < 4 + unpack(">I", data[:4])[0]:
+            chunk = read(calls, 1 << 16)
+            if not chunk:
+                exit_(0)
+            data += chunk
+        n = 4 + unpack(">I", data[:4])[0]
+        pending[0] = data[n:]
+        return scan(data[4:n].decode(), 0)[0]
+
+    req = recv()
+    value_cap, error_cap = req["limits"]["value_bytes"], req["limits"]["error_chars"]
+    keep = max(error_cap - 48, 0)
+
+    def clip(text: str) -> str:  # as protocol.clip; cutting here keeps a huge message off the pipe
+        return text if len_(text) <= error_cap else f"{text[:keep]}[... {len_(text) - keep} more characters cut]"
+
+    def send(obj) -> None:
+        try:
+            chunks = encode(obj, 0)  # ASCII (non-ASCII is escaped): characters are bytes
+        except BaseExc as e:
+            kind = "MemoryError" if isinstance_(e, MemoryExc) else "TypeError"
+            chunks = encode({"error": clip(f"return value is not JSON-serializable: {str_(e)}"), "type": kind}, 0)
+        size = sum_(map_(len_, chunks))
+        if size > value_cap and "value" in obj:  # a small frame now, not a huge one that stalls the pipe
+            chunks = encode({"error": f"return value too large: {size} bytes as JSON (limit: {value_cap} bytes)",
+                             "type": "ValueTooLarge"}, 0)
+        data = join(chunks).encode()
+        data = pack(">I", len_(data)) + data
+        while data:
+            data = data[write(replies, data):]
+
+    def report(e: BaseException, where: str) -> None:
+        builtins_dict.update(pristine)  # traceback formatting needs the real builtins
+        text = join(fmt_exc(type_(e), e)).strip()
+        send({"error": clip(f"{where}: {text}"), "type": clip(type_(e).__name__)})
+
+    _set_limits(req["limits"], base_vm)
+    _gate_imports(req["allowed_imports"])
+    fn = _define(req["code"], req["entry"], send, report, BaseExc)
+    answer(fn, req["entry"], recv, send, report, flush_out, flush_err, exit_, BaseExc, bytearray_, bytes_, len_)
+
+
+def _gate_imports(allowed: list[str] | None) -> None:
+    """Refuse top-level imports outside `allowed` (None: no gate); a courtesy, not a security boundary."""
+    if allowed is None:
+        return
+    real_import, allowed_set = builtins.__import__, frozenset(allowed)
+
+    def gated_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 0 and name.partition(".")[0] not in allowed_set:
+            names = ", ".join(sorted(allowed_set)) or "none"
+            raise ImportError(f"import of {name!r} is not allowed (allowed: {names})")
+        return real_import(name, globals, locals, fromlist, level)
+
+    builtins.__import__ = gated_import
+    PRISTINE_BUILTINS["__import__"] = gated_import

@@ -64,7 +64,7 @@ from isolation import (
     _mount_tmpfs,
     _unshare,
 )
-from protocol import DRIVERS, CallError, ChildGone, check_driver, read_frame, write_frame
+from protocol import DRIVERS, CallError, ChildGone, check_driver, clip, read_frame, write_frame
 
 # Modules the child may import without a filesystem (it is chrooted into an empty tmpfs).
 PRELOAD = ["array", "bisect", "builtins", "collections", "copy", "dataclasses", "functools", "heapq",
@@ -302,6 +302,7 @@ def _run(child: Child, req: dict) -> dict:
     except Exception as e:  # a driver bug: report it, never hang
         failure = f"driver {req['driver']} failed: {type(e).__name__}: {e}"
     status, error = child.finish(failure)
+    error = clip(error, req["limits"]["error_chars"])  # a driver's own failure message, say
     return {"status": status, "value": value if status == "ok" else None, "error": error,
             "stdout": child.out.decode(errors="replace"), "stderr": child.err.decode(errors="replace"),
             "truncated": child.truncated, "cpu_s": child.cpu_s,

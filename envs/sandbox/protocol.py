@@ -22,6 +22,13 @@ def check_driver(driver: str) -> None:
         raise ValueError(f"unknown driver {driver!r} (accepted: one of {', '.join(DRIVERS)}, as 'path:function')")
 
 
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters (its marker, saying how many were cut, included; so
+    clipping twice changes nothing). The child's harness cuts the same way."""
+    keep = max(limit - 48, 0)  # room for the marker
+    return text if len(text) <= limit else f"{text[:keep]}[... {len(text) - keep} more characters cut]"
+
+
 class CallError(Exception):
     """The model's function raised, or its reply was unusable."""
 

@@ -7,7 +7,9 @@ the games on the trusted side and calls the model's function once per move; the 
 
 from __future__ import annotations
 
-from envs.base import ToolEnv
+from collections.abc import Callable
+
+from envs.base import ToolCall, ToolEnv
 from envs.sandbox.box import Limits, Sandbox, default_sandbox, extract_code, imports_outside, parse_function
 
 
@@ -77,3 +79,27 @@ class StrategyTask(ToolEnv):
 
     def facts(self) -> dict:
         return dict(self.result)
+
+
+class SubmitSource:
+    """A policy that submits one fixed source string; a strategy env plays it in the sandbox (one turn)."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def __call__(self, env) -> ToolCall:
+        return ToolCall("submit", {"code": self.source})
+
+
+def submission_policies(expert_source: str, random_source: Callable[[int], str]) -> tuple[Callable, Callable]:
+    """A strategy env's expert (submits `expert_source`) and random policy (submits `random_source(seed)`),
+    for `envs.experts.register_policies`. The expert accepts `explore` and `seed` because evaluation passes
+    them to every expert; a strategy episode is one submission, so they change nothing."""
+
+    def expert(explore: float = 0.0, seed: int = 0) -> SubmitSource:
+        return SubmitSource(expert_source)
+
+    def random(seed: int = 0) -> SubmitSource:
+        return SubmitSource(random_source(seed))
+
+    return expert, random
