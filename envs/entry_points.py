@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 from types import ModuleType
 
@@ -18,12 +19,16 @@ from types import ModuleType
 def load_module(spec: str, kind: str) -> ModuleType:
     """The module part of `spec` ("module.path:name" or "path/to/file.py:name"), imported."""
     module_name = spec.rpartition(":")[0]
+    if not module_name:
+        raise ValueError(f"bad {kind} path {spec!r}: no module before the ':' (expected 'module.path:name')")
     if module_name.endswith(".py"):
         return _load_file(spec, module_name, kind)
     try:
         return importlib.import_module(module_name)
     except ImportError as e:
         raise ValueError(f"bad {kind} path {spec!r}: cannot import module {module_name!r} ({e})") from e
+    except Exception as e:  # a syntax error or an exception at the module's top level
+        raise ValueError(f"bad {kind} path {spec!r}: module {module_name!r} fails to import: {import_error(e)}") from e
 
 
 def _load_file(spec: str, path: str, kind: str) -> ModuleType:
@@ -39,5 +44,27 @@ def _load_file(spec: str, path: str, kind: str) -> ModuleType:
             module_spec.loader.exec_module(module)
         except Exception as e:
             del sys.modules[name]
-            raise ValueError(f"bad {kind} path {spec!r}: {path} fails to import ({type(e).__name__}: {e})") from e
+            raise ValueError(f"bad {kind} path {spec!r}: {path} fails to import: {import_error(e)}") from e
     return sys.modules[name]
+
+
+def import_error(e: BaseException) -> str:
+    """One line for an exception raised while importing a user's module: where it happened (file, line) and
+    what. A syntax error names its own line; another exception the top-level line of the module it came from."""
+    if isinstance(e, SyntaxError):
+        where = f"{_shown(e.filename)}, line {e.lineno}" if e.filename else ""
+        what = f"SyntaxError: {e.msg}"
+    else:
+        frames = traceback.extract_tb(e.__traceback__)
+        own = [f for f in frames if f.name == "<module>" and not f.filename.startswith("<")][:1] or frames[-1:]
+        where = f"{_shown(own[-1].filename)}, line {own[-1].lineno}" if own else ""
+        what = f"{type(e).__name__}: {e}"
+    return " ".join(f"{where}: {what}".removeprefix(": ").split())
+
+
+def _shown(filename: str) -> str:
+    """A file name relative to the current folder where it lies below it."""
+    try:
+        return str(Path(filename).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return filename

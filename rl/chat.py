@@ -30,20 +30,28 @@ _SENTINEL = "<<toolgym:model-turn>>"
 _PROBE = "<<toolgym:tool-result>>"
 
 
-def load_template(name_or_path: str) -> str:
-    """A chat template by built-in name (`gemma3_tools`), TRL's name (`trl:qwen3`) or file path."""
+def template_path(name_or_path: str) -> Path:
+    """Where a chat template lies: by built-in name (`gemma3_tools`), TRL's name (`trl:qwen3`) or file path.
+    Imports nothing (TRL's folder is found without importing TRL), so configs are checked in an instant."""
     if name_or_path.startswith("trl:"):
-        import trl
+        import importlib.util
 
-        path = Path(trl.__file__).parent / "chat_templates" / f"{name_or_path[4:]}.jinja"
+        trl = importlib.util.find_spec("trl")
+        folder = Path(trl.origin).parent if trl is not None and trl.origin else Path("<trl is not installed>")
+        path = folder / "chat_templates" / f"{name_or_path[4:]}.jinja"
     elif (TEMPLATES / f"{name_or_path}.jinja").exists():
         path = TEMPLATES / f"{name_or_path}.jinja"
     else:
         path = Path(name_or_path)
-    if not path.exists():
+    if not path.is_file():
         known = sorted(p.stem for p in TEMPLATES.glob("*.jinja"))
         raise ValueError(f"unknown chat template {name_or_path!r} (built in: {known}; or 'trl:<name>', or a path)")
-    return path.read_text()
+    return path
+
+
+def load_template(name_or_path: str) -> str:
+    """A chat template by built-in name (`gemma3_tools`), TRL's name (`trl:qwen3`) or file path."""
+    return template_path(name_or_path).read_text()
 
 
 class ChatFormat:

@@ -12,6 +12,8 @@ from pathlib import Path
 import envs
 from rewards import get_reward, parse_reward_spec
 from rl.config import ConfigError, RunConfig, load_config, to_yaml
+from rl.config_checks import check_names
+from rl.resume import only_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -45,8 +47,10 @@ def config_from_args(args: argparse.Namespace, resume: bool = False) -> RunConfi
     if args.name:
         overrides.append(f"name={args.name!r}")
     cfg = load_config(path, overrides)
-    if resume and not cfg.name:
-        cfg.name = _latest_run(cfg)
+    if resume and not cfg.name:  # only when there is no other run of the env to mean
+        cfg.name = only_run(cfg.output_dir, cfg.env.name)
+    if resume and not (Path(cfg.output_dir) / cfg.name).is_dir():
+        raise ConfigError(f"--resume: no run {cfg.name!r} under {cfg.output_dir}/ (drop --resume to start it)")
     saved = Path(cfg.output_dir) / cfg.name / "config.yaml"
     if resume and saved.exists():  # continue the run as it was configured, plus any new overrides
         cfg = load_config(saved, [o for o in overrides if not o.startswith("env.name=")])
@@ -59,7 +63,8 @@ def config_from_args(args: argparse.Namespace, resume: bool = False) -> RunConfi
 
 
 def check_resolvable(cfg: RunConfig) -> None:
-    """Fail on an unknown env or a bad reward path now, before any model loads.
+    """Fail on an unknown env, a bad reward path or signature, an unknown model, tool-call format or chat
+    template now, before any model loads.
 
     User modules (`my_rewards:fn`, `my_envs:MyEnv`) are imported from the current
     directory or from installed packages.
@@ -70,21 +75,17 @@ def check_resolvable(cfg: RunConfig) -> None:
     try:
         envs.check_kwargs(cfg.env.kwargs)
         env_cls(**cfg.env.kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"env {cfg.env.name!r} rejects env.kwargs {cfg.env.kwargs}: {e}") from e
+    except Exception as e:  # the user's env refusing its kwargs, however it says so
+        what = str(e) if isinstance(e, (TypeError, ValueError)) else f"{type(e).__name__}: {e}"
+        raise ConfigError(f"env {cfg.env.name!r} rejects env.kwargs {cfg.env.kwargs}: {what}") from e
     for spec in cfg.rewards:
         get_reward(spec)
-
-
-def _latest_run(cfg: RunConfig) -> str:
-    runs = sorted(Path(cfg.output_dir).glob(f"{envs.short_name(cfg.env.name)}-*"), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise ConfigError(f"--resume: no runs of env {cfg.env.name!r} under {cfg.output_dir}/; pass --name")
-    return runs[-1].name
+    check_names(cfg)  # after the env's and rewards' modules, which may register tool-call formats
 
 
 def resolve_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace, resume: bool = False) -> RunConfig:
-    """The run's config, checked (env, env kwargs, rewards) before any model loads; exit 2 with the error.
+    """The run's config, checked (values, env, env kwargs, rewards, model) before any model library is
+    imported; exit 2 with the error in one line.
 
     With `--dry-run`, prints the resolved config and exits 0.
     """
@@ -92,7 +93,7 @@ def resolve_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace, r
         cfg = config_from_args(args, resume=resume)
         check_resolvable(cfg)
     except (ConfigError, ValueError) as e:
-        parser.exit(2, f"error: {e}\n")
+        parser.exit(2, f"error: {' '.join(str(e).split())}\n")  # one line, however the message was wrapped
     if getattr(args, "dry_run", False):
         print_config(cfg)
         parser.exit(0)

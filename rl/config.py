@@ -2,8 +2,9 @@
 
     cfg = load_config("configs/sudoku.yaml", overrides=["grpo.learning_rate=1e-5"])
 
-Unknown or misspelt keys are errors that name the key and what is accepted. Imports no
-torch, so `--dry-run` and config errors are instant.
+Unknown or misspelt keys are errors that name the key and what is accepted; so are bad
+values (`rl/config_checks.py`) and YAML that does not parse (with its file and line). Imports
+no torch, so `--dry-run` and config errors are instant.
 """
 
 from __future__ import annotations
@@ -46,10 +47,6 @@ class VLLMSection:
     retries: int = 2  # vllm-server: per request, moving on to the next URL
 
 
-BACKENDS = ("hf", "vllm", "vllm-server")
-VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
-
-
 @dataclass
 class RolloutSection:
     max_turns: int = 8  # model turns per episode (the cap on tool iterations)
@@ -59,6 +56,7 @@ class RolloutSection:
     top_p: float = 1.0
     top_k: int = 0
     step_timeout_s: float = 30.0  # per env step, including reset
+    max_observation_chars: int = 8000  # longer observations are cut, with a marker (episode fact obs_truncated)
     env_workers: int = 16  # env threads shared by the batch's episodes
     # Batch-only backends (transformers): a batch starts when every live episode waits for
     # the model, or this long after the first one asked, so a slow env delays nobody more.
@@ -148,6 +146,9 @@ class GRPOSection:
     # the same numbers where the loss reads them, without scoring tool results (most of a
     # multi-turn completion). false = TRL's scoring of every completion token.
     score_only_model_tokens: bool = True
+    # A reward function's NaN or inf: error (stop, naming the reward and the episode) or drop (leave the
+    # value out, as a None, and count it in rewards/<name>/nonfinite).
+    nonfinite_rewards: str = "error"
     # Any other field of TRL's GRPOConfig, passed through as given (`--set grpo.weight_decay=0.1` lands
     # here); checked against GRPOConfig's fields when the config loads.
     trl_args: dict[str, Any] = field(default_factory=dict)
@@ -223,7 +224,8 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|Tr
                               list("tTfF"))
 
 
-def _yaml(text: str) -> Any:
+def parse_yaml(text: str) -> Any:
+    """YAML as toolgym reads it (configs, `--set` values, sweep files): `off`/`on` stay strings."""
     return yaml.load(text, Loader=_Loader)
 
 
@@ -269,6 +271,9 @@ def _apply(obj: Any, data: dict, prefix: str = "", merge_dicts: bool = False) ->
     hints = typing.get_type_hints(type(obj))
     for key, value in data.items():
         full = f"{prefix}{key}"
+        if not isinstance(key, str):
+            raise ConfigError(f"config key {full!r} is not a name "
+                              f"(YAML read it as {type(key).__name__} {key!r}; quote it)")
         if key not in fields and isinstance(obj, GRPOSection):
             obj.trl_args[key] = value  # checked against TRL's GRPOConfig in validate()
             continue
@@ -286,41 +291,6 @@ def _apply(obj: Any, data: dict, prefix: str = "", merge_dicts: bool = False) ->
             if merge_dicts and isinstance(current, dict) and isinstance(value, dict):
                 value = _deep_merge(current, value)
             setattr(obj, key, value)
-
-
-# GRPOConfig fields that toolgym sets from its own sections: name -> where to set it instead
-SET_BY_TOOLGYM = {
-    "output_dir": "output_dir", "run_name": "name", "max_completion_length": "rollout.max_completion_tokens",
-    "temperature": "rollout.temperature", "top_p": "rollout.top_p", "top_k": "rollout.top_k",
-    "reward_weights": "rewards (a weight per reward)", "report_to": "log.wandb", "bf16": "model.dtype",
-    "fp16": "model.dtype", "use_cpu": "nothing (a GPU is used when there is one)",
-    "chat_template_kwargs": "rollout.chat_template_kwargs", "use_vllm": "rollout.backend",
-    "vllm_mode": "rollout.backend", "disable_tqdm": "nothing (the progress bar shows episode metrics)",
-}
-
-
-def _grpo_config_value(key: str, value: Any, own: dict) -> Any:
-    """A `grpo.*` key toolgym has no field for: a field of TRL's GRPOConfig, passed through."""
-    from trl import GRPOConfig
-
-    trl_fields = {f.name: f for f in dataclasses.fields(GRPOConfig) if f.init}
-    if key in SET_BY_TOOLGYM:
-        raise ConfigError(f"grpo.{key} is set by toolgym: use {SET_BY_TOOLGYM[key]}")
-    if key not in trl_fields:
-        names = [n for n in dict.fromkeys([*own, *trl_fields]) if n not in SET_BY_TOOLGYM and n != "trl_args"]
-        close = difflib.get_close_matches(key, names, n=3, cutoff=0.4)
-        hint = f"; did you mean {' or '.join(repr('grpo.' + c) for c in close)}?" if close else ""
-        raise ConfigError(f"unknown config key 'grpo.{key}': neither a toolgym grpo key nor a field of TRL's "
-                          f"GRPOConfig{hint}")
-    hint = trl_fields[key].type
-    expected = {"float": float, "int": int, "bool": bool, "str": str}.get(hint if isinstance(hint, str) else
-                                                                          getattr(hint, "__name__", ""))
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
-    if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
-        raise ConfigError(f"config key 'grpo.{key}' (TRL's GRPOConfig.{key}) expects {expected.__name__}, "
-                          f"got {value!r}")
-    return value
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -342,7 +312,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"bad override {text!r} (expected key.path=value, e.g. grpo.learning_rate=1e-5)")
-    value = _yaml(raw) if raw.strip() else ""
+    try:
+        value = parse_yaml(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"bad override {text!r}: not YAML ({_yaml_problem(e)}); quote a string that holds "
+                          "brackets, braces or a colon") from e
     return key.strip(), value
 
 
@@ -354,13 +328,36 @@ def _looks_numeric(s: str) -> bool:
         return False
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file's contents; every way of failing is one ConfigError naming the file (and line)."""
+    if not path.exists():
+        raise ConfigError(f"config file {str(path)!r} not found")
+    if path.is_dir():
+        raise ConfigError(f"config file {str(path)!r} is a folder; give a YAML file")
+    try:
+        return parse_yaml(path.read_text())
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise ConfigError(f"config file {str(path)!r} cannot be read ({e.strerror})") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {str(path)!r}{where}: {_yaml_problem(e)}") from e
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """A YAML error's message in one line, without the quoted source lines PyYAML adds."""
+    problem = ": ".join(x for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e)
+    if "'\\t'" in problem:
+        problem += " (a tab; indent YAML with spaces)"
+    return " ".join(problem.split())
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> RunConfig:
     cfg = RunConfig()
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config file {str(path)!r} not found")
-        data = _yaml(path.read_text()) or {}
+        data = read_yaml(Path(path)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
         _apply(cfg, data)
@@ -371,61 +368,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Ru
     return cfg
 
 
-LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")  # those that need no further settings
-
-
 def validate(cfg: RunConfig) -> None:
-    g = cfg.grpo
-    own = {f.name: f for f in dataclasses.fields(g)}
-    g.trl_args = {k: _grpo_config_value(k, v, own) for k, v in g.trl_args.items()}  # a config file's too
-    if g.num_iterations < 1:
-        raise ConfigError(f"grpo.num_iterations must be >= 1 (optimizer steps per generated batch), got {g.num_iterations}")
-    if not isinstance(cfg.model.tf32, bool):
-        raise ConfigError(f"model.tf32 must be true or false, got {cfg.model.tf32!r}")
-    if g.lr_scheduler_type not in LR_SCHEDULERS:
-        raise ConfigError(f"unknown grpo.lr_scheduler_type {g.lr_scheduler_type!r} (accepted: {', '.join(LR_SCHEDULERS)})")
-    if not g.step_advantage_weight >= 0:
-        raise ConfigError(f"grpo.step_advantage_weight must be >= 0 (0 = episode advantages only), "
-                          f"got {g.step_advantage_weight}")
-    if not g.time_limit_s >= 0:
-        raise ConfigError(f"grpo.time_limit_s must be >= 0 seconds (0 = no limit), got {g.time_limit_s}")
-    if g.num_generations < 2:
-        raise ConfigError(f"grpo.num_generations must be >= 2 for group-relative advantages, got {g.num_generations}")
-    total = g.per_device_train_batch_size * g.gradient_accumulation_steps
-    if total % g.num_generations:
-        raise ConfigError(
-            f"grpo.per_device_train_batch_size * gradient_accumulation_steps ({total}) must be a multiple of "
-            f"grpo.num_generations ({g.num_generations})")
-    if g.loss_type not in ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo"):
-        raise ConfigError(f"unknown grpo.loss_type {g.loss_type!r} (accepted: grpo, dapo, dr_grpo, bnpo, cispo, sapo, luspo)")
-    if g.scale_rewards not in ("group", "batch", "none"):
-        raise ConfigError(f"unknown grpo.scale_rewards {g.scale_rewards!r} (accepted: group, batch, none)")
-    if cfg.log.wandb not in ("auto", "online", "offline", "off"):
-        raise ConfigError(f"unknown log.wandb {cfg.log.wandb!r} (accepted: auto, online, offline, off)")
-    if len(cfg.env.train_seeds) != 2 or cfg.env.train_seeds[0] >= cfg.env.train_seeds[1]:
-        raise ConfigError(f"env.train_seeds must be [start, stop) with start < stop, got {cfg.env.train_seeds}")
-    if cfg.env.train_seeds[1] > cfg.eval.seed_start:
-        raise ConfigError(f"env.train_seeds {cfg.env.train_seeds} reach into the held-out eval seeds "
-                          f"(eval.seed_start={cfg.eval.seed_start}); keep training seeds below it")
-    if cfg.eval.every_steps < 0 or (cfg.eval.every_steps and cfg.eval.during_training < 1):
-        raise ConfigError(f"eval.every_steps={cfg.eval.every_steps} must be >= 0 (0 = off), and with it "
-                          f"eval.during_training={cfg.eval.during_training} held-out episodes must be >= 1")
-    if cfg.eval.k > 1 and cfg.eval.temperature <= 0:
-        raise ConfigError(f"eval.k={cfg.eval.k} samples per seed need eval.temperature > 0 (greedy repeats itself)")
-    r = cfg.rollout
-    if r.backend not in BACKENDS:
-        raise ConfigError(f"unknown rollout.backend {r.backend!r} (accepted: {', '.join(BACKENDS)})")
-    if r.backend == "vllm-server" and not r.vllm.urls:
-        raise ConfigError("rollout.backend=vllm-server needs rollout.vllm.urls, e.g. "
-                          "--set 'rollout.vllm.urls=[http://127.0.0.1:8001]' (start one with launch/serve_vllm.py)")
-    if r.vllm.dtype not in VLLM_DTYPES:
-        raise ConfigError(f"rollout.vllm.dtype={r.vllm.dtype!r} is not accepted (accepted: {', '.join(VLLM_DTYPES)})")
-    if r.vllm.sync_check_tokens < 0:
-        raise ConfigError(f"rollout.vllm.sync_check_tokens must be >= 0 (0 = off), got {r.vllm.sync_check_tokens}")
-    if not 0 < r.vllm.gpu_memory_utilization <= 1:
-        raise ConfigError(f"rollout.vllm.gpu_memory_utilization must be in (0, 1], got {r.vllm.gpu_memory_utilization}")
-    if not cfg.rewards:
-        raise ConfigError("no rewards configured (e.g. rewards: {solved: 1.0})")
+    """Values, not only keys and types: ranges, finiteness, known names, keys that must fit together."""
+    from rl.config_checks import check_config  # it imports this module's classes
+
+    check_config(cfg)
 
 
 def to_dict(cfg: RunConfig) -> dict:

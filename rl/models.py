@@ -26,10 +26,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 from rl.chat import load_template
 from rl.config import LoraSection, ModelSection
+from rl.config_checks import BUILT_IN_MODELS
 
-GEMMA_270M = "gemma-3-270m"
-TINY = "tiny"
-TINY_VLM = "tiny-vlm"
+GEMMA_270M, TINY, TINY_VLM = BUILT_IN_MODELS  # named where configs are checked, without torch
 CHAT_SPECIAL_TOKENS = ["<start_of_turn>", "<end_of_turn>"]
 # Gemma 4's chat, tool-call and image tokens: the template and toolgym's `gemma4` format use them
 GEMMA4_SPECIAL_TOKENS = ["<|turn>", "<turn|>", "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",

@@ -7,7 +7,10 @@ Built in:
 
 A malformed call is never dropped silently (TRL turns it into a final answer): `parse`
 returns an error message written for the model, which the rollout engine sends back and
-counts in its metrics. Register another format with `register_format`.
+counts in its metrics. Arguments nested deeper than `MAX_NESTING` levels, and numbers of
+more than `MAX_NUMBER_CHARS` characters, are malformed too, and `parse_turn` turns any
+exception of a format's parser into such an error: no model output can end an episode.
+Register another format with `register_format`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from envs.base import ToolCall
+
+MAX_NESTING = 64  # levels of objects and lists in a call's arguments (Python's parsers recurse)
+MAX_NUMBER_CHARS = 100  # characters of one number (Python refuses int() of more than 4,300 digits)
 
 
 @dataclass
@@ -45,6 +51,55 @@ class ToolCallFormat:
 
     def malformed(self, why: str) -> str:
         return f"Malformed tool call: {why}. Write a call like this: {self.example}"
+
+
+def parse_turn(fmt: ToolCallFormat, text: str) -> ParsedTurn:
+    """`fmt.parse(text)`, never raising: a parser that fails on some input (a format registered by a user,
+    too) gives a format error for the model, not an env error that ends the episode unscored."""
+    try:
+        return fmt.parse(text)
+    except Exception as e:  # noqa: BLE001 - any parser failure is the model's malformed output
+        return ParsedTurn(content="", errors=[fmt.malformed(f"the turn could not be parsed ({type(e).__name__})")])
+
+
+def _excerpt(text: str, pos: int = 0, width: int = 40) -> str:
+    """A bounded quote of `text` around `pos`, for error messages the model reads."""
+    start = max(0, pos - width)
+    return ("..." if start else "") + text[start:pos + width] + ("..." if pos + width < len(text) else "")
+
+
+def _nesting(text: str) -> int:
+    """How deep JSON objects and lists nest in `text` (brackets inside strings do not count)."""
+    if text.count("{") + text.count("[") <= MAX_NESTING:
+        return 0
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest
+
+
+def _bounded_number(kind: type):
+    def parse(text: str):
+        if len(text) > MAX_NUMBER_CHARS:
+            raise ValueError(f"a number of {len(text)} characters (at most {MAX_NUMBER_CHARS})")
+        return kind(text)
+    return parse
+
+
+def _loads(text: str) -> Any:
+    """`json.loads` within `MAX_NESTING` and `MAX_NUMBER_CHARS`; ValueError otherwise."""
+    if _nesting(text) > MAX_NESTING:
+        raise ValueError(f"arguments nested more than {MAX_NESTING} levels deep")
+    return json.loads(text, parse_int=_bounded_number(int), parse_float=_bounded_number(float))
 
 
 def _block_spans(text: str, open_tag: str, close_tag: str) -> list[tuple[int, int, str, bool]]:
@@ -81,9 +136,12 @@ class HermesFormat(ToolCallFormat):
         turn = ParsedTurn(content=_strip_spans(text, spans))
         for _, _, body, _ in spans:
             try:
-                obj = json.loads(body)
+                obj = _loads(body)
             except json.JSONDecodeError as e:
                 turn.errors.append(self.malformed(f"invalid JSON ({e.msg} at position {e.pos})"))
+                continue
+            except (ValueError, RecursionError) as e:
+                turn.errors.append(self.malformed(f"invalid JSON ({e})"))
                 continue
             if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
                 turn.errors.append(self.malformed('expected a JSON object with a string "name"'))
@@ -91,11 +149,11 @@ class HermesFormat(ToolCallFormat):
             args = obj.get("arguments", obj.get("parameters", {}))
             if isinstance(args, str):  # OpenAI style: arguments as a JSON string
                 try:
-                    args = json.loads(args) if args.strip() else {}
-                except json.JSONDecodeError:
+                    args = _loads(args) if args.strip() else {}
+                except (ValueError, RecursionError):
                     pass
             if not isinstance(args, dict):
-                turn.errors.append(self.malformed(f'"arguments" must be a JSON object, got {args!r}'))
+                turn.errors.append(self.malformed(f'"arguments" must be a JSON object, got {_excerpt(repr(args))}'))
                 continue
             turn.calls.append(ToolCall(obj["name"], args))
         return turn
@@ -120,16 +178,23 @@ class _Gemma4Args:
     _number = re.compile(r"-?\d+(\.\d+)?([eE][-+]?\d+)?")
 
     def __init__(self, text: str):
-        self.text, self.pos = text, 0
+        self.text, self.pos, self.depth = text, 0, 0
 
     def error(self, what: str) -> ValueError:
-        return ValueError(f"{what} at position {self.pos} of {self.text!r}")
+        return ValueError(f"{what} at position {self.pos} of {_excerpt(self.text, self.pos)!r}")
+
+    def enter(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.error(f"arguments nested more than {MAX_NESTING} levels deep")
 
     def parse_object(self) -> dict:
         self.expect("{")
+        self.enter()
         obj: dict = {}
         if self.peek("}"):
             self.pos += 1
+            self.depth -= 1
             return obj
         while True:
             key = self.parse_string() if self.peek(_Q) else self.parse_bare_key()
@@ -139,6 +204,7 @@ class _Gemma4Args:
                 self.pos += 1
             elif self.peek("}"):
                 self.pos += 1
+                self.depth -= 1
                 return obj
             else:
                 raise self.error("expected ',' or '}'")
@@ -149,20 +215,7 @@ class _Gemma4Args:
         if self.peek("{"):
             return self.parse_object()
         if self.peek("["):
-            self.pos += 1
-            items = []
-            if self.peek("]"):
-                self.pos += 1
-                return items
-            while True:
-                items.append(self.parse_value())
-                if self.peek(","):
-                    self.pos += 1
-                elif self.peek("]"):
-                    self.pos += 1
-                    return items
-                else:
-                    raise self.error("expected ',' or ']'")
+            return self.parse_list()
         for word, value in (("true", True), ("false", False), ("null", None)):
             if self.peek(word):
                 self.pos += len(word)
@@ -170,8 +223,29 @@ class _Gemma4Args:
         m = self._number.match(self.text, self.pos)
         if not m:
             raise self.error("expected a value")
+        if len(m.group()) > MAX_NUMBER_CHARS:
+            raise self.error(f"a number of {len(m.group())} characters (at most {MAX_NUMBER_CHARS})")
         self.pos = m.end()
         return float(m.group()) if (m.group(1) or m.group(2)) else int(m.group())
+
+    def parse_list(self) -> list:
+        self.expect("[")
+        self.enter()
+        items: list = []
+        if self.peek("]"):
+            self.pos += 1
+            self.depth -= 1
+            return items
+        while True:
+            items.append(self.parse_value())
+            if self.peek(","):
+                self.pos += 1
+            elif self.peek("]"):
+                self.pos += 1
+                self.depth -= 1
+                return items
+            else:
+                raise self.error("expected ',' or ']'")
 
     def parse_string(self) -> str:
         self.expect(_Q)
@@ -230,7 +304,7 @@ class Gemma4Format(ToolCallFormat):
                 args = parser.parse_object()
                 if parser.pos != len(parser.text):
                     raise parser.error("unexpected text after the arguments")
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:
                 turn.errors.append(self.malformed(str(e)))
                 continue
             turn.calls.append(ToolCall(m.group(1), args))

@@ -41,3 +41,28 @@ def test_a_reward_constant_over_real_episodes_is_named_and_the_built_ins_are_not
     [warning] = warnings
     assert "'reads_a_missing_fact' gave every one of 12 expert, baseline and tool-less episodes 0" in warning
     assert "progress" in warning and "solved" in warning  # the facts it could have read
+
+
+def half_nan(prompts, completions, **kwargs):
+    return [float("nan") if i % 2 else 0.0 for i in range(len(completions))]
+
+
+def test_a_nan_reward_stops_the_run_before_the_model_loads_naming_reward_and_episode(tmp_path, monkeypatch):
+    import rl.trainer
+
+    monkeypatch.setattr(rl.trainer, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    with pytest.raises(ConfigError, match=r"(?s)reward 'half_nan' failed.*NonFiniteReward: reward 'half_nan' "
+                                          r"returned nan for episode 1 of 12.*grpo\.nonfinite_rewards=drop"):
+        rl.trainer.build_trainer(config(tmp_path, "half_nan"))
+
+
+def test_dropped_nan_rewards_pass_the_preflight(tmp_path):
+    from rl.evaluation import chat_for
+    from rl.models import load_tokenizer
+    from rl.preflight import check_rewards
+    from rl.trainer import resolve_rewards
+
+    cfg = config(tmp_path, "half_nan")
+    cfg.grpo.nonfinite_rewards = "drop"
+    warnings = check_rewards(cfg, chat_for(cfg, load_tokenizer(cfg.model)), resolve_rewards(cfg)[0])
+    assert [w for w in warnings if "'half_nan' gave every one of 12" in w]  # its finite half: all 0.0

@@ -33,6 +33,7 @@ def test_yaml_and_dotted_overrides(tmp_path):
                         "GRPOConfig; did you mean 'grpo.seed'"),
     ("grpo.weight_decy=0.1", "did you mean 'grpo.weight_decay'"),
     ("grpo.weight_decay=heavy", r"'grpo.weight_decay' \(TRL's GRPOConfig.weight_decay\) expects float, got 'heavy'"),
+    ("grpo.weight_decay=.nan", r"grpo.weight_decay=nan: must be a finite number"),
     ("grpo.temperature=0.5", "grpo.temperature is set by toolgym: use rollout.temperature"),
     ("grpo.report_to=[wandb]", "grpo.report_to is set by toolgym: use log.wandb"),
 ])
@@ -92,3 +93,8 @@ def test_grpo_config_fields_pass_through_typed_and_survive_a_saved_config(tmp_pa
     saved.write_text("grpo:\n  trl_args: {nonsense: 1}\n")  # a file's passthrough is checked too
     with pytest.raises(ConfigError, match="unknown config key 'grpo.nonsense'"):
         load_config(saved)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_passes_the_value_checks(path):
+    load_config(path)

@@ -58,7 +58,7 @@ def test_an_env_from_a_file_with_its_policies_registered_beside_it(tmp_path, mon
     with pytest.raises(ValueError, match=r"cannot load env 'nope.py:Coin'.*no file 'nope.py'"):
         envs.make("nope.py:Coin")
     (tmp_path / "broken.py").write_text("raise RuntimeError('boom')\n")
-    with pytest.raises(ValueError, match=r"broken.py fails to import \(RuntimeError: boom\)"):
+    with pytest.raises(ValueError, match=r"broken.py fails to import: broken.py, line 1: RuntimeError: boom"):
         envs.make("broken.py:Coin")
     with pytest.raises(ValueError, match="needs a ToolEnv subclass, got 'Coin'"):
         register_policies("Coin", expert=lambda: None)

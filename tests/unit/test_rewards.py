@@ -75,3 +75,91 @@ def test_a_reward_from_a_file_path_and_same_named_rewards_log_apart(tmp_path, mo
     (tmp_path / "broken.py").write_text("import nonexistent_module_xyz\n")
     with pytest.raises(ValueError, match="broken.py fails to import"):
         get_reward(str(tmp_path / "broken.py") + ":fn")
+
+
+def constant(*values):
+    def fn(prompts, completions, **kwargs):
+        return list(values)
+    return fn
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_a_nonfinite_reward_stops_naming_the_reward_and_the_episode(bad):
+    from rewards import NamedReward, NonFiniteReward
+
+    fn = NamedReward(constant(1.0, None, bad), "shaped")
+    with pytest.raises(NonFiniteReward, match=rf"reward 'shaped' returned {bad!r} for episode 2 of 3: .*"
+                                              r"set grpo\.nonfinite_rewards=drop"):
+        fn(prompts=[], completions=[])
+
+
+def test_dropped_nonfinite_rewards_are_left_out_and_counted():
+    import asyncio
+
+    from rewards import AsyncNamedReward, NamedReward
+
+    logged = []
+
+    def log_metric(name, value):  # TRL's, passed to every reward function
+        logged.append((name, value))
+
+    fn = NamedReward(constant(float("nan"), 0.5, float("inf"), None), "shaped", nonfinite="drop")
+    assert fn(prompts=[], completions=[], log_metric=log_metric) == [None, 0.5, None, None]
+    assert fn(prompts=[], completions=[], log_metric=log_metric) == [None, 0.5, None, None]
+    assert NamedReward(constant(1.0, 2.0), "clean", "drop")(prompts=[], completions=[], log_metric=log_metric) == [1, 2]
+    assert logged == [("rewards/shaped/nonfinite", 2.0)] * 2 + [("rewards/clean/nonfinite", 0.0)]
+
+    async def later(prompts, completions, **kwargs):
+        return [float("nan")]
+
+    assert asyncio.run(AsyncNamedReward(later, "later", "drop")(prompts=[], completions=[])) == [None]
+
+
+def test_a_value_that_is_no_number_stops_even_when_dropping():
+    from rewards import NamedReward, NonFiniteReward
+
+    with pytest.raises(NonFiniteReward, match=r"reward 'texty' returned 'high' for episode 1 of 2"):
+        NamedReward(constant(1.0, "high"), "texty", nonfinite="drop")(prompts=[], completions=[])
+
+
+def test_numpy_and_bool_rewards_pass_unchanged():
+    import numpy as np
+
+    from rewards import NamedReward
+
+    values = [np.float32(0.5), np.int64(2), True, 1]
+    assert NamedReward(constant(*values), "n")(prompts=[], completions=[]) == values
+
+
+def test_named_rewards_take_the_configs_nonfinite_setting():
+    from rewards import named_rewards
+
+    assert [f.nonfinite for f in named_rewards(["solved", "format_valid"], nonfinite="drop")] == ["drop", "drop"]
+    with pytest.raises(ValueError, match="unknown nonfinite='ignore'"):
+        named_rewards(["solved"], nonfinite="ignore")
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def fn(completion):\n    return [0.0]\n", r"has signature \(completion\).*add a \*\*kwargs parameter"),
+    ("def fn(prompts, completions):\n    return [0.0]\n", r"has signature \(prompts, completions\)"),
+    ("def fn(prompts, completions, /, **kw):\n    return [0.0]\n", r"takes prompts, completions positional-only"),
+])
+def test_a_reward_trl_cannot_call_is_refused_when_looked_up(tmp_path, source, message):
+    (tmp_path / "sig.py").write_text(source)
+    with pytest.raises(ValueError, match=rf"reward '.*sig\.py:fn' {message}"):
+        get_reward(f"{tmp_path / 'sig.py'}:fn")
+
+
+def test_every_built_in_reward_passes_the_signature_check():
+    from rewards import check_signature
+
+    for name, fn in REWARDS.items():
+        check_signature(name, fn)
+    check_signature("kwargs only", lambda **kwargs: [])
+    check_signature("a builtin", max)  # no signature to read: accepted, the pre-flight calls it
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf", "-inf", "heavy"])
+def test_a_reward_weight_must_be_a_finite_number(weight):
+    with pytest.raises(ValueError, match=rf"bad reward weight '{weight}' in 'solved={weight}' \(expected a finite"):
+        parse_reward_spec(f"solved={weight}")

@@ -260,3 +260,14 @@ def test_progress_is_reported_as_each_episode_ends(chat):
                        policy=policy, progress=lambda done, total, tokens: seen.append((done, total, tokens)))
     assert [d for d, _, _ in seen] == [1, 2, 3, 4, 5] and {t for _, t, _ in seen} == {5} and len(out) == 5
     assert [tokens for _, _, tokens in seen] == sorted(tokens for _, _, tokens in seen)
+
+
+@pytest.mark.parametrize("arguments", ['{"a": [' * 1_000 + "1" + "]}" * 1_000, '{"row": ' + "9" * 5_000 + "}"],
+                         ids=["2000-deep", "5000-digit-int"])
+def test_a_call_the_parser_cannot_read_is_a_format_error_not_an_env_error(chat, scripted, arguments):
+    replies = [f'<tool_call>{{"name": "place", "arguments": {arguments}}}</tool_call>', "I give up."]
+    backend = scripted(lambda context, turn: replies[min(turn, 1)])
+    settings = RolloutSection(max_turns=2, max_new_tokens=100_000, max_completion_tokens=200_000)
+    [traj] = run_episodes([envs.make("sudoku")], [SEED], backend, chat, settings)
+    assert traj.info["env_error"] == "" and traj.info["stop_reason"] == "max_turns"
+    assert traj.info["format_errors"] == 1 and traj.info["model_turns"] == 2

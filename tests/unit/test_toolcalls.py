@@ -102,3 +102,61 @@ def test_gemma3_tools_template_renders_structured_tool_calls_as_the_hermes_forma
     expected = "Sure.\n" + hermes.render_call(call) + "\n" + hermes.render_call(ToolCall("show_board", {}))
     assert f"<start_of_turn>model\n{expected}<end_of_turn>" in text
     assert supports_tool_calling(tiny_tokenizer)
+
+
+def nested_call(fmt: str, depth: int, inner: str = "1") -> str:
+    """A call whose arguments nest `depth` levels deep (objects, then lists, alternating)."""
+    if fmt == "hermes":
+        opening, closing = '{"a": [' * (depth // 2), "]}" * (depth // 2)
+        return f'<tool_call>{{"name": "place", "arguments": {{"x": {opening}{inner}{closing}}}}}</tool_call>'
+    opening, closing = "{a:[" * (depth // 2), "]}" * (depth // 2)
+    return f"<|tool_call>call:place{{x:{opening}{inner}{closing}}}<tool_call|>"
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "gemma4"])
+@pytest.mark.parametrize("text, why", [
+    (lambda fmt: nested_call(fmt, 10_000), "nested more than 64 levels deep"),
+    (lambda fmt: nested_call(fmt, 2, inner="9" * 5_000), "a number of 5000 characters (at most 100)"),
+    (lambda fmt: nested_call(fmt, 2, inner="-1." + "5" * 5_000), "a number of 5003 characters"),
+], ids=["10000-deep", "5000-digit-int", "5000-digit-float"])
+def test_deep_nesting_and_huge_numbers_are_format_errors_not_exceptions(fmt, text, why):
+    f = get_format(fmt)
+    turn = f.parse(text(fmt))
+    assert turn.calls == [] and len(turn.errors) == 1
+    assert why in turn.errors[0] and turn.errors[0].startswith("Malformed tool call:")
+    assert len(turn.errors[0]) < 400  # the model reads it: a bounded quote, never the whole call
+
+
+@pytest.mark.parametrize("fmt", ["hermes", "gemma4"])
+def test_nesting_and_numbers_within_the_bounds_still_parse(fmt):
+    f = get_format(fmt)
+    [call] = f.parse(nested_call(fmt, 62, inner="9" * 100)).calls
+    value = call.arguments["x"]
+    for _ in range(31):
+        value = value["a"][0]
+    assert value == int("9" * 100)
+
+
+def test_hermes_arguments_given_as_a_json_string_are_bounded_too():
+    deep = '{\\"a\\": ' * 10_000 + "1" + "}" * 10_000
+    turn = get_format("hermes").parse(f'<tool_call>{{"name": "f", "arguments": "{deep}"}}</tool_call>')
+    assert turn.calls == [] and '"arguments" must be a JSON object' in turn.errors[0] and len(turn.errors[0]) < 400
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    f = get_format("hermes")
+    call = ToolCall("say", {"text": "[{" * 1_000})
+    assert f.parse(f.render_call(call)).calls == [call]
+
+
+def test_a_parser_that_raises_gives_a_format_error():
+    from rl.toolcalls import HermesFormat, parse_turn
+
+    class Broken(HermesFormat):
+        def parse(self, text):
+            raise KeyError("a bug in a user's format")
+
+    turn = parse_turn(Broken(), "<tool_call>{}</tool_call>")
+    assert turn.calls == [] and turn.errors == [Broken().malformed("the turn could not be parsed (KeyError)")]
+    hermes = get_format("hermes")
+    assert parse_turn(hermes, hermes.render_call(CALLS[0])).calls == [CALLS[0]]
