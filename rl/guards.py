@@ -7,6 +7,8 @@ import logging
 import torch
 from transformers import TrainerCallback
 
+from rl.trl_hooks import step_metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -35,9 +37,8 @@ class SkipNonFiniteUpdates(TrainerCallback):
         if not params:
             return
         finite = bool(torch.stack([torch.isfinite(p.grad).all() for p in params]).all())
-        metrics = getattr(self.trainer, "_metrics", None)
-        if metrics is not None:
-            metrics["train"]["train/nonfinite_update"].append(0.0 if finite else 1.0)
+        if hasattr(self.trainer, "_metrics"):  # a GRPO trainer: the flag goes into the step's log
+            step_metrics(self.trainer, "train")["train/nonfinite_update"].append(0.0 if finite else 1.0)
         if finite:
             self.consecutive = 0
             return

@@ -27,6 +27,7 @@ from trl.models import unwrap_model_for_generation
 
 from rl.evaluation import eval_result
 from rl.rollout import run_episodes
+from rl.trl_hooks import step_metrics
 
 
 class HeldOutEval(TrainerCallback):
@@ -46,7 +47,7 @@ class HeldOutEval(TrainerCallback):
         # callback, the same on every rank), so the curve ends on the model in final/
         if state.global_step % self.every == 0 or control.should_training_stop:  # logged with this step's metrics
             for key, value in self.measure(state.global_step).items():
-                self.trainer._metrics["train"][key].append(value)
+                step_metrics(self.trainer, "train")[key].append(value)
 
     def measure(self, step: int) -> dict[str, float]:
         trainer, acc = self.trainer, self.trainer.accelerator

@@ -17,11 +17,10 @@ compares a scored position with an unscored one.
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from typing import Any
 
 import torch
-import trl.trainer.utils as trl_utils
 
 SCORE_MASK = "score_mask"  # the training batch's column: (B, T) bool, True on the model's tokens
 
@@ -35,22 +34,6 @@ def pad_masks(masks: list[list[int]], width: int, device: Any = None) -> torch.T
     return out.to(device) if device is not None else out
 
 
-@contextmanager
-def compact_lm_head(device: torch.device):
-    """On a CPU, TRL's fused head projects every position (`compact` only on Triton devices, where
-    tile shapes may change with each batch). Eager PyTorch recompiles nothing, so there too it
-    projects only the labelled positions."""
-    if device.type != "cpu":
-        yield
-        return
-    saved = trl_utils._use_triton
-    trl_utils._use_triton = lambda _device: True
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = saved
-
-
 def score_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
                  score_mask: torch.Tensor, batch_size: int | None = None, compute_entropy: bool = False,
                  autocast=nullcontext) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -62,6 +45,8 @@ def score_tokens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, l
     Completions are right-padded to the longest of the whole generation batch; each chunk of
     `batch_size` rows runs only up to its own longest (the cut columns are padding, which no
     earlier token attends to), so short episodes do not pay for the batch's longest."""
+    from rl.trl_hooks import compact_lm_head  # TRL's private hooks live there; it imports this module
+
     if score_mask.shape != (input_ids.size(0), logits_to_keep):
         raise ValueError(f"score_mask has shape {tuple(score_mask.shape)}, expected "
                          f"{(input_ids.size(0), logits_to_keep)} (rows, completion tokens)")

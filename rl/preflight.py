@@ -25,7 +25,7 @@ TRL_COLUMNS = ("prompt_ids", "completion_ids", "logprobs", "env_mask")  # what T
 def check_rewards(cfg: RunConfig, chat, reward_funcs: list, episodes: int = 4) -> list[str]:
     """Warnings (one per reward that is constant over `episodes` episodes of each policy); raises
     ConfigError naming a reward that crashes or returns the wrong number of values."""
-    from rl.trl_hooks import model_messages, prompt_row, to_trl
+    from rl.trl_hooks import RolloutBatch, to_trl
 
     trajectories = []
     start = cfg.env.train_seeds[0]
@@ -42,8 +42,8 @@ def check_rewards(cfg: RunConfig, chat, reward_funcs: list, episodes: int = 4) -
     n = len(trajectories)
     kwargs = {key: values for key, values in columns.items() if key not in TRL_COLUMNS}
     kwargs["seed"] = [start + i % episodes for i in range(n)]
-    prompts = [prompt_row(cfg.env.name, s) for s in kwargs["seed"]]
-    completions = model_messages([t.texts for t in trajectories])
+    batch = RolloutBatch(trajectories, columns["env_mask"])
+    prompts, completions = batch.prompts, batch.completions
     warnings = []
     for fn in reward_funcs:
         name = getattr(fn, "__name__", type(fn).__name__)

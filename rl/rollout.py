@@ -18,8 +18,9 @@ Follow one episode from `reset` to its loss mask:
 4. The env steps in a thread of a shared pool, under a deadline, while other episodes
    generate or step. A crash or a timeout ends only that episode (`env_error`); so does a
    generation request that failed for good (`generation_error`).
-5. The tool results are rendered by the chat template and appended as TOKENS with
-   `env_mask` 0; earlier turns are never re-tokenised.
+5. The tool results (each observation cut to `max_observation_chars`, with a marker, and
+   counted in `obs_truncated`) are rendered by the chat template and appended as TOKENS
+   with `env_mask` 0; earlier turns are never re-tokenised.
 6. An episode stops when one of `STOP_CONDITIONS` holds. Env tokens after the last model
    turn are dropped (nothing follows them to learn from), except the template's
    end-of-turn when the turn ended on a stop string (`stop_after_tool_call`). An env that
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from envs.base import ToolCall, ToolEnv
+from envs.sandbox.protocol import clip
 from rl.chat import ChatFormat
 from rl.config import RolloutSection
 from rl.generation import (
@@ -48,6 +50,7 @@ from rl.generation import (
     open_stream,
     run_sync,
 )
+from rl.toolcalls import parse_turn
 from rl.vision import ImagePrompt
 
 
@@ -65,6 +68,9 @@ class Trajectory:
     # per model turn: its text as the env read it (the response prefix, then the model's tokens without
     # the stop token): what reward functions get as the model's messages, never the env's replies
     texts: list[str] = field(default_factory=list)
+    # the messages the episode started from (the system prompt, the env's first observation): what reward
+    # functions get as `prompts`
+    prompt: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -86,8 +92,10 @@ class _Episode:
     pending: list[dict] = field(default_factory=list)  # env messages for the next tool turn
     turns: list[tuple[int, int, int | None]] = field(default_factory=list)  # see Trajectory.turns
     texts: list[str] = field(default_factory=list)  # see Trajectory.texts
+    prompt: list[dict] = field(default_factory=list)  # see Trajectory.prompt
     stopped_with: int | None = None  # the stop token that ended the last model turn
     stop_string: str | None = None  # or the stop string that did
+    obs_truncated: int = 0  # observations cut to `max_observation_chars`
 
     def append(self, ids: list[int], logprobs: list[float] | None, mask: int) -> None:
         self.completion_ids += ids
@@ -120,22 +128,32 @@ def _observed(env: ToolEnv, message: dict) -> dict:
     return {**message, "images": images} if images else message
 
 
-def _reset(ep: _Episode, options: dict | None) -> dict:
+def _clipped(ep: _Episode, observation: Any, limit: int) -> Any:
+    """The observation cut to `limit` characters, with a marker, and counted (`obs_truncated`): a tool that
+    answers with megabytes must not cost seconds of tokenizing and the episode's whole token budget."""
+    if isinstance(observation, str) and len(observation) > limit:
+        ep.obs_truncated += 1
+        return clip(observation, limit)
+    return observation
+
+
+def _reset(ep: _Episode, options: dict | None, limit: int) -> dict:
     observation, ep.env_info = ep.env.reset(seed=ep.seed, options=options)
-    return _observed(ep.env, {"role": "user", "content": observation})
+    return _observed(ep.env, {"role": "user", "content": _clipped(ep, observation, limit)})
 
 
-def _act(ep: _Episode, chat: ChatFormat, text: str) -> None:
+def _act(ep: _Episode, chat: ChatFormat, text: str, limit: int) -> None:
     """Parse one model turn and step the env with it; fills `ep.pending`."""
-    turn = chat.tool_format.parse(text)
+    turn = parse_turn(chat.tool_format, text)
     ep.pending = [{"role": "tool", "name": "error", "content": err} for err in turn.errors]
     ep.format_errors += len(turn.errors)
     if not turn.calls and not turn.errors:
         observation, _, terminated, truncated, ep.env_info = ep.env.step(turn.content)
-        ep.pending.append(_observed(ep.env, {"role": "user", "content": observation}))
+        ep.pending.append(_observed(ep.env, {"role": "user", "content": _clipped(ep, observation, limit)}))
         ep.env_done = terminated or truncated
     for call in turn.calls:
         observation, _, terminated, truncated, ep.env_info = ep.env.step(call)
+        observation = _clipped(ep, observation, limit)
         ep.pending.append(_observed(ep.env, {"role": "tool", "name": call.name, "content": observation}))
         if terminated or truncated:
             ep.env_done = True
@@ -202,13 +220,16 @@ class _Rollout:
                 self.stream.pause(key)  # a batch need not wait for an episode queued for a server
                 await self.lease_call(ep, "lease")
                 self.stream.resume(key)
-            observation = await self.env_call(ep, lambda: _reset(ep, self.options)) if ep.env_error is None else None
+            limit = settings.max_observation_chars
+            reset = (lambda: _reset(ep, self.options, limit))
+            observation = await self.env_call(ep, reset) if ep.env_error is None else None
             if ep.env_error is not None:
                 ep.stop_reason = "env_error"
                 return
             messages = [observation]
             if settings.system_prompt:
                 messages.insert(0, {"role": "system", "content": settings.system_prompt})
+            ep.prompt = messages
             prompt_ids, ep.images = self.chat.prompt(messages, ep.env.tool_schemas())
             ep.prompt_ids = prompt_ids + self.prefix_ids
             while ep.stop_reason is None:
@@ -222,7 +243,7 @@ class _Rollout:
                     ep.stop_reason = "generation_error"
                     return
                 text = self.take_turn(ep, gen)
-                await self.env_call(ep, lambda text=text: _act(ep, self.chat, text))
+                await self.env_call(ep, lambda text=text: _act(ep, self.chat, text, limit))
                 self.after_env(ep)
         finally:
             self.stream.retire(key)
@@ -344,8 +365,10 @@ def _trajectory(ep: _Episode) -> Trajectory:
         "env_error": ep.env_error or "",
         "generation_error": ep.generation_error or "",
         "model_tokens": sum(ep.env_mask),
+        "obs_truncated": ep.obs_truncated,
     }
-    return Trajectory(ep.prompt_ids, ep.completion_ids, ep.logprobs, ep.env_mask, info, ep.images, ep.turns, ep.texts)
+    return Trajectory(ep.prompt_ids, ep.completion_ids, ep.logprobs, ep.env_mask, info, ep.images, ep.turns, ep.texts,
+                      ep.prompt)
 
 
 def state_digest(env: ToolEnv) -> int | None:

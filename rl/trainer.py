@@ -34,9 +34,10 @@ from rl.models import load_image_tokenizer, load_model, load_tokenizer, lora_con
 from rl.plots import save_curve
 from rl.preflight import check_rewards
 from rl.progress import JsonlLogger, RunProgress, TimeLimit
+from rl.resume import checkpoint_step, finished, latest_checkpoint, trim_logs
 from rl.rollout import Trajectory, run_episodes
 from rl.toolcalls import get_format
-from rl.trl_hooks import ToolGymGRPOTrainer, prompt_row, to_trl
+from rl.trl_hooks import RolloutBatch, ToolGymGRPOTrainer, prompt_row, step_metrics, to_trl
 
 # vLLM's Gemma 4 model imports transformers' Gemma4Processor, whose image processor needs
 # torchvision; PyPI's torchvision for torch 2.13 is a CUDA build that breaks beside the CPU torch
@@ -48,7 +49,7 @@ VLM_BACKEND_ERROR = ("model {model!r} is a vision-language model; rollout.backen
 
 def resolve_rewards(cfg: RunConfig) -> tuple[list, list[float]]:
     """Reward functions and their weights, in config order."""
-    return named_rewards(list(cfg.rewards)), [float(w) for w in cfg.rewards.values()]
+    return named_rewards(list(cfg.rewards), cfg.grpo.nonfinite_rewards), [float(w) for w in cfg.rewards.values()]
 
 
 def run_dir(cfg: RunConfig) -> Path:
@@ -66,10 +67,7 @@ class EpisodeRollouts:
         self.backend = None
         self.log_dir = log_dir
         self.rows: list[dict] = []  # dataset rows of the batch being generated (set by the trainer)
-        self.images: list | None = None  # each episode's images, for the trainer's forward passes (VLMs)
-        self.turns: list = []  # each episode's turns (token spans, state digests) of the last batch
-        self.texts: list = []  # each episode's model turns as text, of the last batch
-        self.env_masks: list | None = None  # each episode's env_mask as returned to TRL, of the last batch
+        self.batch: RolloutBatch | None = None  # the last batch's episodes, for the trainer's hooks
         self.env_kwargs: dict | None = None
         self.progress = None  # called as each episode of a batch ends (the run's progress bar)
         self.probe_ids: list[int] = []  # the last batch's first episode: what a weight push is checked on
@@ -109,9 +107,6 @@ class EpisodeRollouts:
         for i, t in enumerate(trajectories):
             if t.info["env_error"]:  # a crashed or hung env may still be mid-step in its thread: replace it
                 self.env_pool[i] = self.env_cls(**self.env_kwargs)
-        self.images = [t.images for t in trajectories]
-        self.turns = [t.turns for t in trajectories]  # for step-level advantages
-        self.texts = [t.texts for t in trajectories]  # the model's messages, for reward functions
         self._log_metrics(trainer, trajectories, timing, elapsed)
         if self.log_dir is not None and trainer.accelerator.is_main_process:
             self._log_samples(trainer.state.global_step, trajectories)
@@ -119,7 +114,7 @@ class EpisodeRollouts:
         if check and trajectories:
             self.probe_ids = (trajectories[0].prompt_ids + trajectories[0].completion_ids)[:check]
         out = to_trl(trajectories, fallback_id=trainer.processing_class.eos_token_id)
-        self.env_masks = out["env_mask"]  # which tokens the loss passes score (rl/logprobs.py)
+        self.batch = RolloutBatch(trajectories, out["env_mask"])
         return out
 
     def sync_backend(self, model, trainer):
@@ -136,18 +131,17 @@ class EpisodeRollouts:
         else:
             pushed = self.backend.update_weights(model, version=step)
             if pushed and len(self.probe_ids) > 1 and hasattr(self.backend, "prompt_logprobs"):
-                from rl.vllm_backend import sync_gap
+                from rl.vllm_weights import sync_gap
 
                 self.sync_check = sync_gap(self.backend, model, self.probe_ids)
         return self.backend
 
     ENV_METRICS = ("solved", "model_turns", "tool_calls", "invalid_actions", "no_tool_calls", "format_errors",
-                   "tool_errors")
+                   "tool_errors", "obs_truncated")
 
     def _log_metrics(self, trainer, trajectories: list[Trajectory], timing: dict, elapsed: float) -> None:
         """Episode metrics averaged over every process's episodes; timings are this process's."""
-        mode = "train" if trainer.model.training else "eval"
-        metrics = trainer._metrics[mode]
+        metrics = step_metrics(trainer)
         rows = [[float(t.info.get(k) or 0) for k in self.ENV_METRICS]
                 + [float(bool(t.info.get("env_error"))), float(bool(t.info.get("generation_error")))]
                 for t in trajectories]
@@ -231,6 +225,27 @@ class WandbRunConfig(TrainerCallback):
             wandb.config.update({"toolgym": to_dict(self.cfg)}, allow_val_change=True)
 
 
+def grpo_args(cfg: RunConfig, model, reward_weights: list[float]) -> GRPOConfig:
+    """TRL's `GRPOConfig` for the run: toolgym's typed keys, then any other GRPOConfig field (`grpo.*`)."""
+    g = cfg.grpo
+    on_gpu = torch.cuda.is_available()
+    return GRPOConfig(
+        output_dir=str(run_dir(cfg)), run_name=cfg.name, max_steps=g.max_steps, learning_rate=g.learning_rate,
+        per_device_train_batch_size=g.per_device_train_batch_size,
+        gradient_accumulation_steps=g.gradient_accumulation_steps, num_generations=g.num_generations,
+        loss_type=g.loss_type, beta=g.beta, epsilon=g.epsilon, epsilon_high=g.epsilon_high or None,
+        scale_rewards=g.scale_rewards, mask_truncated_completions=g.mask_truncated_completions,
+        num_iterations=g.num_iterations,
+        gradient_checkpointing=g.gradient_checkpointing, logging_steps=g.logging_steps, save_steps=g.save_steps,
+        save_total_limit=g.save_total_limit, seed=g.seed, warmup_steps=g.warmup_steps,
+        lr_scheduler_type=g.lr_scheduler_type, max_grad_norm=g.max_grad_norm,
+        max_completion_length=cfg.rollout.max_completion_tokens, temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, reward_weights=reward_weights,
+        report_to=_report_to(cfg), use_cpu=not on_gpu, bf16=model.dtype == torch.bfloat16,
+        chat_template_kwargs=cfg.rollout.chat_template_kwargs, disable_tqdm=False, **g.trl_args,
+    )
+
+
 def build_trainer(cfg: RunConfig):
     """Everything TRL needs, validated in cheap-first order: env and rewards before the model."""
     check_resolvable(cfg)  # env, env kwargs and reward paths, before the model loads
@@ -257,23 +272,8 @@ def build_trainer(cfg: RunConfig):
     seeds = list(range(start, stop))
     dataset = Dataset.from_dict({"prompt": [prompt_row(cfg.env.name, s) for s in seeds], "seed": seeds})
 
+    args = grpo_args(cfg, model, reward_weights)
     g = cfg.grpo
-    on_gpu = torch.cuda.is_available()
-    args = GRPOConfig(
-        output_dir=str(out), run_name=cfg.name, max_steps=g.max_steps, learning_rate=g.learning_rate,
-        per_device_train_batch_size=g.per_device_train_batch_size,
-        gradient_accumulation_steps=g.gradient_accumulation_steps, num_generations=g.num_generations,
-        loss_type=g.loss_type, beta=g.beta, epsilon=g.epsilon, epsilon_high=g.epsilon_high or None,
-        scale_rewards=g.scale_rewards, mask_truncated_completions=g.mask_truncated_completions,
-        num_iterations=g.num_iterations,
-        gradient_checkpointing=g.gradient_checkpointing, logging_steps=g.logging_steps, save_steps=g.save_steps,
-        save_total_limit=g.save_total_limit, seed=g.seed, warmup_steps=g.warmup_steps,
-        lr_scheduler_type=g.lr_scheduler_type, max_grad_norm=g.max_grad_norm,
-        max_completion_length=cfg.rollout.max_completion_tokens, temperature=cfg.rollout.temperature,
-        top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, reward_weights=reward_weights,
-        report_to=_report_to(cfg), use_cpu=not on_gpu, bf16=model.dtype == torch.bfloat16,
-        chat_template_kwargs=cfg.rollout.chat_template_kwargs, disable_tqdm=False, **g.trl_args,
-    )
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is the point of this module
     trainer = ToolGymGRPOTrainer(
         model=model, processing_class=tokenizer, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
@@ -294,24 +294,24 @@ def build_trainer(cfg: RunConfig):
     return trainer
 
 
-def latest_checkpoint(out: Path) -> Path | None:
-    """The newest complete checkpoint. The trainer writes `trainer_state.json` last, so a
-    checkpoint without it was cut off mid-save (a killed job) and is passed over."""
-    checkpoints = sorted((p for p in out.glob("checkpoint-*") if (p / "trainer_state.json").exists()),
-                         key=lambda p: int(p.name.split("-")[-1]))
-    return checkpoints[-1] if checkpoints else None
-
-
 def train(cfg: RunConfig, resume: bool = False) -> Path:
     """Run GRPO; returns the run directory (metrics.jsonl, episodes.jsonl, checkpoints, final/)."""
     out = run_dir(cfg)
     checkpoint = latest_checkpoint(out) if resume else None
     if resume and checkpoint is None:
         raise FileNotFoundError(f"--resume: no checkpoint-* under {out}")
+    done = finished(out, cfg.grpo.max_steps) if resume else None
+    if done:  # TRL would train one step past max_steps and overwrite final/
+        print(done, flush=True)
+        return out
+    start = checkpoint_step(checkpoint) if checkpoint else 0
+    if checkpoint and int(os.environ.get("RANK", "0")) == 0:
+        trim_logs(out, start)  # the steps after the checkpoint are trained, and logged, again
     trainer = build_trainer(cfg)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    trainer.save_model(str(out / "final"))
-    trainer.processing_class.save_pretrained(str(out / "final"))
+    if trainer.state.global_step > start:  # final/ is only ever replaced by a model that trained further
+        trainer.save_model(str(out / "final"))
+        trainer.processing_class.save_pretrained(str(out / "final"))
     save_curve(out)
     if "wandb" in (trainer.args.report_to or []) and trainer.accelerator.is_main_process:
         import wandb

@@ -1,4 +1,6 @@
-"""The one seam with TRL: the GRPOTrainer subclass and every override of a TRL private method.
+"""The one seam with TRL: the GRPOTrainer subclass, every override of a TRL private method, and the two
+other private touches (`step_metrics`: TRL's per-step metrics dict; `compact_lm_head`: a patch of
+`trl.trainer.utils._use_triton`).
 
 toolgym owns the episodes (`rl.rollout`: envs, multi-turn generation, tool calls, `env_mask`), the scoring
 of the model's own tokens (`rl.logprobs`), step-level credit (`rl.credit`) and a VLM's images
@@ -7,17 +9,21 @@ hook for what toolgym hands over, so the classes below override private methods,
 with the upstream change that would remove it. `rl/trl_contract.py` checks, before every run, that every
 private name used here exists in the installed TRL with the parameters relied on.
 
-The rollout (`rl.trainer.EpisodeRollouts`, TRL's `rollout_func`) returns TRL's dict (ids, logprobs,
-`env_mask`, episode facts as columns) and keeps on itself what the hooks read back for the same batch:
-`rows` (set here), `texts`, `turns`, `env_masks`, `images`.
+The rollout (`rl.trainer.EpisodeRollouts`, TRL's `rollout_func`) takes the batch's dataset rows
+(`rollout_func.rows`, set here: TRL passes it only their prompts), returns TRL's dict (ids, logprobs,
+`env_mask`, episode facts as columns) and leaves one `RolloutBatch` (`rollout_func.batch`): what the hooks
+below read back for the same rows and TRL's dict cannot carry (images, turn spans, the model's messages).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import trl.trainer.utils as trl_utils
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
@@ -28,8 +34,8 @@ from rl.vision import IMAGE_INPUT_KEYS, batch_image_inputs
 
 
 def prompt_row(env_name: str, seed: int) -> list[dict]:
-    """A dataset row's prompt: conversational, so reward functions get TRL's conversational format (as TRL's
-    own rewards expect); the real prompt is the env's first observation, which the rollout renders."""
+    """A dataset row's prompt: conversational, as TRL's own rewards expect. It only names the episode; reward
+    functions get the episode's real prompt (`RolloutBatch.prompts`), which the rollout renders."""
     return [{"role": "user", "content": f"{env_name} seed {seed}"}]
 
 
@@ -59,24 +65,79 @@ def to_trl(trajectories: list[Trajectory], fallback_id: int) -> dict[str, list]:
     return dict(out)
 
 
+def step_metrics(trainer, mode: str | None = None) -> dict[str, list]:
+    """TRL's metrics of the step being logged ({key: values}, averaged at the next log), where toolgym adds
+    its episode, rollout, guard and held-out metrics. `mode` defaults to the model's (train/eval).
+    TRL private (`GRPOTrainer._metrics`). Upstream fix: a public way to add metrics to a step's log."""
+    return trainer._metrics[mode or ("train" if trainer.model.training else "eval")]
+
+
+@contextmanager
+def compact_lm_head(device: torch.device):
+    """On a CPU, TRL's fused head projects every position (`compact` only on Triton devices, where
+    tile shapes may change with each batch). Eager PyTorch recompiles nothing, so there too it
+    projects only the labelled positions (`rl.logprobs`, SFT).
+
+    TRL private: patches `trl.trainer.utils._use_triton`, which the fused head looks up in that module
+    at each call. Upstream fix: compacting to labelled positions on every device."""
+    if device.type != "cpu":
+        yield
+        return
+    saved = trl_utils._use_triton
+    trl_utils._use_triton = lambda _device: True
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = saved
+
+
+@dataclass
+class RolloutBatch:
+    """One rollout's episodes, in row order, as the hooks read them back for the same batch."""
+
+    trajectories: list[Trajectory]
+    env_masks: list[list[int]]  # as returned to TRL: which tokens the loss passes score (rl/logprobs.py)
+
+    @property
+    def images(self) -> list[list]:  # each episode's processed images (VLMs)
+        return [t.images for t in self.trajectories]
+
+    @property
+    def turns(self) -> list[list]:  # each episode's turns (token spans, state digests): step-level advantages
+        return [t.turns for t in self.trajectories]
+
+    @property
+    def completions(self) -> list[list[dict]]:  # the model's own messages: reward functions' `completions`
+        return model_messages([t.texts for t in self.trajectories])
+
+    @property
+    def prompts(self) -> list[list[dict]]:  # the system prompt and the env's first observation: `prompts`
+        return [t.prompt or [{"role": "user", "content": ""}] for t in self.trajectories]
+
+
 class VisionGRPOMixin:
     """Gives a `GRPOTrainer` with a `rollout_func` the images of its episodes in every forward pass.
 
-    The rollout leaves the batch's processed images in `rollout_func.images` (one list per
-    row, in row order). Scoring passes (old/reference logprobs) read them there; the batch
-    returned for training carries them as `pixel_values`, `image_position_ids` and
+    The rollout leaves the batch's processed images in its `RolloutBatch` (one list per row,
+    in row order). Scoring passes at generation time (old/reference logprobs) read them there;
+    the batch returned for training carries them as `pixel_values`, `image_position_ids` and
     `num_images`, which TRL shuffles and splits with the rows and hands back to
     `_get_per_token_logps_and_entropies`, where each chunk of rows gets its own images.
     """
 
     image_token_id: int | None = None
+    _generating = False
 
     # TRL private: adds the episodes' image inputs to the batch TRL trains on.
     # Upstream fix: image inputs carried for rollout_func batches.
     def _generate_and_score_completions(self, inputs):
-        self.rollout_func.images = None
-        output = super()._generate_and_score_completions(inputs)
-        rows, self.rollout_func.images = self.rollout_func.images, None
+        self.rollout_func.batch = None
+        self._generating = True
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._generating = False
+        rows = self.rollout_func.batch.images if self.rollout_func.batch is not None else None
         if rows and any(rows):
             images = [image for row in rows for image in row]
             for key in IMAGE_INPUT_KEYS:
@@ -116,7 +177,8 @@ class VisionGRPOMixin:
             columns = {k: kwargs[k].split(num_images) for k in IMAGE_INPUT_KEYS}
             return [[{k: columns[k][row][i] for k in IMAGE_INPUT_KEYS} for i in range(count)]
                     for row, count in enumerate(num_images)]
-        rows = getattr(self.rollout_func, "images", None)
+        batch = getattr(self.rollout_func, "batch", None)
+        rows = batch.images if self._generating and batch is not None else None
         if rows and any(rows):
             if len(rows) != n:
                 raise RuntimeError(f"the rollout returned images for {len(rows)} rows but the batch has {n}")
@@ -127,7 +189,7 @@ class VisionGRPOMixin:
 class ModelTokenScoringMixin:
     """Gives a `GRPOTrainer` with a `rollout_func` model-token-only scoring (`score_tokens`).
 
-    The rollout leaves its rows' `env_mask` in `rollout_func.env_masks`. Scoring passes during
+    The rollout leaves its rows' `env_mask` in its `RolloutBatch`. Scoring passes during
     generation read them there; the batch returned for training carries them as `score_mask`,
     which TRL shuffles and splits with the rows, and the loss pass reads it from its inputs.
     Vision-language models (a trainer with an `image_token_id`; rl/vision.py) and MoE models
@@ -175,7 +237,8 @@ class ModelTokenScoringMixin:
                 and not getattr(self, "aux_loss_enabled", False))
 
     def _rollout_masks(self, rows: int) -> list[list[int]]:
-        masks = getattr(self.rollout_func, "env_masks", None)
+        batch = getattr(self.rollout_func, "batch", None)
+        masks = batch.env_masks if batch is not None else None
         if masks is None or len(masks) != rows:
             raise RuntimeError(f"the rollout left env masks for {None if masks is None else len(masks)} rows "
                                f"but the batch has {rows}")
@@ -206,10 +269,13 @@ class ToolGymGRPOTrainer(VisionGRPOMixin, ModelTokenScoringMixin, GRPOTrainer):
 
         Reward functions get the model's own messages as `completions`: one assistant message per model
         turn, its tool calls included, never the env's replies (TRL decodes the whole completion, tool
-        results and all, so a text reward would score the env's output as the model's)."""
-        texts = self.rollout_func.texts
-        if len(texts) == len(completions):
-            completions = model_messages(texts)
+        results and all, so a text reward would score the env's output as the model's); and as `prompts`
+        the messages each episode started from (TRL's are the dataset rows, which only name the episode)."""
+        batch = self.rollout_func.batch
+        if len(batch.trajectories) != len(completions):
+            raise RuntimeError(f"the rollout played {len(batch.trajectories)} episodes but TRL scores "
+                               f"{len(completions)} completions")
+        prompts, completions = batch.prompts, batch.completions
         self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         return self._rewards_per_func
 
@@ -220,7 +286,7 @@ class ToolGymGRPOTrainer(VisionGRPOMixin, ModelTokenScoringMixin, GRPOTrainer):
         per_func = self._rewards_per_func
         rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
         rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
-        turns = gather_object(self.rollout_func.turns)
+        turns = gather_object(self.rollout_func.batch.turns)
         steps, shared = step_advantages(rewards.tolist(), turns, self.num_generations, self.scale_rewards != "none")
         first = self.accelerator.process_index * len(advantages)
         out = advantages.unsqueeze(1).repeat(1, width)
@@ -229,7 +295,7 @@ class ToolGymGRPOTrainer(VisionGRPOMixin, ModelTokenScoringMixin, GRPOTrainer):
             for (start, end, _), step in zip(turns[first + i], steps[first + i]):
                 out[i, start:end] += self.step_advantage_weight * step
                 moved.append(abs(step))
-        metrics = self._metrics["train" if self.model.training else "eval"]
+        metrics = step_metrics(self)
         metrics["step_advantage/shared_state_turns"].append(shared)
         metrics["step_advantage/abs_mean"].append(sum(moved) / len(moved) if moved else 0.0)
         return out

@@ -107,7 +107,7 @@ class VLLMServerBackend:
         import torch
         from safetensors.torch import save_file
 
-        from rl.vllm_backend import weights_for_sync
+        from rl.vllm_weights import weights_for_sync
 
         started = time.perf_counter()
         if self._fused_groups is None:  # the server's model layout, asked once

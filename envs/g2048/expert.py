@@ -20,6 +20,7 @@ import random
 from envs.base import ToolCall
 from envs.g2048.env import Game2048Env
 from envs.g2048.rules import DIRECTIONS, slide
+from envs.sandbox.task import submission_policies
 
 # nneonneo's 2048-ai weights (github.com/nneonneo/2048-ai), with tile ranks (log2 values).
 EMPTY_WEIGHT, MERGES_WEIGHT = 270.0, 700.0
@@ -219,25 +220,6 @@ def random_strategy_source(seed: int = 0) -> str:
 ''')
 
 
-class SubmitSource:
-    """Submits one fixed source string; the strategy envs play it in the sandbox (one turn)."""
-
-    def __init__(self, source: str):
-        self.source = source
-
-    def __call__(self, env) -> ToolCall:
-        return ToolCall("submit", {"code": self.source})
-
-
-def game2048_strategy_expert(explore: float = 0.0, seed: int = 0) -> SubmitSource:
-    """Submits `STRATEGY_EXPERT_SOURCE` (two-move heuristic lookahead); `explore`, `seed` change nothing.
-
-    They are accepted because evaluation passes them to every expert; a strategy episode
-    is one submission, so there is no board to look at instead.
-    """
-    return SubmitSource(STRATEGY_EXPERT_SOURCE)
-
-
-def game2048_strategy_random(seed: int = 0) -> SubmitSource:
-    """Submits a strategy that plays a uniformly random legal move (its generator seeded with `seed`)."""
-    return SubmitSource(random_strategy_source(seed))
+# the strategy env's policies: submit the expert's source, or a random player's (seeded)
+game2048_strategy_expert, game2048_strategy_random = submission_policies(STRATEGY_EXPERT_SOURCE,
+                                                                         random_strategy_source)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 
 from envs.base import ToolCall
-from envs.g2048.expert import SubmitSource
+from envs.sandbox.task import submission_policies
 from envs.sudoku.env import SudokuEnv
 from envs.sudoku.puzzles import peers
 
@@ -136,15 +136,6 @@ def sudoku_random_strategy_source(seed: int = 0) -> str:
 ''')
 
 
-def sudoku_strategy_expert(explore: float = 0.0, seed: int = 0) -> SubmitSource:
-    """Submits `SUDOKU_STRATEGY_EXPERT_SOURCE` (a backtracking solver); `explore`, `seed` change nothing.
-
-    They are accepted because evaluation passes them to every expert; a strategy episode
-    is one submission, so there is no board to look at instead.
-    """
-    return SubmitSource(SUDOKU_STRATEGY_EXPERT_SOURCE)
-
-
-def sudoku_strategy_random(seed: int = 0) -> SubmitSource:
-    """Submits a strategy that plays a random legal move (its generator seeded with `seed`)."""
-    return SubmitSource(sudoku_random_strategy_source(seed))
+# the strategy env's policies: submit the backtracking solver, or a random player's source (seeded)
+sudoku_strategy_expert, sudoku_strategy_random = submission_policies(SUDOKU_STRATEGY_EXPERT_SOURCE,
+                                                                     sudoku_random_strategy_source)

@@ -142,34 +142,13 @@ def agent_loop(options: dict) -> list[dict]:
 
     from trl import GRPOTrainer
 
-    from rl.config import load_config
     from rl.models import load_model, lora_config
     from rl.trainer import build_trainer
 
     latency = float(options.get("latency_s", 0.05))
-    episodes = int(options.get("episodes", 16))
-    num_generations = int(options.get("num_generations", 4))
-    micro = int(options.get("micro_batch", 4))
-    if episodes % micro or micro % num_generations:
-        raise ValueError(f"episodes={episodes} must be a multiple of micro_batch={micro}, "
-                         f"itself a multiple of num_generations={num_generations}")
+    episodes, num_generations = int(options.get("episodes", 16)), int(options.get("num_generations", 4))
     model_name = str(options.get("model", "gemma-3-270m"))
-    warm = model_name not in ("gemma-3-270m", "tiny")
-    overrides = [
-        f"model.name={model_name}", "log.wandb=off", "name=bench-agent-loop",
-        f"output_dir={options.get('output_dir', 'bench-results/runs')}",
-        "env.name=rl.bench.agent_loop:SlowSudoku", f"env.kwargs.latency_s={latency}",
-        f"rollout.max_turns={int(options.get('max_turns', 4))}",
-        f"rollout.max_new_tokens={int(options.get('max_new_tokens', 48))}",
-        # TRL computes logprobs per micro-batch; full-vocabulary logits of 16 long episodes at
-        # once need ~20 GB, so the batch of `episodes` is micro-batches of `micro_batch`.
-        f"grpo.num_generations={num_generations}", f"grpo.per_device_train_batch_size={micro}",
-        f"grpo.gradient_accumulation_steps={episodes // micro}",
-        "rollout.backend=hf", f"model.chat_template={options.get('chat_template', 'gemma3_tools')}",
-    ]
-    if warm:  # a warm-started model calls tools and ends its turns by itself, as TRL's loop needs
-        overrides += ["rollout.response_prefix=", "rollout.stop_after_tool_call=false"]
-    cfg = load_config(options.get("config", "configs/sudoku.yaml"), overrides)
+    cfg = _agent_loop_config(options, latency, episodes, num_generations, model_name)
     seeds = list(range(episodes // num_generations))
     inputs = _batch(seeds, num_generations)
 
@@ -203,6 +182,32 @@ def agent_loop(options: dict) -> list[dict]:
         row.update(model=model_name, latency_s=latency, max_turns=r.max_turns, speedup_vs_trl=row["episodes_per_s"] / trl_rate)
     rows[0]["speedup_vs_trl"] = ours_rate / trl_rate
     return rows
+
+
+def _agent_loop_config(options: dict, latency: float, episodes: int, num_generations: int, model_name: str):
+    """The run config both loops share: the slow Sudoku env, the same model, caps and batch shape."""
+    from rl.config import load_config
+
+    micro = int(options.get("micro_batch", 4))
+    if episodes % micro or micro % num_generations:
+        raise ValueError(f"episodes={episodes} must be a multiple of micro_batch={micro}, "
+                         f"itself a multiple of num_generations={num_generations}")
+    warm = model_name not in ("gemma-3-270m", "tiny")
+    overrides = [
+        f"model.name={model_name}", "log.wandb=off", "name=bench-agent-loop",
+        f"output_dir={options.get('output_dir', 'bench-results/runs')}",
+        "env.name=rl.bench.agent_loop:SlowSudoku", f"env.kwargs.latency_s={latency}",
+        f"rollout.max_turns={int(options.get('max_turns', 4))}",
+        f"rollout.max_new_tokens={int(options.get('max_new_tokens', 48))}",
+        # TRL computes logprobs per micro-batch; full-vocabulary logits of 16 long episodes at
+        # once need ~20 GB, so the batch of `episodes` is micro-batches of `micro_batch`.
+        f"grpo.num_generations={num_generations}", f"grpo.per_device_train_batch_size={micro}",
+        f"grpo.gradient_accumulation_steps={episodes // micro}",
+        "rollout.backend=hf", f"model.chat_template={options.get('chat_template', 'gemma3_tools')}",
+    ]
+    if warm:  # a warm-started model calls tools and ends its turns by itself, as TRL's loop needs
+        overrides += ["rollout.response_prefix=", "rollout.stop_after_tool_call=false"]
+    return load_config(options.get("config", "configs/sudoku.yaml"), overrides)
 
 
 def _dataset(seeds: list[int]):

@@ -101,13 +101,45 @@ def _replay(llm, turns, temperature: float) -> int:
     return total
 
 
+def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, ceiling: float) -> list[dict]:
+    """Whole episodes on each backend, and the engine's raw rate on the very turns the vLLM rollout played."""
+    from rl.rollout import run_episodes
+
+    settings, max_turns, vllm = cfg.rollout, cfg.rollout.max_turns, backends["vllm colocate (VLLMBackend)"]
+    rows, multi_turn = [], []
+    for name, backend in backends.items():
+        vllm.llm.reset_prefix_cache()
+        timing: dict = {}
+        started = time.perf_counter()
+        trajectories = run_episodes([env_cls(**cfg.env.kwargs) for _ in range(n)], list(range(n)), backend,
+                                    chat, settings, metrics=timing)
+        seconds = time.perf_counter() - started
+        rate = timing["generated_tokens"] / seconds
+        rows.append({"test": f"{n} episodes, max_turns {max_turns}", "backend": name,
+                     "tokens": timing["generated_tokens"], "seconds": seconds, "tokens_per_s": rate,
+                     "vs_raw_vllm": rate / ceiling, "episodes_per_s": n / seconds,
+                     "model_turns": sum(t.info["model_turns"] for t in trajectories) / n,
+                     "generation_s": timing["generation_s"], "env_s": timing["env_s"]})
+        multi_turn.append((rows[-1], trajectories))
+    # The multi-turn ceiling: the engine's raw rate on the very turns the vLLM rollout played.
+    turns = _model_turns(multi_turn[0][1])
+    vllm.llm.reset_prefix_cache()
+    tokens, seconds = _best_rate(lambda: _replay(vllm.llm, turns, settings.temperature), repeats,
+                                 vllm.llm.reset_prefix_cache)
+    rows.append({"test": f"{n} episodes, max_turns {max_turns}", "backend": "vllm raw LLM.generate, same turns",
+                 "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+                 "vs_raw_vllm": tokens / seconds / ceiling, "vs_raw_same_turns": 1.0})
+    for row, _ in multi_turn:
+        row["vs_raw_same_turns"] = row["tokens_per_s"] / (tokens / seconds)
+    return rows
+
+
 @suite("generation")
 def generation(options: dict) -> list[dict]:
     """Generated tokens/s on Sudoku prompts: transformers vs vLLM colocate vs raw vllm.LLM.generate."""
     from vllm.inputs import TokensPrompt
 
     from rl.generation import SamplingParams, TransformersBackend
-    from rl.rollout import run_episodes
 
     n = int(options.get("prompts", 16))
     repeats = int(options.get("repeats", 2))
@@ -148,31 +180,8 @@ def generation(options: dict) -> list[dict]:
 
     if max_turns > 0:
         settings.max_turns = max_turns
-        multi_turn = []
-        for name, backend in (("vllm colocate (VLLMBackend)", vllm), ("hf (TransformersBackend)", hf)):
-            vllm.llm.reset_prefix_cache()
-            timing: dict = {}
-            started = time.perf_counter()
-            trajectories = run_episodes([env_cls(**cfg.env.kwargs) for _ in range(n)], list(range(n)), backend,
-                                        chat, settings, metrics=timing)
-            seconds = time.perf_counter() - started
-            rate = timing["generated_tokens"] / seconds
-            rows.append({"test": f"{n} episodes, max_turns {max_turns}", "backend": name,
-                         "tokens": timing["generated_tokens"], "seconds": seconds, "tokens_per_s": rate,
-                         "vs_raw_vllm": rate / ceiling, "episodes_per_s": n / seconds,
-                         "model_turns": sum(t.info["model_turns"] for t in trajectories) / n,
-                         "generation_s": timing["generation_s"], "env_s": timing["env_s"]})
-            multi_turn.append((rows[-1], trajectories))
-        # The multi-turn ceiling: the engine's raw rate on the very turns the vLLM rollout played.
-        turns = _model_turns(multi_turn[0][1])
-        vllm.llm.reset_prefix_cache()
-        tokens, seconds = _best_rate(lambda: _replay(vllm.llm, turns, settings.temperature), repeats,
-                                     vllm.llm.reset_prefix_cache)
-        rows.append({"test": f"{n} episodes, max_turns {max_turns}", "backend": "vllm raw LLM.generate, same turns",
-                     "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-                     "vs_raw_vllm": tokens / seconds / ceiling, "vs_raw_same_turns": 1.0})
-        for row, _ in multi_turn:
-            row["vs_raw_same_turns"] = row["tokens_per_s"] / (tokens / seconds)
+        backends = {"vllm colocate (VLLMBackend)": vllm, "hf (TransformersBackend)": hf}
+        rows += _multi_turn_rows(cfg, env_cls, chat, backends, n, repeats, ceiling)
     return rows
 
 

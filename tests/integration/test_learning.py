@@ -40,7 +40,7 @@ def test_step_advantages_move_each_turns_tokens_by_its_anchor_group_advantage(tm
 
     def recording(self, advantages, width):
         out = add(self, advantages, width)
-        seen.append((advantages.clone(), out.clone(), list(self.rollout_func.turns),
+        seen.append((advantages.clone(), out.clone(), list(self.rollout_func.batch.turns),
                      (self._rewards_per_func * self.reward_weights).nansum(dim=1).tolist()))
         return out
 

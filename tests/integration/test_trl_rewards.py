@@ -1,16 +1,23 @@
 """Reward functions get what TRL gives its own: conversational `completions` holding the model's messages
-(one per model turn, tool calls included, never the env's replies), so TRL's built-in rewards run as they are."""
+(one per model turn, tool calls included, never the env's replies), `prompts` holding the messages each
+episode started from, and `completion_ids`, so TRL's built-in rewards run as they are."""
 
 import json
 
+from trl.rewards import get_repetition_penalty_reward, get_soft_overlong_punishment
+
+import envs
 from rl.config import load_config
 from rl.trainer import build_trainer
 
 SEEN = []
+# TRL's reward factories, made the way TRL's docs show and named by `module:attribute` in the config
+repetition = get_repetition_penalty_reward(ngram_size=3, max_penalty=-1.0)
+overlong = get_soft_overlong_punishment(max_completion_len=30, soft_punish_cache=10)
 
 
-def messages_seen(prompts, completions, model_turns, **kwargs):
-    SEEN.append((prompts, completions, model_turns))
+def messages_seen(prompts, completions, model_turns, seed, **kwargs):
+    SEEN.append((prompts, completions, model_turns, seed))
     return [float(len(c)) for c in completions]
 
 
@@ -23,13 +30,20 @@ def test_trl_builtin_and_text_rewards_see_only_the_models_messages(tmp_path):
         "grpo.save_steps=100"])
     cfg.rewards["trl.rewards:think_format_reward"] = 0.5
     cfg.rewards["tests.integration.test_trl_rewards:messages_seen"] = 0.0
+    cfg.rewards["tests.integration.test_trl_rewards:repetition"] = 0.1
+    cfg.rewards["tests.integration.test_trl_rewards:overlong"] = 0.1
     trainer = build_trainer(cfg)
     trainer.train()
     [metrics] = [m for m in trainer.state.log_history if "reward" in m]
     assert metrics["rewards/think_format_reward/mean"] == 0.0  # ran on every episode (no <think> in them)
-    (checked, _, _), (prompts, completions, turns) = SEEN  # the pre-flight's 12 policy episodes, then the step's
+    (checked, _, _, checked_seeds), (prompts, completions, turns, seeds) = SEEN  # the pre-flight's, the step's
     assert len(checked) == 12
-    assert all(p[0]["role"] == "user" for p in prompts)
+    # the prompt each episode started from: the env's first observation (its puzzle), not the dataset row
+    for seed, prompt in zip(checked_seeds + seeds, checked + prompts):
+        assert prompt == [{"role": "user", "content": envs.make("sudoku").reset(seed=seed)[0]}]
+    # the prefix repeats every turn, so every multi-turn completion repeats n-grams; every one is over 30 tokens
+    assert metrics["rewards/repetition/mean"] < 0
+    assert metrics["rewards/overlong/mean"] == -1.0
     assert [len(c) for c in completions] == turns and max(turns) >= 2
     texts = [m["content"] for c in completions for m in c]
     assert all(m["role"] == "assistant" for c in completions for m in c)

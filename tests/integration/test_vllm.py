@@ -13,7 +13,8 @@ pytest.importorskip("vllm", reason="the vLLM backend needs vllm (on CPU: pip ins
 
 from rl.generation import SamplingParams, TransformersBackend
 from rl.models import tiny_model
-from rl.vllm_backend import VLLMBackend, sync_gap
+from rl.vllm_backend import VLLMBackend
+from rl.vllm_weights import sync_gap
 
 TOL = 1e-4
 PROMPTS = [[2, 10, 11, 12, 13, 14, 15], [2, 40, 41], [2, 90, 91, 92, 93]]

