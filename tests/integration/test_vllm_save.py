@@ -12,7 +12,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 
-import rl.vllm_backend as vb
+import rl.vllm_weights as vb
 from rl.models import tiny_model
 
 
