@@ -72,7 +72,8 @@ RULES: dict[str, Rule] = {
     "rollout.max_turns": COUNT, "rollout.max_new_tokens": COUNT, "rollout.max_completion_tokens": COUNT,
     "rollout.temperature": POSITIVE, "rollout.top_p": within(0, 1, low_open=True),
     "rollout.top_k": at_least(0, integer=True), "rollout.step_timeout_s": POSITIVE, "rollout.env_workers": COUNT,
-    "rollout.batch_wait_s": NON_NEGATIVE, "rollout.max_observation_chars": COUNT, "rollout.backend": one_of(BACKENDS),
+    "rollout.batch_wait_s": NON_NEGATIVE, "rollout.backend": one_of(BACKENDS),
+    "rollout.max_observation_chars": at_least(64, integer=True),  # room for the marker saying what was cut
     "rollout.vllm.gpu_memory_utilization": within(0, 1, low_open=True), "rollout.vllm.kv_cache_gib": POSITIVE,
     "rollout.vllm.max_model_len": COUNT, "rollout.vllm.sync_check_tokens": at_least(0, integer=True),
     "rollout.vllm.timeout_s": POSITIVE, "rollout.vllm.retries": at_least(0, integer=True),

@@ -46,7 +46,7 @@ class Child:
         self.deadline, self.cap, self.cpu_limit = float("inf"), 0, 0.0  # set by `start`
         self.frame_cap = MAX_FRAME  # the largest reply frame taken (the run's value_bytes, from `start`)
         self.error_cap = 4096  # characters of an error message the child reports (error_chars, from `start`)
-        self.too_large = 0  # the size of a reply frame refused for its size
+        self.too_large = ""  # why a reply was refused for its size: the run ends at once, status too_large
         self.buf = bytearray()
         self.timed_out = False
         self.truncated = False
@@ -107,8 +107,9 @@ class Child:
         limits = job["limits"]
         self.deadline, self.cap, self.cpu_limit = started + limits["wall_s"], limits["output_bytes"], limits["cpu_s"]
         self.error_cap = limits["error_chars"]
-        # the child's own caps: a value, or an error message (a character escaped as JSON takes up to 6 bytes)
-        self.frame_cap = min(max(limits["value_bytes"], 6 * limits["error_chars"]) + 1024, MAX_FRAME)
+        # the child's own caps: a value, or an error and its type of up to error_chars characters each (one
+        # character escaped as JSON takes up to 12 bytes: a surrogate pair)
+        self.frame_cap = min(max(limits["value_bytes"], 24 * limits["error_chars"]) + 1024, MAX_FRAME)
         self._ask(job)
 
     def _ask(self, msg: dict):
@@ -123,7 +124,7 @@ class Child:
             if len(self.buf) >= 4:
                 (n,) = struct.unpack_from(">I", self.buf)
                 if n > self.frame_cap:  # the harness sends a small error instead: code wrote to the pipe itself
-                    self.too_large = n
+                    self.too_large = f"reply of {n} bytes is larger than the limit ({self.frame_cap} bytes)"
                     self.kill()  # it is blocked writing the rest: waiting for it would last until the deadline
                     raise ChildGone
                 if len(self.buf) >= 4 + n:
@@ -133,6 +134,11 @@ class Child:
                         reply, end = self.scan(text, 0)
                         if end != len(text):
                             raise ValueError("trailing data")
+                        if "too_large" in reply:  # ends the run, whatever a driver catches: never a game lost
+                            self.too_large = (f"return value too large: {int(reply['too_large'])} bytes as JSON "
+                                              f"(limit: {int(reply['limit'])} bytes)")
+                            self.kill()
+                            raise ChildGone
                         if "error" in reply:
                             self.reported = reply
                             raise CallError(clip(str(reply["error"]), self.error_cap))
@@ -253,9 +259,7 @@ class Child:
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
         kind = (self.reported or {}).get("type", "")
         if self.too_large:
-            return "too_large", f"reply of {self.too_large} bytes is larger than the limit ({self.frame_cap} bytes)"
-        if kind == "ValueTooLarge":
-            return "too_large", self.reported["error"]
+            return "too_large", self.too_large
         if self.timed_out:
             return "timeout", "wall-clock deadline passed; the process tree was killed"
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= self.cpu_limit - 0.05):

@@ -58,8 +58,8 @@ class Limits:
     error_chars: int = 4096  # an exception's text; the rest is cut, with a marker saying how much
 
     def __post_init__(self):
-        if not 0 < self.value_bytes <= MAX_FRAME // 2 or self.error_chars <= 0:
-            raise ValueError(f"Limits: value_bytes must be in 1..{MAX_FRAME // 2} and error_chars positive, got "
+        if not 0 < self.value_bytes <= MAX_FRAME // 2 or self.error_chars < 64:  # 64: room for the cut marker
+            raise ValueError(f"Limits: value_bytes must be in 1..{MAX_FRAME // 2} and error_chars >= 64, got "
                              f"value_bytes={self.value_bytes}, error_chars={self.error_chars}")
 
 

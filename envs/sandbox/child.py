@@ -117,15 +117,15 @@ def _install_audit_hook(scratch: str) -> None:
     sys.addaudithook(hook)
 
 
-def _define(code: str, entry: str, send, report, BaseExc):
+def _define(code: str, entry: str, send, report, BaseExc, callable_=callable, sorted_=sorted, NameError_=NameError):
     """Run the model's code once and answer with its entry function's readiness; the function, or None."""
     scope = {"__name__": "__sandbox__"}
     try:
         exec(compile(code, "<model code>", "exec"), scope)
         fn = scope.get(entry) if entry else None
-        if entry and not callable(fn):
-            names = sorted(k for k, v in scope.items() if callable(v) and not k.startswith("__"))
-            raise NameError(f"no function named {entry!r} is defined (defined: {', '.join(names) or 'none'})")
+        if entry and not callable_(fn):
+            names = sorted_(k for k, v in scope.items() if callable_(v) and not k.startswith("__"))
+            raise NameError_(f"no function named {entry!r} is defined (defined: {', '.join(names) or 'none'})")
     except BaseExc as e:
         report(e, "while defining the code")
         return None
@@ -204,8 +204,7 @@ def _serve(calls: int, replies: int, base_vm: int) -> None:
             chunks = encode({"error": clip(f"return value is not JSON-serializable: {str_(e)}"), "type": kind}, 0)
         size = sum_(map_(len_, chunks))
         if size > value_cap and "value" in obj:  # a small frame now, not a huge one that stalls the pipe
-            chunks = encode({"error": f"return value too large: {size} bytes as JSON (limit: {value_cap} bytes)",
-                             "type": "ValueTooLarge"}, 0)
+            chunks = encode({"too_large": size, "limit": value_cap}, 0)  # a key only the harness sends
         data = join(chunks).encode()
         data = pack(">I", len_(data)) + data
         while data:

@@ -53,7 +53,7 @@ def mean_ci(values: list[float]) -> tuple[float, float, float]:
     if n == 1:
         return mean, math.nan, math.nan
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    t = T95.get(n - 1) or next((T95[d] for d in sorted(T95) if d > n - 1), 1.96)
+    t = T95[max(d for d in T95 if d <= n - 1)]  # the largest tabulated df <= n - 1: never narrower than exact
     half = t * sd / math.sqrt(n)
     return mean, mean - half, mean + half
 

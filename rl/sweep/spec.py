@@ -232,12 +232,22 @@ def _range(kind: str, key: str, value: Any) -> Range:
     if "choices" in value:
         if not isinstance(value["choices"], list) or not value["choices"] or len(value) > 1:
             raise SweepError(f"{kind} key {key!r}: choices must be a non-empty list, alone, got {value!r}")
+        if any(isinstance(c, (list, dict)) for c in value["choices"]):
+            raise SweepError(f"{kind} key {key!r}: choices must be numbers, strings, booleans or null (Optuna stores "
+                             f"no others), got {value['choices']!r}")
         return Range(choices=value["choices"])
     low, high = (_number(value.get(b), f"{kind} key {key!r} {b}") for b in ("low", "high"))
     r = Range(low=low, high=high, log=bool(value.get("log", False)), step=value.get("step"))
     if not low < high or (r.log and low <= 0):
         raise SweepError(f"{kind} key {key!r} needs low < high{' and low > 0 for log' if r.log else ''}, "
                          f"got [{low}, {high}]")
+    if r.step is not None:
+        if r.log:
+            raise SweepError(f"{kind} key {key!r}: step and log: true cannot be combined (Optuna samples a log range "
+                             "without steps)")
+        r.step = _number(r.step, f"{kind} key {key!r} step")
+        if r.step <= 0:
+            raise SweepError(f"{kind} key {key!r}: step must be > 0, got {r.step!r}")
     return r
 
 
@@ -309,6 +319,9 @@ def check_against_run_config(spec: SweepSpec) -> None:
             raise SweepError(f"{spec.path}: the run at {where} is refused: {e}") from e
     spec.out = Path(cfg.output_dir) / spec.name
     _check_metric(spec.objective, cfg)
+    if spec.pruner and spec.objective.read == "eval" and not cfg.eval.every_steps:  # it watches heldout/solve_rate
+        raise SweepError("a pruner with read: eval watches heldout/solve_rate during training, which is logged only "
+                         "with eval.every_steps > 0: set it under base.set (e.g. eval.every_steps: 10)")
 
 
 def _check_metric(obj: Objective, cfg) -> None:

@@ -82,8 +82,8 @@ def _sqlite_write_transactions(engine) -> None:
 
 
 def _sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
-    if spec.space_kind == "grid":
-        return optuna.samplers.GridSampler(spec.grid)
+    if spec.space_kind == "grid":  # every point is queued (enqueue_trial); GridSampler would stop the study when
+        return optuna.samplers.RandomSampler(seed=0)  # a surplus ask is told FAIL outside optimize(), and raise
     return optuna.samplers.RandomSampler() if spec.space_kind == "random" else optuna.samplers.TPESampler()
 
 

@@ -58,6 +58,18 @@ def test_too_large_values_inside_a_driver_end_the_run_as_too_large(box):
     assert r.status == "too_large" and r.value is None
 
 
+def test_a_too_large_value_ends_a_drivers_run_even_if_later_calls_fail_otherwise(box):
+    # A driver catches a call's error and plays on; a too-large value must still end the run as too_large,
+    # not be overwritten by a later error (which would leave the other games counted).
+    code = ("calls = []\ndef strategy(board):\n    calls.append(1)\n    if len(calls) == 1:\n"
+            "        return 'up' * 50_000\n    raise ValueError('later')")
+    started = time.monotonic()
+    r = box.run(code, entry="strategy", driver="g2048/rules.py:play_games", driver_args={"seeds": [1, 2]},
+                limits=Limits(value_bytes=10_000))
+    assert r.status == "too_large" and r.value is None and "100013 bytes" in r.error, r  # {"value": ...} as JSON
+    assert time.monotonic() - started < DEADLINE.wall_s / 3
+
+
 def test_a_huge_print_is_capped_and_the_run_still_ends_promptly(box):
     started = time.monotonic()
     r = box.run("def f():\n    print('p' * (50 << 20))\n    return 7", entry="f", limits=Limits(output_bytes=4096))
@@ -68,5 +80,9 @@ def test_a_huge_print_is_capped_and_the_run_still_ends_promptly(box):
 def test_limits_refuse_caps_the_wire_cannot_carry():
     with pytest.raises(ValueError, match="value_bytes must be in 1..33554432"):
         Limits(value_bytes=64 << 20)
-    with pytest.raises(ValueError, match="error_chars positive"):
-        Limits(error_chars=0)
+    with pytest.raises(ValueError, match="error_chars >= 64"):
+        Limits(error_chars=10)  # the marker alone would be longer
+    from envs.sandbox.protocol import clip
+
+    for limit in (64, 100, 4096):  # never longer than its limit, at the smallest limit accepted too
+        assert len(clip("x" * 10**6, limit)) <= limit

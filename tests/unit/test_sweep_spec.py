@@ -86,6 +86,17 @@ def test_random_spaces_need_a_budget_and_valid_ranges(tmp_path):
                                              "log: true}\n  rollout.max_turns: {low: 2, high: 6}\n"
                                              "  grpo.loss_type: {choices: [dapo, grpo]}\n"))
     assert [r.kind for r in spec.space.values()] == ["float", "int", "choice"] and spec.trials == 3
+    with pytest.raises(SweepError, match="step and log: true cannot be combined"):  # Optuna would refuse it mid-sweep
+        load_sweep(write(tmp_path, base + "trials: 3\nrandom:\n  grpo.learning_rate: {low: 1.0e-6, high: 1.0e-4, "
+                                          "log: true, step: 1.0e-6}\n"))
+    with pytest.raises(SweepError, match="step must be > 0"):
+        load_sweep(write(tmp_path, base + "trials: 3\nrandom:\n  rollout.max_turns: {low: 2, high: 6, step: 0}\n"))
+    with pytest.raises(SweepError, match="choices must be numbers, strings"):
+        load_sweep(write(tmp_path, base + "trials: 3\nrandom:\n  grpo.loss_type: {choices: [[grpo], [dapo]]}\n"))
+    with pytest.raises(SweepError, match="a pruner with read: eval"):
+        load_sweep(write(tmp_path, base.replace("objective: {metric: reward}", "objective: {metric: solve_rate, "
+                                                "read: eval}\npruner: {type: median}")
+                         + "trials: 3\nrandom:\n  rollout.max_turns: {low: 2, high: 6}\n"))
 
 
 def test_dry_run_lists_every_point_and_seed_with_its_command(tmp_path):
@@ -111,6 +122,9 @@ def test_mean_and_95_percent_t_interval_over_seeds():
     mean, low, high = mean_ci([1.0, 2.0, 3.0])  # sd 1, t(2) = 4.303
     assert mean == 2.0 and math.isclose(high - mean, 4.303 / math.sqrt(3), rel_tol=1e-9) and math.isclose(low, 4 - high)
     assert math.isnan(mean_ci([0.5])[1]) and mean_ci([0.5])[0] == 0.5
+    values = [float(v) for v in range(12)]  # df 11 is not tabulated: df 10's t (2.228) is used, wider than exact
+    mean, low, high = mean_ci(values)
+    assert math.isclose(high - mean, 2.228 * math.sqrt(13) / math.sqrt(12), rel_tol=1e-9)
 
 
 def test_objective_reads_the_last_or_the_mean_of_the_last_values():
@@ -125,3 +139,24 @@ def test_each_worker_gets_its_own_gpus():
     assert plan_devices(3, 1, []) == [None, None, None]
     with pytest.raises(ValueError, match="needs 6 GPUs; 4 visible"):
         plan_devices(3, 2, ["0", "1", "2", "3"])
+
+
+def test_asks_after_a_grids_queue_is_empty_are_closed_without_stopping_the_study(tmp_path):
+    """Workers racing at the end of a grid ask for trials that are not there: each such ask is closed as
+    surplus, as often as it happens (a GridSampler would stop the study, outside optimize(): an error)."""
+    import optuna
+
+    from rl.sweep.study import claim, open_storage, open_study
+
+    spec = load_sweep(write(tmp_path, GOOD), resolve=False)
+    study = open_study(spec, open_storage(f"sqlite:///{tmp_path / 'study.db'}", None, 5))
+    taken = []
+    while (claimed := claim(study, spec)) is not None:
+        trial, _, point, seed = claimed
+        taken.append((point, seed))
+        study.tell(trial, 0.0)
+    assert sorted(taken) == [(p, s) for p in range(4) for s in (0, 1)]
+    for _ in range(3):
+        assert claim(study, spec) is None
+    surplus = [t for t in study.get_trials() if t.user_attrs.get("surplus")]
+    assert len(surplus) == 4 and all(t.state == optuna.trial.TrialState.FAIL for t in surplus)
