@@ -106,13 +106,15 @@ def _install_audit_hook(scratch: str) -> None:
     blocked = ("socket.", "subprocess.", "os.system", "os.exec", "os.posix_spawn", "os.fork", "os.kill",
                "ctypes.dlopen")
 
-    def hook(event, args):
+    # every name the hook uses is bound now, as defaults: model code could rebind builtins or `os` attributes
+    def hook(event, args, isinstance_=isinstance, realpath=os.path.realpath, fsdecode=os.fsdecode, sep=os.sep,
+             PermissionError_=PermissionError, str_=str, bytes_=bytes):
         if event.startswith(blocked):
-            raise PermissionError(f"{event} is blocked in the sandbox")
-        if event == "open" and isinstance(args[0], (str, bytes)):
-            path = os.path.realpath(os.fsdecode(args[0]))
-            if path != scratch and not path.startswith(scratch + os.sep):
-                raise PermissionError(f"reading or writing {args[0]!r} outside the scratch directory is blocked")
+            raise PermissionError_(f"{event} is blocked in the sandbox")
+        if event == "open" and isinstance_(args[0], (str_, bytes_)):
+            path = realpath(fsdecode(args[0]))
+            if path != scratch and not path.startswith(scratch + sep):
+                raise PermissionError_(f"reading or writing {args[0]!r} outside the scratch directory is blocked")
 
     sys.addaudithook(hook)
 

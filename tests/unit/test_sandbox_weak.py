@@ -79,6 +79,23 @@ def f():
     assert "SECRET" not in str(r.value)
 
 
+def test_the_file_block_holds_when_code_rebinds_what_the_hook_calls(box, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET")
+    code = f"""
+import builtins, os
+def f():
+    builtins.isinstance = lambda *a: False  # the hook would skip every path
+    os.path.realpath = lambda p: os.getcwd()  # or take every path for the scratch folder
+    try:
+        return open({str(secret)!r}).read()
+    except PermissionError as e:
+        return str(e)
+"""
+    r = box.run(code, entry="f")
+    assert r.ok and "blocked" in r.value and "SECRET" not in r.value, r
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="weak mode drops to another uid only when started as root")
 def test_unprivileged_uid_holds_even_past_the_hook(box, tmp_path):
     secret = tmp_path / "root_only.txt"
