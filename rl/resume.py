@@ -72,6 +72,19 @@ def finished(out: Path, max_steps: int) -> str | None:
     return f"run {Path(out).name} already finished at step {step} (max_steps {max_steps}); nothing to do"
 
 
+def resume_from(out: Path, resume: bool) -> Path | None:
+    """The checkpoint a run continues from (None when it starts afresh), with its logs cut back to that
+    checkpoint's step by the main process, since the steps after it are trained, and logged, again."""
+    if not resume:
+        return None
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is None:
+        raise FileNotFoundError(f"--resume: no checkpoint-* under {out}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        trim_logs(out, checkpoint_step(checkpoint))
+    return checkpoint
+
+
 def trim_logs(out: Path, step: int) -> None:
     """Cut the run's per-step logs back to a checkpoint at `step`: JSONL rows past it go (rows without a
     step, and their order, stay; a line torn by a kill goes too), and so do held-out results past it."""

@@ -53,6 +53,10 @@ from rl.generation import (
 from rl.toolcalls import parse_turn
 from rl.vision import ImagePrompt
 
+# the episode facts the trainer averages into each step's log as env/<fact> (rl/trainer.py)
+STEP_FACTS = ("solved", "model_turns", "tool_calls", "invalid_actions", "no_tool_calls", "format_errors",
+              "tool_errors", "obs_truncated")
+
 
 @dataclass
 class Trajectory:
@@ -121,25 +125,22 @@ def _first_stop(ep: _Episode, settings: RolloutSection) -> str | None:
     return next((name for name, check in STOP_CONDITIONS.items() if check(ep, settings)), None)
 
 
-def _observed(env: ToolEnv, message: dict) -> dict:
-    """An env message with the images the env made since it was last asked, if any."""
-    take = getattr(env, "take_images", None)
+def _observed(ep: _Episode, message: dict, limit: int) -> dict:
+    """An env message: its text cut to `limit` characters, with a marker, and counted (`obs_truncated`; a
+    tool that answers with megabytes must not cost seconds of tokenizing and the episode's token budget),
+    and the images the env made since it was last asked, if any."""
+    content = message["content"]
+    if isinstance(content, str) and len(content) > limit:
+        ep.obs_truncated += 1
+        message = {**message, "content": clip(content, limit)}
+    take = getattr(ep.env, "take_images", None)
     images = take() if take is not None else []
     return {**message, "images": images} if images else message
 
 
-def _clipped(ep: _Episode, observation: Any, limit: int) -> Any:
-    """The observation cut to `limit` characters, with a marker, and counted (`obs_truncated`): a tool that
-    answers with megabytes must not cost seconds of tokenizing and the episode's whole token budget."""
-    if isinstance(observation, str) and len(observation) > limit:
-        ep.obs_truncated += 1
-        return clip(observation, limit)
-    return observation
-
-
 def _reset(ep: _Episode, options: dict | None, limit: int) -> dict:
     observation, ep.env_info = ep.env.reset(seed=ep.seed, options=options)
-    return _observed(ep.env, {"role": "user", "content": _clipped(ep, observation, limit)})
+    return _observed(ep, {"role": "user", "content": observation}, limit)
 
 
 def _act(ep: _Episode, chat: ChatFormat, text: str, limit: int) -> None:
@@ -149,12 +150,11 @@ def _act(ep: _Episode, chat: ChatFormat, text: str, limit: int) -> None:
     ep.format_errors += len(turn.errors)
     if not turn.calls and not turn.errors:
         observation, _, terminated, truncated, ep.env_info = ep.env.step(turn.content)
-        ep.pending.append(_observed(ep.env, {"role": "user", "content": _clipped(ep, observation, limit)}))
+        ep.pending.append(_observed(ep, {"role": "user", "content": observation}, limit))
         ep.env_done = terminated or truncated
     for call in turn.calls:
         observation, _, terminated, truncated, ep.env_info = ep.env.step(call)
-        observation = _clipped(ep, observation, limit)
-        ep.pending.append(_observed(ep.env, {"role": "tool", "name": call.name, "content": observation}))
+        ep.pending.append(_observed(ep, {"role": "tool", "name": call.name, "content": observation}, limit))
         if terminated or truncated:
             ep.env_done = True
             break
@@ -221,7 +221,7 @@ class _Rollout:
                 await self.lease_call(ep, "lease")
                 self.stream.resume(key)
             limit = settings.max_observation_chars
-            reset = (lambda: _reset(ep, self.options, limit))
+            reset = lambda: _reset(ep, self.options, limit)  # run in the env's thread
             observation = await self.env_call(ep, reset) if ep.env_error is None else None
             if ep.env_error is not None:
                 ep.stop_reason = "env_error"

@@ -13,7 +13,6 @@ adapter, in `final/` (it loads with its base model and that model's image proces
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -28,7 +27,7 @@ from rl.guards import SkipNonFiniteUpdates
 from rl.models import load_image_tokenizer, load_model, lora_config
 from rl.plots import save_curve
 from rl.progress import JsonlLogger
-from rl.resume import checkpoint_step, latest_checkpoint, trim_logs
+from rl.resume import resume_from
 from rl.trainer import _report_to, run_dir
 from rl.trl_hooks import compact_lm_head
 from rl.vision import VisionSFTCollator
@@ -69,11 +68,7 @@ def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
                          peft_config=lora_config(cfg.lora, model), **extra)
     trainer.add_callback(SkipNonFiniteUpdates(trainer))
     trainer.add_callback(JsonlLogger(out / "metrics.jsonl"))
-    checkpoint = latest_checkpoint(out) if resume else None
-    if resume and checkpoint is None:
-        raise FileNotFoundError(f"--resume: no checkpoint-* under {out}")
-    if checkpoint and int(os.environ.get("RANK", "0")) == 0:
-        trim_logs(out, checkpoint_step(checkpoint))  # the steps after the checkpoint are logged again
+    checkpoint = resume_from(out, resume)
     with compact_lm_head(args.device):  # the LM head projects only the demonstrations' model tokens
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     final = trainer.model

@@ -188,13 +188,19 @@ class _Gemma4Args:
         if self.depth > MAX_NESTING:
             raise self.error(f"arguments nested more than {MAX_NESTING} levels deep")
 
+    def leave(self, close: str) -> bool:
+        """Consume `close` and leave the level, if it comes next."""
+        if not self.peek(close):
+            return False
+        self.pos += 1
+        self.depth -= 1
+        return True
+
     def parse_object(self) -> dict:
         self.expect("{")
         self.enter()
         obj: dict = {}
-        if self.peek("}"):
-            self.pos += 1
-            self.depth -= 1
+        if self.leave("}"):
             return obj
         while True:
             key = self.parse_string() if self.peek(_Q) else self.parse_bare_key()
@@ -202,9 +208,7 @@ class _Gemma4Args:
             obj[key] = self.parse_value()
             if self.peek(","):
                 self.pos += 1
-            elif self.peek("}"):
-                self.pos += 1
-                self.depth -= 1
+            elif self.leave("}"):
                 return obj
             else:
                 raise self.error("expected ',' or '}'")
@@ -232,17 +236,13 @@ class _Gemma4Args:
         self.expect("[")
         self.enter()
         items: list = []
-        if self.peek("]"):
-            self.pos += 1
-            self.depth -= 1
+        if self.leave("]"):
             return items
         while True:
             items.append(self.parse_value())
             if self.peek(","):
                 self.pos += 1
-            elif self.peek("]"):
-                self.pos += 1
-                self.depth -= 1
+            elif self.leave("]"):
                 return items
             else:
                 raise self.error("expected ',' or ']'")

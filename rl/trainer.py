@@ -34,8 +34,8 @@ from rl.models import load_image_tokenizer, load_model, load_tokenizer, lora_con
 from rl.plots import save_curve
 from rl.preflight import check_rewards
 from rl.progress import JsonlLogger, RunProgress, TimeLimit
-from rl.resume import checkpoint_step, finished, latest_checkpoint, trim_logs
-from rl.rollout import Trajectory, run_episodes
+from rl.resume import checkpoint_step, finished, resume_from
+from rl.rollout import STEP_FACTS, Trajectory, run_episodes
 from rl.toolcalls import get_format
 from rl.trl_hooks import RolloutBatch, ToolGymGRPOTrainer, prompt_row, step_metrics, to_trl
 
@@ -136,17 +136,14 @@ class EpisodeRollouts:
                 self.sync_check = sync_gap(self.backend, model, self.probe_ids)
         return self.backend
 
-    ENV_METRICS = ("solved", "model_turns", "tool_calls", "invalid_actions", "no_tool_calls", "format_errors",
-                   "tool_errors", "obs_truncated")
-
     def _log_metrics(self, trainer, trajectories: list[Trajectory], timing: dict, elapsed: float) -> None:
         """Episode metrics averaged over every process's episodes; timings are this process's."""
         metrics = step_metrics(trainer)
-        rows = [[float(t.info.get(k) or 0) for k in self.ENV_METRICS]
+        rows = [[float(t.info.get(k) or 0) for k in STEP_FACTS]
                 + [float(bool(t.info.get("env_error"))), float(bool(t.info.get("generation_error")))]
                 for t in trajectories]
         values = trainer.accelerator.gather(torch.tensor(rows, device=trainer.accelerator.device)).mean(0).tolist()
-        for key, value in zip((*self.ENV_METRICS, "crashed", "generation_failed"), values):
+        for key, value in zip((*STEP_FACTS, "crashed", "generation_failed"), values):
             metrics[f"env/{key}"].append(value)
         metrics["rollout/tokens_per_s"].append(timing.get("generated_tokens", 0) / max(elapsed, 1e-9))
         metrics["rollout/generation_s"].append(timing.get("generation_s", 0.0))
@@ -297,16 +294,12 @@ def build_trainer(cfg: RunConfig):
 def train(cfg: RunConfig, resume: bool = False) -> Path:
     """Run GRPO; returns the run directory (metrics.jsonl, episodes.jsonl, checkpoints, final/)."""
     out = run_dir(cfg)
-    checkpoint = latest_checkpoint(out) if resume else None
-    if resume and checkpoint is None:
-        raise FileNotFoundError(f"--resume: no checkpoint-* under {out}")
     done = finished(out, cfg.grpo.max_steps) if resume else None
     if done:  # TRL would train one step past max_steps and overwrite final/
         print(done, flush=True)
         return out
+    checkpoint = resume_from(out, resume)
     start = checkpoint_step(checkpoint) if checkpoint else 0
-    if checkpoint and int(os.environ.get("RANK", "0")) == 0:
-        trim_logs(out, start)  # the steps after the checkpoint are trained, and logged, again
     trainer = build_trainer(cfg)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if trainer.state.global_step > start:  # final/ is only ever replaced by a model that trained further

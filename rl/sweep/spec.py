@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from rl.config import ConfigError, parse_yaml, read_yaml
+from rl.rollout import STEP_FACTS
 
 TOP_KEYS = ("name", "base", "launcher", "grid", "random", "optuna", "trials", "seeds", "objective", "pruner")
 BASE_KEYS = ("env", "config", "model", "set")
@@ -44,8 +45,7 @@ TRAIN_METRICS = (
     "reward", "reward_std", "loss", "grad_norm", "learning_rate", "entropy", "frac_reward_zero_std", "num_tokens",
     "step_time", "kl", "train/nonfinite_update", "completions/mean_length", "completions/min_length",
     "completions/max_length", "completions/clipped_ratio", "completions/mean_terminated_length",
-    "env/solved", "env/model_turns", "env/tool_calls", "env/invalid_actions", "env/no_tool_calls",
-    "env/format_errors", "env/tool_errors", "env/crashed", "env/generation_failed", "rollout/tokens_per_s",
+    *(f"env/{k}" for k in (*STEP_FACTS, "crashed", "generation_failed")), "rollout/tokens_per_s",
     "rollout/generation_s", "rollout/env_s", "rollout/wall_s", "step_advantage/shared_state_turns",
     "step_advantage/abs_mean")
 HELDOUT_METRICS = ("heldout/solve_rate", "heldout/mean_return", "heldout/invalid_call_rate",

@@ -90,7 +90,8 @@ def test_num_iterations_reuses_each_generated_batch_for_that_many_optimizer_step
 
 
 def test_time_limit_ends_the_run_at_a_step_boundary_with_checkpoint_final_and_curve(tmp_path, capsys):
-    from rl.trainer import latest_checkpoint, train
+    from rl.resume import latest_checkpoint
+    from rl.trainer import train
 
     # every step takes longer than 1 ms, so the run stops after its first of 5 steps, as if max_steps were 1
     out = train(config(tmp_path, "--set", "grpo.max_steps=5", "--set", "grpo.time_limit_s=0.001"))

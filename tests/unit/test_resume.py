@@ -7,7 +7,7 @@ import pytest
 
 from rl.cli import add_run_arguments, config_from_args
 from rl.config import ConfigError
-from rl.resume import finished, only_run, trim_logs
+from rl.resume import finished, only_run, resume_from, trim_logs
 
 
 def write_rows(path, rows, torn=""):
@@ -91,3 +91,15 @@ def test_the_cli_resumes_the_one_run_and_refuses_to_guess_between_two(tmp_path):
         config_from_args(args, resume=True)
     named = parser.parse_args(["--env", "sudoku", "--name", "other", "--set", f"output_dir={tmp_path}"])
     assert config_from_args(named, resume=True).name == "other"
+
+
+def test_resume_from_the_last_complete_checkpoint_cuts_the_logs_back_to_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    assert resume_from(tmp_path, resume=False) is None
+    with pytest.raises(FileNotFoundError, match="no checkpoint-"):
+        resume_from(tmp_path, resume=True)
+    checkpoint(tmp_path, 2)
+    checkpoint(tmp_path, 3, complete=False)  # cut off mid-save: passed over
+    write_rows(tmp_path / "metrics.jsonl", [{"step": s} for s in (1, 2, 3)])
+    assert resume_from(tmp_path, resume=True) == tmp_path / "checkpoint-2"
+    assert [r["step"] for r in read_rows(tmp_path / "metrics.jsonl")] == [1, 2]
