@@ -11,6 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from rl.cli import add_run_arguments, resolve_or_exit  # noqa: E402
+from rl.resume import finished, main_process  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -22,10 +23,16 @@ def main(argv=None) -> int:
     if args.num_episodes:
         args.overrides.append(f"sft.num_episodes={args.num_episodes}")
     cfg = resolve_or_exit(parser, args, resume=args.resume)
+    done = finished(Path(cfg.output_dir) / cfg.name, cfg.sft.max_steps, cfg.sft.num_train_epochs) if args.resume else None
+    if done:  # before torch loads: nothing to train, and final/ and adapter/ stay as they are
+        if main_process():
+            print(done)
+        return 0
     from rl.sft import train_sft
 
     out = train_sft(cfg, resume=args.resume)
-    print(f"SFT finished: {out} (train on: python launch/grpo.py --env {cfg.env.name} --model {out})")
+    if main_process():
+        print(f"SFT finished: {out} (train on: python launch/grpo.py --env {cfg.env.name} --model {out})")
     return 0
 
 

@@ -57,19 +57,27 @@ def only_run(output_dir: str | Path, env_name: str) -> str:
                       "pass --name to pick one")
 
 
-def finished(out: Path, max_steps: int) -> str | None:
-    """Why resuming the run in `out` to `max_steps` has nothing to train, or None when it has: its last
-    checkpoint holds `max_steps` steps or more (TRL would train one more, and write final/ over)."""
+def finished(out: Path, max_steps: int, epochs: float | None = None) -> str | None:
+    """Why resuming the run in `out` has nothing to train, or None when it has: its last checkpoint holds
+    `max_steps` steps or more (TRL would train one more, and write final/ over), or, when `max_steps` is
+    not set (<= 0) and the run is measured in `epochs` (SFT), that many epochs."""
     checkpoint = latest_checkpoint(out)
-    if max_steps <= 0 or checkpoint is None:
+    if checkpoint is None:
         return None
-    step = checkpoint_step(checkpoint)
-    if step < max_steps:
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    step = int(state["global_step"])
+    if max_steps > 0:
+        if step < max_steps:
+            return None
+        goal = f"max_steps {max_steps}"
+    elif epochs is not None and float(state.get("epoch") or 0) >= epochs - 1e-6:
+        goal = f"num_train_epochs {epochs:g}"
+    else:
         return None
     if not (Path(out) / "final").is_dir():  # killed while writing final/, say
-        return (f"run {Path(out).name} reached step {step} (max_steps {max_steps}) but has no final/: its model "
-                f"is in {checkpoint.name}/; nothing to train (raise grpo.max_steps to train further)")
-    return f"run {Path(out).name} already finished at step {step} (max_steps {max_steps}); nothing to do"
+        return (f"run {Path(out).name} reached step {step} ({goal}) but has no final/: its model "
+                f"is in {checkpoint.name}/; nothing to train (raise the {goal.split()[0]} to train further)")
+    return f"run {Path(out).name} already finished at step {step} ({goal}); nothing to do"
 
 
 def resume_from(out: Path, resume: bool) -> Path | None:
@@ -80,9 +88,15 @@ def resume_from(out: Path, resume: bool) -> Path | None:
     checkpoint = latest_checkpoint(out)
     if checkpoint is None:
         raise FileNotFoundError(f"--resume: no checkpoint-* under {out}")
-    if int(os.environ.get("RANK", "0")) == 0:
+    if main_process():
         trim_logs(out, checkpoint_step(checkpoint))
     return checkpoint
+
+
+def main_process() -> bool:
+    """Whether this is the run's first process (RANK 0 under `accelerate launch`, or no launcher), the one
+    that writes the run's files and prints what every process would; read before torch loads."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def trim_logs(out: Path, step: int) -> None:

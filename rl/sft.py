@@ -27,7 +27,7 @@ from rl.guards import SkipNonFiniteUpdates
 from rl.models import load_image_tokenizer, load_model, lora_config
 from rl.plots import save_curve
 from rl.progress import JsonlLogger
-from rl.resume import resume_from
+from rl.resume import finished, main_process, resume_from
 from rl.trainer import _report_to, run_dir
 from rl.trl_hooks import compact_lm_head
 from rl.vision import VisionSFTCollator
@@ -36,6 +36,11 @@ from rl.vision import VisionSFTCollator
 def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
     check_resolvable(cfg)
     out = run_dir(cfg)
+    done = finished(out, cfg.sft.max_steps, cfg.sft.num_train_epochs) if resume else None
+    if done:  # the trainer would train one more step and write final/ and adapter/ over
+        if main_process():
+            print(done, flush=True)
+        return out
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(to_yaml(cfg))
     model, tokenizer = load_model(cfg.model)

@@ -27,6 +27,10 @@ def test_sft_then_grpo_from_the_checkpoint_then_eval(tmp_path):
     losses = [json.loads(line) for line in (sft / "metrics.jsonl").open()]
     assert any("loss" in entry or "train_loss" in entry for entry in losses)
     assert_adapter_is_the_merged_model(sft)
+    stamps = {p: p.stat().st_mtime_ns for p in (sft / "final").iterdir()}
+    again = launch("sft.py", *common, "--model", "tiny", "--name", "sft", "--num-episodes", "8", "--resume", cwd=tmp_path)
+    assert "already finished" in again.stdout and "SFT finished" not in again.stdout
+    assert stamps == {p: p.stat().st_mtime_ns for p in (sft / "final").iterdir()}  # final/ untouched
 
     launch("grpo.py", *common, "--model", str(sft), "--name", "grpo", "--set", "grpo.max_steps=1",
            "--set", "rollout.response_prefix=", "--set", "grpo.per_device_train_batch_size=4",

@@ -63,6 +63,18 @@ def test_a_run_is_finished_once_its_checkpoint_reaches_max_steps(tmp_path):
     assert finished(run, 3) is None and finished(run, -1) is None
 
 
+def test_an_sft_run_measured_in_epochs_is_finished_once_its_checkpoint_completes_them(tmp_path):
+    run = tmp_path / "sft"
+    checkpoint(run, 8)
+    state = run / "checkpoint-8" / "trainer_state.json"
+    state.write_text(json.dumps({**json.loads(state.read_text()), "epoch": 2.0}))
+    (run / "final").mkdir()
+    assert finished(run, -1, 2.0) == "run sft already finished at step 8 (num_train_epochs 2); nothing to do"
+    assert finished(run, -1, 3.0) is None  # more epochs asked: it trains on
+    assert finished(run, -1) is None  # no goal known: resume as asked
+    assert finished(run, 8, 3.0) is not None  # max_steps, when set, decides (as TRL's trainer does)
+
+
 def make_run(root, name, env):
     (root / name).mkdir(parents=True)
     (root / name / "config.yaml").write_text(f"name: {name}\nenv:\n  name: '{env}'\n")
