@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import envs
+from envs.sandbox.box import ALLOW_WEAK_VAR
 from rewards import get_reward, parse_reward_spec
 from rl.config import ConfigError, RunConfig, load_config, to_yaml
 from rl.config_checks import check_names
@@ -71,6 +72,8 @@ def check_resolvable(cfg: RunConfig) -> None:
     """
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    if cfg.env.sandbox_allow_weak:  # an environment variable: env worker processes must see it too
+        os.environ[ALLOW_WEAK_VAR] = "1"
     env_cls = envs.resolve(cfg.env.name)
     try:
         envs.check_kwargs(cfg.env.kwargs)

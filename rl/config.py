@@ -104,6 +104,8 @@ class EnvSection:
     name: str = "sudoku"
     kwargs: dict[str, Any] = field(default_factory=dict)
     train_seeds: list[int] = field(default_factory=lambda: [0, 100_000])  # [start, stop)
+    # run model-written code even where the sandbox can only be weak (no namespaces): see envs/README.md
+    sandbox_allow_weak: bool = False
 
 
 @dataclass
@@ -178,6 +180,9 @@ class EvalSection:
     temperature: float = 0.0  # 0 = greedy
     k: int = 1  # samples per seed; >1 reports pass@k (needs temperature > 0)
     batch_size: int = 16  # episodes played together
+    # episodes eval.py writes turn by turn beside its result (<env>-<label>.episodes.jsonl, for launch/view.py),
+    # the first played; 0 = none. The cap bounds the file: 400 ten-turn 4x4 Sudoku episodes take about 2 MB
+    transcripts: int = 1000
     # During GRPO: greedy episodes on the first `during_training` held-out seeds before the first
     # step and every `every_steps` steps, logged as heldout/* (0 = off)
     every_steps: int = 0
@@ -191,6 +196,9 @@ class LogSection:
     group: str = ""  # wandb run group (e.g. a sweep's name); empty = none
     tags: list[str] = field(default_factory=list)  # wandb run tags
     sample_episodes: int = 1  # episodes per step written to episodes.jsonl
+    # of those, how many also log each completion token with its env_mask, loss mask and advantage (the viewer's
+    # token view); about one short string per token, so kept few
+    token_episodes: int = 1
 
 
 @dataclass

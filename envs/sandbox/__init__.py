@@ -3,16 +3,18 @@ that keeps locked-down processes armed (`forkserver.py`, with `protocol.py`, `is
 and `child.py`, what each child runs), and the base of the envs whose action is code (`task.py`)."""
 
 from envs.sandbox.box import (
+                              ALLOW_WEAK_VAR,
                               STATUSES,
                               STDLIB_SAFE,
                               Limits,
                               Result,
                               Sandbox,
+                              WeakSandboxRefused,
                               default_sandbox,
                               extract_code,
                               imports_outside,
                               parse_function,
 )
 
-__all__ = ["STATUSES", "STDLIB_SAFE", "Limits", "Result", "Sandbox", "default_sandbox", "extract_code",
-           "imports_outside", "parse_function"]
+__all__ = ["ALLOW_WEAK_VAR", "STATUSES", "STDLIB_SAFE", "Limits", "Result", "Sandbox", "WeakSandboxRefused",
+           "default_sandbox", "extract_code", "imports_outside", "parse_function"]

@@ -11,8 +11,11 @@ tree, no network, a private scratch directory as its whole filesystem, an empty
 environment, capped stdout/stderr and exception text, and a cap on the return value (a
 larger one ends the run at once, status "too_large"). Which of these the OS allowed is in
 `Sandbox.isolation` and in every result's `isolation` ("namespaces" or "weak");
-`Sandbox(namespaces=False)` forces "weak". The process is forked and locked down before
-the run is asked for, so a run costs about a millisecond of its caller's time.
+`Sandbox(namespaces=False)` forces "weak". Where namespaces were asked for but the OS gives only
+weak isolation, `run` refuses (`WeakSandboxRefused`) unless weak was chosen (`allow_weak`, the run
+config's `env.sandbox_allow_weak`); a weak sandbox warns once per process, loudly, of what it leaves
+open. Every mode runs under a seccomp filter (`syscalls.py`). The process is forked and locked down
+before the run is asked for, so a run costs about a millisecond of its caller's time.
 
 A run can also hand the model's function to a trusted *driver*, a function in one of the fork
 `protocol.DRIVERS` (e.g. `g2048/rules.py:play_games`, a path under envs/) that runs outside the sandbox
@@ -28,16 +31,19 @@ import array
 import ast
 import atexit
 import json
+import os
 import socket
 import subprocess
 import sys
 import threading
+import warnings
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from envs.sandbox.protocol import MAX_FRAME, check_driver, read_frame, write_frame
+from envs.sandbox.syscalls import compile_filters
 
 STATUSES = ("ok", "timeout", "memory", "too_large", "killed", "error")
 SPARE_RUNNERS = 2  # idle runners kept beyond the busy ones: each re-arms while the others run
@@ -102,9 +108,12 @@ class Sandbox:
     (`isolation` says what that leaves in force).
     """
 
-    def __init__(self, limits: Limits | None = None, *, namespaces: bool = True):
+    def __init__(self, limits: Limits | None = None, *, namespaces: bool = True, allow_weak: bool | None = None):
         self.limits = limits or Limits()
         self.namespaces = namespaces
+        # Weak mode where namespaces were asked for runs model code only when chosen knowingly: here, or by the
+        # run config's env.sandbox_allow_weak (which sets ALLOW_WEAK_VAR, so that env worker processes see it).
+        self.allow_weak = os.environ.get(ALLOW_WEAK_VAR) == "1" if allow_weak is None else allow_weak
         self._lock = threading.Lock()
         self._server: _Server | None = None
 
@@ -125,6 +134,7 @@ class Sandbox:
         """
         if driver and not entry:
             raise ValueError(f"driver {driver!r} needs an entry function to drive")
+        self._refuse_unchosen_weak()
         if driver:
             check_driver(driver)
         limits = limits or self.limits
@@ -152,6 +162,16 @@ class Sandbox:
             runner.close()
         return Result(**reply)
 
+    def _refuse_unchosen_weak(self) -> None:
+        with self._lock:
+            isolation = self._ensure().isolation
+        if isolation["mode"] == "weak" and self.namespaces and not self.allow_weak:
+            raise WeakSandboxRefused(
+                f"the sandbox could only start in weak mode ({isolation['why']}), which does not protect against "
+                f"{'; '.join(isolation['not_protected'])}. Refusing "
+                f"to run model code: set env.sandbox_allow_weak: true in the run config (or Sandbox(allow_weak=True)"
+                f", or {ALLOW_WEAK_VAR}=1) to accept that, or run where user namespaces are allowed")
+
     def close(self) -> None:
         with self._lock:
             if self._server:
@@ -175,6 +195,8 @@ class Sandbox:
             if self._server:
                 self._server.close()
             self._server = _start_server(self.namespaces)
+            if self._server.isolation["mode"] == "weak" and (self.allow_weak or not self.namespaces):
+                _warn_weak_once(self._server.isolation)
         return self._server
 
     def _take_runner(self) -> tuple[_Server, socket.socket]:
@@ -200,11 +222,33 @@ class Sandbox:
 
 
 
+class WeakSandboxRefused(RuntimeError):
+    """Only weak isolation could be had, and nobody chose it: no model code runs."""
+
+
+ALLOW_WEAK_VAR = "TOOLGYM_SANDBOX_ALLOW_WEAK"
+_warned: list[bool] = []
+
+
+def _warn_weak_once(isolation: dict) -> None:
+    """Once per process, loudly: what a weak sandbox leaves open (the seccomp filter, if in force, still holds)."""
+    if not _warned:
+        _warned.append(True)
+        warnings.warn(f"SANDBOX IN WEAK MODE ({isolation['why']}): it does not protect against "
+                      f"{'; '.join(isolation['not_protected'])}. In force: {isolation['filesystem']}; "
+                      f"{isolation['syscalls']}", WeakSandboxWarning, stacklevel=3)
+
+
+class WeakSandboxWarning(UserWarning):
+    pass
+
+
 def _start_server(namespaces: bool) -> _Server:
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     script = Path(__file__).with_name("forkserver.py")
     env = {"HOME": "/", "PATH": "/nonexistent", "LANG": "C.UTF-8"}  # what model code will see
-    argv = [sys.executable, "-E", "-S", str(script), str(theirs.fileno())] + ([] if namespaces else ["weak"])
+    filters = json.dumps(compile_filters())  # compiled here: the fork server must not import the binding
+    argv = [sys.executable, "-E", "-S", str(script), str(theirs.fileno()), filters] + ([] if namespaces else ["weak"])
     proc = subprocess.Popen(argv, pass_fds=[theirs.fileno()], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, cwd="/")
     theirs.close()
@@ -279,5 +323,5 @@ def extract_code(text: str) -> str:
     return (blocks[-1] if blocks else text).strip("\n")
 
 
-__all__ = ["Limits", "Result", "Sandbox", "STATUSES", "STDLIB_SAFE", "default_sandbox", "extract_code",
-           "imports_outside", "parse_function", "replace"]
+__all__ = ["ALLOW_WEAK_VAR", "Limits", "Result", "Sandbox", "STATUSES", "STDLIB_SAFE", "WeakSandboxRefused",
+           "WeakSandboxWarning", "default_sandbox", "extract_code", "imports_outside", "parse_function", "replace"]

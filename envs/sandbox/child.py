@@ -3,7 +3,8 @@
 The fork server (`forkserver.py`) imports this module by its bare name, before it forks
 anything, and its zygotes fork each child straight into `main`. Stdlib only and no `envs`
 imports: the child is chrooted into an empty tmpfs and can import only what the fork server
-loaded (or compiled for it: `OnDemand`).
+loaded (or compiled for it: `OnDemand`); its siblings `isolation` and `landlock` load by bare name, as in
+the fork server.
 
 The child talks to its runner in JSON frames: a 4-byte big-endian length, then the JSON.
 Everything the harness uses is bound, and the C JSON codec is used directly, before the
@@ -23,8 +24,10 @@ import struct
 import sys
 import traceback
 
+from isolation import CLONE_NEWUSER, _drop_capabilities, _libc, _map_own_ids
+from landlock import restrict_to
+
 PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _jsonable(o, hasattr=hasattr, type=type, TypeError=TypeError):  # bound now: builtins may be rebound
@@ -75,6 +78,11 @@ def main(pipes: dict, scratch: str, uid: int | None, state: dict) -> None:
         if fd > lo:
             os.closerange(lo, fd)
         lo = max(lo, fd + 1)
+    if strong and uid is None:  # not root: a user namespace of the run's own, so that RLIMIT_NPROC counts
+        ids = os.getuid(), os.getgid()  # this run's processes only (it counts per uid and user namespace)
+        if _libc.unshare(CLONE_NEWUSER) != 0:  # before the chroot: the kernel refuses it to a chrooted process
+            raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWUSER)")
+        _map_own_ids(*ids)
     if strong:
         os.chroot(scratch)
     os.chdir("/" if strong else scratch)
@@ -84,8 +92,12 @@ def main(pipes: dict, scratch: str, uid: int | None, state: dict) -> None:
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)
+    elif strong:
+        _drop_capabilities()  # those of its own user namespace, CAP_SYS_CHROOT among them
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # die with the zygote; after setuid, which clears it
     if not strong:
+        if state["isolation"]["landlock"]:  # the kernel's fence; the audit hook stays, for its clearer messages
+            restrict_to(scratch, state["isolation"]["landlock"])
         _install_audit_hook(os.path.realpath(scratch))
     _serve(calls, replies, state["base_vm"])
 

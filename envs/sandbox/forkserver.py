@@ -1,6 +1,6 @@
 """The sandbox's fork server: a warm interpreter that keeps a locked-down process armed per caller.
 
-Started by `envs.sandbox.Sandbox` as `python -E -S envs/sandbox/forkserver.py FD [weak]`, with the
+Started by `envs.sandbox.Sandbox` as `python -E -S envs/sandbox/forkserver.py FD FILTERS [weak]`, with the
 environment model code will see, so nothing of the trainer (memory, env vars, threads)
 reaches it. It imports nothing from the `envs` package (gymnasium would triple the cost of
 each fork): its own parts beside this file (`protocol`, `isolation`, `armed`, `child`) and the
@@ -22,10 +22,14 @@ So a run costs only its job, its calls and its result: the fork, the namespaces,
 the chroot and the uid switch happen while the caller is busy elsewhere. Runner and zygote
 never run model code: they read the child's JSON frames (nothing is unpickled) and its
 output. When the child (PID 1) dies, the kernel kills everything it forked, so no fork
-bomb or `setsid` outlives a run. Without root, or with namespaces switched off (`weak`),
-the same tree runs with rlimits, a process group, a scratch cwd and an audit hook
-(Python-level blocks that ctypes can bypass); as root, each run also has its own uid, all
-of whose processes are killed after the run. `_isolation` says exactly what is in force.
+bomb or `setsid` outlives a run. Not root, the server first enters a user namespace of its
+own and goes on as PID 1 of a PID namespace it owns (`_own_pid_namespace`); each child then
+enters a user namespace of its own and drops every capability. Everything runs under the
+seccomp filter of `syscalls.py`, loaded here once. Where the kernel refuses namespaces, or
+they are switched off (`weak`), the same tree runs with rlimits, a process group, a scratch
+cwd, Landlock where the kernel has it (`landlock.py`) and an audit hook (Python-level blocks
+that ctypes can bypass); as root, each run also has its own uid, all of whose processes are
+killed after the run. `_isolation` says exactly what is in force.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from isolation import (
     _unshare,
 )
 from protocol import DRIVERS, CallError, ChildGone, check_driver, clip, read_frame, write_frame
+from syscalls import install as install_syscall_filter
 
 # Modules the child may import without a filesystem (it is chrooted into an empty tmpfs).
 PRELOAD = ["array", "bisect", "builtins", "collections", "copy", "dataclasses", "functools", "heapq",
@@ -95,7 +100,7 @@ SCRATCH_MB = 16  # the tmpfs a child is armed with; a run that asks for another 
 # The server: forks one runner per socket the trainer sends
 
 
-def serve(sock_fd: int, namespaces: bool = True) -> None:
+def serve(sock_fd: int, filters: dict, namespaces: bool = True) -> None:
     sock = socket.socket(fileno=sock_fd)
     for name in PRELOAD:
         importlib.import_module(name)
@@ -113,9 +118,16 @@ def serve(sock_fd: int, namespaces: bool = True) -> None:
              "base_vm": _vm_bytes(), "child": harness,
              "uid_base": _uid_block() if os.geteuid() == 0 else None}
     os.chmod(state["root"], 0o755)
+    if state["isolation"]["mode"] == "namespaces" and os.geteuid() != 0:
+        _own_pid_namespace(sock, state["root"])  # only PID 1 of a new PID namespace returns
     # Done once here, inherited by every process below: no setuid binary can give privileges
     # back, and the environment is already the children's (`Sandbox` starts us with it).
     _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+    # Last, once everything above is done: inherited by every runner, zygote and child (see syscalls.py).
+    state["isolation"]["syscalls"] = install_syscall_filter(filters, state["isolation"]["mode"] == "namespaces")
+    if "not_protected" in state["isolation"] and "missing" in filters:  # weak, and no filter either
+        state["isolation"]["not_protected"].append("the trainer's kernel keyring, sockets made through ctypes, "
+                                                   "SysV IPC objects outliving the run (no seccomp filter)")
     gc.freeze()  # forked processes then never walk (and so copy) the server's objects
     sock.sendall(json.dumps(state["isolation"]).encode())
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # runners are reaped by the kernel
@@ -137,6 +149,26 @@ def serve(sock_fd: int, namespaces: bool = True) -> None:
                 os.close(fd)
     finally:
         os.rmdir(state["root"])
+
+
+def _own_pid_namespace(sock: socket.socket, root: str) -> None:
+    """Not root (in a user namespace): go on as PID 1 of a new PID namespace, which that user namespace owns.
+    A zygote re-enters its own PID namespace before each run (setns), which the kernel allows only in a PID
+    namespace owned by a user namespace where it holds CAP_SYS_ADMIN: not the machine's. The process the
+    trainer started only waits, and exits as the server did; all below die with the server (its PID 1)."""
+    _unshare(CLONE_NEWPID)
+    pid = os.fork()
+    if pid == 0:
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        return
+    sock.close()  # the trainer's end sees the server's exit, not this process's copy
+    _, status = os.waitpid(pid, 0)
+    try:
+        os.rmdir(root)  # the server's own cleanup, should it have been killed
+    except OSError:
+        pass
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(code if code >= 0 else 128 - code)  # killed by signal n: 128 + n, as a shell says it
 
 
 def _uid_block() -> int:
@@ -310,4 +342,4 @@ def _run(child: Child, req: dict) -> dict:
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]), namespaces="weak" not in sys.argv[2:])
+    serve(int(sys.argv[1]), json.loads(sys.argv[2]), namespaces="weak" not in sys.argv[3:])

@@ -25,7 +25,11 @@ def test_report_says_weak_and_what_is_bypassable(box):
     assert {"network", "filesystem", "processes", "ipc", "user"} <= set(iso)
     for mechanism in ("network", "filesystem", "processes"):
         assert "audit hook" in iso[mechanism] and "ctypes" in iso[mechanism] and "bypass" in iso[mechanism]
-    assert "not hidden" in iso["filesystem"]
+    if iso["landlock"]:  # the kernel fences the files in, whatever ctypes does
+        assert f"Landlock (ABI {iso['landlock']}): files only beneath the scratch folder" in iso["filesystem"]
+    else:
+        assert "not hidden" in iso["filesystem"]
+    assert iso["not_protected"] and "filling the disk" in iso["not_protected"][0]
     escapes = "setsid() escapee too" if os.geteuid() == 0 else "setsid() escapes it"
     assert escapes in iso["processes"], iso["processes"]
     assert "outlive the run" in iso["ipc"]
@@ -192,3 +196,61 @@ def test_uid_slots_are_held_while_their_pool_lives_and_the_folder_must_be_roots_
     os.chmod(tmp_path / "slots", 0o777)  # anyone could take or fake slots
     with pytest.raises(PermissionError, match="slots must be a folder of root's with mode 0700.*drwxrwxrwx"):
         forkserver._uid_block()
+
+
+REFUSED_NAMESPACES = """
+import errno, json, sys, warnings
+import pyseccomp
+from envs.sandbox import Sandbox, WeakSandboxRefused
+# What a container's seccomp profile does: no unshare(), so the sandbox can build no namespaces.
+no_unshare = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+no_unshare.add_rule(pyseccomp.ERRNO(errno.EPERM), "unshare")
+no_unshare.load()
+out = {}
+with Sandbox() as box:
+    try:
+        out["unchosen"] = box.run("def f():\\n    return 'ran'", entry="f").value
+    except WeakSandboxRefused as e:
+        out["unchosen"] = str(e)
+with warnings.catch_warnings(record=True) as caught, Sandbox(allow_weak=True) as box:
+    warnings.simplefilter("always")
+    out["chosen"] = box.run("def f():\\n    return 'ran'", entry="f").value
+    box.run("def f():\\n    return 'ran'", entry="f")
+    with Sandbox(allow_weak=True) as other:
+        other.run("def f():\\n    return 'ran'", entry="f")
+out["warnings"] = [str(w.message) for w in caught]
+print(json.dumps(out))
+"""
+
+
+def test_weak_mode_nobody_chose_runs_no_model_code_and_a_chosen_one_warns_once():
+    import json
+    import subprocess
+    import sys
+
+    pytest.importorskip("pyseccomp")
+    env = {k: v for k, v in os.environ.items() if k != "TOOLGYM_SANDBOX_ALLOW_WEAK"}
+    out = subprocess.run([sys.executable, "-c", REFUSED_NAMESPACES], capture_output=True, text=True, timeout=120,
+                         env=env, cwd=Path(__file__).resolve().parents[2], check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["unchosen"].startswith("the sandbox could only start in weak mode (")
+    assert "failed: Operation not permitted" in result["unchosen"]  # why weak
+    assert "env.sandbox_allow_weak: true" in result["unchosen"]  # and the switch
+    assert "filling the disk" in result["unchosen"]  # what it leaves open, Landlock or not
+    assert result["chosen"] == "ran"
+    assert len(result["warnings"]) == 1 and result["warnings"][0].startswith("SANDBOX IN WEAK MODE (")
+
+
+def test_the_run_config_switch_is_a_checked_boolean_that_reaches_every_sandbox(monkeypatch):
+    from rl.cli import check_resolvable
+    from rl.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="env.sandbox_allow_weak' expects bool, got 'yes'"):
+        load_config(None, ["env.sandbox_allow_weak='yes'"])
+    monkeypatch.delenv("TOOLGYM_SANDBOX_ALLOW_WEAK", raising=False)
+    check_resolvable(load_config(None, []))
+    assert not Sandbox().allow_weak  # off unless chosen
+    check_resolvable(load_config(None, ["env.sandbox_allow_weak=true"]))  # every launch script resolves its config
+    assert os.environ["TOOLGYM_SANDBOX_ALLOW_WEAK"] == "1"  # so env worker processes see it too
+    assert Sandbox().allow_weak and not Sandbox(allow_weak=False).allow_weak
