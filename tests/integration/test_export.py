@@ -1,0 +1,94 @@
+"""launch/export.py on a tiny run (see export_run.py): the merged model is the trained one, and its GGUF,
+loaded by llama.cpp, continues a Sudoku turn with transformers' greedy tokens (f16: the first 32 tokens;
+q8_0: the same parsed tool call)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from rl.toolcalls import get_format
+from tests.integration.export_run import ROOT, make_run, sudoku_turn
+
+TOKENS = 32
+
+
+def hf_greedy(model, ids: list[int], n: int = TOKENS) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+def llama_greedy(gguf: Path, ids: list[int], n: int = TOKENS) -> tuple[list[int], object]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=2, verbose=False)
+    out = []
+    for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        out.append(token)
+        if len(out) == n:
+            break
+    return out, llm
+
+
+def check_export(run: Path, out: Path, n: int = TOKENS) -> dict:
+    """Export `run`, then compare llama.cpp's greedy continuation with transformers' on the merged model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    done = subprocess.run([sys.executable, str(ROOT / "launch" / "export.py"), str(run), "--out", str(out)],
+                          check=False, capture_output=True, text=True, timeout=3000)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "export.json").read_text())
+    assert record["gguf"] == {"f16": "model-f16.gguf", "q8_0": "model-q8_0.gguf"}
+    tokenizer = AutoTokenizer.from_pretrained(out / "hf")
+    model = AutoModelForCausalLM.from_pretrained(out / "hf").eval()
+    text = sudoku_turn(tokenizer, seed=3, prefix=record["response_prefix"])
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    expected = hf_greedy(model, ids, n)
+    f16, llm = llama_greedy(out / "model-f16.gguf", ids, n)
+    # llama.cpp reads the same text as the same tokens (what Ollama sends it is text)
+    assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
+    assert f16 == expected, (tokenizer.decode(f16), tokenizer.decode(expected))
+    q8, _ = llama_greedy(out / "model-q8_0.gguf", ids, n)
+    hermes = get_format("hermes")
+    parsed = [hermes.parse(record["response_prefix"] + tokenizer.decode(t, skip_special_tokens=True))
+              for t in (expected, q8)]
+    assert parsed[0].calls == parsed[1].calls and parsed[0].errors == parsed[1].errors
+    return {"record": record, "expected": expected, "parsed": parsed[0], "model": model, "ids": ids}
+
+
+def logits(model, ids: list[int]):
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0]
+
+
+def test_a_tiny_run_exports_to_a_gguf_that_llama_cpp_continues_as_transformers(tmp_path):
+    run = make_run(tmp_path)
+    result = check_export(run, tmp_path / "export")
+    record = result["record"]
+    assert record["lineage"] == [str(run / "final"), str(tmp_path / "base")]
+    assert (tmp_path / "export" / "hf" / "chat_template.jinja").read_text().startswith("{#- Gemma 3 turns")
+    modelfile = (tmp_path / "export" / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./model-q8_0.gguf\nTEMPLATE \"\"\"") and 'PARAMETER stop "<end_of_turn>"' in modelfile
+    assert len(set(result["expected"])) > 8  # a varied continuation (the taught call format), not one token repeated
+    # hf/ is the base with the LoRA folded in: it computes what base + adapter computes, not what the base does
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base").eval()
+    merged = logits(result["model"], result["ids"])
+    assert not torch.allclose(logits(base, result["ids"]), merged, atol=1e-3)
+    adapted = PeftModel.from_pretrained(base, run / "final").eval()
+    assert torch.allclose(logits(adapted, result["ids"]), merged, atol=1e-4)
