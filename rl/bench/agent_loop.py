@@ -1,25 +1,69 @@
 """toolgym's rollout engine against TRL's own `environment_factory` agent loop.
 
 Both run inside the same method, `GRPOTrainer._generate_and_score_completions`, on the
-same batch, model, LoRA config, chat template, env and generation family (transformers
-`generate`); only the rollout differs: ours is a `rollout_func` (one coroutine per
+same batch, model, LoRA config, chat template, env, turn cap, sampling settings and
+generation family; only the rollout differs: ours is a `rollout_func` (one coroutine per
 episode, env steps concurrent), TRL's is its tool-call loop (resets and tool calls one
 rollout after another, the still-active batch regenerated turn by turn). Every env call,
 `reset` included, sleeps `latency_s` first, like a remote env. The same batch then takes
 one loss + backward pass, so the table also shows the time split with training.
 
+Generation families (`backend`):
+
+- `hf`: transformers `generate` on both sides (TRL's default, our `rollout.backend=hf`);
+- `vllm`: a colocated vLLM engine on both sides: ours is `rollout.backend=vllm`, TRL's is
+  its own colocate mode (`use_vllm=True, vllm_mode="colocate"`, sleep mode off). Both
+  engines get the same memory share, dtype and maximum length (and KV cache size and eager
+  mode on a CPU, which TRL's config has no field for; they are added to TRL's engine
+  arguments as ours gets them). Each row gives the engine's dtype as it started.
+
+Each loop runs in a fresh process of its own (`python -m rl.bench.agent_loop_run`), one
+after the other, with the same options and seeds: two vLLM engines in one process would
+share vLLM's process-global state, and TRL's colocate mode sets up torch.distributed for
+its engine. Each process first plays a warm-up batch of `num_generations` episodes (start-up
+costs: kernels, caches, lazy imports, our engine's start, TRL's first weight sync, which it
+runs because its step 0 differs from its last loaded step -1), then the timed batch. No
+weight sync falls inside the timed batch on either side (`weight_pushes_timed`, 0 on both);
+`warmup_weight_sync_s` is each side's push time before it (ours: 0, its engine starts from
+the trainer's weights, written to disk). On a CPU, TRL's sync cannot write into vLLM's packed
+CPU layers, so its first one is skipped there (its engine starts from the same weights as
+ours; `rl.bench.agent_loop_run`); on a GPU it runs. A training run pays a push per optimizer
+step on both sides; this measures one rollout at fixed weights.
+
+Per row: episodes/s, model tokens, mean model turns (`turns_per_episode`) and tool calls per
+episode, the loss + backward time, peak memory of the loop's own process, and the speedup
+of ours over TRL's at the same latency. `latency_s` may be a list (`latency_s=0,0.05`): each
+latency gets its own pair of processes and rows.
+
     python launch/bench.py --suite agent_loop --set model=runs/sft-gemma --set latency_s=0.05
+    python launch/bench.py --suite agent_loop --set backend=vllm --set model=runs/sft --set latency_s=0,0.05
 """
 
 from __future__ import annotations
 
-import copy
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from envs.base import ToolCall
 from envs.sudoku import SudokuEnv
 from rl.bench import suite
+
+BACKENDS = ("hf", "vllm")
+LOOPS = {"ours": "toolgym rollout_func", "trl": "TRL environment_factory"}
+# option -> default; the vLLM ones apply to both engines alike and only with backend=vllm
+OPTIONS = {"backend": "hf", "latency_s": 0.05, "episodes": 16, "num_generations": 4, "micro_batch": 4, "max_turns": 4,
+           "max_new_tokens": 48, "model": "gemma-3-270m", "config": "configs/sudoku.yaml",
+           "chat_template": "gemma3_tools", "output_dir": "bench-results/runs"}
+VLLM_OPTIONS = {"gpu_memory_utilization": 0.3, "dtype": "auto", "max_model_len": 4096, "kv_cache_gib": None}
+VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class SlowSudoku(SudokuEnv):
@@ -30,7 +74,7 @@ class SlowSudoku(SudokuEnv):
     cannot see an env's termination and would call on).
     """
 
-    calls = 0  # tool calls made, over all instances (both loops count the same way)
+    calls = 0  # tool calls made, over all instances of the process (both loops count the same way)
 
     def __init__(self, latency_s: float = 0.05, **kwargs: Any):
         kwargs["max_invalid"] = None
@@ -91,126 +135,129 @@ def hermes_response_template(turn_start: str, turn_end: str) -> dict:
     }
 
 
-def _batch(seeds: list[int], num_generations: int) -> list[dict]:
+def batch(seeds: list[int], num_generations: int) -> list[dict]:
     """Rows as GRPO's sampler hands them over: each seed `num_generations` times in a row."""
     return [{"prompt": [{"role": "user", "content": ""}], "seed": s} for s in seeds for _ in range(num_generations)]
 
 
-def _solved(environments=None, **kwargs) -> list[float]:
-    return [float(e.env.solved) for e in environments]
+def resolve_options(options: dict) -> dict:
+    """The suite's options with their defaults, checked before any model library loads; `latency_s`
+    becomes a list of latencies."""
+    known = {**OPTIONS, **VLLM_OPTIONS}
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"unknown agent_loop option(s) {unknown} (accepted: {', '.join(known)})")
+    backend = options.get("backend", OPTIONS["backend"])
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not accepted (accepted: {', '.join(BACKENDS)})")
+    if backend != "vllm" and set(options) & set(VLLM_OPTIONS):
+        raise ValueError(f"option(s) {sorted(set(options) & set(VLLM_OPTIONS))} configure vLLM engines: "
+                         f"they need backend=vllm (got backend={backend})")
+    opts = {**known, **options}
+    opts["latency_s"] = _latencies(opts["latency_s"])
+    for key in ("episodes", "num_generations", "micro_batch", "max_turns", "max_new_tokens", "max_model_len"):
+        if not isinstance(opts[key], int) or isinstance(opts[key], bool) or opts[key] < 1:
+            raise ValueError(f"{key}={opts[key]!r} must be an integer >= 1")
+    episodes, micro, num_generations = opts["episodes"], opts["micro_batch"], opts["num_generations"]
+    if episodes % micro or micro % num_generations:
+        raise ValueError(f"episodes={episodes} must be a multiple of micro_batch={micro}, "
+                         f"itself a multiple of num_generations={num_generations}")
+    if not 0 < float(opts["gpu_memory_utilization"]) <= 1:
+        raise ValueError(f"gpu_memory_utilization={opts['gpu_memory_utilization']!r} must be in (0, 1]")
+    if opts["dtype"] not in VLLM_DTYPES:
+        raise ValueError(f"dtype={opts['dtype']!r} is not accepted (accepted: {', '.join(VLLM_DTYPES)})")
+    if opts["kv_cache_gib"] is not None and not float(opts["kv_cache_gib"]) > 0:
+        raise ValueError(f"kv_cache_gib={opts['kv_cache_gib']!r} must be a number > 0")
+    return opts
 
 
-def _measure(trainer, inputs: list[dict]) -> dict:
-    import torch
-    from trl.trainer.utils import split_tensor_dict
-
-    SlowSudoku.calls = 0
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    trainer.model.train()
-    started = time.perf_counter()
-    batch = trainer._generate_and_score_completions(inputs)
-    rollout_s = time.perf_counter() - started
-    calls = SlowSudoku.calls
-    steps = trainer.args.gradient_accumulation_steps
-    trainer.current_gradient_accumulation_steps = steps  # set by train()
-    started = time.perf_counter()
-    for micro_batch in split_tensor_dict(batch, steps):  # as train() does: one loss + backward per micro-batch
-        trainer.compute_loss(trainer.model, micro_batch).backward()
-    trainer.model.zero_grad(set_to_none=True)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    train_s = time.perf_counter() - started
-    mask = batch["completion_mask"]
-    tool_mask = batch.get("tool_mask")
-    model_tokens = int((mask * tool_mask).sum() if tool_mask is not None else mask.sum())
-    n = len(inputs)
-    row = {"episodes": n, "rollout_s": rollout_s, "episodes_per_s": n / rollout_s,
-           "model_tokens_per_episode": model_tokens / n,
-           "model_tokens_per_s": model_tokens / rollout_s, "env_steps_per_s": (calls + n) / rollout_s,
-           "tool_calls_per_episode": calls / n, "train_s": train_s}
-    if torch.cuda.is_available():
-        row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    return row
+def _latencies(value) -> list[float]:
+    """`0.05`, `[0, 0.05]` or `"0,0.05"` (as `--set latency_s=0,0.05` arrives) -> [0.0, 0.05]."""
+    items = value if isinstance(value, list) else str(value).split(",") if isinstance(value, str) else [value]
+    latencies = []
+    for item in items:
+        try:
+            latency = float(item)
+        except (TypeError, ValueError):
+            latency = math.nan
+        if not (math.isfinite(latency) and latency >= 0) or isinstance(item, bool):
+            raise ValueError(f"latency_s={value!r}: {item!r} is not a number of seconds >= 0 "
+                             "(accepted: one, or several separated by commas, e.g. latency_s=0,0.05)")
+        latencies.append(latency)
+    if not latencies:
+        raise ValueError(f"latency_s={value!r} names no latency (e.g. latency_s=0.05 or latency_s=0,0.05)")
+    return latencies
 
 
 @suite("agent_loop")
 def agent_loop(options: dict) -> list[dict]:
-    """Episodes/s: toolgym's rollout vs TRL's environment_factory loop, same model/env/latency, transformers."""
-    import resource
-
-    from trl import GRPOTrainer
-
-    from rl.models import load_model, lora_config
-    from rl.trainer import build_trainer
-
-    latency = float(options.get("latency_s", 0.05))
-    episodes, num_generations = int(options.get("episodes", 16)), int(options.get("num_generations", 4))
-    model_name = str(options.get("model", "gemma-3-270m"))
-    cfg = _agent_loop_config(options, latency, episodes, num_generations, model_name)
-    seeds = list(range(episodes // num_generations))
-    inputs = _batch(seeds, num_generations)
-
-    ours = build_trainer(cfg)
-    tokenizer = ours.processing_class
-    turn_start, turn_end = "<start_of_turn>model\n", "<end_of_turn>"
-    theirs_tokenizer = copy.deepcopy(tokenizer)
-    theirs_tokenizer.response_template = hermes_response_template(turn_start, turn_end)
-    model, _ = load_model(cfg.model, theirs_tokenizer)
-    env_kwargs = {k: v for k, v in cfg.env.kwargs.items() if k != "latency_s"}
-    r = cfg.rollout
-    args = copy.deepcopy(ours.args)
-    args.output_dir = str(ours.args.output_dir) + "-trl"
-    args.max_tool_calling_iterations = r.max_turns - 1  # turns = first + one per tool round
-    args.reward_weights = None
-    args.generation_kwargs = {"max_new_tokens": r.max_new_tokens}  # the same cap per model turn as ours
-    theirs = GRPOTrainer(
-        model=model, processing_class=theirs_tokenizer, reward_funcs=[_solved], args=args,
-        train_dataset=_dataset(seeds), peft_config=lora_config(cfg.lora, model),
-        environment_factory=lambda: TRLSudoku(latency, env_kwargs),
-    )
-
+    """Episodes/s: toolgym's rollout vs TRL's environment_factory loop, same model/env/latency (hf or vllm)."""
+    opts = resolve_options(options)
     rows = []
-    for name, trainer in (("toolgym rollout_func", ours), ("TRL environment_factory", theirs)):
-        _measure(trainer, inputs[:num_generations])  # warm-up: kernels, caches, lazy imports
-        row = {"loop": name, **_measure(trainer, inputs)}
-        row["peak_rss_gib_so_far"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        rows.append(row)
-    ours_rate, trl_rate = rows[0]["episodes_per_s"], rows[1]["episodes_per_s"]
-    for row in rows:
-        row.update(model=model_name, latency_s=latency, max_turns=r.max_turns, speedup_vs_trl=row["episodes_per_s"] / trl_rate)
-    rows[0]["speedup_vs_trl"] = ours_rate / trl_rate
+    for latency in opts["latency_s"]:
+        pair = [run_loop(loop, {**opts, "latency_s": latency}) for loop in LOOPS]
+        if len(opts["latency_s"]) > 1:  # `--check` matches rows by their first column
+            for row in pair:
+                row["loop"] += f" @ {latency:g} s"
+        rows += with_speedup(pair)
     return rows
 
 
-def _agent_loop_config(options: dict, latency: float, episodes: int, num_generations: int, model_name: str):
-    """The run config both loops share: the slow Sudoku env, the same model, caps and batch shape."""
+def with_speedup(pair: list[dict]) -> list[dict]:
+    """Ours and TRL's rows of one latency, each with ours' episodes/s over TRL's (TRL's own: 1)."""
+    ours, trl = pair
+    ours["speedup_vs_trl"] = ours["episodes_per_s"] / trl["episodes_per_s"]
+    trl["speedup_vs_trl"] = 1.0
+    return pair
+
+
+def run_loop(loop: str, opts: dict) -> dict:
+    """One loop, measured in a fresh Python process; its row. The process's output shows as it runs."""
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
+    # TRL's colocated engine sets up torch.distributed (world of 1) on these; a fixed port such as
+    # 29500 may be held by another run on the machine
+    env["MASTER_ADDR"], env["MASTER_PORT"] = "127.0.0.1", str(_free_port())
+    with tempfile.TemporaryDirectory(prefix="agent-loop-") as tmp:
+        row_path = Path(tmp) / "row.json"
+        command = [sys.executable, "-m", "rl.bench.agent_loop_run", loop, json.dumps(opts), str(row_path)]
+        done = subprocess.run(command, env=env, check=False)  # a failure is reported below, with the loop
+        if done.returncode != 0 or not row_path.exists():
+            raise RuntimeError(f"agent_loop: the {LOOPS[loop]} process (backend={opts['backend']}, "
+                               f"latency_s={opts['latency_s']}) exited with code {done.returncode} and no row; "
+                               "its output is above")
+        return json.loads(row_path.read_text())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def agent_loop_config(opts: dict):
+    """The run config both loops share: the slow Sudoku env, the same model, caps, batch shape, backend."""
     from rl.config import load_config
 
-    micro = int(options.get("micro_batch", 4))
-    if episodes % micro or micro % num_generations:
-        raise ValueError(f"episodes={episodes} must be a multiple of micro_batch={micro}, "
-                         f"itself a multiple of num_generations={num_generations}")
+    episodes, micro, model_name = opts["episodes"], opts["micro_batch"], str(opts["model"])
     warm = model_name not in ("gemma-3-270m", "tiny")
     overrides = [
-        f"model.name={model_name}", "log.wandb=off", "name=bench-agent-loop",
-        f"output_dir={options.get('output_dir', 'bench-results/runs')}",
-        "env.name=rl.bench.agent_loop:SlowSudoku", f"env.kwargs.latency_s={latency}",
-        f"rollout.max_turns={int(options.get('max_turns', 4))}",
-        f"rollout.max_new_tokens={int(options.get('max_new_tokens', 48))}",
+        f"model.name={model_name}", "log.wandb=off", "name=bench-agent-loop", f"output_dir={opts['output_dir']}",
+        "env.name=rl.bench.agent_loop:SlowSudoku", f"env.kwargs.latency_s={opts['latency_s']}",
+        f"rollout.max_turns={opts['max_turns']}", f"rollout.max_new_tokens={opts['max_new_tokens']}",
         # TRL computes logprobs per micro-batch; full-vocabulary logits of 16 long episodes at
         # once need ~20 GB, so the batch of `episodes` is micro-batches of `micro_batch`.
-        f"grpo.num_generations={num_generations}", f"grpo.per_device_train_batch_size={micro}",
+        f"grpo.num_generations={opts['num_generations']}", f"grpo.per_device_train_batch_size={micro}",
         f"grpo.gradient_accumulation_steps={episodes // micro}",
-        "rollout.backend=hf", f"model.chat_template={options.get('chat_template', 'gemma3_tools')}",
+        f"rollout.backend={opts['backend']}", f"model.chat_template={opts['chat_template']}",
     ]
+    if opts["backend"] == "vllm":
+        overrides += [f"rollout.vllm.gpu_memory_utilization={opts['gpu_memory_utilization']}",
+                      f"rollout.vllm.dtype={opts['dtype']}", f"rollout.vllm.max_model_len={opts['max_model_len']}",
+                      "rollout.vllm.enable_sleep_mode=false"]
+        if opts["kv_cache_gib"] is not None:
+            overrides.append(f"rollout.vllm.kv_cache_gib={opts['kv_cache_gib']}")
     if warm:  # a warm-started model calls tools and ends its turns by itself, as TRL's loop needs
         overrides += ["rollout.response_prefix=", "rollout.stop_after_tool_call=false"]
-    return load_config(options.get("config", "configs/sudoku.yaml"), overrides)
-
-
-def _dataset(seeds: list[int]):
-    from datasets import Dataset
-
-    return Dataset.from_list(_batch(seeds, 1))
+    return load_config(opts["config"], overrides)
