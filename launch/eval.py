@@ -24,7 +24,8 @@ def main(argv=None) -> int:
     parser.add_argument("--episodes", type=int, help="shortcut for --set eval.episodes=N")
     parser.add_argument("--policy", choices=["expert", "random"], help="evaluate a reference policy, not a model")
     parser.add_argument("--label", help="the row's name in results.md and the JSON file (default: the model's name)")
-    parser.add_argument("--out", default="runs/eval", help="folder for <env>-<label>.json and results.md")
+    parser.add_argument("--out", default="runs/eval",
+                        help="folder for <env>-<label>.json, its episodes (.episodes.jsonl) and results.md")
     parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                         help="compare two results on the seeds both played (paired, McNemar's exact test); runs nothing")
     parser.add_argument("--heldout", nargs="+", metavar="RUN",
@@ -54,9 +55,10 @@ def main(argv=None) -> int:
     if args.episodes:
         args.overrides.append(f"eval.episodes={args.episodes}")
     cfg = resolve_or_exit(parser, args)
-    from rl.evaluation import MARKDOWN_HEADER, evaluate, markdown_row
+    from rl.evaluation import MARKDOWN_HEADER, evaluate, markdown_row, save_result
 
-    result = evaluate(cfg, policy=args.policy or "")
+    transcripts: list[dict] = []
+    result = evaluate(cfg, policy=args.policy or "", transcripts=transcripts)
     if args.label:
         result["label"] = args.label
     out = Path(args.out)
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     from envs import short_name
 
     env = short_name(cfg.env.name)  # "path/to/guess.py:Guess" -> "Guess"
-    (out / f"{env}-{label}.json").write_text(json.dumps(result, indent=2))
+    save_result(result, transcripts, out / f"{env}-{label}.json")  # and its episodes, for launch/view.py
     table = out / "results.md"
     if not table.exists():
         table.write_text(MARKDOWN_HEADER + "\n")

@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from rl.cli import add_run_arguments, resolve_or_exit  # noqa: E402
-from rl.resume import finished  # noqa: E402
+from rl.resume import finished, main_process  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -22,12 +22,14 @@ def main(argv=None) -> int:
     cfg = resolve_or_exit(parser, args, resume=args.resume)
     done = finished(Path(cfg.output_dir) / cfg.name, cfg.grpo.max_steps) if args.resume else None
     if done:  # before torch loads: nothing to train, and final/ stays as it is
-        print(done)
+        if main_process():
+            print(done)
         return 0
     from rl.trainer import train
 
     out = train(cfg, resume=args.resume)
-    print(f"run finished: {out}")
+    if main_process():  # under accelerate launch every process gets here
+        print(f"run finished: {out}")
     return 0
 
 

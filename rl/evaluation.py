@@ -21,6 +21,7 @@ import envs as envs_registry
 from envs.experts import expert_for, random_for
 from rl.chat import ChatFormat
 from rl.config import RunConfig
+from rl.episode_log import eval_rows
 from rl.rollout import Trajectory, run_episodes
 from rl.toolcalls import get_format
 
@@ -101,8 +102,10 @@ def mean_facts(infos: list[dict]) -> dict[str, float]:
     return {k: sum(float(i[k]) for i in infos) / len(infos) for k in numeric}
 
 
-def evaluate(cfg: RunConfig, policy: str = "") -> dict:
-    """Evaluate the configured model (or a reference `policy`: expert, random) on held-out seeds."""
+def evaluate(cfg: RunConfig, policy: str = "", transcripts: list[dict] | None = None) -> dict:
+    """Evaluate the configured model (or a reference `policy`: expert, random) on held-out seeds. A list given
+    as `transcripts` gets the first `eval.transcripts` episodes' rows (`rl.episode_log.eval_rows`), made from
+    what the played episodes hold: nothing is tokenized or played again."""
     from rl.generation import TransformersBackend
     from rl.models import load_image_tokenizer, load_model, load_tokenizer
 
@@ -142,6 +145,8 @@ def evaluate(cfg: RunConfig, policy: str = "") -> dict:
     finally:
         if engine_dir is not None:
             shutil.rmtree(engine_dir, ignore_errors=True)
+    if transcripts is not None:
+        transcripts += eval_rows(trajectories, seeds, chat, e.transcripts)
     return eval_result(cfg, label, backend.name if backend else "policy", seeds, [t.info for t in trajectories],
                        e.temperature, e.k, wall_s=time.perf_counter() - started)  # model loading included
 
@@ -159,6 +164,15 @@ def eval_result(cfg: RunConfig, label: str, backend: str, seeds: list[int], info
     return {"label": label, "backend": backend, "env": cfg.env.name, "env_kwargs": cfg.env.kwargs,
             "seeds": [seeds[0], seeds[-1] + 1], "temperature": temperature, "k": k, **summarize_infos(infos, k),
             **extra, "per_episode": per_episode}
+
+
+def save_result(result: dict, transcripts: list[dict], path: Path) -> None:
+    """Write an eval result to `path` (`<out>/<env>-<label>.json`) and its episodes' rows beside it
+    (`<env>-<label>.episodes.jsonl`), which the result names relative to itself, so the folder can move."""
+    if transcripts:
+        result["episodes_file"] = path.with_suffix(".episodes.jsonl").name
+        (path.parent / result["episodes_file"]).write_text("".join(json.dumps(row) + "\n" for row in transcripts))
+    path.write_text(json.dumps(result, indent=2))
 
 
 def paired_comparison(a: dict, b: dict) -> dict:

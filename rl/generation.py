@@ -256,6 +256,9 @@ class TransformersBackend:
                     eos_token_id=params.stop_token_ids or None, pad_token_id=self.pad_token_id,
                     stopping_criteria=self._stopping_criteria(params.stop_strings) if params.stop_strings else None,
                     output_logits=True, return_dict_in_generate=True,
+                    # Each process plays its own episodes on whole weights (rl.sharding.full_weights), so
+                    # generate never waits for the others (transformers would under ZeRO-3 or FSDP).
+                    synced_gpus=False,
                     suppress_tokens=[image_token_id] if image_token_id is not None else None,
                     **{k: v.to(device) for k, v in images.items()},
                 )

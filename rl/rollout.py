@@ -75,6 +75,9 @@ class Trajectory:
     # the messages the episode started from (the system prompt, the env's first observation): what reward
     # functions get as `prompts`
     prompt: list[dict] = field(default_factory=list)
+    # per model turn: the env's messages after it (tool results, parse errors, a plain-text reply) as the chat
+    # template got them, images as the env made them: what episodes.jsonl shows as the env's side of each turn
+    replies: list[list[dict]] = field(default_factory=list)
 
 
 @dataclass
@@ -97,6 +100,7 @@ class _Episode:
     turns: list[tuple[int, int, int | None]] = field(default_factory=list)  # see Trajectory.turns
     texts: list[str] = field(default_factory=list)  # see Trajectory.texts
     prompt: list[dict] = field(default_factory=list)  # see Trajectory.prompt
+    replies: list[list[dict]] = field(default_factory=list)  # see Trajectory.replies
     stopped_with: int | None = None  # the stop token that ended the last model turn
     stop_string: str | None = None  # or the stop string that did
     obs_truncated: int = 0  # observations cut to `max_observation_chars`
@@ -293,6 +297,7 @@ class _Rollout:
     def after_env(self, ep: _Episode) -> None:
         """Stop, or append the env's reply as context for the next turn."""
         budget = self.settings.max_completion_tokens
+        ep.replies.append(list(ep.pending))
         ep.stop_reason = _first_stop(ep, self.settings)
         if ep.stop_reason is None:
             tool_ids, images = self.chat.tool_turn(ep.pending, ep.stopped_with)
@@ -368,7 +373,7 @@ def _trajectory(ep: _Episode) -> Trajectory:
         "obs_truncated": ep.obs_truncated,
     }
     return Trajectory(ep.prompt_ids, ep.completion_ids, ep.logprobs, ep.env_mask, info, ep.images, ep.turns, ep.texts,
-                      ep.prompt)
+                      ep.prompt, ep.replies)
 
 
 def state_digest(env: ToolEnv) -> int | None:

@@ -12,13 +12,13 @@ import json
 import os
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 from trl import GRPOConfig
-from trl.models import unwrap_model_for_generation
 
 import envs as envs_registry
 from envs.remote import RemoteEnv, remote_stats, urls_for_rank
@@ -27,6 +27,7 @@ from rl import trl_contract
 from rl.chat import ChatFormat
 from rl.cli import check_resolvable
 from rl.config import ConfigError, RunConfig, to_dict, to_yaml
+from rl.episode_log import Scores, sample_rows
 from rl.generation import TransformersBackend
 from rl.guards import SkipNonFiniteUpdates
 from rl.heldout import HeldOutEval
@@ -34,8 +35,9 @@ from rl.models import load_image_tokenizer, load_model, load_tokenizer, lora_con
 from rl.plots import save_curve
 from rl.preflight import check_rewards
 from rl.progress import JsonlLogger, RunProgress, TimeLimit
-from rl.resume import checkpoint_step, finished, resume_from
+from rl.resume import checkpoint_step, finished, main_process, resume_from
 from rl.rollout import STEP_FACTS, Trajectory, run_episodes
+from rl.sharding import StepMemory, full_weights
 from rl.toolcalls import get_format
 from rl.trl_hooks import RolloutBatch, ToolGymGRPOTrainer, prompt_row, step_metrics, to_trl
 
@@ -93,10 +95,11 @@ class EpisodeRollouts:
             raise RuntimeError(f"rollout got {len(prompts)} prompts but {len(seeds)} dataset rows")
         timing: dict[str, float] = {}
         started = time.perf_counter()
-        with unwrap_model_for_generation(trainer.model_wrapped, trainer.accelerator,
-                                         gather_deepspeed3_params=trainer.args.ds3_gather_for_generation,
-                                         gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs) as model:
+        with ExitStack() as gathered:
+            model = gathered.enter_context(full_weights(trainer))  # sharded runs: gathered once per step
             backend = self.sync_backend(model, trainer)
+            if backend.name != "hf":
+                gathered.close()  # a vLLM engine holds its own copy: free the gathered one before generating
             if self.progress is not None:
                 self.progress(0, len(seeds), 0)  # the batch starts
             trajectories = run_episodes(self.envs_for(len(seeds), trainer), seeds, backend, self.chat,
@@ -108,8 +111,6 @@ class EpisodeRollouts:
             if t.info["env_error"]:  # a crashed or hung env may still be mid-step in its thread: replace it
                 self.env_pool[i] = self.env_cls(**self.env_kwargs)
         self._log_metrics(trainer, trajectories, timing, elapsed)
-        if self.log_dir is not None and trainer.accelerator.is_main_process:
-            self._log_samples(trainer.state.global_step, trajectories)
         check = self.cfg.rollout.vllm.sync_check_tokens
         if check and trajectories:
             self.probe_ids = (trajectories[0].prompt_ids + trajectories[0].completion_ids)[:check]
@@ -163,11 +164,28 @@ class EpisodeRollouts:
             for key, value in zip(stats, totals.tolist()):
                 metrics[f"remote/{key}"].append(value)
 
-    def _log_samples(self, step: int, trajectories: list[Trajectory]) -> None:
+    def log_samples(self, trainer, output: dict, episode_advantages: torch.Tensor) -> None:
+        """Append the batch's first `log.sample_episodes` episodes to episodes.jsonl, once scored (called by
+        the trainer's hook: rewards and advantages exist only after the rollout returns)."""
+        log = self.cfg.log
+        if self.log_dir is None or not trainer.accelerator.is_main_process or not log.sample_episodes:
+            return
+        n = min(log.sample_episodes, len(self.batch.trajectories))
+        first = trainer.accelerator.process_index * len(episode_advantages)  # rewards are gathered, rows not
+        advantages = output["advantages"][:n]
+        trained = output["completion_mask"][:n]
+        if "tool_mask" in output:
+            trained = trained * output["tool_mask"][:n]
+        scores = Scores(names=list(trainer.reward_func_names), weights=trainer.reward_weights.tolist(),
+                        per_func=trainer._rewards_per_func[first:first + n].tolist(),
+                        advantages=episode_advantages[:n].tolist(),
+                        token_advantages=advantages.tolist() if advantages.dim() == 2 else None,
+                        trained=trained.tolist())
+        seeds = [int(row["seed"]) for row in self.rows[:n]]
+        rows = sample_rows(trainer.state.global_step, self.batch.trajectories, seeds, self.chat, scores, n,
+                           log.token_episodes)
         with open(self.log_dir / "episodes.jsonl", "a") as f:
-            for t in trajectories[: self.cfg.log.sample_episodes]:
-                text = self.chat.decode(t.prompt_ids + t.completion_ids)
-                f.write(json.dumps({"step": step, "info": t.info, "text": text}) + "\n")
+            f.writelines(json.dumps(row) + "\n" for row in rows)
 
 
 def make_backend(cfg: RunConfig, model, tokenizer, step: int):
@@ -179,7 +197,7 @@ def make_backend(cfg: RunConfig, model, tokenizer, step: int):
     if kind == "vllm":
         from rl.vllm_backend import VLLMBackend
 
-        rank = int(os.environ.get("LOCAL_RANK", "0"))
+        rank = int(os.environ.get("RANK", "0"))  # global: ranks of several machines may share one disk
         return VLLMBackend.from_settings(model, tokenizer, run_dir(cfg) / f"vllm-start-rank{rank}", v,
                                          seed=cfg.grpo.seed + rank, weights_version=step,
                                          enable_sleep_mode=v.enable_sleep_mode)
@@ -252,7 +270,8 @@ def build_trainer(cfg: RunConfig):
     tool_format = get_format(cfg.model.tool_format)
     out = run_dir(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(to_yaml(cfg))
+    if main_process():
+        (out / "config.yaml").write_text(to_yaml(cfg))
 
     tokenizer = load_tokenizer(cfg.model)
     chat = ChatFormat(tokenizer, tool_format, cfg.rollout.chat_template_kwargs,
@@ -261,7 +280,8 @@ def build_trainer(cfg: RunConfig):
         raise ConfigError(VLM_BACKEND_ERROR.format(model=cfg.model.name, backend=cfg.rollout.backend))
     if not issubclass(env_cls, RemoteEnv):  # remote episodes would take servers from the run
         for warning in check_rewards(cfg, chat, reward_funcs):
-            print(f"[toolgym] warning: {warning}", file=sys.stderr, flush=True)
+            if main_process():  # every process checks; one says so
+                print(f"[toolgym] warning: {warning}", file=sys.stderr, flush=True)
     model, tokenizer = load_model(cfg.model, tokenizer)
     rollouts = EpisodeRollouts(cfg, chat, env_cls, log_dir=out)
 
@@ -286,6 +306,8 @@ def build_trainer(cfg: RunConfig):
         trainer.add_callback(WandbRunConfig(cfg))
     if g.time_limit_s:
         trainer.add_callback(TimeLimit(g.time_limit_s))
+    if torch.cuda.is_available():
+        trainer.add_callback(StepMemory(trainer))
     if cfg.eval.every_steps:
         trainer.add_callback(HeldOutEval(trainer, rollouts))
     return trainer
@@ -296,16 +318,19 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     out = run_dir(cfg)
     done = finished(out, cfg.grpo.max_steps) if resume else None
     if done:  # TRL would train one step past max_steps and overwrite final/
-        print(done, flush=True)
+        if main_process():
+            print(done, flush=True)
         return out
     checkpoint = resume_from(out, resume)
     start = checkpoint_step(checkpoint) if checkpoint else 0
     trainer = build_trainer(cfg)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     if trainer.state.global_step > start:  # final/ is only ever replaced by a model that trained further
-        trainer.save_model(str(out / "final"))
-        trainer.processing_class.save_pretrained(str(out / "final"))
-    save_curve(out)
+        trainer.save_model(str(out / "final"))  # every process: ZeRO-3 and FSDP gather the weights to save
+        if trainer.accelerator.is_main_process:
+            trainer.processing_class.save_pretrained(str(out / "final"))
+    if trainer.accelerator.is_main_process:
+        save_curve(out)
     if "wandb" in (trainer.args.report_to or []) and trainer.accelerator.is_main_process:
         import wandb
 

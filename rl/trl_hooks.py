@@ -252,13 +252,16 @@ class ToolGymGRPOTrainer(VisionGRPOMixin, ModelTokenScoringMixin, GRPOTrainer):
 
     step_advantage_weight = 0.0
 
-    # TRL private: hands the rollout the batch's dataset rows (env seeds), adds step-level advantages.
+    # TRL private: hands the rollout the batch's dataset rows (env seeds), adds step-level advantages, logs
+    # the scored sample episodes.
     # Upstream fix: a rollout_func that receives the dataset rows and may return per-token advantages.
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]):
         self.rollout_func.rows = inputs
         output = super()._generate_and_score_completions(inputs)
+        episode_advantages = output["advantages"]
         if self.step_advantage_weight:
             output["advantages"] = self._add_step_advantages(output["advantages"], output["completion_ids"].shape[1])
+        self.rollout_func.log_samples(self, output, episode_advantages)  # scored episodes to episodes.jsonl
         return output
 
     # TRL private: reward functions get the model's own messages; the gathered per-function rewards are

@@ -42,6 +42,10 @@ def test_sft_then_grpo_from_the_checkpoint_then_eval(tmp_path):
     assert "| grpo | sudoku | 4 |" in out.stdout.replace(str(tmp_path) + "/", "")
     result = json.loads((tmp_path / "eval" / "sudoku-grpo.json").read_text())
     assert result["episodes"] == 4 and result["seeds"] == [10_000_000, 10_000_004]
+    played = [json.loads(line) for line in (tmp_path / "eval" / result["episodes_file"]).open()]
+    assert [(r["seed"], r["sample"], r["info"]["solved"]) for r in played] == [
+        (e["seed"], e["sample"], e["solved"]) for e in result["per_episode"]]  # every episode, turn by turn
+    assert all(len(r["turns"]) == r["info"]["model_turns"] for r in played)
 
 
 def assert_adapter_is_the_merged_model(sft: Path) -> None:
@@ -86,10 +90,14 @@ def assert_adapter_is_the_merged_model(sft: Path) -> None:
 
 def test_greedy_eval_is_deterministic():
     cfg = load_config(None, ["model.name=tiny", "eval.episodes=6", "eval.batch_size=3", "rollout.max_turns=3",
-                             "rollout.max_new_tokens=8"])
-    first, second = evaluate(cfg), evaluate(cfg)
+                             "rollout.max_new_tokens=8", "eval.transcripts=4"])
+    rows, again = [], []
+    first, second = evaluate(cfg, transcripts=rows), evaluate(cfg, transcripts=again)
     assert first.pop("wall_s") > 0 and second.pop("wall_s") > 0  # the time is the one thing that may differ
     assert first == second and first["episodes"] == 6
+    assert rows == again and [r["seed"] for r in rows] == list(range(10_000_000, 10_000_004))  # the cap: 4 of 6
+    assert [r["info"]["model_turns"] for r in rows] == [len(r["turns"]) for r in rows] == [
+        e["turns"] for e in first["per_episode"][:4]]
     cfg.rollout.max_turns = 8  # the default 4x4 puzzle has 4 holes
     expert = evaluate(cfg, policy="expert")
     assert expert["solve_rate"] == 1.0 and expert["label"] == "expert"

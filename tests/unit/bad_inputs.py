@@ -115,6 +115,7 @@ CASES = [
     ("lr_scheduler_unknown", G, _set("grpo.lr_scheduler_type=step"), r"unknown grpo\.lr_scheduler_type 'step'"),
     ("nonfinite_rewards_unknown", G, _set("grpo.nonfinite_rewards=ignore"), r"nonfinite_rewards 'ignore' \(acc"),
     ("wandb_unknown", G, _set("log.wandb=maybe"), r"unknown log\.wandb 'maybe'"),
+    ("token_episodes_above_sampled", G, _set("log.token_episodes=3"), r"token_episodes=3: must be at most log\.sa"),
     ("backend_unknown", G, _set("rollout.backend=sglang"), r"unknown rollout\.backend 'sglang'"),
     ("vllm_server_without_urls", G, _set("rollout.backend=vllm-server"), r"needs rollout\.vllm\.urls"),
     ("chat_template_unknown", G, _set("model.chat_template=nosuch"), r"unknown chat template 'nosuch'"),
@@ -133,6 +134,7 @@ CASES = [
     ("sft_yaml_tab", S, ["--config", "tab.yaml"], r"tab\.yaml" + LINE + " 1"),
     ("eval_episodes_zero", E, _set("eval.episodes=0"), r"eval\.episodes=0: must be an integer >= 1"),
     ("eval_batch_zero", E, _set("eval.batch_size=0"), r"eval\.batch_size=0: must be an integer >= 1"),
+    ("eval_transcripts_negative", E, _set("eval.transcripts=-5"), r"eval\.transcripts=-5: must be an integer >= 0"),
     ("eval_model_unknown", E, ["--model", "nosuch-model"], r"unknown model 'nosuch-model'"),
 ]
 

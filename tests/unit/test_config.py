@@ -27,6 +27,9 @@ def test_yaml_and_dotted_overrides(tmp_path):
     ("grpo.num_generations=1", "num_generations must be >= 2"),
     ("grpo.loss_type=ppo", "unknown grpo.loss_type 'ppo'"),
     ("log.wandb=maybe", "unknown log.wandb 'maybe'"),
+    ("log.token_episodes=-1", r"log\.token_episodes=-1: must be an integer >= 0"),
+    ("log.token_episodes=2", r"log\.token_episodes=2: must be at most log\.sample_episodes \(1\)"),
+    ("eval.transcripts=-1", r"eval\.transcripts=-1: must be an integer >= 0"),
     ("novalue", "bad override 'novalue'"),
     # any other field of TRL's GRPOConfig passes through, checked against GRPOConfig
     ("grpo.nonsense=1", "unknown config key 'grpo.nonsense': neither a toolgym grpo key nor a field of TRL's "
