@@ -10,8 +10,11 @@ accepted: `grpo.learning_rate=nan: must be a finite number > 0`. Imports no torc
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import importlib.util
 import math
 import re
 from collections.abc import Callable
@@ -91,7 +94,9 @@ RULES: dict[str, Rule] = {
     "sft.logging_steps": COUNT, "sft.save_steps": COUNT,
     "eval.episodes": COUNT, "eval.seed_start": at_least(0, integer=True), "eval.temperature": NON_NEGATIVE,
     "eval.k": COUNT, "eval.batch_size": COUNT, "eval.during_training": at_least(0, integer=True),
-    "log.sample_episodes": at_least(0, integer=True), "log.wandb": one_of(WANDB_MODES),
+    "eval.transcripts": at_least(0, integer=True),
+    "log.sample_episodes": at_least(0, integer=True), "log.token_episodes": at_least(0, integer=True),
+    "log.wandb": one_of(WANDB_MODES),
 }
 
 
@@ -125,6 +130,9 @@ def check_config(cfg: RunConfig) -> None:
     _check_grpo(cfg)
     _check_rollout_and_eval(cfg)
     check_values(cfg)
+    if cfg.log.token_episodes > cfg.log.sample_episodes:
+        raise ConfigError(f"log.token_episodes={cfg.log.token_episodes}: must be at most log.sample_episodes "
+                          f"({cfg.log.sample_episodes}); only episodes written to episodes.jsonl carry tokens")
     if not cfg.rewards:
         raise ConfigError("no rewards configured (e.g. rewards: {solved: 1.0})")
 
@@ -180,22 +188,58 @@ SET_BY_TOOLGYM = {
 }
 
 
+# GRPOConfig's class chain in the installed sources: (package, file, class), child first
+_GRPO_CONFIG_CHAIN = (("trl", "trainer/grpo_config.py", "GRPOConfig"), ("trl", "trainer/base_config.py", "_BaseConfig"),
+                      ("transformers", "training_args.py", "TrainingArguments"))
+
+
+@functools.cache
+def grpo_config_fields() -> dict[str, str]:
+    """TRL's GRPOConfig init fields, name -> annotation text, read from the installed sources: importing
+    TRL (torch, transformers) costs 10-50 s, too long to learn that a key is misspelt. Falls back to
+    importing it where the sources are not laid out as expected; tests/unit/test_trl_contract.py checks
+    the two agree on the installed TRL."""
+    fields: dict[str, str] = {}
+    seen: set[str] = set()  # a child's declaration (even init=False) hides its parents'
+    try:
+        for package, file, name in _GRPO_CONFIG_CHAIN:
+            spec = importlib.util.find_spec(package)  # a top-level package: found, not imported
+            tree = ast.parse((Path(spec.origin).parent / file).read_text())
+            cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name)
+            for node in cls.body:
+                if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                    continue
+                annotation = ast.unparse(node.annotation).strip("'\"")
+                if node.target.id in seen or annotation.startswith(("ClassVar", "typing.ClassVar")):
+                    continue
+                seen.add(node.target.id)
+                if not _init_false(node.value):
+                    fields[node.target.id] = annotation
+    except (AttributeError, OSError, StopIteration, SyntaxError, TypeError):
+        from trl import GRPOConfig
+
+        return {f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+                for f in dataclasses.fields(GRPOConfig) if f.init}
+    return fields
+
+
+def _init_false(value: ast.expr | None) -> bool:
+    return (isinstance(value, ast.Call) and any(k.arg == "init" and isinstance(k.value, ast.Constant)
+                                                and k.value.value is False for k in value.keywords))
+
+
 def grpo_config_value(key: str, value: Any, own: dict) -> Any:
     """A `grpo.*` key toolgym has no field for: a field of TRL's GRPOConfig, passed through."""
     if key in SET_BY_TOOLGYM:  # before importing TRL: this answer needs none of it
         raise ConfigError(f"grpo.{key} is set by toolgym: use {SET_BY_TOOLGYM[key]}")
-    from trl import GRPOConfig
-
-    trl_fields = {f.name: f for f in dataclasses.fields(GRPOConfig) if f.init}
+    trl_fields = grpo_config_fields()
     if key not in trl_fields:
         names = [n for n in dict.fromkeys([*own, *trl_fields]) if n not in SET_BY_TOOLGYM and n != "trl_args"]
         close = difflib.get_close_matches(key, names, n=3, cutoff=0.4)
         hint = f"; did you mean {' or '.join(repr('grpo.' + c) for c in close)}?" if close else ""
         raise ConfigError(f"unknown config key 'grpo.{key}': neither a toolgym grpo key nor a field of TRL's "
                           f"GRPOConfig{hint}")
-    hint = trl_fields[key].type
-    expected = {"float": float, "int": int, "bool": bool, "str": str}.get(hint if isinstance(hint, str) else
-                                                                          getattr(hint, "__name__", ""))
+    expected = {"float": float, "int": int, "bool": bool, "str": str}.get(trl_fields[key])
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):

@@ -46,3 +46,23 @@ def test_a_metrics_dict_no_longer_set_is_named(monkeypatch):
     monkeypatch.setattr(grpo_trainer.GRPOTrainer, "__init__", init)
     [line] = trl_contract.problems()
     assert "no longer sets self._metrics" in line
+
+
+def test_grpo_config_fields_read_from_source_match_the_installed_grpo_config():
+    """`grpo.*` keys are checked against GRPOConfig's fields read from TRL's source files (no import of
+    TRL): the names, and the plain types the check enforces, must be the installed class's."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    from rl.config_checks import grpo_config_fields
+
+    plain = {"float": float, "int": int, "bool": bool, "str": str}
+
+    def simple(t):
+        return plain.get(t if isinstance(t, str) else getattr(t, "__name__", ""))
+
+    installed = {f.name: simple(f.type) for f in dataclasses.fields(GRPOConfig) if f.init}
+    read = {name: plain.get(annotation) for name, annotation in grpo_config_fields().items()}
+    assert read == installed
+    assert read["learning_rate"] is float and read["beta"] is float and "num_generations" in read
