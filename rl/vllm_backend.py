@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rl.generation import Generation, SamplingParams
-from rl.vllm_weights import fused_groups, save_for_vllm, weights_for_sync
+from rl.vllm_weights import fused_groups, save_for_vllm, small_vocab_runner, weights_for_sync
 
 if TYPE_CHECKING:
     import torch
@@ -86,7 +86,8 @@ class VLLMBackend:
         from vllm import LLM
         from vllm.platforms import current_platform
 
-        on_cpu = current_platform.is_cpu()
+        if not (on_cpu := current_platform.is_cpu()):
+            small_vocab_runner(model_path)
         if enable_sleep_mode and not current_platform.is_sleep_mode_available():
             raise ValueError(f"enable_sleep_mode=True: vLLM has no sleep mode on {current_platform.device_name} "
                              "(only CUDA, ROCm, XPU); use enable_sleep_mode=False")

@@ -7,6 +7,8 @@ server backend (`rl.vllm_server_backend`: pushes over HTTP). `sync_gap` checks a
 from __future__ import annotations
 
 import copy
+import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,3 +150,25 @@ def save_for_vllm(model: torch.nn.Module, tokenizer, directory: str | Path) -> P
         root.generation_config.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+SMALL_VOCAB = 1024
+
+
+def small_vocab_runner(model_path: str | Path) -> bool:
+    """Start a model with a vocabulary under 1,024 tokens (the tiny test model) on vLLM's V1 model runner.
+
+    vLLM 0.26's V2 runner (CUDA) samples the id one past the vocabulary's last for such models, and the
+    embedding then fails a device assert (rl/bench/baselines/README.md, "TRL's colocate mode and vLLM 0.26's
+    V2 model runner"). A choice already made in VLLM_USE_V2_MODEL_RUNNER stands. True when it set the variable.
+    """
+    if "VLLM_USE_V2_MODEL_RUNNER" in os.environ:
+        return False
+    config = json.loads((Path(model_path) / "config.json").read_text())
+    vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+    if vocab is None or vocab >= SMALL_VOCAB:
+        return False
+    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+    print(f"[toolgym] vocabulary of {vocab} tokens (< {SMALL_VOCAB}): vLLM's V1 model runner "
+          "(VLLM_USE_V2_MODEL_RUNNER=0; set it to choose)", flush=True)
+    return True
