@@ -11,10 +11,10 @@ from typing import Callable
 
 import gymnasium as gym
 
-from envs.base import ToolCall, ToolEnv, ToolError, tool, tool_schema
+from envs.base import RunStop, ToolCall, ToolEnv, ToolError, tool, tool_schema
 from envs.entry_points import load_module
 
-__all__ = ["ToolCall", "ToolEnv", "ToolError", "tool", "tool_schema", "register", "make", "resolve", "names",
+__all__ = ["RunStop", "ToolCall", "ToolEnv", "ToolError", "tool", "tool_schema", "register", "make", "resolve", "names",
            "check_kwargs", "short_name"]
 
 _REGISTRY: dict[str, str] = {}  # short name -> "module:Class"

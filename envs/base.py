@@ -39,6 +39,11 @@ class ToolError(Exception):
     """Raised by a tool for an invalid action; the message is shown to the model."""
 
 
+class RunStop(RuntimeError):
+    """A setup problem no episode can get around (e.g. the sandbox refusing to run model code): it ends the run
+    with its message instead of becoming one more error observation."""
+
+
 def tool(fn: Callable) -> Callable:
     """Mark an environment method as a tool the model can call.
 
@@ -301,6 +306,8 @@ class ToolEnv(gym.Env):
         except ToolError as e:
             self.invalid_actions += 1
             return f"Error: {e}"
+        except RunStop:
+            raise
         except Exception as e:  # a bug in the tool must not take the trainer down
             self.tool_errors += 1
             return f"Error: tool {action.name} failed: {type(e).__name__}: {e}"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rl.cli import add_run_arguments, resolve_or_exit  # noqa: E402
+from rl.cli import add_run_arguments, resolve_or_exit, run_stop_exits  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     from rl.evaluation import MARKDOWN_HEADER, evaluate, markdown_row, save_result
 
     transcripts: list[dict] = []
-    result = evaluate(cfg, policy=args.policy or "", transcripts=transcripts)
+    with run_stop_exits(parser):
+        result = evaluate(cfg, policy=args.policy or "", transcripts=transcripts)
     if args.label:
         result["label"] = args.label
     out = Path(args.out)

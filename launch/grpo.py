@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rl.cli import add_run_arguments, resolve_or_exit  # noqa: E402
+from rl.cli import add_run_arguments, resolve_or_exit, run_stop_exits  # noqa: E402
 from rl.resume import finished, main_process  # noqa: E402
 
 
@@ -27,7 +27,8 @@ def main(argv=None) -> int:
         return 0
     from rl.trainer import train
 
-    out = train(cfg, resume=args.resume)
+    with run_stop_exits(parser):
+        out = train(cfg, resume=args.resume)
     if main_process():  # under accelerate launch every process gets here
         print(f"run finished: {out}")
     return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rl.cli import add_run_arguments, resolve_or_exit  # noqa: E402
+from rl.cli import add_run_arguments, resolve_or_exit, run_stop_exits  # noqa: E402
 from rl.resume import finished, main_process  # noqa: E402
 
 
@@ -30,7 +30,8 @@ def main(argv=None) -> int:
         return 0
     from rl.sft import train_sft
 
-    out = train_sft(cfg, resume=args.resume)
+    with run_stop_exits(parser):
+        out = train_sft(cfg, resume=args.resume)
     if main_process():
         print(f"SFT finished: {out} (train on: python launch/grpo.py --env {cfg.env.name} --model {out})")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -84,6 +85,16 @@ def check_resolvable(cfg: RunConfig) -> None:
     for spec in cfg.rewards:
         get_reward(spec)
     check_names(cfg)  # after the env's and rewards' modules, which may register tool-call formats
+
+
+@contextlib.contextmanager
+def run_stop_exits(parser: argparse.ArgumentParser):
+    """A `RunStop` raised while a run plays (the sandbox refusing model code, say) ends it with its message in
+    one line and exit status 2, as a bad config does, not with a traceback."""
+    try:
+        yield
+    except envs.RunStop as e:
+        parser.exit(2, f"error: {' '.join(str(e).split())}\n")
 
 
 def resolve_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace, resume: bool = False) -> RunConfig:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from envs.base import ToolCall, ToolEnv
+from envs.base import RunStop, ToolCall, ToolEnv
 from envs.sandbox.protocol import clip
 from rl.chat import ChatFormat
 from rl.config import RolloutSection
@@ -275,6 +275,8 @@ class _Rollout:
                 return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self.pool, fn), timeout)
             except TimeoutError:
                 ep.env_error = f"env step timed out after {timeout:g} s"
+            except RunStop:
+                raise
             except Exception as e:  # noqa: BLE001 - any env failure is reported, not raised
                 ep.env_error = f"{type(e).__name__}: {e}"
         return None

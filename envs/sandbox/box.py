@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from envs.base import RunStop
 from envs.sandbox.protocol import MAX_FRAME, check_driver, read_frame, write_frame
 from envs.sandbox.syscalls import compile_filters
 
@@ -222,7 +223,7 @@ class Sandbox:
 
 
 
-class WeakSandboxRefused(RuntimeError):
+class WeakSandboxRefused(RunStop):
     """Only weak isolation could be had, and nobody chose it: no model code runs."""
 
 

@@ -271,3 +271,64 @@ def test_a_call_the_parser_cannot_read_is_a_format_error_not_an_env_error(chat, 
     [traj] = run_episodes([envs.make("sudoku")], [SEED], backend, chat, settings)
     assert traj.info["env_error"] == "" and traj.info["stop_reason"] == "max_turns"
     assert traj.info["format_errors"] == 1 and traj.info["model_turns"] == 2
+
+
+class RefusingEnv(SudokuEnv):
+    """A tool whose backing service refuses to run at all (as the sandbox does in unchosen weak mode)."""
+
+    def step(self, action):
+        raise envs.RunStop("the sandbox refuses to run model code: set env.sandbox_allow_weak")
+
+
+def test_a_run_stop_ends_the_rollout_instead_of_becoming_an_env_error(chat, scripted):
+    backend = scripted(lambda context, turn: '<tool_call>{"name": "show_board", "arguments": {}}</tool_call>')
+    with pytest.raises(envs.RunStop, match="sandbox_allow_weak"):
+        run_episodes([RefusingEnv(), SudokuEnv()], [0, 1], backend, chat, RolloutSection(max_turns=2))
+
+
+def test_a_tool_raising_run_stop_is_not_turned_into_an_observation():
+    from envs import ToolCall
+
+    class Refuses(SudokuEnv):
+        @envs.tool
+        def run_code(self, code: str) -> str:
+            """Run code.
+
+            Args:
+                code: The code.
+            """
+            from envs.sandbox import WeakSandboxRefused
+
+            raise WeakSandboxRefused("weak mode was not chosen")
+
+    env = Refuses()
+    env.reset(seed=0)
+    with pytest.raises(envs.RunStop, match="weak mode was not chosen"):
+        env.step(ToolCall("run_code", {"code": "1"}))
+    env.reset(seed=0)  # any other failure of a tool is still the model's observation
+    obs, *_ = env.step(ToolCall("place", {"row": 9, "col": 9, "digit": 1}))
+    assert "Error" in obs
+
+
+def test_eval_ends_with_the_run_stop_in_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "refusing.py").write_text(
+        "import envs\n"
+        "from envs.experts import register_policies\n"
+        "from envs.sudoku import SudokuEnv\n"
+        "from envs.sudoku.expert import SudokuRandom\n\n"
+        "class Refusing(SudokuEnv):\n"
+        "    def step(self, action):\n"
+        "        raise envs.RunStop('the sandbox refuses to run model code:\\n set env.sandbox_allow_weak')\n\n"
+        "register_policies(Refusing, random=SudokuRandom)\n")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(root / "launch/eval.py"), "--env", "refusing.py:Refusing",
+                           "--policy", "random", "--episodes", "2", "--out", str(tmp_path / "out")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1] == ("error: the sandbox refuses to run model code: set "
+                                                   "env.sandbox_allow_weak"), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
