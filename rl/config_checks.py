@@ -130,7 +130,7 @@ def check_config(cfg: RunConfig) -> None:
     _check_grpo(cfg)
     _check_rollout_and_eval(cfg)
     check_values(cfg)
-    if cfg.log.token_episodes > cfg.log.sample_episodes:
+    if 0 < cfg.log.sample_episodes < cfg.log.token_episodes:  # 0 sample episodes: nothing logged, tokens neither
         raise ConfigError(f"log.token_episodes={cfg.log.token_episodes}: must be at most log.sample_episodes "
                           f"({cfg.log.sample_episodes}); only episodes written to episodes.jsonl carry tokens")
     if not cfg.rewards:

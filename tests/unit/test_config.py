@@ -101,3 +101,8 @@ def test_grpo_config_fields_pass_through_typed_and_survive_a_saved_config(tmp_pa
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_passes_the_value_checks(path):
     load_config(path)
+
+
+def test_no_sample_episodes_turns_episode_logging_off_whatever_token_episodes_says():
+    cfg = load_config(None, ["log.sample_episodes=0"])
+    assert cfg.log.sample_episodes == 0 and cfg.log.token_episodes == 1
