@@ -74,9 +74,11 @@ def template(merged: Merged, tools: list[dict]) -> str:
 def write_modelfile(path: Path, gguf_name: str, merged: Merged, run: Path) -> str:
     """Write the Modelfile next to the GGUF; returns '' or, when none is written, why."""
     import envs
+    from rl.chat import load_template
 
     cfg = run_config(run)
-    if (cfg.model.chat_template or "gemma3_tools") != "gemma3_tools" or merged.tool_format != "hermes":
+    # the tokenizer's own template (chat_template "") may be anything: the text itself must be gemma3_tools
+    if merged.chat_template.strip() != load_template("gemma3_tools").strip() or merged.tool_format != "hermes":
         return (f"no Modelfile: its template reproduces chat template gemma3_tools with tool format hermes; "
                 f"this run has {cfg.model.chat_template or 'the tokenizer'}'s template and {merged.tool_format}")
     tools = envs.resolve(cfg.env.name).tool_schemas()

@@ -76,3 +76,18 @@ def test_the_tool_list_is_the_jinja_templates_own_text():
     preamble = re.search(r"\{\{ if \$\.Tools \}\}\{\{ `(.*?)` \}\}\{\{ end \}\}", text, re.DOTALL).group(1)
     assert preamble in jinja_render([{"role": "user", "content": "x"}], tools)
     assert preamble.startswith("You can call these tools:\n{\"name\": \"place\"") and preamble.endswith("</tool_response>.\n\n")
+
+
+def test_a_run_on_another_chat_template_gets_no_modelfile_and_says_why(tmp_path):
+    from dataclasses import replace
+
+    from rl.config import load_config, to_yaml
+    from rl.export.ollama import write_modelfile
+
+    (tmp_path / "config.yaml").write_text(to_yaml(load_config(None, ["model.chat_template="])))  # the tokenizer's
+    chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    why = write_modelfile(tmp_path / "Modelfile", "model-f16.gguf", replace(merged(), chat_template=chatml), tmp_path)
+    assert why.startswith("no Modelfile: its template reproduces chat template gemma3_tools") and "the tokenizer" in why
+    assert not (tmp_path / "Modelfile").exists()
+    assert write_modelfile(tmp_path / "Modelfile", "model-f16.gguf", merged(), tmp_path) == ""  # gemma3_tools: one
+    assert (tmp_path / "Modelfile").read_text().startswith("FROM ./model-f16.gguf\n")
