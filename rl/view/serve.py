@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 from rl.view import render
-from rl.view.sources import EpisodeFile, load, run_meta
+from rl.view.sources import EpisodeFile, SourceError, load, run_meta
 
 
 class LiveRun:
@@ -54,7 +54,10 @@ def make_server(paths: list[str | Path], port: int = 0, host: str = "127.0.0.1")
                 if not after.isdigit():
                     self.reply(400, "text/plain", f"after={after!r}: must be a count of episodes (an integer >= 0)")
                     return
-                self.reply(200, "application/json", json.dumps(live.since(int(after))))
+                try:
+                    self.reply(200, "application/json", json.dumps(live.since(int(after))))
+                except SourceError as e:  # a line the run wrote that is not an episode: the page shows why
+                    self.reply(500, "text/plain", str(e))
             else:
                 self.reply(404, "text/plain", f"no page {url.path!r} (pages: /, /episodes?after=N)")
 

@@ -75,14 +75,12 @@ class EpisodeFile:
             f.seek(self.offset)
             chunk = f.read(size - self.offset)
         complete = chunk[: chunk.rfind(b"\n") + 1]
-        self.offset += len(complete)
         before = len(self.lines)
-        for number, raw in enumerate(complete.decode().splitlines(), start=before + 1):
-            if not raw.strip():
-                continue
-            row = parse_row(self.path, number, raw)
-            self.index.append(run_entry(row))
-            self.lines.append(detail_line(row))
+        rows = [parse_row(self.path, number, raw)  # all or nothing: a bad line is read again, and named, next time
+                for number, raw in enumerate(complete.decode().splitlines(), start=before + 1) if raw.strip()]
+        self.offset += len(complete)
+        self.index += [run_entry(row) for row in rows]
+        self.lines += [detail_line(row) for row in rows]
         return len(self.lines) - before
 
 

@@ -179,3 +179,24 @@ def test_serve_gives_the_page_and_episodes_as_they_arrive(tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_bad_line_in_a_live_run_is_named_and_no_episode_is_lost(tmp_path):
+    run = write_run(tmp_path / "r", [episode(0)])
+    server = make_server([run], port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert json.loads(get(base + "/episodes?after=0"))["total"] == 1
+        with (run / "episodes.jsonl").open("a") as f:
+            f.write(json.dumps(episode(1)) + "\n" + "{not json\n")
+        with pytest.raises(urllib.error.HTTPError, match="500") as failed:
+            get(base + "/episodes?after=1")
+        assert "episode line 3 is not JSON" in failed.value.read().decode()
+        lines = (run / "episodes.jsonl").read_text().splitlines()  # the line mended: nothing after it was skipped
+        (run / "episodes.jsonl").write_text("\n".join(lines[:2] + [json.dumps(episode(2))]) + "\n")
+        new = json.loads(get(base + "/episodes?after=1"))
+        assert new["total"] == 3 and [e["step"] for e in new["index"]] == [1, 2]
+    finally:
+        server.shutdown()
+        server.server_close()
