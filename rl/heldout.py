@@ -23,10 +23,10 @@ from pathlib import Path
 
 from accelerate.utils import gather_object
 from transformers import TrainerCallback
-from trl.models import unwrap_model_for_generation
 
 from rl.evaluation import eval_result
 from rl.rollout import run_episodes
+from rl.sharding import full_weights
 from rl.trl_hooks import step_metrics
 
 
@@ -56,8 +56,7 @@ class HeldOutEval(TrainerCallback):
         trainer.model.eval()
         started = time.perf_counter()
         try:
-            with unwrap_model_for_generation(trainer.model_wrapped, acc,
-                                             gather_deepspeed3_params=trainer.args.ds3_gather_for_generation) as model:
+            with full_weights(trainer) as model:  # as the rollout plays: whole weights on every process
                 backend = self.rollouts.sync_backend(model, trainer)
                 envs = [self.rollouts.env_cls(**self.rollouts.env_kwargs_for(trainer)) for _ in seeds]
                 trajectories = run_episodes(envs, seeds, backend, self.rollouts.chat, self.settings)
