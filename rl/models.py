@@ -136,8 +136,11 @@ def tiny_image_processor():
     return Gemma4ImageProcessorPil(patch_size=4, max_soft_tokens=70, pooling_kernel_size=2)
 
 
-def tiny_vlm(tokenizer, seed: int = 0, hidden_size: int = 64) -> torch.nn.Module:
-    """A randomly initialised Gemma 4 vision-language model: two text layers, one vision layer."""
+def tiny_vlm(tokenizer, seed: int = 0, hidden_size: int = 64, global_head_dim: int = 32) -> torch.nn.Module:
+    """A randomly initialised Gemma 4 vision-language model: two text layers, one vision layer.
+
+    `global_head_dim` is the full-attention layer's head size (released Gemma 4s: twice `head_dim`).
+    """
     from transformers import Gemma4Config, Gemma4ForConditionalGeneration, Gemma4TextConfig, Gemma4VisionConfig
 
     torch.manual_seed(seed)
@@ -145,9 +148,9 @@ def tiny_vlm(tokenizer, seed: int = 0, hidden_size: int = 64) -> torch.nn.Module
     text = Gemma4TextConfig(
         vocab_size=vocab, vocab_size_per_layer_input=vocab, hidden_size=hidden_size, intermediate_size=hidden_size * 2,
         hidden_size_per_layer_input=16, num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"],
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32, global_head_dim=32, max_position_embeddings=4096,
-        sliding_window=512, use_bidirectional_attention="vision", pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=32, global_head_dim=global_head_dim,
+        max_position_embeddings=4096, sliding_window=512, use_bidirectional_attention="vision",
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
     )
     processor = tiny_image_processor()
     vision = Gemma4VisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,

@@ -29,7 +29,7 @@ def llama_cpp_version() -> str:
         return version("llama_cpp_python")
     except Exception as e:
         raise ExportError("GGUF export needs llama.cpp: pip install 'toolgym[export]' "
-                          "(llama-cpp-python, built from source; see launch/README.md)") from e
+                          "(llama-cpp-python, built from source for AVX2: the command is in launch/README.md)") from e
 
 
 def converter_dir() -> Path:
@@ -68,7 +68,8 @@ def _unpack_converter(sdist: Path, target: Path) -> None:
 
 
 def check_convertible(hf: Path) -> None:
-    """Refuse what llama.cpp would load without complaint but compute differently."""
+    """Refuse what llama.cpp would load without complaint but compute differently, or what its converter
+    stops on without saying what to change."""
     import json
 
     config = json.loads((hf / "config.json").read_text())
@@ -78,6 +79,28 @@ def check_convertible(hf: Path) -> None:
         raise ExportError(f"{hf}: query_pre_attn_scalar={scalar} but head_dim={head_dim}: llama.cpp scales a "
                           "Gemma 3's queries by 1/sqrt(head_dim), so its GGUF would compute another model "
                           "(accepted: query_pre_attn_scalar equal to head_dim, as in every released Gemma 3 but 27B)")
+    if config.get("model_type", "").startswith("gemma4"):
+        _check_gemma4(hf, config, json.loads((hf / "tokenizer.json").read_text()))
+
+
+def _check_gemma4(hf: Path, config: dict, tokenizer: dict) -> None:
+    """Refuse a Gemma 4 that llama.cpp's converter cannot read, naming why (it stops on a bare AssertionError,
+    or on 'Cannot find Llama BPE tokenizer'); the built-in tiny-vlm is such a model on both counts."""
+    problems = []
+    full = [i for i, kind in enumerate(config.get("layer_types", [])) if kind == "full_attention"]
+    sizes = {int(i): layer.get("head_dim") for i, layer in (config.get("per_layer_config") or {}).items()}
+    if full and not config.get("global_head_dim") and not any(sizes.get(i) for i in full):
+        problems.append(f"its full-attention layers keep head_dim={config.get('head_dim')}, so transformers writes "
+                        "no per_layer_config and the converter finds no head size for them (accepted: a "
+                        "full-attention head_dim unlike head_dim, as in every released Gemma 4)")
+    model, decoder = tokenizer.get("model", {}), tokenizer.get("decoder") or {}
+    if model.get("type") != "BPE" or not model.get("byte_fallback") or decoder.get("type") != "Sequence":
+        problems.append(f"its tokenizer.json is a {model.get('type')} model with byte_fallback="
+                        f"{model.get('byte_fallback', False)} and a {decoder.get('type')} decoder, which the converter "
+                        "does not read (accepted: a sentencepiece-style BPE with byte_fallback and a Sequence "
+                        "decoder, as Gemma 4's own tokenizer)")
+    if problems:
+        raise ExportError(f"{hf}: llama.cpp's converter cannot convert this Gemma 4: " + "; ".join(problems))
 
 
 def convert(hf: Path, out: Path, outtype: str) -> Path:

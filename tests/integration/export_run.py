@@ -29,14 +29,14 @@ CORPUS = [
 ]
 
 
-def sentencepiece_model(path: Path) -> None:
+def sentencepiece_model(path: Path, corpus: list[str] = CORPUS, symbols: list[str] = CHAT_SPECIAL_TOKENS) -> None:
     import sentencepiece as spm
 
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS * 4), model_writer=model, vocab_size=400, hard_vocab_limit=False,
+        sentence_iterator=iter(corpus * 4), model_writer=model, vocab_size=400, hard_vocab_limit=False,
         model_type="bpe", byte_fallback=True, pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>",
-        eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>", user_defined_symbols=CHAT_SPECIAL_TOKENS,
+        eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>", user_defined_symbols=symbols,
         add_dummy_prefix=False, normalization_rule_name="identity", remove_extra_whitespaces=False,
         allow_whitespace_only_pieces=True, minloglevel=2)
     path.write_bytes(model.getvalue())
