@@ -50,9 +50,14 @@ def converter_dir() -> Path:
 
 def _download_sdist(version: str, folder: Path) -> str:
     print(f"[toolgym] fetching llama.cpp's converter (the llama-cpp-python {version} sdist), once", flush=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                    "-d", str(folder), f"llama-cpp-python=={version}"], check=True)
-    return str(next(folder.glob("llama_cpp_python-*.tar.gz")))
+    done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                           "-d", str(folder), f"llama-cpp-python=={version}"], capture_output=True, text=True)
+    found = sorted(folder.glob("llama_cpp_python-*.tar.gz"))
+    if done.returncode != 0 or not found:
+        why = (done.stderr.strip().splitlines() or ["no sdist was written"])[-1]
+        raise ExportError(f"could not fetch llama-cpp-python=={version}'s sdist, which holds llama.cpp's converter "
+                          f"(pip download: {why}); point TOOLGYM_LLAMA_CPP_SDIST at that .tar.gz instead")
+    return str(found[0])
 
 
 def _unpack_converter(sdist: Path, target: Path) -> None:

@@ -61,3 +61,15 @@ def test_a_gemma_3_that_llama_cpp_would_compute_differently_is_refused(tmp_path)
         check_convertible(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**config, "query_pre_attn_scalar": 32}))
     check_convertible(tmp_path)  # as Gemma 3 270M's (256 and 256) and the export test's tiny model
+
+
+def test_a_converter_that_cannot_be_fetched_is_an_export_error_naming_the_way_around(tmp_path, monkeypatch):
+    import shutil
+
+    from rl.export import ExportError
+    from rl.export.gguf import _download_sdist
+
+    monkeypatch.setattr(sys, "executable", shutil.which("false"))  # pip download fails, as it does offline
+    with pytest.raises(ExportError, match=r"could not fetch llama-cpp-python==0\.3\.36's sdist.*"
+                                          r"no sdist was written.*TOOLGYM_LLAMA_CPP_SDIST"):
+        _download_sdist("0.3.36", tmp_path)
