@@ -17,6 +17,7 @@ below read back for the same rows and TRL's dict cannot carry (images, turn span
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -257,11 +258,14 @@ class ToolGymGRPOTrainer(VisionGRPOMixin, ModelTokenScoringMixin, GRPOTrainer):
     # Upstream fix: a rollout_func that receives the dataset rows and may return per-token advantages.
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]):
         self.rollout_func.rows = inputs
+        started = time.perf_counter()
         output = super()._generate_and_score_completions(inputs)
         episode_advantages = output["advantages"]
         if self.step_advantage_weight:
             output["advantages"] = self._add_step_advantages(output["advantages"], output["completion_ids"].shape[1])
         self.rollout_func.log_samples(self, output, episode_advantages)  # scored episodes to episodes.jsonl
+        # the rollout (rollout/wall_s) and all that scores it: logprob passes, rewards, advantages, the log
+        step_metrics(self)["time/generate_and_score_s"].append(time.perf_counter() - started)
         return output
 
     # TRL private: reward functions get the model's own messages; the gathered per-function rewards are

