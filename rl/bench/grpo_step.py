@@ -1,18 +1,22 @@
 """Where a GRPO step's time goes on each generation backend: generation, scoring, training.
 
     python launch/bench.py --suite grpo_step --set model=runs/sft --set episodes=256 --set steps=4
+    python launch/bench.py --suite grpo_step --set model=runs/sft --set episodes=256 --set steps=4 \
+        --set accelerate=configs/accelerate/zero2.yaml --set processes=2
 
 Each backend (`backends=vllm,hf`) trains `steps` GRPO steps with `launch/grpo.py`, in a process of its own, as a
 user runs it: the config (`configs/sudoku-sft.yaml`: its sizes, dtype, rewards), `model`, and `episodes` per step
 (`num_generations` x puzzles; gradient accumulation takes the rest), with `overrides` (`;`-separated `key=value`)
-on top. Rows are means over the steps after the first, which also starts the engine and captures CUDA graphs;
+on top. With `accelerate` (a config file) and `processes`, each run is `accelerate launch` of those
+processes, the `episodes` spread over them. Rows are means over the steps after the first, which also starts the engine and captures CUDA graphs;
 each step's parts come from the run's metrics.jsonl:
 
 - generation: `rollout/wall_s`, the rollout from weight sync to the last episode's end;
 - scoring: `time/generate_and_score_s` minus that: the logprob passes, rewards, advantages, sample log;
 - training: `step_time` minus `time/generate_and_score_s`: the loss passes and the optimizer step.
 
-Every row also has its step time over the first backend's (`step_s_over_first`).
+Every row also has episodes/s and its step time over the first backend's (`step_s_over_first`); the parts are
+process 0's (every process waits for the others at the step's collectives).
 """
 
 from __future__ import annotations
@@ -40,7 +44,15 @@ def resolve_options(options: dict) -> dict:
     if steps < 2:
         raise ValueError(f"steps={steps}: must be at least 2 (the first step also starts the engine and is not counted)")
     overrides = [o.strip() for o in str(options.get("overrides", "")).split(";") if o.strip()]
+    processes, accelerate = int(options.get("processes", 1)), options.get("accelerate")
+    if processes < 1 or (processes > 1 and not accelerate):
+        raise ValueError(f"processes={processes}: must be 1, or more with accelerate=<config file> "
+                         "(e.g. accelerate=configs/accelerate/ddp.yaml)")
+    if accelerate and not Path(accelerate).is_file():
+        raise ValueError(f"accelerate={accelerate!r}: no such file (accepted: an accelerate config, e.g. "
+                         "configs/accelerate/zero2.yaml)")
     return {"backends": backends, "steps": steps, "episodes": episodes, "overrides": overrides,
+            "processes": processes, "accelerate": str(Path(accelerate).resolve()) if accelerate else None,
             "model": str(options.get("model", "gemma-3-270m")),
             "config": str(options.get("config", ROOT / "configs" / "sudoku-sft.yaml"))}
 
@@ -50,14 +62,18 @@ def grpo_command(opts: dict, backend: str, out: Path) -> list[str]:
     from rl.config import load_config
 
     cfg = load_config(Path(opts["config"]), opts["overrides"])
-    per_step = cfg.grpo.per_device_train_batch_size
+    per_step = cfg.grpo.per_device_train_batch_size * opts["processes"]
     if opts["episodes"] % per_step or opts["episodes"] % cfg.grpo.num_generations:
         raise ValueError(f"episodes={opts['episodes']}: must be a multiple of grpo.per_device_train_batch_size "
-                         f"({per_step}) and grpo.num_generations ({cfg.grpo.num_generations})")
+                         f"x processes ({per_step}) and grpo.num_generations ({cfg.grpo.num_generations})")
     sets = [f"grpo.max_steps={opts['steps']}", f"grpo.gradient_accumulation_steps={opts['episodes'] // per_step}",
             f"grpo.save_steps={opts['steps'] + 1}", f"rollout.backend={backend}", "log.wandb=off",
             f"output_dir={out}", *opts["overrides"]]
-    return [sys.executable, str(ROOT / "launch" / "grpo.py"), "--config", opts["config"], "--env", cfg.env.name,
+    launcher = [sys.executable]
+    if opts["accelerate"]:
+        launcher += ["-m", "accelerate.commands.launch", "--config_file", opts["accelerate"],
+                     "--num_processes", str(opts["processes"])]
+    return launcher + [str(ROOT / "launch" / "grpo.py"), "--config", opts["config"], "--env", cfg.env.name,
             "--model", opts["model"], "--name", backend] + [arg for s in sets for arg in ("--set", s)]
 
 
@@ -92,7 +108,8 @@ def grpo_step(options: dict) -> list[dict]:
                 raise RuntimeError(f"grpo_step: the {backend} run exited with code {done.returncode}; its output "
                                    f"is above (command: {' '.join(command)})")
             parts = step_parts([json.loads(line) for line in metrics.read_text().splitlines() if line.strip()])
-            rows.append({"backend": backend, "model": opts["model"], "episodes": opts["episodes"], **parts})
+            rows.append({"backend": backend, "model": opts["model"], "processes": opts["processes"],
+                         "episodes": opts["episodes"], **parts, "episodes_per_s": opts["episodes"] / parts["step_s"]})
     for row in rows:
         row["step_s_over_first"] = row["step_s"] / rows[0]["step_s"]
     return rows

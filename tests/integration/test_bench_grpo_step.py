@@ -25,10 +25,24 @@ def test_each_backend_trains_in_its_own_run_and_its_step_splits_into_three_posit
     assert hf["step_s_over_first"] == pytest.approx(hf["step_s"] / vllm["step_s"]) and vllm["step_s_over_first"] == 1
 
 
+def test_under_accelerate_a_run_of_two_processes_is_timed_the_same_way(tmp_path, monkeypatch):
+    from rl.bench import load_suites
+    from rl.bench.grpo_step import ROOT
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two processes on two cores
+    [row] = load_suites()["grpo_step"]({"model": "tiny", "steps": 2, "episodes": 4, "overrides": TINY, "backends": "hf",
+                                        "accelerate": str(ROOT / "configs" / "accelerate" / "ddp.yaml"),
+                                        "processes": 2})
+    assert (row["processes"], row["steps_timed"], row["episodes"]) == (2, 1, 4)
+    assert row["training_s"] > 0 and row["episodes_per_s"] == pytest.approx(4 / row["step_s"])
+
+
 @pytest.mark.parametrize("options, error", [
     ({"backends": "vllm,tgi"}, r"backends='vllm,tgi': \['tgi'\] \(accepted: vllm and/or hf"),
     ({"steps": 1}, r"steps=1: must be at least 2"),
-    ({"episodes": 12}, r"episodes=12: must be a multiple of grpo.per_device_train_batch_size \(8\)"),
+    ({"episodes": 12}, r"episodes=12: must be a multiple of grpo.per_device_train_batch_size x processes \(8\)"),
+    ({"processes": 2}, r"processes=2: must be 1, or more with accelerate=<config file>"),
+    ({"accelerate": "nosuch.yaml"}, r"accelerate='nosuch.yaml': no such file"),
 ])
 def test_bad_options_are_refused_before_anything_trains(options, error):
     from rl.bench.grpo_step import grpo_command, resolve_options
