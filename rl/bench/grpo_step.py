@@ -7,9 +7,9 @@
 Each backend (`backends=vllm,hf`) trains `steps` GRPO steps with `launch/grpo.py`, in a process of its own, as a
 user runs it: the config (`configs/sudoku-sft.yaml`: its sizes, dtype, rewards), `model`, and `episodes` per step
 (`num_generations` x puzzles; gradient accumulation takes the rest), with `overrides` (`;`-separated `key=value`)
-on top. With `accelerate` (a config file) and `processes`, each run is `accelerate launch` of those
-processes, the `episodes` spread over them. Rows are means over the steps after the first, which also starts the engine and captures CUDA graphs;
-each step's parts come from the run's metrics.jsonl:
+on top. With `accelerate` (a config file) and `processes`, each run is `accelerate launch` of those processes,
+the `episodes` spread over them. Rows are means over the steps after the first, which also starts the engine and
+captures CUDA graphs; each step's parts come from the run's metrics.jsonl:
 
 - generation: `rollout/wall_s`, the rollout from weight sync to the last episode's end;
 - scoring: `time/generate_and_score_s` minus that: the logprob passes, rewards, advantages, sample log;
@@ -53,8 +53,13 @@ def resolve_options(options: dict) -> dict:
                          "configs/accelerate/zero2.yaml)")
     return {"backends": backends, "steps": steps, "episodes": episodes, "overrides": overrides,
             "processes": processes, "accelerate": str(Path(accelerate).resolve()) if accelerate else None,
-            "model": str(options.get("model", "gemma-3-270m")),
-            "config": str(options.get("config", ROOT / "configs" / "sudoku-sft.yaml"))}
+            "model": _here(str(options.get("model", "gemma-3-270m"))),
+            "config": _here(str(options.get("config", ROOT / "configs" / "sudoku-sft.yaml")))}
+
+
+def _here(name: str) -> str:
+    """A path given relative to where the bench runs, made absolute (the runs start in the checkout's root)."""
+    return str(Path(name).resolve()) if Path(name).exists() else name
 
 
 def grpo_command(opts: dict, backend: str, out: Path) -> list[str]:
