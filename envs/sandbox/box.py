@@ -135,7 +135,6 @@ class Sandbox:
         """
         if driver and not entry:
             raise ValueError(f"driver {driver!r} needs an entry function to drive")
-        self._refuse_unchosen_weak()
         if driver:
             check_driver(driver)
         limits = limits or self.limits
@@ -163,9 +162,7 @@ class Sandbox:
             runner.close()
         return Result(**reply)
 
-    def _refuse_unchosen_weak(self) -> None:
-        with self._lock:
-            isolation = self._ensure().isolation
+    def _refuse_unchosen_weak(self, isolation: dict) -> None:
         if isolation["mode"] == "weak" and self.namespaces and not self.allow_weak:
             raise WeakSandboxRefused(
                 f"the sandbox could only start in weak mode ({isolation['why']}), which does not protect against "
@@ -205,6 +202,7 @@ class Sandbox:
         with self._lock:
             for attempt in (0, 1):
                 server = self._ensure()
+                self._refuse_unchosen_weak(server.isolation)  # before any runner is armed for model code
                 if len(server.idle) >= SPARE_RUNNERS:
                     return server, server.idle.popleft()
                 ours, theirs = socket.socketpair()
