@@ -26,7 +26,6 @@ from transformers import TrainerCallback
 
 from rl.evaluation import eval_result
 from rl.rollout import run_episodes
-from rl.sharding import full_weights
 from rl.trl_hooks import step_metrics
 
 
@@ -56,14 +55,11 @@ class HeldOutEval(TrainerCallback):
         trainer.model.eval()
         started = time.perf_counter()
         try:
-            with full_weights(trainer) as model:  # as the rollout plays: whole weights on every process
-                backend = self.rollouts.sync_backend(model, trainer)
+            with self.rollouts.synced_backend(trainer) as backend:  # as the training rollout plays
                 envs = [self.rollouts.env_cls(**self.rollouts.env_kwargs_for(trainer)) for _ in seeds]
                 trajectories = run_episodes(envs, seeds, backend, self.rollouts.chat, self.settings)
                 for env in envs:
                     env.close()
-                if hasattr(backend, "sleep"):
-                    backend.sleep()
         finally:
             trainer.model.train(training)
         played = dict(gather_object([(seed, t.info) for seed, t in zip(seeds, trajectories)]))  # every process's

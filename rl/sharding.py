@@ -65,8 +65,10 @@ def _unsharded(model: torch.nn.Module, reshard_after_forward: bool):
 
 
 class StepMemory(TrainerCallback):
-    """On a GPU: each step's peak GPU memory (`perf/peak_gpu_mem_gib`, this process, rollout included)
-    and wall time (`perf/step_s`), the numbers that tell DDP, ZeRO-2/3 and offload apart."""
+    """Each optimizer step's wall time (`perf/step_s`: rollout, scoring, every micro-batch and the optimizer
+    step) and, on a GPU, its peak GPU memory (`perf/peak_gpu_mem_gib`, this process, rollout included): the
+    numbers that tell DDP, ZeRO-2/3 and offload apart. (TRL's `step_time` leaves out clipping and the
+    optimizer step.)"""
 
     def __init__(self, trainer):
         self.trainer = trainer
@@ -74,12 +76,14 @@ class StepMemory(TrainerCallback):
 
     def on_step_begin(self, args, state, control, **kwargs):
         # The rollout runs inside the trainer's step (TRL generates in _prepare_inputs), after this hook
-        torch.cuda.reset_peak_memory_stats()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         self.started = time.perf_counter()
 
     def on_step_end(self, args, state, control, **kwargs):
         from rl.trl_hooks import step_metrics
 
         metrics = step_metrics(self.trainer, "train")
-        metrics["perf/peak_gpu_mem_gib"].append(torch.cuda.max_memory_allocated() / 2**30)
+        if torch.cuda.is_available():
+            metrics["perf/peak_gpu_mem_gib"].append(torch.cuda.max_memory_allocated() / 2**30)
         metrics["perf/step_s"].append(time.perf_counter() - self.started)

@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -25,7 +25,7 @@ from envs.remote import RemoteEnv, remote_stats, urls_for_rank
 from rewards import named_rewards
 from rl import trl_contract
 from rl.chat import ChatFormat
-from rl.cli import check_resolvable
+from rl.cli import apply_run_environment, check_resolvable
 from rl.config import ConfigError, RunConfig, to_dict, to_yaml
 from rl.episode_log import Scores, sample_rows
 from rl.generation import TransformersBackend
@@ -95,17 +95,11 @@ class EpisodeRollouts:
             raise RuntimeError(f"rollout got {len(prompts)} prompts but {len(seeds)} dataset rows")
         timing: dict[str, float] = {}
         started = time.perf_counter()
-        with ExitStack() as gathered:
-            model = gathered.enter_context(full_weights(trainer))  # sharded runs: gathered once per step
-            backend = self.sync_backend(model, trainer)
-            if backend.name != "hf":
-                gathered.close()  # a vLLM engine holds its own copy: free the gathered one before generating
+        with self.synced_backend(trainer) as backend:
             if self.progress is not None:
                 self.progress(0, len(seeds), 0)  # the batch starts
             trajectories = run_episodes(self.envs_for(len(seeds), trainer), seeds, backend, self.chat,
                                         self.cfg.rollout, metrics=timing, progress=self.progress)
-            if hasattr(backend, "sleep"):
-                backend.sleep()
         elapsed = time.perf_counter() - started
         for i, t in enumerate(trajectories):
             if t.info["env_error"]:  # a crashed or hung env may still be mid-step in its thread: replace it
@@ -117,6 +111,19 @@ class EpisodeRollouts:
         out = to_trl(trajectories, fallback_id=trainer.processing_class.eos_token_id)
         self.batch = RolloutBatch(trajectories, out["env_mask"])
         return out
+
+    @contextmanager
+    def synced_backend(self, trainer):
+        """The generation backend on the trainer's current weights, for one batch of episodes (training's or
+        the held-out eval's). Sharded runs gather the weights once; a vLLM engine holds its own copy, so the
+        gathered one goes before it generates; the engine sleeps again after (sleep mode)."""
+        with ExitStack() as gathered:
+            backend = self.sync_backend(gathered.enter_context(full_weights(trainer)), trainer)
+            if backend.name != "hf":
+                gathered.close()
+            yield backend
+            if hasattr(backend, "sleep"):
+                backend.sleep()
 
     def sync_backend(self, model, trainer):
         """The generation backend, holding the trainer's current weights (version = global step)."""
@@ -171,13 +178,12 @@ class EpisodeRollouts:
         if self.log_dir is None or not trainer.accelerator.is_main_process or not log.sample_episodes:
             return
         n = min(log.sample_episodes, len(self.batch.trajectories))
-        first = trainer.accelerator.process_index * len(episode_advantages)  # rewards are gathered, rows not
         advantages = output["advantages"][:n]
         trained = output["completion_mask"][:n]
         if "tool_mask" in output:
             trained = trained * output["tool_mask"][:n]
         scores = Scores(names=list(trainer.reward_func_names), weights=trainer.reward_weights.tolist(),
-                        per_func=trainer._rewards_per_func[first:first + n].tolist(),
+                        per_func=trainer._rewards_per_func[:n].tolist(),  # gathered; process 0's rows first
                         advantages=episode_advantages[:n].tolist(),
                         token_advantages=advantages.tolist() if advantages.dim() == 2 else None,
                         trained=trained.tolist())
@@ -264,6 +270,7 @@ def grpo_args(cfg: RunConfig, model, reward_weights: list[float]) -> GRPOConfig:
 def build_trainer(cfg: RunConfig):
     """Everything TRL needs, validated in cheap-first order: env and rewards before the model."""
     check_resolvable(cfg)  # env, env kwargs and reward paths, before the model loads
+    apply_run_environment(cfg)
     trl_contract.check()  # the TRL private names the subclass below overrides
     env_cls = envs_registry.resolve(cfg.env.name)
     reward_funcs, reward_weights = resolve_rewards(cfg)
@@ -306,8 +313,7 @@ def build_trainer(cfg: RunConfig):
         trainer.add_callback(WandbRunConfig(cfg))
     if g.time_limit_s:
         trainer.add_callback(TimeLimit(g.time_limit_s))
-    if torch.cuda.is_available():
-        trainer.add_callback(StepMemory(trainer))
+    trainer.add_callback(StepMemory(trainer))
     if cfg.eval.every_steps:
         trainer.add_callback(HeldOutEval(trainer, rollouts))
     return trainer

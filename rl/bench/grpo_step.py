@@ -13,7 +13,8 @@ captures CUDA graphs; each step's parts come from the run's metrics.jsonl:
 
 - generation: `rollout/wall_s`, the rollout from weight sync to the last episode's end;
 - scoring: `time/generate_and_score_s` minus that: the logprob passes, rewards, advantages, sample log;
-- training: `step_time` minus `time/generate_and_score_s`: the loss passes and the optimizer step.
+- training: the step's wall time (`perf/step_s`, optimizer step included) minus `time/generate_and_score_s`:
+  the loss passes, clipping and the optimizer step.
 
 Every row also has episodes/s and its step time over the first backend's (`step_s_over_first`); the parts are
 process 0's (every process waits for the others at the step's collectives).
@@ -28,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rl.bench import suite
+from rl.bench import free_port, suite
 
 ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ("vllm", "hf")
@@ -77,24 +78,24 @@ def grpo_command(opts: dict, backend: str, out: Path) -> list[str]:
     launcher = [sys.executable]
     if opts["accelerate"]:
         launcher += ["-m", "accelerate.commands.launch", "--config_file", opts["accelerate"],
-                     "--num_processes", str(opts["processes"])]
+                     "--num_processes", str(opts["processes"]), "--main_process_port", str(free_port())]
     return launcher + [str(ROOT / "launch" / "grpo.py"), "--config", opts["config"], "--env", cfg.env.name,
             "--model", opts["model"], "--name", backend] + [arg for s in sets for arg in ("--set", s)]
 
 
 def step_parts(rows: list[dict]) -> dict:
     """Mean seconds per step of each part, over the steps after the first."""
-    timed = [r for r in rows if "step_time" in r and "time/generate_and_score_s" in r][1:]
+    timed = [r for r in rows if "perf/step_s" in r and "time/generate_and_score_s" in r][1:]
     if not timed:
         raise RuntimeError(f"grpo_step: no timed step after the first in {len(rows)} metrics rows")
 
     def mean(fn) -> float:
         return statistics.fmean(fn(r) for r in timed)
 
-    return {"steps_timed": len(timed), "step_s": mean(lambda r: r["step_time"]),
+    return {"steps_timed": len(timed), "step_s": mean(lambda r: r["perf/step_s"]),
             "generation_s": mean(lambda r: r["rollout/wall_s"]),
             "scoring_s": mean(lambda r: r["time/generate_and_score_s"] - r["rollout/wall_s"]),
-            "training_s": mean(lambda r: r["step_time"] - r["time/generate_and_score_s"]),
+            "training_s": mean(lambda r: r["perf/step_s"] - r["time/generate_and_score_s"]),
             "weight_sync_s": mean(lambda r: r.get("rollout/weight_sync_s", 0.0)),
             "solved": mean(lambda r: r.get("env/solved", 0.0))}
 

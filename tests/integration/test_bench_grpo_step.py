@@ -17,7 +17,7 @@ def test_each_backend_trains_in_its_own_run_and_its_step_splits_into_three_posit
     assert [r["backend"] for r in rows] == ["vllm", "hf"]
     for row in rows:
         assert row["steps_timed"] == 2 and row["episodes"] == 4  # the first step (engine start) left out
-        # TRL's step_time holds the rollout and the scoring: training is what is left, and it is not nothing
+        # the step's wall time holds the rollout and the scoring: training is what is left, and it is not nothing
         assert row["generation_s"] > 0 and row["scoring_s"] > 0 and row["training_s"] > 0
         assert row["generation_s"] + row["scoring_s"] + row["training_s"] == pytest.approx(row["step_s"])
     vllm, hf = rows
