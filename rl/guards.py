@@ -77,15 +77,15 @@ class SkipNonFiniteUpdates(TrainerCallback):
 
 
 def _all_finite(grads: list[torch.Tensor]) -> bool | None:
-    """Whether every gradient is finite on every process (FSDP2's DTensor shards: each checks its own);
-    None when this process has no gradients and runs alone."""
-    local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-    if not local and not distributed:
+    """Whether every gradient is finite, on every process where they are sharded (FSDP2's DTensors: each
+    process checks its own shard, and the verdicts are agreed); under DDP they are already all-reduced, the
+    same everywhere. None when there are no gradients. One host sync per step."""
+    if not grads:
         return None
-    finite = torch.tensor([float(all(bool(torch.isfinite(g).all()) for g in local))],
-                          device=local[0].device if local else "cpu")
-    if distributed:
+    sharded = any(hasattr(g, "to_local") for g in grads)
+    local = [g.to_local() if hasattr(g, "to_local") else g for g in grads]
+    finite = torch.stack([torch.isfinite(g).all() for g in local]).all().float().reshape(1)
+    if sharded and torch.distributed.is_available() and torch.distributed.is_initialized():
         if torch.distributed.get_backend() == "nccl" and finite.device.type == "cpu":
             finite = finite.cuda()
         torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
