@@ -23,6 +23,15 @@ _MODULES = ["rl.bench.sandbox", "rl.bench.remote", "rl.bench.rollout", "rl.bench
             "rl.bench.scoring", "rl.bench.grpo_step"]  # each registers its suites
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server or a torch.distributed rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def suite(name: str) -> Callable[[Suite], Suite]:
     def wrap(fn: Suite) -> Suite:
         SUITES[name] = fn

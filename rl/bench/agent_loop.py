@@ -44,7 +44,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -54,7 +53,7 @@ from typing import Any
 
 from envs.base import ToolCall
 from envs.sudoku import SudokuEnv
-from rl.bench import suite
+from rl.bench import free_port, suite
 
 BACKENDS = ("hf", "vllm")
 LOOPS = {"ours": "toolgym rollout_func", "trl": "TRL environment_factory"}
@@ -218,7 +217,7 @@ def run_loop(loop: str, opts: dict) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     # TRL's colocated engine sets up torch.distributed (world of 1) on these; a fixed port such as
     # 29500 may be held by another run on the machine
-    env["MASTER_ADDR"], env["MASTER_PORT"] = "127.0.0.1", str(_free_port())
+    env["MASTER_ADDR"], env["MASTER_PORT"] = "127.0.0.1", str(free_port())
     with tempfile.TemporaryDirectory(prefix="agent-loop-") as tmp:
         row_path = Path(tmp) / "row.json"
         command = [sys.executable, "-m", "rl.bench.agent_loop_run", loop, json.dumps(opts), str(row_path)]
@@ -228,12 +227,6 @@ def run_loop(loop: str, opts: dict) -> dict:
                                f"latency_s={opts['latency_s']}) exited with code {done.returncode} and no row; "
                                "its output is above")
         return json.loads(row_path.read_text())
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def agent_loop_config(opts: dict):

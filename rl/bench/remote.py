@@ -8,7 +8,6 @@ loopback over OpenEnv WebSocket sessions. The difference is the cost of the serv
 from __future__ import annotations
 
 import queue
-import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +18,7 @@ from pathlib import Path
 import envs
 from envs.experts import expert_for
 from envs.remote import RemoteToolEnv
-from rl.bench import suite
+from rl.bench import free_port, suite
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,9 +92,7 @@ def remote(options: dict) -> list[dict]:
     episodes, concurrency, size = int(options.get("episodes", 128)), int(options.get("concurrency", 16)), \
         int(options.get("size", 4))
     scripts = {seed: _moves(seed, size) for seed in range(episodes)}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = _server(port, concurrency, size)
     try:
         url = f"http://127.0.0.1:{port}"

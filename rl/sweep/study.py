@@ -29,6 +29,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 # ask/tell with heartbeats: this module sends them itself while a trial's run goes on
 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
+from rl.bench import free_port
 from rl.sweep.spec import PRUNERS, SweepSpec
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -228,7 +229,7 @@ def command(spec: SweepSpec, params: dict, seed: int, name: str, devices: list[s
         accelerate = Path(sys.executable).parent / "accelerate"
         head = [str(accelerate), "launch"] if accelerate.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
         n = len(devices) if devices else 1
-        head += ["--num_processes", str(n)] + (["--multi_gpu", "--main_process_port", str(_free_port())] if n > 1 else [])
+        head += ["--num_processes", str(n)] + (["--multi_gpu", "--main_process_port", str(free_port())] if n > 1 else [])
         head.append(script)
     return head + spec.run_args(params, seed, name)
 
@@ -252,12 +253,6 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def shell_line(argv: list[str], devices: list[str] | None) -> str:

@@ -9,7 +9,6 @@ the trained embedding still tied to the LM head, and one line of output and one 
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.integration import sharded_probe
+from tests.integration.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs" / "accelerate"
@@ -128,9 +128,7 @@ def test_zero3_trains_as_one_process_resumes_and_logs_once(reference, tmp_path):
 
 def test_two_machines_on_one_host(reference, tmp_path):
     """configs/accelerate/multinode.yaml with machine ranks 0 and 1 on 127.0.0.1, one process each."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     machines = [launch("multinode", tmp_path, "ddp", machine=(rank, port), wait=False) for rank in (0, 1)]
     output = "".join(finish(machine) for machine in machines)
     check_run(tmp_path / "ddp", reference, output, "MULTI_CPU", sharded=False)
