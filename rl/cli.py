@@ -73,8 +73,6 @@ def check_resolvable(cfg: RunConfig) -> None:
     """
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    if cfg.env.sandbox_allow_weak:  # an environment variable: env worker processes must see it too
-        os.environ[ALLOW_WEAK_VAR] = "1"
     env_cls = envs.resolve(cfg.env.name)
     try:
         envs.check_kwargs(cfg.env.kwargs)
@@ -85,6 +83,14 @@ def check_resolvable(cfg: RunConfig) -> None:
     for spec in cfg.rewards:
         get_reward(spec)
     check_names(cfg)  # after the env's and rewards' modules, which may register tool-call formats
+
+
+def apply_run_environment(cfg: RunConfig) -> None:
+    """Set what the run's config says in this process's environment, where env worker processes see it too
+    (`env.sandbox_allow_weak`). Only in the process that runs: checking a config (a sweep checks all its
+    points in one process) changes nothing."""
+    if cfg.env.sandbox_allow_weak:
+        os.environ[ALLOW_WEAK_VAR] = "1"
 
 
 @contextlib.contextmanager
@@ -111,6 +117,7 @@ def resolve_or_exit(parser: argparse.ArgumentParser, args: argparse.Namespace, r
     if getattr(args, "dry_run", False):
         print_config(cfg)
         parser.exit(0)
+    apply_run_environment(cfg)
     return cfg
 
 

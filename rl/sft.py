@@ -20,7 +20,7 @@ from datasets import load_from_disk
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from rl.cli import check_resolvable
+from rl.cli import apply_run_environment, check_resolvable
 from rl.config import ConfigError, RunConfig, to_yaml
 from rl.demos import demonstrations
 from rl.guards import SkipNonFiniteUpdates
@@ -35,6 +35,7 @@ from rl.vision import VisionSFTCollator
 
 def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
     check_resolvable(cfg)
+    apply_run_environment(cfg)
     out = run_dir(cfg)
     done = finished(out, cfg.sft.max_steps, cfg.sft.num_train_epochs) if resume else None
     if done:  # the trainer would train one more step and write final/ and adapter/ over

@@ -243,14 +243,18 @@ def test_weak_mode_nobody_chose_runs_no_model_code_and_a_chosen_one_warns_once()
 
 
 def test_the_run_config_switch_is_a_checked_boolean_that_reaches_every_sandbox(monkeypatch):
-    from rl.cli import check_resolvable
+    from rl.cli import apply_run_environment, check_resolvable
     from rl.config import ConfigError, load_config
 
     with pytest.raises(ConfigError, match="env.sandbox_allow_weak' expects bool, got 'yes'"):
         load_config(None, ["env.sandbox_allow_weak='yes'"])
-    monkeypatch.delenv("TOOLGYM_SANDBOX_ALLOW_WEAK", raising=False)
+    monkeypatch.setenv("TOOLGYM_SANDBOX_ALLOW_WEAK", "0")  # so that the test's own setting is undone after it
+    monkeypatch.delenv("TOOLGYM_SANDBOX_ALLOW_WEAK")
     check_resolvable(load_config(None, []))
     assert not Sandbox().allow_weak  # off unless chosen
-    check_resolvable(load_config(None, ["env.sandbox_allow_weak=true"]))  # every launch script resolves its config
+    chosen = load_config(None, ["env.sandbox_allow_weak=true"])
+    check_resolvable(chosen)  # checking a config (a sweep checks every point in one process) sets nothing
+    assert "TOOLGYM_SANDBOX_ALLOW_WEAK" not in os.environ
+    apply_run_environment(chosen)  # every launch script and trainer does, for the run it starts
     assert os.environ["TOOLGYM_SANDBOX_ALLOW_WEAK"] == "1"  # so env worker processes see it too
     assert Sandbox().allow_weak and not Sandbox(allow_weak=False).allow_weak
