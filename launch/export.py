@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rl.export import DEFAULT_QUANTS, QUANTS, ExportError, check_out, check_quants, check_run
+from rl.export import DEFAULT_QUANTS, QUANTS, ExportError, export_run
 
 
 def main(argv=None) -> int:
@@ -23,10 +23,7 @@ def main(argv=None) -> int:
                              f"accepted: {', '.join(QUANTS)})")
     args = parser.parse_args(argv)
     quants = args.quants or list(DEFAULT_QUANTS)
-    try:  # before any model library loads
-        check_run(args.run), check_quants(quants), check_out(args.out)
-        from rl.export import export_run
-
+    try:  # export_run checks the run, quants and folder before any model library loads
         record = export_run(args.run, args.out, quants)
     except ExportError as e:
         parser.exit(2, f"error: {' '.join(str(e).split())}\n")

@@ -65,7 +65,7 @@ def check_out(out: str | Path) -> Path:
 
 def export_run(run: str | Path, out: str | Path, quants: list[str] = DEFAULT_QUANTS) -> dict:
     """Export `run` into `out` (see the module docstring); returns what `export.json` records."""
-    from rl.export.gguf import write_gguf
+    from rl.export.gguf import converter_dir, write_gguf
     from rl.export.hf import save_merged
     from rl.export.ollama import write_modelfile
 
@@ -73,6 +73,7 @@ def export_run(run: str | Path, out: str | Path, quants: list[str] = DEFAULT_QUA
     quants, out = check_quants(quants), check_out(out)
     if not quants:
         raise ExportError("no --quant given (accepted: " + ", ".join(QUANTS) + ")")
+    converter_dir()  # llama.cpp installed and its converter at hand, before minutes of merging
     out.mkdir(parents=True, exist_ok=True)
     merged = save_merged(Path(run), out / "hf")
     ggufs = write_gguf(out / "hf", out, quants)

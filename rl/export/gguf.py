@@ -51,7 +51,8 @@ def converter_dir() -> Path:
 def _download_sdist(version: str, folder: Path) -> str:
     print(f"[toolgym] fetching llama.cpp's converter (the llama-cpp-python {version} sdist), once", flush=True)
     done = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                           "-d", str(folder), f"llama-cpp-python=={version}"], capture_output=True, text=True, check=False)
+                           "-d", str(folder), f"llama-cpp-python=={version}"],
+                          capture_output=True, text=True, check=False)
     found = sorted(folder.glob("llama_cpp_python-*.tar.gz"))
     if done.returncode != 0 or not found:
         why = (done.stderr.strip().splitlines() or ["no sdist was written"])[-1]

@@ -21,7 +21,6 @@ class Merged:
     chat_template: str  # the Jinja template the run trained with
     tool_format: str  # rl.toolcalls format name
     response_prefix: str  # text the run opened every model turn with (rollout.response_prefix)
-    bos_token: str
     stop_tokens: list[str]  # the tokens that end a model turn
     lineage: list[str]  # the model, then what it was made from
     vision: bool  # a vision-language model (the GGUF then holds its text model only)
@@ -69,7 +68,7 @@ def save_merged(run: Path, out: Path) -> Merged:
     chain = lineage(str(run / "final"))
     return Merged(
         chat_template=tokenizer.chat_template, tool_format=cfg.model.tool_format,
-        response_prefix=cfg.rollout.response_prefix, bos_token=tokenizer.bos_token or "",
+        response_prefix=cfg.rollout.response_prefix,
         stop_tokens=tokenizer.convert_ids_to_tokens(stop_token_ids(tokenizer)), lineage=chain,
         vision=getattr(model.config, "vision_config", None) is not None,
         sentencepiece=_sentencepiece(chain, out / "tokenizer.model"))

@@ -77,9 +77,10 @@ def write_modelfile(path: Path, gguf_name: str, merged: Merged, run: Path) -> st
     from rl.chat import load_template
 
     cfg = run_config(run)
+    template_name, tool_format = SUPPORTED
     # the tokenizer's own template (chat_template "") may be anything: the text itself must be gemma3_tools
-    if merged.chat_template.strip() != load_template("gemma3_tools").strip() or merged.tool_format != "hermes":
-        return (f"no Modelfile: its template reproduces chat template gemma3_tools with tool format hermes; "
+    if merged.chat_template.strip() != load_template(template_name).strip() or merged.tool_format != tool_format:
+        return (f"no Modelfile: its template reproduces chat template {template_name} with tool format {tool_format}; "
                 f"this run has {cfg.model.chat_template or 'the tokenizer'}'s template and {merged.tool_format}")
     tools = envs.resolve(cfg.env.name).tool_schemas()
     lines = [f"FROM ./{gguf_name}", f'TEMPLATE """{template(merged, tools)}"""']

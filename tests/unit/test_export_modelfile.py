@@ -30,7 +30,7 @@ CONVERSATION = [
 
 def merged(prefix: str = "") -> Merged:
     return Merged(chat_template=load_template("gemma3_tools"), tool_format="hermes", response_prefix=prefix,
-                  bos_token="<bos>", stop_tokens=["<eos>", "<end_of_turn>"], lineage=[], vision=False,
+                  stop_tokens=["<eos>", "<end_of_turn>"], lineage=[], vision=False,
                   sentencepiece="")
 
 
