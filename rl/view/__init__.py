@@ -9,12 +9,11 @@ episode is opened. No CDN, no server: it opens from disk.
 from __future__ import annotations
 
 import html
-import json
 import re
 from importlib import resources
 from pathlib import Path
 
-from rl.view.sources import SourceError, clean, load
+from rl.view.sources import SourceError, detail_line, load
 
 __all__ = ["SourceError", "default_output", "load", "render", "write"]
 
@@ -23,16 +22,12 @@ def _asset(name: str) -> str:
     return (resources.files("rl.view") / name).read_text(encoding="utf-8")
 
 
-def _json(value) -> str:
-    return json.dumps(clean(value), separators=(",", ":")).replace("<", "\\u003c")
-
-
 def render(data: dict, live: bool = False) -> str:
     """The page for `load()`'s data; `live` pages fetch their episodes from the server instead."""
     meta = {**data["meta"], "live": live}
-    parts = {"style": _asset("viewer.css"), "script": _asset("viewer.js"), "meta": _json(meta),
+    parts = {"style": _asset("viewer.css"), "script": _asset("viewer.js"), "meta": detail_line(meta),
              "title": html.escape(str(meta.get("title", "episodes"))),
-             "index": _json([] if live else data["index"]),
+             "index": detail_line([] if live else data["index"]),
              "episodes": "" if live else "\n".join(data["lines"])}
     # one pass over the template: text put in is never searched for markers again
     return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], _asset("viewer.html"))

@@ -142,13 +142,16 @@ def eval_source(path: Path) -> dict:
 
 def compare_source(path_a: Path, path_b: Path) -> dict:
     """Two eval results on the (seed, sample) pairs both played; each pair says who solved it."""
+    from rl.evaluation import paired_comparison
+
     a, b = read_eval(path_a), read_eval(path_b)
-    if (a.get("env"), a.get("env_kwargs")) != (b.get("env"), b.get("env_kwargs")):
-        raise SourceError(f"different env settings: {a.get('env')} {a.get('env_kwargs')} vs "
-                          f"{b.get('env')} {b.get('env_kwargs')}")
     label_a, label_b = a.get("label") or "A", b.get("label") or "B"
     if label_a == label_b:
         label_a, label_b = str(path_a), str(path_b)
+    try:  # the same env settings, episodes in common, and McNemar's test on them, as eval.py --compare says
+        comparison = paired_comparison({**a, "label": label_a}, {**b, "label": label_b})
+    except ValueError as e:
+        raise SourceError(str(e)) from e
     second = {(r["seed"], r["sample"]): r for r in b["per_episode"]}
     (played_a, note_a), (played_b, note_b) = read_played(path_a, a), read_played(path_b, b)
     index, lines = [], []
@@ -165,9 +168,7 @@ def compare_source(path_a: Path, path_b: Path) -> dict:
         entry["played"] = entry["played"] or key in played_a
         index.append(entry)
         lines.append(detail_line({"a": played_a.get(key, row), "b": played_b.get(key, other)}))
-    if not index:
-        raise SourceError(f"no episodes in common: seeds {a.get('seeds')} vs {b.get('seeds')}")
-    meta = {"kind": "compare", "title": f"{label_b} vs {label_a}", "labels": [label_a, label_b],
+    meta = {"p_value": comparison["p_value"], "kind": "compare", "title": f"{label_b} vs {label_a}", "labels": [label_a, label_b],
             "source": f"{path_a} {path_b}", "env": a.get("env"), "summary": [clean(summary(a)), clean(summary(b))],
             "played": len(played_a) + len(played_b), "note": "; ".join(filter(None, (note_a, note_b)))}
     return {"meta": meta, "index": index, "lines": lines}
