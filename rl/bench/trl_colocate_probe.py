@@ -29,14 +29,12 @@ def main(argv=None) -> int:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rl.models import tiny_model, tiny_tokenizer
+    from rl.bench.vllm_sync_probe import tiny_checkpoint
+    from rl.models import tiny_tokenizer
 
     out = Path(args.out)
-    tok = tiny_tokenizer()
-    model = tiny_model(args.vocab or len(tok), hidden_size=256, layers=4)
-    model.config.architectures = ["Gemma3ForCausalLM"]
-    model.save_pretrained(out / "model")
-    tok.save_pretrained(out / "model")
+    tiny_checkpoint(out / "model", vocab=args.vocab)
+    tok = tiny_tokenizer()  # the tokenizer saved beside the model
 
     class Show(TrainerCallback):  # every log line and every non-finite weight, as they happen
         def on_log(self, args, state, control, logs=None, **kwargs):

@@ -31,7 +31,8 @@ from pathlib import Path
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine in this process: tensors handed over
 
 
-def _tiny(directory: Path, untie: bool, vocab: int | None = None) -> Path:
+def tiny_checkpoint(directory: Path, untie: bool = False, vocab: int | None = None) -> Path:
+    """The tiny model, wider and deeper (256 x 4 layers), saved as a Gemma 3 checkpoint vLLM can load."""
     import torch
 
     from rl.models import tiny_model, tiny_tokenizer
@@ -146,7 +147,8 @@ def main(argv=None) -> int:
     from transformers import AutoModelForCausalLM
     from vllm import LLM
 
-    path = Path(args.model) if args.model else _tiny(Path(f"/tmp/vllm-sync-probe-{os.getpid()}"), args.untie, args.vocab)
+    path = Path(args.model) if args.model else tiny_checkpoint(Path(f"/tmp/vllm-sync-probe-{os.getpid()}"), args.untie,
+                                                                    args.vocab)
     llm = LLM(model=str(path), kv_cache_memory_bytes=2**30, max_model_len=1024, enforce_eager=args.eager,
               seed=0, logprobs_mode="processed_logprobs")
     runner = llm.llm_engine.model_executor.driver_worker.worker.model_runner
