@@ -42,6 +42,9 @@ class VLLMSection:
     # engine and the trainer and log the largest and mean logprob difference
     # (rollout/sync_logprob_diff_max, _mean): proof that the engine samples from the trained weights. 0 = off.
     sync_check_tokens: int = 256
+    # More `vllm.LLM` arguments for the in-process engine, e.g. {compilation_config: {cudagraph_mode: FULL}} or
+    # {enforce_eager: true}; the keys the fields above set are refused (see VLLM_ENGINE_ARGS_SET_BY).
+    engine_args: dict[str, Any] = field(default_factory=dict)
     urls: list[str] = field(default_factory=list)  # vllm-server: servers started with launch/serve_vllm.py
     timeout_s: float = 300.0  # vllm-server: per request
     retries: int = 2  # vllm-server: per request, moving on to the next URL

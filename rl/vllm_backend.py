@@ -136,13 +136,14 @@ class VLLMBackend:
     def from_settings(cls, model: torch.nn.Module, tokenizer, directory: str | Path, settings, seed: int,
                       **kwargs) -> VLLMBackend:
         """`from_model` in the settings' dtype (auto: the model's), sized by a run's `rollout.vllm` settings
-        (`VLLMSection`)."""
+        (`VLLMSection`), with its `engine_args`."""
         dtype = getattr(settings, "dtype", "auto")
         if dtype == "auto":
             dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         return cls.from_model(model, tokenizer, directory, dtype=dtype,
                               seed=seed, gpu_memory_utilization=settings.gpu_memory_utilization,
-                              kv_cache_gib=settings.kv_cache_gib, max_model_len=settings.max_model_len, **kwargs)
+                              kv_cache_gib=settings.kv_cache_gib, max_model_len=settings.max_model_len,
+                              **getattr(settings, "engine_args", {}), **kwargs)
 
     # ------------------------------------------------------------------ generation
 

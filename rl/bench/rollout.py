@@ -1,6 +1,8 @@
 """Generation benchmarks: the transformers backend against vLLM colocate, on real Sudoku prompts.
 
     python launch/bench.py --suite generation --set prompts=16 --set max_turns=4
+    python launch/bench.py --suite generation --set prompts=64 --set max_turns=8 \
+        --set 'engine_args={compilation_config: {cudagraph_mode: FULL}}'
     python launch/bench.py --suite weight_sync
 
 Both load Gemma 3 270M (float32 on CPU; bf16 on a GPU, where the model sits for the hf backend) and
@@ -11,6 +13,7 @@ mostly adds noise that only slows runs down.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rl.bench import suite
@@ -36,13 +39,26 @@ def _setup(options: dict):
     return cfg, model, tokenizer, chat, envs.resolve(cfg.env.name)
 
 
-def _engine(cfg, model, options: dict):
-    from rl.models import model_path
+def _engine(cfg, model, tokenizer, options: dict):
+    import tempfile
+
+    from rl.config_checks import VLLM_ENGINE_ARGS_SET_BY
+    from rl.models import TINY, model_path
     from rl.vllm_backend import VLLMBackend
 
-    return VLLMBackend(model_path(cfg.model.name), dtype=str(model.dtype).removeprefix("torch."),
-                       kv_cache_gib=float(options.get("kv_cache_gib", 1.0)),
-                       max_model_len=int(options.get("max_model_len", 2048)), weights_version=0)
+    sizes = {"dtype": str(model.dtype).removeprefix("torch."), "kv_cache_gib": float(options.get("kv_cache_gib", 1.0)),
+             "max_model_len": int(options.get("max_model_len", 2048))}
+    extra = options.get("engine_args") or {}  # more vllm.LLM arguments, as rollout.vllm.engine_args takes them
+    if not isinstance(extra, dict) or set(extra) & set(VLLM_ENGINE_ARGS_SET_BY):
+        raise ValueError(f"engine_args={extra!r}: must be a mapping of vllm.LLM arguments other than "
+                         f"{', '.join(VLLM_ENGINE_ARGS_SET_BY)} (e.g. engine_args={{enforce_eager: true}})")
+    sizes.update(extra)
+    if cfg.model.name != TINY:
+        return VLLMBackend(model_path(cfg.model.name), weights_version=0, **sizes)
+    scratch = tempfile.TemporaryDirectory(prefix="bench-tiny-")  # the tiny model exists only in memory
+    engine = VLLMBackend.from_model(model, tokenizer, scratch.name, **sizes)
+    engine.scratch = scratch  # removed with the engine
+    return engine
 
 
 def _first_turn_prompts(cfg, chat, env_cls, n: int) -> list[list[int]]:
@@ -90,51 +106,145 @@ def _model_turns(trajectories) -> list[list[tuple[list[int], int]]]:
     return turns
 
 
-def _replay(llm, turns, temperature: float) -> int:
+def _replay(llm, turns, sampling) -> int:
     """Raw `LLM.generate` over the same turns: one batch per turn index, each row held to the
-    length it had in the rollout (min_tokens = max_tokens), no env in between."""
-    from vllm import SamplingParams as VLLMSamplingParams
+    length it had in the rollout (min_tokens = max_tokens), no env in between. `sampling(i, n)`
+    gives row i's vLLM sampling parameters for n tokens."""
     from vllm.inputs import TokensPrompt
 
     total = 0
     for turn in turns:
         requests = [TokensPrompt(prompt_token_ids=context) for context, _ in turn]
-        params = [VLLMSamplingParams(temperature=temperature, max_tokens=n, min_tokens=n, ignore_eos=True,
-                                     logprobs=0, detokenize=False, seed=i) for i, (_, n) in enumerate(turn)]
+        params = [sampling(i, n) for i, (_, n) in enumerate(turn)]
         total += sum(len(o.outputs[0].token_ids) for o in llm.generate(requests, params, use_tqdm=False))
     return total
 
 
+def _seeded() -> bool:
+    """Seeded rows, one seed each, except on vLLM's CPU backend: its sampler fails on a seeded row whose prompt is
+    prefilled in chunks ("CPU Generator does not use offset"), as 64 Sudoku prompts are."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _bare(temperature: float, seeded: bool):
+    """Sampling that only generates: no stop strings, no detokenizing (the engine's own pace)."""
+    from vllm import SamplingParams as VLLMSamplingParams
+
+    return lambda i, n: VLLMSamplingParams(temperature=temperature, max_tokens=n, min_tokens=n, ignore_eos=True,
+                                           logprobs=0, detokenize=False, seed=i if seeded else None)
+
+
+def _as_rollout(vllm, params):
+    """The rollout's own sampling parameters (stop strings and all, unseeded as it is), held to n tokens."""
+    def sampling(i: int, n: int):
+        out = vllm._sampling_params(replace(params, max_new_tokens=n), i)
+        out.min_tokens = n
+        return out
+    return sampling
+
+
+class _EngineSteps:
+    """The engine's steps during a run: those that admit new requests (a turn's prompt joins the
+    batch: a prefill rides along) and decode-only ones, with their mean milliseconds."""
+
+    def __init__(self, engine):
+        self.engine, self.step, self.add = engine, engine.step, engine.add_request
+        engine.step, engine.add_request = self._step, self._add
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps, self.admit_steps, self.admit_s, self.decode_s, self.added = 0, 0, 0.0, 0.0, 0
+
+    def _add(self, *args, **kwargs):
+        self.added += 1
+        return self.add(*args, **kwargs)
+
+    def _step(self):
+        started = time.perf_counter()
+        out = self.step()
+        seconds = time.perf_counter() - started
+        self.steps += 1
+        if self.added:
+            self.admit_steps, self.admit_s = self.admit_steps + 1, self.admit_s + seconds
+        else:
+            self.decode_s += seconds
+        self.added = 0
+        return out
+
+    def row(self) -> dict:
+        decode_steps = self.steps - self.admit_steps
+        return {"engine_steps": self.steps, "admit_steps": self.admit_steps,
+                "admit_step_ms": 1e3 * self.admit_s / max(self.admit_steps, 1),
+                "decode_step_ms": 1e3 * self.decode_s / max(decode_steps, 1)}
+
+    def close(self) -> None:
+        del self.engine.step, self.engine.add_request  # the instance attributes: the class's methods again
+
+
+def _fastest(run, repeats: int, vllm, steps: _EngineSteps) -> tuple[int, float, object, dict]:
+    """(tokens, seconds, what `run` returned, its engine steps) of the fastest of `repeats` runs of `run()`, which
+    returns (tokens, anything); each starts from an empty prefix cache."""
+    fastest = None
+    for _ in range(repeats):
+        vllm.llm.reset_prefix_cache()
+        steps.reset()
+        started = time.perf_counter()
+        tokens, result = run()
+        seconds = time.perf_counter() - started
+        if fastest is None or tokens / seconds > fastest[0] / fastest[1]:
+            fastest = (tokens, seconds, result, steps.row())
+    return fastest
+
+
 def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, ceiling: float) -> list[dict]:
-    """Whole episodes on each backend, and the engine's raw rate on the very turns the vLLM rollout played."""
+    """Whole episodes on each backend, and the engine's raw rate on the very turns the vLLM rollout played:
+    bare (the ceiling), and with the rollout's own sampling parameters (stop strings need detokenizing)."""
+    from rl.generation import SamplingParams
     from rl.rollout import run_episodes
 
     settings, max_turns, vllm = cfg.rollout, cfg.rollout.max_turns, backends["vllm colocate (VLLMBackend)"]
-    rows, multi_turn = [], []
-    for name, backend in backends.items():
-        vllm.llm.reset_prefix_cache()
+    test = f"{n} episodes, max_turns {max_turns}"
+    steps = _EngineSteps(vllm.llm.llm_engine)
+
+    def best(run):
+        return _fastest(run, repeats, vllm, steps)
+
+    def episodes(backend):
         timing: dict = {}
-        started = time.perf_counter()
         trajectories = run_episodes([env_cls(**cfg.env.kwargs) for _ in range(n)], list(range(n)), backend,
                                     chat, settings, metrics=timing)
-        seconds = time.perf_counter() - started
-        rate = timing["generated_tokens"] / seconds
-        rows.append({"test": f"{n} episodes, max_turns {max_turns}", "backend": name,
-                     "tokens": timing["generated_tokens"], "seconds": seconds, "tokens_per_s": rate,
-                     "vs_raw_vllm": rate / ceiling, "episodes_per_s": n / seconds,
-                     "model_turns": sum(t.info["model_turns"] for t in trajectories) / n,
-                     "generation_s": timing["generation_s"], "env_s": timing["env_s"]})
-        multi_turn.append((rows[-1], trajectories))
-    # The multi-turn ceiling: the engine's raw rate on the very turns the vLLM rollout played.
-    turns = _model_turns(multi_turn[0][1])
-    vllm.llm.reset_prefix_cache()
-    tokens, seconds = _best_rate(lambda: _replay(vllm.llm, turns, settings.temperature), repeats,
-                                 vllm.llm.reset_prefix_cache)
-    rows.append({"test": f"{n} episodes, max_turns {max_turns}", "backend": "vllm raw LLM.generate, same turns",
-                 "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-                 "vs_raw_vllm": tokens / seconds / ceiling, "vs_raw_same_turns": 1.0})
-    for row, _ in multi_turn:
-        row["vs_raw_same_turns"] = row["tokens_per_s"] / (tokens / seconds)
+        return timing["generated_tokens"], (trajectories, timing)
+
+    try:
+        rows, played = [], None
+        for name, backend in backends.items():
+            tokens, seconds, (trajectories, timing), engine = best(lambda b=backend: episodes(b))
+            rows.append({"test": test, "backend": name, "tokens": tokens, "seconds": seconds,
+                         "tokens_per_s": tokens / seconds, "vs_raw_vllm": tokens / seconds / ceiling,
+                         "episodes_per_s": n / seconds,
+                         "model_turns": sum(t.info["model_turns"] for t in trajectories) / n,
+                         "generation_s": timing["generation_s"], "env_s": timing["env_s"],
+                         **(engine if backend is vllm else {})})
+            played = trajectories if backend is vllm else played
+        turns = _model_turns(played)
+        seeded = _seeded()
+        stops = [chat.tool_format.end_of_call] if settings.stop_after_tool_call else []
+        ours = SamplingParams(settings.temperature, settings.top_p, settings.top_k, settings.max_new_tokens,
+                              chat.stop_token_ids, stops)  # what `run_episodes` asks for
+        replays = {"vllm raw LLM.generate, same turns": _bare(settings.temperature, seeded),
+                   "vllm raw LLM.generate, same turns, the rollout's sampling": _as_rollout(vllm, ours)}
+        for name, sampling in replays.items():
+            tokens, seconds, _, engine = best(lambda f=sampling: (_replay(vllm.llm, turns, f), None))
+            rows.append({"test": test, "backend": name, "tokens": tokens, "seconds": seconds,
+                         "tokens_per_s": tokens / seconds, "vs_raw_vllm": tokens / seconds / ceiling, **engine})
+    finally:
+        steps.close()
+    bare, same_sampling = rows[-2]["tokens_per_s"], rows[-1]["tokens_per_s"]
+    for row in rows:
+        row["vs_raw_same_turns"] = row["tokens_per_s"] / bare
+        row["vs_same_turns_same_sampling"] = row["tokens_per_s"] / same_sampling
     return rows
 
 
@@ -152,12 +262,12 @@ def generation(options: dict) -> list[dict]:
     settings = cfg.rollout
     settings.max_new_tokens = int(options.get("max_new_tokens", settings.max_new_tokens))
     hf = TransformersBackend(model, tokenizer)
-    vllm = _engine(cfg, model, options)
+    vllm = _engine(cfg, model, tokenizer, options)
 
     prompts = _first_turn_prompts(cfg, chat, env_cls, n)
     stops = [chat.tool_format.end_of_call] if settings.stop_after_tool_call else []
     params = SamplingParams(settings.temperature, settings.top_p, settings.top_k, settings.max_new_tokens,
-                            chat.stop_token_ids, stops, seed=0)
+                            chat.stop_token_ids, stops, seed=0 if _seeded() else None)
     requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
     raw_params = [vllm._sampling_params(params, i) for i in range(n)]
 
@@ -199,9 +309,9 @@ def weight_sync(options: dict) -> list[dict]:
 
     from rl.models import lora_config
 
-    cfg, model, *_ = _setup(options)
+    cfg, model, tokenizer, *_ = _setup(options)
     repeats = int(options.get("repeats", 2))
-    vllm = _engine(cfg, model, options)
+    vllm = _engine(cfg, model, tokenizer, options)
     rows = []
 
     def push(name: str, fn) -> None:

@@ -39,6 +39,8 @@ def test_yaml_and_dotted_overrides(tmp_path):
     ("grpo.weight_decay=.nan", r"grpo.weight_decay=nan: must be a finite number"),
     ("grpo.temperature=0.5", "grpo.temperature is set by toolgym: use rollout.temperature"),
     ("grpo.report_to=[wandb]", "grpo.report_to is set by toolgym: use log.wandb"),
+    ("rollout.vllm.engine_args={max_model_len: 8192, enforce_eager: true}",
+     "rollout.vllm.engine_args sets max_model_len, which toolgym sets itself: use max_model_len: rollout.vllm.max_model_len"),
 ])
 def test_bad_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -106,3 +108,8 @@ def test_every_shipped_config_passes_the_value_checks(path):
 def test_no_sample_episodes_turns_episode_logging_off_whatever_token_episodes_says():
     cfg = load_config(None, ["log.sample_episodes=0"])
     assert cfg.log.sample_episodes == 0 and cfg.log.token_episodes == 1
+
+
+def test_engine_args_pass_through_as_given():
+    cfg = load_config(None, ["rollout.vllm.engine_args={compilation_config: {cudagraph_mode: FULL}, enforce_eager: false}"])
+    assert cfg.rollout.vllm.engine_args == {"compilation_config": {"cudagraph_mode": "FULL"}, "enforce_eager": False}

