@@ -24,20 +24,16 @@ cleared, since its KV blocks were computed with the old weights.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import itertools
 import logging
 import os
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rl.generation import Generation, SamplingParams
+from rl.vllm_stream import EngineStream, generation_of, sampled_logprobs
 from rl.vllm_weights import fused_groups, save_for_vllm, small_vocab_runner, weights_for_sync
 
 if TYPE_CHECKING:
@@ -159,7 +155,8 @@ class VLLMBackend:
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         sampling = [self._sampling_params(params, i) for i in range(len(prompts))]
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)
-        return [_generation(out.outputs[0]) for out in outputs]
+        return [generation_of(list(o.token_ids), sampled_logprobs(o), o.finish_reason, o.stop_reason)
+                for o in (out.outputs[0] for out in outputs)]
 
     def check_length(self, prompt: list[int]) -> None:
         if len(prompt) >= self.max_model_len:
@@ -167,12 +164,13 @@ class VLLMBackend:
                              "(raise the backend's max_model_len)")
 
     def stream(self) -> EngineStream:
-        """Per-episode requests, continuously batched by the engine (see `EngineStream`)."""
+        """Per-episode requests, continuously batched by the engine (see `rl.vllm_stream`)."""
         return EngineStream(self)
 
     @staticmethod
     def _sampling_params(params: SamplingParams, index: int):
         from vllm import SamplingParams as VLLMSamplingParams
+        from vllm.sampling_params import RequestOutputKind
 
         greedy = params.temperature <= 0
         return VLLMSamplingParams(
@@ -188,6 +186,9 @@ class VLLMBackend:
             logprobs=0,  # the sampled token's own logprob
             # One seed per row: the same seed on every row would give a group identical samples.
             seed=None if params.seed is None else params.seed + index,
+            # Only the finished sequence is read: the engine builds no output for unfinished ones at every step
+            # (its default, CUMULATIVE, copies each running row's tokens and logprobs at every step).
+            output_kind=RequestOutputKind.FINAL_ONLY,
         )
 
     # ------------------------------------------------------------------ weights
@@ -254,126 +255,6 @@ class VLLMBackend:
     def wake_up(self) -> None:
         if self.sleep_mode:
             self.llm.wake_up()
-
-
-class EngineStream:
-    """Each episode's turn joins the engine's running batch the moment it is asked for.
-
-    A driver thread owns the engine while the stream is open: it adds queued requests,
-    runs `engine.step()` while any request is unfinished, and resolves each episode's
-    future as soon as its own request finishes, so the episode can step its env while the
-    others keep generating. Requests are matched by their id, never by position.
-    """
-
-    _STOP = object()
-
-    def __init__(self, backend: VLLMBackend):
-        self.backend = backend
-        self.engine = backend.llm.llm_engine
-        self.loop = asyncio.get_running_loop()
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.requests = itertools.count()
-        self.thread = threading.Thread(target=self._drive, name="vllm-engine", daemon=True)
-        self.thread.start()
-
-    async def generate(self, key: int, prompt: list[int], params: SamplingParams) -> Generation:
-        self.backend.check_length(prompt)
-        if params.max_new_tokens <= 0:
-            return Generation([], [])
-        n = next(self.requests)
-        future = self.loop.create_future()
-        self.inbox.put((f"episode-{key}-{n}", list(prompt), self.backend._sampling_params(params, n), future))
-        return await future
-
-    def retire(self, key: int) -> None:
-        pass
-
-    pause = resume = retire  # every request is served on its own: nothing waits for others
-
-    async def aclose(self) -> None:
-        self.inbox.put(self._STOP)
-        await self.loop.run_in_executor(None, self.thread.join)
-
-    async def exclusive(self, fn: Callable[[], Any]) -> Any:
-        """Run `fn` in the driver thread once the requests already running have finished.
-
-        Requests asked for after it wait until it is done: a weight update never lands in
-        the middle of a sequence.
-        """
-        future = self.loop.create_future()
-        self.inbox.put((None, fn, None, future))
-        return await future
-
-    def _drive(self) -> None:
-        from vllm.inputs import TokensPrompt
-
-        waiting: dict[str, asyncio.Future] = {}
-        call = None  # an `exclusive` call waiting for the running requests to finish
-        while True:
-            while call is None:
-                try:  # sleep only while the engine is idle
-                    item = self.inbox.get(block=not self.engine.has_unfinished_requests())
-                except queue.Empty:
-                    break
-                if item is self._STOP:
-                    if waiting:
-                        self.engine.abort_request(list(waiting))
-                    return
-                request_id, prompt, sampling, future = item
-                if request_id is None:
-                    call = (prompt, future)
-                    break
-                try:
-                    self.engine.add_request(request_id, TokensPrompt(prompt_token_ids=prompt), sampling)
-                    waiting[request_id] = future
-                except Exception as e:  # noqa: BLE001 - goes to the episode that asked
-                    self._resolve(future, e)
-            if self.engine.has_unfinished_requests():
-                try:
-                    outputs = self.engine.step()
-                except Exception as e:  # noqa: BLE001 - the engine is broken: every waiting episode hears it
-                    for future in waiting.values():
-                        self._resolve(future, e)
-                    waiting.clear()
-                    continue
-                for out in outputs:
-                    if out.finished:
-                        self._resolve(waiting.pop(out.request_id), _generation(out.outputs[0]))
-            elif call is not None:
-                fn, future = call
-                call = None
-                try:
-                    self._resolve(future, _Result(fn()))
-                except Exception as e:  # noqa: BLE001 - goes to the caller
-                    self._resolve(future, e)
-
-    def _resolve(self, future: asyncio.Future, result: Any) -> None:
-        def settle() -> None:
-            if future.done():
-                return
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result.value if isinstance(result, _Result) else result)
-
-        self.loop.call_soon_threadsafe(settle)
-
-
-@dataclass
-class _Result:
-    value: Any
-
-
-def _generation(out) -> Generation:
-    ids = list(out.token_ids)
-    logprobs = [entry[token].logprob for entry, token in zip(out.logprobs or [], ids)]
-    stopped_with = stop_string = None
-    if out.finish_reason == "stop":
-        if isinstance(out.stop_reason, str):
-            stop_string = out.stop_reason
-        else:  # a stop token id, or None for the model's own EOS
-            stopped_with = out.stop_reason if out.stop_reason is not None else ids[-1]
-    return Generation(ids, logprobs, stopped_with, stop_string)
 
 
 # ---------------------------------------------------------------------- process setup

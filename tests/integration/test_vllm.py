@@ -255,3 +255,35 @@ def test_eval_with_rollout_backend_vllm_gives_the_transformers_rows(tmp_path):
         assert rows["vllm"][key] == rows["hf"][key], key
     assert (rows["hf"]["backend"], rows["vllm"]["backend"]) == ("hf", "vllm") and rows["hf"]["facts"]["model_tokens"] > 0
 
+
+def test_a_stream_stops_on_strings_where_vllm_would_and_keeps_the_stop(backend, tiny_tokenizer):
+    """The stream finds stop strings on token ids (and in the text of finished rows): the same turns, tokens and
+    logprobs as vLLM's own stop-string search in `generate`, for stops written in one token or several."""
+    import asyncio
+
+    from rl.vllm_stream import StopStrings
+
+    [free] = backend.generate([PROMPTS[1]], GREEDY)
+    ids = free.token_ids
+    # a stop written in its own tokenization (found on the ids as it is generated), one cut out of tokens
+    # (found in the text once the row finishes), and one never written
+    pairs = [tiny_tokenizer.decode(ids[a:a + 2]) for a in range(len(ids) - 1)]
+    canonical = next(p for a, p in enumerate(pairs) if tiny_tokenizer.encode(p, add_special_tokens=False) == ids[a:a + 2])
+    assert StopStrings([canonical], backend.llm.get_tokenizer()).suffixes
+    stops = [canonical, tiny_tokenizer.decode(ids[:3])[-2:], "never written"]
+
+    async def streamed(params):
+        stream = backend.stream()
+        try:
+            return await asyncio.gather(*(stream.generate(i, p, params) for i, p in enumerate(PROMPTS)))
+        finally:
+            await stream.aclose()
+
+    for stop in stops:
+        params = SamplingParams(temperature=0, max_new_tokens=12, stop_strings=[stop])
+        expected = backend.generate(PROMPTS, params)
+        got = asyncio.run(streamed(params))
+        for g, e in zip(got, expected):
+            assert (g.token_ids, g.stop_string, g.stopped_with) == (e.token_ids, e.stop_string, e.stopped_with), stop
+            assert g.logprobs == pytest.approx(e.logprobs, abs=1e-5)
+        assert any(g.stop_string == stop for g in got) == (stop != "never written"), stop
