@@ -8,7 +8,9 @@ fetched once with `pip download`, and kept in `$TOOLGYM_CACHE/llama.cpp-<version
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -40,11 +42,18 @@ def converter_dir() -> Path:
     target = cache_dir() / f"llama.cpp-{version}"
     if (target / "convert_hf_to_gguf.py").exists():
         return target
-    with tempfile.TemporaryDirectory() as tmp:
-        sdist = os.environ.get("TOOLGYM_LLAMA_CPP_SDIST") or _download_sdist(version, Path(tmp))
-        partial = target.with_name(target.name + ".partial")
-        _unpack_converter(Path(sdist), partial)
-        partial.rename(target)  # atomic: a crash mid-unpack never leaves half a converter
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Exports started together unpack once: the others wait here, then find it
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "convert_hf_to_gguf.py").exists():
+            return target
+        with tempfile.TemporaryDirectory() as tmp:
+            sdist = os.environ.get("TOOLGYM_LLAMA_CPP_SDIST") or _download_sdist(version, Path(tmp))
+            partial = target.with_name(target.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)  # what a crashed unpack left
+            _unpack_converter(Path(sdist), partial)
+            partial.rename(target)  # atomic: a crash mid-unpack never leaves half a converter
     return target
 
 
