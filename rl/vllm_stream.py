@@ -201,7 +201,9 @@ class EngineStream:
             return
         stopped = []
         for out in outputs:
-            row, done = rows[out.request_id], out.outputs[0]
+            row, done = rows.get(out.request_id), out.outputs[0]
+            if row is None:  # aborted on its stop string in an earlier step
+                continue
             row.ids += done.token_ids
             row.logprobs += sampled_logprobs(done)
             if out.finished or (row.stops is not None and row.stops.ends_one(row.ids)):
