@@ -137,7 +137,8 @@ def _bare(temperature: float, seeded: bool):
 
 
 def _as_rollout(vllm, params):
-    """The rollout's own sampling parameters (stop strings and all, unseeded as it is), held to n tokens."""
+    """The rollout's sampling parameters (unseeded, as it asks), held to n tokens, its stop strings found by vLLM in
+    the text it detokenizes (the stream finds them on token ids instead: `rl.vllm_stream`)."""
     def sampling(i: int, n: int):
         out = vllm._sampling_params(replace(params, max_new_tokens=n), i)
         out.min_tokens = n
@@ -200,7 +201,7 @@ def _fastest(run, repeats: int, vllm, steps: _EngineSteps) -> tuple[int, float, 
 
 def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, ceiling: float) -> list[dict]:
     """Whole episodes on each backend, and the engine's raw rate on the very turns the vLLM rollout played:
-    bare (the ceiling), and with the rollout's own sampling parameters (stop strings need detokenizing)."""
+    bare (the ceiling), and with the rollout's stop strings found by vLLM (which detokenizes for them)."""
     from rl.generation import SamplingParams
     from rl.rollout import run_episodes
 
@@ -234,17 +235,17 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
         ours = SamplingParams(settings.temperature, settings.top_p, settings.top_k, settings.max_new_tokens,
                               chat.stop_token_ids, stops)  # what `run_episodes` asks for
         replays = {"vllm raw LLM.generate, same turns": _bare(settings.temperature, seeded),
-                   "vllm raw LLM.generate, same turns, the rollout's sampling": _as_rollout(vllm, ours)}
+                   "vllm raw LLM.generate, same turns, vLLM's stop strings": _as_rollout(vllm, ours)}
         for name, sampling in replays.items():
             tokens, seconds, _, engine = best(lambda f=sampling: (_replay(vllm.llm, turns, f), None))
             rows.append({"test": test, "backend": name, "tokens": tokens, "seconds": seconds,
                          "tokens_per_s": tokens / seconds, "vs_raw_vllm": tokens / seconds / ceiling, **engine})
     finally:
         steps.close()
-    bare, same_sampling = rows[-2]["tokens_per_s"], rows[-1]["tokens_per_s"]
+    bare, vllm_stops = rows[-2]["tokens_per_s"], rows[-1]["tokens_per_s"]
     for row in rows:
         row["vs_raw_same_turns"] = row["tokens_per_s"] / bare
-        row["vs_same_turns_same_sampling"] = row["tokens_per_s"] / same_sampling
+        row["vs_same_turns_vllm_stops"] = row["tokens_per_s"] / vllm_stops
     return rows
 
 

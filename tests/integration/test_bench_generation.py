@@ -1,5 +1,5 @@
 """The generation suite on a CPU with the tiny model: the multi-turn rows, the replays of the vLLM rollout's turns
-(bare, and with the rollout's own sampling) and the engine's steps behind each."""
+(bare, and with vLLM finding the rollout's stop strings) and the engine's steps behind each."""
 
 import pytest
 
@@ -15,10 +15,10 @@ def test_the_rollout_is_measured_against_replays_of_its_own_turns_with_engine_st
     multi = "4 episodes, max_turns 3"
     rollout = by_name[(multi, "vllm colocate (VLLMBackend)")]
     bare = by_name[(multi, "vllm raw LLM.generate, same turns")]
-    same = by_name[(multi, "vllm raw LLM.generate, same turns, the rollout's sampling")]
+    same = by_name[(multi, "vllm raw LLM.generate, same turns, vLLM's stop strings")]
     # both replays generate exactly the tokens the rollout generated, turn for turn
     assert bare["tokens"] == same["tokens"] == rollout["tokens"] > 0
-    assert bare["vs_raw_same_turns"] == 1 and same["vs_same_turns_same_sampling"] == 1
+    assert bare["vs_raw_same_turns"] == 1 and same["vs_same_turns_vllm_stops"] == 1
     assert rollout["vs_raw_same_turns"] == pytest.approx(rollout["tokens_per_s"] / bare["tokens_per_s"])
     for row in (rollout, bare, same):
         # every engine step is either one that admitted new requests or a decode-only one
