@@ -175,17 +175,23 @@ def _check_rollout_and_eval(cfg: RunConfig) -> None:
                           "--set 'rollout.vllm.urls=[http://127.0.0.1:8001]' (start one with launch/serve_vllm.py)")
     if r.vllm.dtype not in VLLM_DTYPES:
         raise ConfigError(f"rollout.vllm.dtype={r.vllm.dtype!r} is not accepted (accepted: {', '.join(VLLM_DTYPES)})")
+    named = [k for k in r.vllm.engine_args if not isinstance(k, str) or not k.isidentifier()]
+    if named:
+        raise ConfigError(f"rollout.vllm.engine_args has keys {named!r} that are no argument names "
+                          "(accepted: vllm.LLM arguments, e.g. {max_num_seqs: 128})")
     taken = sorted(set(r.vllm.engine_args) & set(VLLM_ENGINE_ARGS_SET_BY))
     if taken:
         raise ConfigError(f"rollout.vllm.engine_args sets {', '.join(taken)}, which toolgym sets itself: use "
                           + "; ".join(f"{k}: {VLLM_ENGINE_ARGS_SET_BY[k]}" for k in taken))
 
 
-# vllm.LLM arguments that toolgym sets from its own settings: name -> where to set it instead
+# vllm.LLM (and VLLMBackend) arguments that toolgym sets from its own settings: name -> where to set it instead
 VLLM_ENGINE_ARGS_SET_BY = {
     "model": "--model / model.name", "tokenizer": "--model / model.name", "dtype": "rollout.vllm.dtype",
     "seed": "grpo.seed (eval.seed_start in eval)", "gpu_memory_utilization": "rollout.vllm.gpu_memory_utilization",
-    "kv_cache_memory_bytes": "rollout.vllm.kv_cache_gib", "max_model_len": "rollout.vllm.max_model_len",
+    "kv_cache_memory_bytes": "rollout.vllm.kv_cache_gib", "kv_cache_gib": "rollout.vllm.kv_cache_gib",
+    "model_path": "--model / model.name", "tokenizer_path": "--model / model.name",
+    "max_model_len": "rollout.vllm.max_model_len",
     "enable_sleep_mode": "rollout.vllm.enable_sleep_mode", "weights_version": "nothing (the trainer's step)",
     "logprobs_mode": "nothing (the loss needs processed_logprobs)",
 }

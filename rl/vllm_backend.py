@@ -186,8 +186,8 @@ class VLLMBackend:
             logprobs=0,  # the sampled token's own logprob
             # One seed per row: the same seed on every row would give a group identical samples.
             seed=None if params.seed is None else params.seed + index,
-            # Only the finished sequence is read: the engine builds no output for unfinished ones at every step
-            # (its default, CUMULATIVE, copies each running row's tokens and logprobs at every step).
+            # Only the finished sequence is read: the engine then builds no output object for every running row
+            # at every step (its default, CUMULATIVE, does).
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
 

@@ -1,8 +1,8 @@
 """Per-episode requests on an in-process vLLM engine (`VLLMBackend.stream()`), continuously batched.
 
 Stop strings are matched on token ids here, not by vLLM: vLLM finds a stop string in the text it detokenizes
-for every running row at every engine step, which cost 40% of a decode step in a Sudoku rollout on an H200
-(`rl/bench/baselines/README.md`, "Generation and a GRPO step on one GPU"). A row asked to stop on strings gets
+for every running row at every engine step, which made a decode step 40% longer in a replay of Sudoku turns on an
+H200 (`rl/bench/baselines/README.md`, "Generation and a GRPO step on one GPU"). A row asked to stop on strings gets
 its new tokens at every step instead; when they end with a stop string's own tokenization the row is aborted,
 and any finished row is checked once against the decoded text, so a stop string written in other tokens still
 ends the turn where vLLM would have ended it: at the first token whose text holds it, that token kept.
@@ -37,33 +37,49 @@ def sampled_logprobs(out) -> list[float]:
 
 
 class StopStrings:
-    """Stop strings of one sampling setting: their token ids, and the exact text check."""
+    """Stop strings of one sampling setting: their token ids, and the exact text check.
+
+    Only a string's own tokenization is looked for while a row generates (each new token's end is checked: no
+    decoding at every step). A model that writes a stop string in other tokens (merged with what follows it, say)
+    is cut at the same token all the same, but only once its row has ended: those rows cost the tokens after it.
+    """
 
     def __init__(self, strings: list[str], tokenizer):
         self.strings, self.tokenizer = list(strings), tokenizer
-        # only a tokenization that decodes back to the string itself is looked for in the ids
-        self.suffixes = [ids for ids in (tuple(tokenizer.encode(s, add_special_tokens=False)) for s in self.strings)
-                         if ids and tokenizer.decode(list(ids), skip_special_tokens=False) in self.strings]
+        encoded = ((tuple(tokenizer.encode(s, add_special_tokens=False)), s) for s in self.strings)
+        self.suffixes = [(ids, s) for ids, s in encoded if ids and tokenizer.decode(list(ids), skip_special_tokens=False) == s]
 
-    def ends_one(self, ids: list[int]) -> bool:
-        return any(len(ids) >= len(s) and tuple(ids[-len(s):]) == s for s in self.suffixes)
+    def ended(self, ids: list[int], new: int) -> str | None:
+        """The stop string whose own tokens end at one of the last `new` ids, if any."""
+        for end in range(len(ids) - new + 1, len(ids) + 1):
+            for suffix, string in self.suffixes:
+                if end >= len(suffix) and tuple(ids[end - len(suffix):end]) == suffix:
+                    return string
+        return None
 
     def first(self, ids: list[int]) -> tuple[int, str] | None:
-        """(tokens up to and including the one that completes a stop string, that string), for the earliest one."""
-        text = self._text(ids)
-        if not any(s in text for s in self.strings):
+        """(tokens up to and including the one that completes a stop string, that string): the shortest such
+        prefix, and as vLLM names it, the string that ends first there (the first listed on a tie)."""
+        if not self._holds(ids):
             return None
         low, high = 1, len(ids)  # the shortest prefix whose text holds a stop string
         while low < high:
             mid = (low + high) // 2
-            if any(s in self._text(ids[:mid]) for s in self.strings):
+            if self._holds(ids[:mid]):
                 high = mid
             else:
                 low = mid + 1
         text = self._text(ids[:low])
-        return low, min((s for s in self.strings if s in text), key=text.index)
+        held = [s for s in self.strings if s in text]
+        return low, min(held, key=lambda s: (text.index(s) + len(s), self.strings.index(s)))
+
+    def _holds(self, ids: list[int]) -> bool:
+        text = self._text(ids)
+        return any(s in text for s in self.strings)
 
     def _text(self, ids: list[int]) -> str:
+        # the row's text alone (vLLM decodes it after the prompt: the same but for tokenizers that drop a
+        # leading space at the start of a text, where a stop string opening with a space may be found later)
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
 
@@ -76,12 +92,15 @@ class _Row:
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
 
-    def done(self, finish_reason: str | None, stop_reason: Any) -> Generation:
+    def done(self, finish_reason: str | None, stop_reason: Any, matched: str | None = None) -> Generation:
+        """The row's generation; `matched`: the stop string whose tokens it was aborted on, if it was."""
         ids, logprobs = self.ids, self.logprobs
         found = self.stops.first(ids) if self.stops is not None else None
         if found is not None:
             cut, string = found
             return Generation(ids[:cut], logprobs[:cut], None, string)
+        if matched is not None:  # its tokens, but no text holding it: stopped there all the same
+            return Generation(ids, logprobs, None, matched)
         return generation_of(ids, logprobs, finish_reason, stop_reason)
 
 
@@ -157,6 +176,15 @@ class EngineStream:
 
     def _drive(self) -> None:
         rows: dict[str, _Row] = {}
+        try:
+            self._serve(rows)
+        except Exception as e:  # noqa: BLE001 - the driver itself broke: every caller, now or later, hears it
+            for row in rows.values():
+                self._resolve(row.future, e)
+            while (item := self.inbox.get()) is not self._STOP:
+                self._resolve(item[3].future, e)
+
+    def _serve(self, rows: dict[str, _Row]) -> None:
         call = None  # an `exclusive` call waiting for the running requests to finish
         while True:
             while call is None:
@@ -169,18 +197,18 @@ class EngineStream:
                         self.engine.abort_request(list(rows))
                     return
                 if item[0] is None:
-                    call = (item[1], item[3].future)
+                    call = item
                     break
                 self._add(rows, *item)
             if self.engine.has_unfinished_requests():
                 self._step(rows)
             elif call is not None:
-                fn, future = call
+                _, fn, _, row = call
                 call = None
                 try:
-                    self._resolve(future, _Result(fn()))
+                    self._resolve(row.future, _Result(fn()))
                 except Exception as e:  # noqa: BLE001 - goes to the caller
-                    self._resolve(future, e)
+                    self._resolve(row.future, e)
 
     def _add(self, rows: dict[str, _Row], request_id: str, prompt: list[int], sampling, row: _Row) -> None:
         from vllm.inputs import TokensPrompt
@@ -206,12 +234,13 @@ class EngineStream:
                 continue
             row.ids += done.token_ids
             row.logprobs += sampled_logprobs(done)
-            if out.finished or (row.stops is not None and row.stops.ends_one(row.ids)):
+            matched = None if out.finished or row.stops is None else row.stops.ended(row.ids, len(done.token_ids))
+            if out.finished or matched is not None:
                 if not out.finished:
                     stopped.append(out.request_id)
                 del rows[out.request_id]
                 try:
-                    self._resolve(row.future, row.done(done.finish_reason, done.stop_reason))
+                    self._resolve(row.future, row.done(done.finish_reason, done.stop_reason, matched))
                 except Exception as e:  # noqa: BLE001 - goes to the episode that asked
                     self._resolve(row.future, e)
         if stopped:

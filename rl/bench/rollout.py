@@ -137,8 +137,9 @@ def _bare(temperature: float, seeded: bool):
 
 
 def _as_rollout(vllm, params):
-    """The rollout's sampling parameters (unseeded, as it asks), held to n tokens, its stop strings found by vLLM in
-    the text it detokenizes (the stream finds them on token ids instead: `rl.vllm_stream`)."""
+    """The rollout's sampling parameters (unseeded, as it asks) held to n tokens, stop strings and all: vLLM then
+    detokenizes every row at every step, though held to n tokens no row ends on them (the stream finds them on
+    token ids instead: `rl.vllm_stream`)."""
     def sampling(i: int, n: int):
         out = vllm._sampling_params(replace(params, max_new_tokens=n), i)
         out.min_tokens = n
@@ -147,8 +148,9 @@ def _as_rollout(vllm, params):
 
 
 class _EngineSteps:
-    """The engine's steps during a run: those that admit new requests (a turn's prompt joins the
-    batch: a prefill rides along) and decode-only ones, with their mean milliseconds."""
+    """The engine's steps during a run: those in which new requests were added (a turn's prompt joins the
+    batch: its prefill rides along) and the others, with their mean milliseconds. A prompt prefilled in several
+    chunks counts its later chunks' steps among the others."""
 
     def __init__(self, engine):
         self.engine, self.step, self.add = engine, engine.step, engine.add_request
@@ -201,7 +203,7 @@ def _fastest(run, repeats: int, vllm, steps: _EngineSteps) -> tuple[int, float, 
 
 def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, ceiling: float) -> list[dict]:
     """Whole episodes on each backend, and the engine's raw rate on the very turns the vLLM rollout played:
-    bare (the ceiling), and with the rollout's stop strings found by vLLM (which detokenizes for them)."""
+    bare (the ceiling), and with the rollout's stop strings (vLLM detokenizes for them)."""
     from rl.generation import SamplingParams
     from rl.rollout import run_episodes
 

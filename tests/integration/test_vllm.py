@@ -213,16 +213,16 @@ from rl.generation import SamplingParams
 from rl.models import tiny_model, tiny_tokenizer
 from rl.vllm_backend import VLLMBackend
 tokenizer = tiny_tokenizer()
-settings = VLLMSection(kv_cache_gib=0.25, max_model_len=1024, engine_args={"enable_prefix_caching": False})
+settings = VLLMSection(kv_cache_gib=0.25, max_model_len=1024, engine_args={"max_num_seqs": 7})
 engine = VLLMBackend.from_settings(tiny_model(len(tokenizer)), tokenizer, sys.argv[1], settings, seed=0)
 config = engine.llm.llm_engine.vllm_config
 [out] = engine.generate([[1, 2, 3]], SamplingParams(temperature=0.0, max_new_tokens=4))
-print("RESULT", config.cache_config.enable_prefix_caching, config.model_config.max_model_len, len(out.token_ids) >= 1)
+print("RESULT", config.scheduler_config.max_num_seqs, config.model_config.max_model_len, len(out.token_ids) >= 1)
 """
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=600,
                           cwd=root, check=False)
-    assert "RESULT False 1024 True" in done.stdout, done.stderr[-3000:]
+    assert "RESULT 7 1024 True" in done.stdout, done.stderr[-3000:]
 
 
 def test_sleep_mode_is_refused_where_vllm_has_none():
@@ -272,6 +272,8 @@ def test_a_stream_stops_on_strings_where_vllm_would_and_keeps_the_stop(backend, 
     assert StopStrings([canonical], backend.llm.get_tokenizer()).suffixes
     stops = [canonical, tiny_tokenizer.decode(ids[:3])[-2:], "never written"]
 
+    engine, aborted = backend.llm.llm_engine, []
+
     async def streamed(params):
         stream = backend.stream()
         try:
@@ -279,11 +281,22 @@ def test_a_stream_stops_on_strings_where_vllm_would_and_keeps_the_stop(backend, 
         finally:
             await stream.aclose()
 
-    for stop in stops:
-        params = SamplingParams(temperature=0, max_new_tokens=12, stop_strings=[stop])
-        expected = backend.generate(PROMPTS, params)
-        got = asyncio.run(streamed(params))
-        for g, e in zip(got, expected):
-            assert (g.token_ids, g.stop_string, g.stopped_with) == (e.token_ids, e.stop_string, e.stopped_with), stop
-            assert g.logprobs == pytest.approx(e.logprobs, abs=1e-5)
-        assert any(g.stop_string == stop for g in got) == (stop != "never written"), stop
+    def abort(ids, *args, **kwargs):
+        aborted.extend(ids)
+        return type(engine).abort_request(engine, ids, *args, **kwargs)
+
+    engine.abort_request = abort
+    try:
+        for stop in stops:
+            params = SamplingParams(temperature=0, max_new_tokens=12, stop_strings=[stop])
+            expected = backend.generate(PROMPTS, params)
+            aborted.clear()
+            got = asyncio.run(streamed(params))
+            for g, e in zip(got, expected):
+                assert (g.token_ids, g.stop_string, g.stopped_with) == (e.token_ids, e.stop_string, e.stopped_with)
+                assert g.logprobs == pytest.approx(e.logprobs, abs=1e-5)
+            assert any(g.stop_string == stop for g in got) == (stop != "never written"), stop
+            # the stop written in its own tokens ended its row as it was written, not at max_new_tokens
+            assert bool(aborted) == (stop == canonical), (stop, aborted)
+    finally:
+        del engine.abort_request

@@ -41,6 +41,8 @@ def test_yaml_and_dotted_overrides(tmp_path):
     ("grpo.report_to=[wandb]", "grpo.report_to is set by toolgym: use log.wandb"),
     ("rollout.vllm.engine_args={max_model_len: 8192, enforce_eager: true}",
      "rollout.vllm.engine_args sets max_model_len, which toolgym sets itself: use max_model_len: rollout.vllm.max_model_len"),
+    ("rollout.vllm.engine_args={kv_cache_gib: 2}", "sets kv_cache_gib, which toolgym sets itself: use kv_cache_gib: rollout.vllm"),
+    ("rollout.vllm.engine_args={1: 2}", r"rollout.vllm.engine_args has keys \[1\] that are no argument names"),
 ])
 def test_bad_config_is_named(override, message):
     with pytest.raises(ConfigError, match=message):
