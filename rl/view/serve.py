@@ -27,15 +27,16 @@ class LiveRun:
     def page(self) -> str:
         return render({"meta": run_meta(self.run), "index": [], "lines": []}, live=True)
 
-    def since(self, after: int) -> dict:
-        """Episodes after the first `after`; from the start (`reset`) if the file was cut below that."""
+    def since(self, after: int, version: int | None = None) -> dict:
+        """Episodes after the first `after`; from the start (`reset`) if the file was cut below that, or started
+        over since the reader's `version` of it."""
         with self.lock:
             self.episodes.read()
             total = len(self.episodes.lines)
-            reset = after > total
+            reset = after > total or (version is not None and version != self.episodes.version)
             start = 0 if reset else after
-            return {"total": total, "reset": reset, "index": self.episodes.index[start:],
-                    "lines": self.episodes.lines[start:]}
+            return {"total": total, "reset": reset, "version": self.episodes.version,
+                    "index": self.episodes.index[start:], "lines": self.episodes.lines[start:]}
 
 
 def make_server(paths: list[str | Path], port: int = 0, host: str = "127.0.0.1") -> ThreadingHTTPServer:
@@ -50,12 +51,15 @@ def make_server(paths: list[str | Path], port: int = 0, host: str = "127.0.0.1")
             if url.path == "/":
                 self.reply(200, "text/html; charset=utf-8", live.page() if live else static)
             elif url.path == "/episodes" and live is not None:
-                after = parse_qs(url.query).get("after", ["0"])[0]
-                if not after.isdigit():
-                    self.reply(400, "text/plain", f"after={after!r}: must be a count of episodes (an integer >= 0)")
+                query = parse_qs(url.query)
+                after, version = query.get("after", ["0"])[0], query.get("version", [""])[0]
+                if not after.isdigit() or not (version.isdigit() or version == ""):
+                    self.reply(400, "text/plain", f"after={after!r}, version={version!r}: must be a count of episodes "
+                               "and the version a reply gave (integers >= 0; version may be left out)")
                     return
                 try:
-                    self.reply(200, "application/json", json.dumps(live.since(int(after))))
+                    self.reply(200, "application/json",
+                               json.dumps(live.since(int(after), int(version) if version else None)))
                 except SourceError as e:  # a line the run wrote that is not an episode: the page shows why
                     self.reply(500, "text/plain", str(e))
             else:

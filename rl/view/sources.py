@@ -56,19 +56,22 @@ def parse_row(path: Path, number: int, raw: str) -> dict:
 
 class EpisodeFile:
     """`episodes.jsonl` read incrementally: each `read()` takes the complete lines written since the last one
-    (a line still being written waits), and starts over if the file was cut (a resumed run trims it)."""
+    (a line still being written waits), and starts over if the file was cut or replaced (a resumed run trims it
+    into a new file, which may have grown past the old one's length by the next read); `version` counts those."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.offset = 0
+        self.offset, self.version, self.file = 0, 0, None
         self.index: list[dict] = []
         self.lines: list[str] = []
 
     def read(self) -> int:
         """Read what is new; returns how many episodes came in (all of them again after a cut)."""
-        size = self.path.stat().st_size if self.path.exists() else 0
-        if size < self.offset:
-            self.offset, self.index, self.lines = 0, [], []
+        stat = self.path.stat() if self.path.exists() else None
+        size, file = (stat.st_size, (stat.st_dev, stat.st_ino)) if stat else (0, None)
+        if size < self.offset or (self.offset and file != self.file):
+            self.offset, self.index, self.lines, self.version = 0, [], [], self.version + 1
+        self.file = file
         if size == self.offset:
             return 0
         with self.path.open("rb") as f:

@@ -241,7 +241,9 @@ function start() {
   }
   const poll = async () => {
     try {
-      const reply = await (await fetch(`episodes?after=${state.lines.length}`, { cache: "no-store" })).json();
+      const version = state.version ?? "";
+      const reply = await (await fetch(`episodes?after=${state.lines.length}&version=${version}`, { cache: "no-store" })).json();
+      state.version = reply.version;
       if (reply.reset) { state.index = []; state.lines = []; state.lower = []; state.open = -1; }
       if (reply.reset || reply.lines.length) addEpisodes(reply.index, reply.lines);
       $("live").textContent = `live · ${reply.total} episodes · checked ${new Date().toLocaleTimeString()}`;

@@ -181,6 +181,31 @@ def test_serve_gives_the_page_and_episodes_as_they_arrive(tmp_path):
         server.server_close()
 
 
+def test_a_log_replaced_by_a_longer_one_is_read_again_from_its_start(tmp_path):
+    """A resumed run trims episodes.jsonl into a new file, which can outgrow the old one before the next poll."""
+    import os
+
+    run = write_run(tmp_path / "r", [episode(0), episode(1), episode(2)])
+    server = make_server([run], port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        first = json.loads(get(base + "/episodes?after=0"))
+        assert first["total"] == 3 and not first["reset"]
+        trimmed = tmp_path / "trimmed.jsonl"  # steps 0 and 1 kept, then the resumed run's new episodes
+        trimmed.write_text("".join(json.dumps(episode(s, text="x" * 200)) + "\n" for s in (0, 1, 12, 13, 14)))
+        os.replace(trimmed, run / "episodes.jsonl")
+        again = json.loads(get(base + f"/episodes?after=3&version={first['version']}"))
+        assert again["reset"] and again["total"] == 5 and [e["step"] for e in again["index"]] == [0, 1, 12, 13, 14]
+        same = json.loads(get(base + f"/episodes?after=5&version={again['version']}"))
+        assert not same["reset"] and same["lines"] == []
+        with pytest.raises(urllib.error.HTTPError, match="400"):
+            get(base + "/episodes?after=1&version=new")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_a_bad_line_in_a_live_run_is_named_and_no_episode_is_lost(tmp_path):
     run = write_run(tmp_path / "r", [episode(0)])
     server = make_server([run], port=0)
