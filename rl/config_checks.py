@@ -175,14 +175,21 @@ def _check_rollout_and_eval(cfg: RunConfig) -> None:
                           "--set 'rollout.vllm.urls=[http://127.0.0.1:8001]' (start one with launch/serve_vllm.py)")
     if r.vllm.dtype not in VLLM_DTYPES:
         raise ConfigError(f"rollout.vllm.dtype={r.vllm.dtype!r} is not accepted (accepted: {', '.join(VLLM_DTYPES)})")
-    named = [k for k in r.vllm.engine_args if not isinstance(k, str) or not k.isidentifier()]
+    problem = engine_args_problem(r.vllm.engine_args)
+    if problem:
+        raise ConfigError(f"rollout.vllm.engine_args {problem}")
+
+
+def engine_args_problem(args: dict) -> str | None:
+    """What is wrong with extra `vllm.LLM` arguments (`rollout.vllm.engine_args`), if anything."""
+    named = [k for k in args if not isinstance(k, str) or not k.isidentifier()]
     if named:
-        raise ConfigError(f"rollout.vllm.engine_args has keys {named!r} that are no argument names "
-                          "(accepted: vllm.LLM arguments, e.g. {max_num_seqs: 128})")
-    taken = sorted(set(r.vllm.engine_args) & set(VLLM_ENGINE_ARGS_SET_BY))
+        return f"has keys {named!r} that are no argument names (accepted: vllm.LLM arguments, e.g. {{max_num_seqs: 128}})"
+    taken = sorted(set(args) & set(VLLM_ENGINE_ARGS_SET_BY))
     if taken:
-        raise ConfigError(f"rollout.vllm.engine_args sets {', '.join(taken)}, which toolgym sets itself: use "
-                          + "; ".join(f"{k}: {VLLM_ENGINE_ARGS_SET_BY[k]}" for k in taken))
+        return (f"sets {', '.join(taken)}, which toolgym sets itself: use "
+                + "; ".join(f"{k}: {VLLM_ENGINE_ARGS_SET_BY[k]}" for k in taken))
+    return None
 
 
 # vllm.LLM (and VLLMBackend) arguments that toolgym sets from its own settings: name -> where to set it instead

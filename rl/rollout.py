@@ -202,10 +202,8 @@ class _Rollout:
                            if leasing else None)
         self.generating, self.stepping = _Busy(), _Busy()
         self.generated_tokens = 0
-        end_of_call = chat.tool_format.end_of_call if settings.stop_after_tool_call else ""
-        self.params = SamplingParams(settings.temperature, settings.top_p, settings.top_k, settings.max_new_tokens,
-                                     chat.stop_token_ids, [end_of_call] if end_of_call else [])
-        self.closing_ids = chat.closing_ids() if end_of_call else []
+        self.params = turn_params(chat, settings)
+        self.closing_ids = chat.closing_ids() if self.params.stop_strings else []
         self.prefix_ids = chat.encode(settings.response_prefix) if settings.response_prefix else []
 
     async def run(self) -> None:
@@ -311,6 +309,13 @@ class _Rollout:
             ep.stop_reason = "token_budget"
         if ep.stop_string and len(ep.completion_ids) + len(self.closing_ids) <= budget:
             ep.append(self.closing_ids, None, mask=0)  # close the last turn as the template would
+
+
+def turn_params(chat: ChatFormat, settings: RolloutSection) -> SamplingParams:
+    """What every model turn of `run_episodes` is sampled with (each turn's token budget is set as it goes)."""
+    end_of_call = chat.tool_format.end_of_call if settings.stop_after_tool_call else ""
+    return SamplingParams(settings.temperature, settings.top_p, settings.top_k, settings.max_new_tokens,
+                          chat.stop_token_ids, [end_of_call] if end_of_call else [])
 
 
 def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: GenerationBackend | None, chat: ChatFormat,

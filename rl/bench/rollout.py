@@ -42,16 +42,16 @@ def _setup(options: dict):
 def _engine(cfg, model, tokenizer, options: dict):
     import tempfile
 
-    from rl.config_checks import VLLM_ENGINE_ARGS_SET_BY
+    from rl.config_checks import engine_args_problem
     from rl.models import TINY, model_path
     from rl.vllm_backend import VLLMBackend
 
     sizes = {"dtype": str(model.dtype).removeprefix("torch."), "kv_cache_gib": float(options.get("kv_cache_gib", 1.0)),
              "max_model_len": int(options.get("max_model_len", 2048))}
     extra = options.get("engine_args") or {}  # more vllm.LLM arguments, as rollout.vllm.engine_args takes them
-    if not isinstance(extra, dict) or set(extra) & set(VLLM_ENGINE_ARGS_SET_BY):
-        raise ValueError(f"engine_args={extra!r}: must be a mapping of vllm.LLM arguments other than "
-                         f"{', '.join(VLLM_ENGINE_ARGS_SET_BY)} (e.g. engine_args={{enforce_eager: true}})")
+    problem = engine_args_problem(extra) if isinstance(extra, dict) else "is no mapping (e.g. {enforce_eager: true})"
+    if problem:
+        raise ValueError(f"engine_args={extra!r} {problem}")
     sizes.update(extra)
     if cfg.model.name != TINY:
         return VLLMBackend(model_path(cfg.model.name), weights_version=0, **sizes)
@@ -72,17 +72,18 @@ def _first_turn_prompts(cfg, chat, env_cls, n: int) -> list[list[int]]:
     return prompts
 
 
-def _best_rate(run, repeats: int, before=None) -> tuple[int, float]:
-    """(tokens, seconds) of the fastest of `repeats` runs; `run()` returns the tokens it generated."""
+def _best_rate(run, repeats: int, before=None, stats=dict) -> tuple[int, float, object, dict]:
+    """(tokens, seconds, what else `run()` returned, `stats()` after it) of the fastest of `repeats` runs;
+    `run()` returns (tokens generated, anything), `before()` runs ahead of each."""
     best = None
     for _ in range(repeats):
         if before is not None:
             before()
         started = time.perf_counter()
-        tokens = run()
+        tokens, result = run()
         seconds = time.perf_counter() - started
         if best is None or tokens / seconds > best[0] / best[1]:
-            best = (tokens, seconds)
+            best = (tokens, seconds, result, stats())
     return best
 
 
@@ -186,33 +187,17 @@ class _EngineSteps:
         del self.engine.step, self.engine.add_request  # the instance attributes: the class's methods again
 
 
-def _fastest(run, repeats: int, vllm, steps: _EngineSteps) -> tuple[int, float, object, dict]:
-    """(tokens, seconds, what `run` returned, its engine steps) of the fastest of `repeats` runs of `run()`, which
-    returns (tokens, anything); each starts from an empty prefix cache."""
-    fastest = None
-    for _ in range(repeats):
-        vllm.llm.reset_prefix_cache()
-        steps.reset()
-        started = time.perf_counter()
-        tokens, result = run()
-        seconds = time.perf_counter() - started
-        if fastest is None or tokens / seconds > fastest[0] / fastest[1]:
-            fastest = (tokens, seconds, result, steps.row())
-    return fastest
-
-
 def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, ceiling: float) -> list[dict]:
     """Whole episodes on each backend, and the engine's raw rate on the very turns the vLLM rollout played:
     bare (the ceiling), and with the rollout's stop strings (vLLM detokenizes for them)."""
-    from rl.generation import SamplingParams
-    from rl.rollout import run_episodes
+    from rl.rollout import run_episodes, turn_params
 
     settings, max_turns, vllm = cfg.rollout, cfg.rollout.max_turns, backends["vllm colocate (VLLMBackend)"]
     test = f"{n} episodes, max_turns {max_turns}"
     steps = _EngineSteps(vllm.llm.llm_engine)
 
-    def best(run):
-        return _fastest(run, repeats, vllm, steps)
+    def best(run):  # each run from an empty prefix cache, its engine steps counted
+        return _best_rate(run, repeats, lambda: (vllm.llm.reset_prefix_cache(), steps.reset()), steps.row)
 
     def episodes(backend):
         timing: dict = {}
@@ -232,12 +217,9 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
                          **(engine if backend is vllm else {})})
             played = trajectories if backend is vllm else played
         turns = _model_turns(played)
-        seeded = _seeded()
-        stops = [chat.tool_format.end_of_call] if settings.stop_after_tool_call else []
-        ours = SamplingParams(settings.temperature, settings.top_p, settings.top_k, settings.max_new_tokens,
-                              chat.stop_token_ids, stops)  # what `run_episodes` asks for
-        replays = {"vllm raw LLM.generate, same turns": _bare(settings.temperature, seeded),
-                   "vllm raw LLM.generate, same turns, vLLM's stop strings": _as_rollout(vllm, ours)}
+        replays = {"vllm raw LLM.generate, same turns": _bare(settings.temperature, _seeded()),
+                   "vllm raw LLM.generate, same turns, vLLM's stop strings":
+                       _as_rollout(vllm, turn_params(chat, settings))}
         for name, sampling in replays.items():
             tokens, seconds, _, engine = best(lambda f=sampling: (_replay(vllm.llm, turns, f), None))
             rows.append({"test": test, "backend": name, "tokens": tokens, "seconds": seconds,
@@ -257,6 +239,7 @@ def generation(options: dict) -> list[dict]:
     from vllm.inputs import TokensPrompt
 
     from rl.generation import SamplingParams, TransformersBackend
+    from rl.rollout import turn_params
 
     n = int(options.get("prompts", 16))
     repeats = int(options.get("repeats", 2))
@@ -268,9 +251,7 @@ def generation(options: dict) -> list[dict]:
     vllm = _engine(cfg, model, tokenizer, options)
 
     prompts = _first_turn_prompts(cfg, chat, env_cls, n)
-    stops = [chat.tool_format.end_of_call] if settings.stop_after_tool_call else []
-    params = SamplingParams(settings.temperature, settings.top_p, settings.top_k, settings.max_new_tokens,
-                            chat.stop_token_ids, stops, seed=0 if _seeded() else None)
+    params = replace(turn_params(chat, settings), seed=0 if _seeded() else None)
     requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
     raw_params = [vllm._sampling_params(params, i) for i in range(n)]
 
@@ -287,7 +268,8 @@ def generation(options: dict) -> list[dict]:
     hf.generate(prompts[:2], warm), vllm.generate(prompts[:2], warm)
     # Every run starts from an empty prefix cache: prompts of one batch may share cached
     # blocks (the tool schemas), but no run reuses an earlier run's.
-    results = {name: _best_rate(run, repeats, vllm.llm.reset_prefix_cache) for name, run in runs.items()}
+    results = {name: _best_rate(lambda r=run: (r(), None), repeats, vllm.llm.reset_prefix_cache)[:2]
+               for name, run in runs.items()}
     ceiling = results["vllm raw LLM.generate"][0] / results["vllm raw LLM.generate"][1]
     rows = []
     for name, (tokens, seconds) in results.items():

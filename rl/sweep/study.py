@@ -253,8 +253,6 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-
-
 def shell_line(argv: list[str], devices: list[str] | None) -> str:
     prefix = f"CUDA_VISIBLE_DEVICES={','.join(devices)} " if devices else ""
     return prefix + shlex.join(argv)
