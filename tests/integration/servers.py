@@ -1,6 +1,5 @@
 """Real server processes on loopback for integration tests."""
 
-import socket
 import subprocess
 import tempfile
 import time
@@ -8,13 +7,9 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from rl.bench import free_port  # noqa: F401 - the tests take it from here
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
