@@ -37,3 +37,13 @@ def test_the_curve_is_redrawn_at_every_checkpoint_so_a_killed_run_keeps_it(tmp_p
     logger.on_save(None, state, None)
     assert (tmp_path / "curve.png").read_bytes() != first  # step 2 drawn without the run ever ending
     logger.on_save(None, SimpleNamespace(is_world_process_zero=False, global_step=2), None)  # other ranks draw nothing
+
+
+def test_the_moving_mean_is_drawn_over_per_step_series_only():
+    from rl.plots import SMOOTH, moving_mean
+
+    per_step = [(step, float(step % 2)) for step in range(1, 8)]
+    assert moving_mean(per_step) == [(step, (3 if step % 2 else 2) / 5) for step in range(SMOOTH, 8)]
+    heldout = [(step, step / 100) for step in range(0, 40, 5)]  # every 5 steps: 5 points span 20 steps
+    assert moving_mean(heldout) == []
+    assert moving_mean(per_step[:SMOOTH - 1]) == []
