@@ -116,14 +116,18 @@ class EpisodeRollouts:
     def synced_backend(self, trainer):
         """The generation backend on the trainer's current weights, for one batch of episodes (training's or
         the held-out eval's). Sharded runs gather the weights once; a vLLM engine holds its own copy, so the
-        gathered one goes before it generates; the engine sleeps again after (sleep mode)."""
+        gathered one goes before it generates; the engine sleeps again after (sleep mode), also when the weight
+        push or the batch raised, so the optimizer step that follows gets its memory back."""
         with ExitStack() as gathered:
-            backend = self.sync_backend(gathered.enter_context(full_weights(trainer)), trainer)
-            if backend.name != "hf":
-                gathered.close()
-            yield backend
-            if hasattr(backend, "sleep"):
-                backend.sleep()
+            model = gathered.enter_context(full_weights(trainer))
+            try:
+                backend = self.sync_backend(model, trainer)
+                if backend.name != "hf":
+                    gathered.close()
+                yield backend
+            finally:
+                if hasattr(self.backend, "sleep"):  # woken by sync_backend (None: the engine never started)
+                    self.backend.sleep()
 
     def sync_backend(self, model, trainer):
         """The generation backend, holding the trainer's current weights (version = global step)."""

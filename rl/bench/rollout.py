@@ -148,43 +148,57 @@ def _as_rollout(vllm, params):
     return sampling
 
 
+def _prefills(scheduled, prompt_tokens) -> bool:
+    """Whether an engine step computes prompt tokens: it starts a request, or goes on with one whose prompt is
+    not yet fully computed (a long prompt's later chunks, a preempted request's recompute). `scheduled` is the
+    step's vLLM SchedulerOutput, `prompt_tokens(request_id)` a request's prompt length."""
+    if scheduled.scheduled_new_reqs:
+        return True
+    cached = scheduled.scheduled_cached_reqs
+    return any(done < prompt_tokens(r) for r, done in zip(cached.req_ids, cached.num_computed_tokens))
+
+
 class _EngineSteps:
-    """The engine's steps during a run: those in which new requests were added (a turn's prompt joins the
-    batch: its prefill rides along) and the others, with their mean milliseconds. A prompt prefilled in several
-    chunks counts its later chunks' steps among the others."""
+    """The engine's steps during a run: prefill steps, which compute prompt tokens (a turn's prompt joins the
+    batch, or a later chunk of a long one is computed; decoding rows ride along), and decode steps, which compute
+    none, with their mean milliseconds. Read from what the in-process engine's scheduler scheduled."""
 
     def __init__(self, engine):
-        self.engine, self.step, self.add = engine, engine.step, engine.add_request
-        engine.step, engine.add_request = self._step, self._add
+        self.engine, self.step = engine, engine.step
+        self.scheduler = engine.engine_core.engine_core.scheduler
+        self.schedule = self.scheduler.schedule
+        engine.step, self.scheduler.schedule = self._step, self._schedule
         self.reset()
 
     def reset(self) -> None:
-        self.steps, self.admit_steps, self.admit_s, self.decode_s, self.added = 0, 0, 0.0, 0.0, 0
+        self.steps, self.prefill_steps, self.prefill_s, self.decode_s, self.prefilling = 0, 0, 0.0, 0.0, False
 
-    def _add(self, *args, **kwargs):
-        self.added += 1
-        return self.add(*args, **kwargs)
+    def _schedule(self, *args, **kwargs):
+        out = self.schedule(*args, **kwargs)
+        requests = self.scheduler.requests
+        self.prefilling |= _prefills(out, lambda r: requests[r].num_prompt_tokens)
+        return out
 
     def _step(self):
         started = time.perf_counter()
         out = self.step()
         seconds = time.perf_counter() - started
         self.steps += 1
-        if self.added:
-            self.admit_steps, self.admit_s = self.admit_steps + 1, self.admit_s + seconds
+        if self.prefilling:
+            self.prefill_steps, self.prefill_s = self.prefill_steps + 1, self.prefill_s + seconds
         else:
             self.decode_s += seconds
-        self.added = 0
+        self.prefilling = False
         return out
 
     def row(self) -> dict:
-        decode_steps = self.steps - self.admit_steps
-        return {"engine_steps": self.steps, "admit_steps": self.admit_steps,
-                "admit_step_ms": 1e3 * self.admit_s / max(self.admit_steps, 1),
+        decode_steps = self.steps - self.prefill_steps
+        return {"engine_steps": self.steps, "prefill_steps": self.prefill_steps,
+                "prefill_step_ms": 1e3 * self.prefill_s / max(self.prefill_steps, 1),
                 "decode_step_ms": 1e3 * self.decode_s / max(decode_steps, 1)}
 
     def close(self) -> None:
-        del self.engine.step, self.engine.add_request  # the instance attributes: the class's methods again
+        del self.engine.step, self.scheduler.schedule  # the instance attributes: the class's methods again
 
 
 def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, ceiling: float) -> list[dict]:

