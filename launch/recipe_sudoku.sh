@@ -6,10 +6,11 @@
 #
 #   launch/recipe_sudoku.sh OUT [DEMOS] [SFT_EPOCHS] [GRPO_STEPS] [EVAL_EPISODES] [--set KEY=VALUE ...]
 #
-# Defaults: 512 demonstrations, 2 SFT epochs, 2 GRPO steps of 64 episodes, 100 eval
-# episodes: about 8 minutes on one H100, estimated from stage times measured there (SFT
-# stage ~1.5 min, a GRPO step ~105 s with the transformers backend, a model eval over a
-# minute). Raise GRPO_STEPS when there is time: GRPO is what has to move the solve rate.
+# Defaults: 512 demonstrations, 2 SFT epochs, 2 GRPO steps of 256 episodes (the config's), 100
+# eval episodes. Stage times measured on one H100: SFT ~1.5 min (and a one-off Gemma conversion,
+# ~1 min); a GRPO step 47 s with the transformers backend, 28 s with --set rollout.backend=vllm
+# (rl/bench/baselines/grpo_step-h100.json, 8 sequences per micro-batch). Raise GRPO_STEPS when there
+# is time: GRPO is what has to move the solve rate (35 steps: rl/bench/baselines/sudoku-grpo-long-h200).
 # Evals that do not wait on a later stage run beside it (base beside SFT, SFT beside
 # GRPO). Any --set after the numbers reaches every stage. A CPU smoke run of the whole chain:
 #

@@ -40,7 +40,7 @@ def test_under_accelerate_a_run_of_two_processes_is_timed_the_same_way(tmp_path,
 @pytest.mark.parametrize("options, error", [
     ({"backends": "vllm,tgi"}, r"backends='vllm,tgi': \['tgi'\] \(accepted: vllm and/or hf"),
     ({"steps": 1}, r"steps=1: must be at least 2"),
-    ({"episodes": 12}, r"episodes=12: must be a multiple of grpo.per_device_train_batch_size x processes \(8\)"),
+    ({"episodes": 12}, r"episodes=12: must be a multiple of grpo.per_device_train_batch_size x processes \(16\)"),
     ({"processes": 2}, r"processes=2: must be 1, or more with accelerate=<config file>"),
     ({"accelerate": "nosuch.yaml"}, r"accelerate='nosuch.yaml': no such file"),
 ])
