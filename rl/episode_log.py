@@ -33,8 +33,8 @@ class Scores:
     """How the trainer scored a batch, row by row in the batch's order (plain lists, no tensors)."""
 
     names: list[str]  # reward functions, in config order
-    weights: list[float]
     per_func: list[list[float]]  # per episode, per reward function (NaN: the function returned None)
+    rewards: list[float]  # per episode: per_func's weighted sum, as the trainer computed it (NaN: none scored)
     advantages: list[float]  # per episode: its group-relative advantage
     token_advantages: list[list[float]] | None  # per episode, per completion token (step-level credit) or None
     trained: list[list[int]]  # per episode, per completion token: 1 where the loss reads the token
@@ -49,8 +49,7 @@ def sample_rows(step: int, trajectories: list[Trajectory], seeds: list[int], cha
 
 def episode_row(step: int, t: Trajectory, seed: int, chat, scores: Scores, i: int, with_tokens: bool) -> dict:
     rewards = dict(zip(scores.names, (_number(v) for v in scores.per_func[i])))
-    scored = [w * v for w, v in zip(scores.weights, scores.per_func[i]) if not math.isnan(v)]
-    row = {"step": step, **played_row(t, seed, chat), "reward": sum(scored) if scored else None,
+    row = {"step": step, **played_row(t, seed, chat), "reward": _number(scores.rewards[i]),
            "rewards": rewards, "advantage": _number(scores.advantages[i]),
            "text": chat.decode(t.prompt_ids + t.completion_ids)}
     if with_tokens and t.completion_ids:

@@ -243,13 +243,18 @@ def load_model(cfg: ModelSection, tokenizer=None):
     return model, tokenizer
 
 
-def _adapter_base(path: str) -> str | None:
-    """The base model of a LoRA adapter directory; None if `path` is not one."""
+def recorded_base(path: str | Path) -> str | None:
+    """The base model a LoRA adapter directory names in its adapter_config.json; None if `path` is not one."""
     adapter_config = Path(path) / "adapter_config.json"
     if not adapter_config.exists():
         return None
-    base_name = json.loads(adapter_config.read_text())["base_model_name_or_path"]
-    if Path(base_name).name == GEMMA_270M and not Path(base_name).exists():
+    return json.loads(adapter_config.read_text())["base_model_name_or_path"]
+
+
+def _adapter_base(path: str) -> str | None:
+    """The base model to load for a LoRA adapter directory; None if `path` is not one."""
+    base_name = recorded_base(path)
+    if base_name is not None and Path(base_name).name == GEMMA_270M and not Path(base_name).exists():
         base_name = GEMMA_270M  # trained on another machine: use this machine's cache
     return base_name
 

@@ -186,8 +186,9 @@ class EpisodeRollouts:
         trained = output["completion_mask"][:n]
         if "tool_mask" in output:
             trained = trained * output["tool_mask"][:n]
-        scores = Scores(names=list(trainer.reward_func_names), weights=trainer.reward_weights.tolist(),
+        scores = Scores(names=list(trainer.reward_func_names),
                         per_func=trainer._rewards_per_func[:n].tolist(),  # gathered; process 0's rows first
+                        rewards=trainer._episode_rewards[:n].tolist(),
                         advantages=episode_advantages[:n].tolist(),
                         token_advantages=advantages.tolist() if advantages.dim() == 2 else None,
                         trained=trained.tolist())

@@ -66,6 +66,14 @@ def to_trl(trajectories: list[Trajectory], fallback_id: int) -> dict[str, list]:
     return dict(out)
 
 
+def weighted_rewards(per_func: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(episodes, functions) rewards -> each episode's reward: the weighted sum of its functions' values, a
+    function that returned None (NaN) left out; NaN where every function did (as TRL sums them)."""
+    rewards = (per_func * weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
+    rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
+    return rewards
+
+
 def step_metrics(trainer, mode: str | None = None) -> dict[str, list]:
     """TRL's metrics of the step being logged ({key: values}, averaged at the next log), where toolgym adds
     its episode, rollout, guard and held-out metrics. `mode` defaults to the model's (train/eval).
@@ -268,11 +276,12 @@ class ToolGymGRPOTrainer(VisionGRPOMixin, ModelTokenScoringMixin, GRPOTrainer):
         step_metrics(self)["time/generate_and_score_s"].append(time.perf_counter() - started)
         return output
 
-    # TRL private: reward functions get the model's own messages; the gathered per-function rewards are
-    # kept for step-level advantages. Upstream fix: per-function rewards in the output of
-    # _generate_and_score_completions, and completions built from the rollout's own messages.
+    # TRL private: reward functions get the model's own messages; the gathered per-function rewards and
+    # their weighted sums are kept for step-level advantages and the episode log. Upstream fix: rewards in
+    # the output of _generate_and_score_completions, and completions built from the rollout's own messages.
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        """TRL's rewards of every process's episodes (gathered), kept for the step-level advantages.
+        """TRL's rewards of every process's episodes (gathered), kept with each episode's weighted sum
+        (`weighted_rewards`) for the step-level advantages and episodes.jsonl.
 
         Reward functions get the model's own messages as `completions`: one assistant message per model
         turn, its tool calls included, never the env's replies (TRL decodes the whole completion, tool
@@ -284,17 +293,16 @@ class ToolGymGRPOTrainer(VisionGRPOMixin, ModelTokenScoringMixin, GRPOTrainer):
                                f"{len(completions)} completions")
         prompts, completions = batch.prompts, batch.completions
         self._rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._episode_rewards = weighted_rewards(self._rewards_per_func, self.reward_weights)
         return self._rewards_per_func
 
     def _add_step_advantages(self, advantages: torch.Tensor, width: int) -> torch.Tensor:
         """(batch,) episode advantages -> (batch, width) per-token ones, each turn's tokens moved by
         `step_advantage_weight` x its step advantage (rl/credit.py). Groups may span processes, so
         every process computes them over the gathered batch and keeps its own rows."""
-        per_func = self._rewards_per_func
-        rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
-        rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
         turns = gather_object(self.rollout_func.batch.turns)
-        steps, shared = step_advantages(rewards.tolist(), turns, self.num_generations, self.scale_rewards != "none")
+        steps, shared = step_advantages(self._episode_rewards.tolist(), turns, self.num_generations,
+                                        self.scale_rewards != "none")
         first = self.accelerator.process_index * len(advantages)
         out = advantages.unsqueeze(1).repeat(1, width)
         moved = []

@@ -37,13 +37,15 @@ def run_config(run: Path) -> RunConfig:
 
 
 def lineage(name: str) -> list[str]:
-    """`name` and the models it was made from: an adapter's base, a run's `final/` the run's model.name."""
+    """`name` and the models it was made from: an adapter's base as its adapter_config.json names it, a run's
+    `final/` the run's model.name."""
+    from rl.models import recorded_base
+
     chain = [name]
     while len(chain) < 32:
-        path, parent = Path(chain[-1]), None
-        if (path / "adapter_config.json").exists():
-            parent = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
-        elif path.name == "final" and (path.parent / "config.yaml").exists():
+        path = Path(chain[-1])
+        parent = recorded_base(path)
+        if parent is None and path.name == "final" and (path.parent / "config.yaml").exists():
             parent = run_config(path.parent).model.name
         if not parent or parent in chain:
             break

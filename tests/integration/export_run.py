@@ -8,18 +8,23 @@ query_pre_attn_scalar=head_dim and a sentencepiece tokenizer trained here on the
 base model is taught the Sudoku call format for a few steps (a random model's greedy continuation is one
 token repeated, which would make a weak comparison), and its run holds a LoRA adapter with small random
 (non-zero) weights, so the export's merge changes the model.
+
+The other export tests build their runs and compare their GGUFs with the helpers here too.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from rl.config import load_config, to_yaml
 from rl.models import CHAT_SPECIAL_TOKENS
 
 ROOT = Path(__file__).resolve().parents[2]
+TOKENS = 32  # greedy tokens compared between transformers and llama.cpp
 PREFIX = '<tool_call>\n{"name": "'  # configs/sudoku.yaml's rollout.response_prefix
 CORPUS = [
     'You can call these tools: {"name": "place", "description": "Write a digit.", "parameters": {}}',
@@ -52,20 +57,10 @@ def sudoku_turn(tokenizer, seed: int, prefix: str = PREFIX) -> str:
                                          tokenize=False, add_generation_prompt=True) + prefix
 
 
-def teach_calls(model, tokenizer, steps: int = 50, seeds: int = 4) -> None:
-    """A few steps of next-token training on Sudoku turns that end in the expert's call."""
+def train_on(model, tokenizer, texts: list[str], steps: int) -> None:
+    """`steps` steps of next-token training on `texts` as one batch (padded with id 0, which the loss skips)."""
     import torch
 
-    import envs
-    from envs.sudoku.expert import SudokuExpert
-
-    texts = []
-    for seed in range(seeds):
-        env = envs.make("sudoku", size=4)
-        env.reset(seed=seed)
-        call = SudokuExpert(explore=0.0)(env)
-        texts.append(sudoku_turn(tokenizer, seed) + f'{call.name}", "arguments": {json.dumps(call.arguments)}}}'
-                     "\n</tool_call><end_of_turn>\n")
     ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
     width = max(map(len, ids))
     batch = torch.tensor([i + [0] * (width - len(i)) for i in ids])
@@ -76,6 +71,36 @@ def teach_calls(model, tokenizer, steps: int = 50, seeds: int = 4) -> None:
         model(input_ids=batch, labels=labels).loss.backward()
         optimizer.step()
     model.eval()
+
+
+def teach_calls(model, tokenizer, steps: int = 50, seeds: int = 4) -> None:
+    """A few steps of next-token training on Sudoku turns that end in the expert's call."""
+    import envs
+    from envs.sudoku.expert import SudokuExpert
+
+    texts = []
+    for seed in range(seeds):
+        env = envs.make("sudoku", size=4)
+        env.reset(seed=seed)
+        call = SudokuExpert(explore=0.0)(env)
+        texts.append(sudoku_turn(tokenizer, seed) + f'{call.name}", "arguments": {json.dumps(call.arguments)}}}'
+                     "\n</tool_call><end_of_turn>\n")
+    train_on(model, tokenizer, texts, steps)
+
+
+def save_run(lora, tokenizer, run: Path, config: str, overrides: list[str], std: float = 0.02) -> Path:
+    """A run folder as grpo.py leaves one: `final/` holds the adapter, its lora_B weights drawn with `std` (not
+    zero, so merging it changes the model), and the tokenizer; `config.yaml` is configs/<config> with `overrides`."""
+    import torch
+
+    for name, weight in lora.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(weight, std=std)
+    lora.save_pretrained(run / "final")
+    tokenizer.save_pretrained(run / "final")
+    cfg = load_config(ROOT / "configs" / config, [*overrides, f"name={run.name}", f"output_dir={run.parent}"])
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    return run
 
 
 def make_run(folder: Path, seed: int = 0) -> Path:
@@ -104,11 +129,34 @@ def make_run(folder: Path, seed: int = 0) -> Path:
     tokenizer.save_pretrained(base)
     model.name_or_path = str(base)
     lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
-    for name, weight in lora.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(weight, std=0.02)  # small: the taught format survives the adapter
-    lora.save_pretrained(run / "final")
-    tokenizer.save_pretrained(run / "final")
-    cfg = load_config(ROOT / "configs" / "sudoku.yaml", [f"model.name={base}", "name=run", f"output_dir={folder}"])
-    (run / "config.yaml").write_text(to_yaml(cfg))
-    return run
+    # lora_B weights of std 0.02: small, so the taught format survives the adapter
+    return save_run(lora, tokenizer, run, "sudoku.yaml", [f"model.name={base}"])
+
+
+def run_export(run: Path, out: Path, timeout: int) -> dict:
+    """launch/export.py `run` --out `out`; its export.json."""
+    done = subprocess.run([sys.executable, str(ROOT / "launch" / "export.py"), str(run), "--out", str(out)],
+                          check=False, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / "export.json").read_text())
+
+
+def hf_greedy(model, ids: list[int], n: int = TOKENS) -> list[int]:
+    import torch
+
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                             eos_token_id=None, pad_token_id=0)
+    return out[0, len(ids):].tolist()
+
+
+def llama_greedy(gguf: Path, ids: list[int], n: int = TOKENS) -> tuple[list[int], object]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=2, verbose=False)
+    out = []
+    for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
+        out.append(token)
+        if len(out) == n:
+            break
+    return out, llm

@@ -4,9 +4,6 @@ q8_0: the same parsed tool call)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,40 +11,14 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from rl.toolcalls import get_format
-from tests.integration.export_run import ROOT, make_run, sudoku_turn
-
-TOKENS = 32
-
-
-def hf_greedy(model, ids: list[int], n: int = TOKENS) -> list[int]:
-    import torch
-
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)
-    return out[0, len(ids):].tolist()
-
-
-def llama_greedy(gguf: Path, ids: list[int], n: int = TOKENS) -> tuple[list[int], object]:
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=2, verbose=False)
-    out = []
-    for token in llm.generate(ids, temp=0.0, top_k=1, reset=True):
-        out.append(token)
-        if len(out) == n:
-            break
-    return out, llm
+from tests.integration.export_run import TOKENS, hf_greedy, llama_greedy, make_run, run_export, sudoku_turn
 
 
 def check_export(run: Path, out: Path, n: int = TOKENS) -> dict:
     """Export `run`, then compare llama.cpp's greedy continuation with transformers' on the merged model."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    done = subprocess.run([sys.executable, str(ROOT / "launch" / "export.py"), str(run), "--out", str(out)],
-                          check=False, capture_output=True, text=True, timeout=3000)
-    assert done.returncode == 0, done.stderr[-3000:]
-    record = json.loads((out / "export.json").read_text())
+    record = run_export(run, out, timeout=3000)
     assert record["gguf"] == {"f16": "model-f16.gguf", "q8_0": "model-q8_0.gguf"}
     tokenizer = AutoTokenizer.from_pretrained(out / "hf")
     model = AutoModelForCausalLM.from_pretrained(out / "hf").eval()

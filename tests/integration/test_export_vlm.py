@@ -12,16 +12,13 @@ run's LoRA adapter (the language model only, as runs train it) has small random 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("llama_cpp")
 
-from tests.integration.export_run import ROOT, sentencepiece_model
-from tests.integration.test_export import hf_greedy, llama_greedy
+from tests.integration.export_run import hf_greedy, llama_greedy, run_export, save_run, sentencepiece_model, train_on
 
 TOKENS = 24
 CORPUS = [
@@ -47,28 +44,17 @@ def driving_turn(tokenizer, scene: str) -> str:
 
 
 def teach_driving(model, tokenizer, steps: int = 100) -> None:
-    import torch
-
     texts = [driving_turn(tokenizer, scene) + f"<|tool_call>call:{call}<tool_call|>" for scene, call in SCENES.items()]
-    ids = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
-    width = max(map(len, ids))
-    batch = torch.tensor([i + [0] * (width - len(i)) for i in ids])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        model(input_ids=batch, labels=torch.where(batch == 0, -100, batch)).loss.backward()
-        optimizer.step()
-    model.eval()
+    train_on(model, tokenizer, texts, steps)
 
 
 def make_vlm_run(folder: Path) -> Path:
     """`folder/base` (the VLM) and `folder/run` (carla's config.yaml, final/ with the adapter); returns the run."""
-    import torch
     from peft import get_peft_model
     from transformers import AutoTokenizer
 
     from rl.chat import load_template
-    from rl.config import LoraSection, load_config, to_yaml
+    from rl.config import LoraSection
     from rl.models import GEMMA4_MEDIA_TOKENS, GEMMA4_SPECIAL_TOKENS, lora_config, tiny_vlm
 
     base, run = folder / "base", folder / "run"
@@ -84,14 +70,7 @@ def make_vlm_run(folder: Path) -> Path:
     tokenizer.save_pretrained(base)
     model.name_or_path = str(base)
     lora = get_peft_model(model, lora_config(LoraSection(r=4, alpha=8), model))
-    for name, weight in lora.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(weight, std=0.02)
-    lora.save_pretrained(run / "final")
-    tokenizer.save_pretrained(run / "final")
-    cfg = load_config(ROOT / "configs" / "carla.yaml", [f"model.name={base}", "name=run", f"output_dir={folder}"])
-    (run / "config.yaml").write_text(to_yaml(cfg))
-    return run
+    return save_run(lora, tokenizer, run, "carla.yaml", [f"model.name={base}"])
 
 
 def test_a_vlm_run_exports_whole_to_hf_and_its_text_model_to_a_gguf_llama_cpp_continues_alike(tmp_path):
@@ -101,10 +80,7 @@ def test_a_vlm_run_exports_whole_to_hf_and_its_text_model_to_a_gguf_llama_cpp_co
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     run, out = make_vlm_run(tmp_path), tmp_path / "export"
-    done = subprocess.run([sys.executable, str(ROOT / "launch" / "export.py"), str(run), "--out", str(out)],
-                          check=False, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    record = json.loads((out / "export.json").read_text())
+    record = run_export(run, out, timeout=600)
     assert record["vision"] and record["gguf"] == {"f16": "model-f16.gguf", "q8_0": "model-q8_0.gguf"}
     assert any("the GGUF files hold its text model only" in note for note in record["notes"])
     # hf/ is the whole VLM: every weight of base + adapter merged, the vision tower and projector included

