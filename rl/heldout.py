@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from accelerate.utils import gather_object
@@ -55,11 +56,12 @@ class HeldOutEval(TrainerCallback):
         trainer.model.eval()
         started = time.perf_counter()
         try:
-            with self.rollouts.synced_backend(trainer) as backend:  # as the training rollout plays
-                envs = [self.rollouts.env_cls(**self.rollouts.env_kwargs_for(trainer)) for _ in seeds]
+            # as the training rollout plays; the envs are closed also when the batch raises (a remote env keeps
+            # its server session until closed)
+            with self.rollouts.synced_backend(trainer) as backend, closing_envs([]) as envs:
+                for _ in seeds:
+                    envs.append(self.rollouts.env_cls(**self.rollouts.env_kwargs_for(trainer)))
                 trajectories = run_episodes(envs, seeds, backend, self.rollouts.chat, self.settings)
-                for env in envs:
-                    env.close()
         finally:
             trainer.model.train(training)
         played = dict(gather_object([(seed, t.info) for seed, t in zip(seeds, trajectories)]))  # every process's
@@ -72,3 +74,31 @@ class HeldOutEval(TrainerCallback):
             (self.out / f"step-{step}.json").write_text(json.dumps(result, indent=2))
         return {f"heldout/{key}": float(result[key])
                 for key in ("solve_rate", "mean_return", "invalid_call_rate", "format_error_rate", "episodes")}
+
+
+@contextmanager
+def closing_envs(envs: list):
+    """`envs`, every one closed on the way out, whatever happened. A close() that raises does not stop the
+    others closing, nor replace an error the block raised (it becomes a note on that error); after a block
+    that ended well, the first such failure is raised once all are closed."""
+    try:
+        yield envs
+    except BaseException as error:
+        for failure in _close_each(envs):
+            error.add_note(f"closing an env failed too: {type(failure).__name__}: {failure}")
+        raise
+    failures = _close_each(envs)
+    if failures:
+        for failure in failures[1:]:
+            failures[0].add_note(f"closing another env failed too: {type(failure).__name__}: {failure}")
+        raise failures[0]
+
+
+def _close_each(envs: list) -> list[Exception]:
+    failures = []
+    for env in envs:
+        try:
+            env.close()
+        except Exception as e:  # noqa: BLE001 - the others are closed first; the caller decides what to raise
+            failures.append(e)
+    return failures
