@@ -78,27 +78,30 @@ class HeldOutEval(TrainerCallback):
 
 @contextmanager
 def closing_envs(envs: list):
-    """`envs`, every one closed on the way out, whatever happened. A close() that raises does not stop the
-    others closing, nor replace an error the block raised (it becomes a note on that error); after a block
-    that ended well, the first such failure is raised once all are closed."""
+    """`envs`, every one closed on the way out, whatever happened (`close_envs`)."""
     try:
         yield envs
     except BaseException as error:
-        for failure in _close_each(envs):
-            error.add_note(f"closing an env failed too: {type(failure).__name__}: {failure}")
+        close_envs(envs, error)
         raise
-    failures = _close_each(envs)
-    if failures:
-        for failure in failures[1:]:
-            failures[0].add_note(f"closing another env failed too: {type(failure).__name__}: {failure}")
-        raise failures[0]
+    close_envs(envs)
 
 
-def _close_each(envs: list) -> list[Exception]:
+def close_envs(envs: list, error: BaseException | None = None) -> None:
+    """Close every env of `envs`; a close() that raises does not stop the others closing. With `error` (what
+    the batch that played them raised) the close failures become notes on it, so it is not replaced; without,
+    the first is raised once all are closed."""
     failures = []
     for env in envs:
         try:
             env.close()
-        except Exception as e:  # noqa: BLE001 - the others are closed first; the caller decides what to raise
+        except Exception as e:  # noqa: BLE001 - the others are closed first; raised or noted below
             failures.append(e)
-    return failures
+    if not failures:
+        return
+    raised = error if error is not None else failures[0]
+    for failure in failures:
+        if failure is not raised:
+            raised.add_note(f"closing an env failed too: {type(failure).__name__}: {failure}")
+    if error is None:
+        raise raised

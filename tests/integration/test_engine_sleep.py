@@ -1,6 +1,7 @@
 """What a batch that raises leaves behind: a colocated engine in sleep mode goes back to sleep after every batch
 it generated for (the training rollout's and the held-out eval's), also when the batch raised: the optimizer step
-needs its memory; the held-out eval's envs are closed."""
+needs its memory; the held-out eval's envs are closed, and so are the training batch's, whose places in the
+rollout's env pool go to new envs."""
 
 import argparse
 from typing import ClassVar
@@ -134,3 +135,16 @@ def test_an_env_close_that_raises_after_a_held_out_batch_is_raised_once_every_en
         held_out_eval(trainer)
     assert [env.closed for env in counted.made] == [1, 1]
 
+
+def test_the_training_batch_after_a_raising_one_gets_new_envs(trainer, counted):
+    counted.broken = 0  # crashes in the raising batch; reused, it would crash the next batch's episode too
+    rollouts = trainer.rollout_func
+    rollouts.backend = SleepingEngine("generate")
+    with pytest.raises(EngineDown):
+        training_batch(trainer)
+    raised_with = list(counted.made)
+    assert [env.closed for env in raised_with] == [1] * 4  # any may still hold a server, or be mid-step
+    rollouts.backend = SleepingEngine(None, trainer.processing_class.eos_token_id)
+    training_batch(trainer)
+    assert [t.info["env_error"] for t in rollouts.batch.trajectories] == [""] * 4
+    assert not {id(env) for env in raised_with} & {id(env) for env in rollouts.env_pool}
