@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from accelerate.utils import gather_object
@@ -55,11 +56,12 @@ class HeldOutEval(TrainerCallback):
         trainer.model.eval()
         started = time.perf_counter()
         try:
-            with self.rollouts.synced_backend(trainer) as backend:  # as the training rollout plays
-                envs = [self.rollouts.env_cls(**self.rollouts.env_kwargs_for(trainer)) for _ in seeds]
+            # as the training rollout plays; the envs are closed also when the batch raises (a remote env keeps
+            # its server session until closed)
+            with self.rollouts.synced_backend(trainer) as backend, closing_envs([]) as envs:
+                for _ in seeds:
+                    envs.append(self.rollouts.env_cls(**self.rollouts.env_kwargs_for(trainer)))
                 trajectories = run_episodes(envs, seeds, backend, self.rollouts.chat, self.settings)
-                for env in envs:
-                    env.close()
         finally:
             trainer.model.train(training)
         played = dict(gather_object([(seed, t.info) for seed, t in zip(seeds, trajectories)]))  # every process's
@@ -72,3 +74,34 @@ class HeldOutEval(TrainerCallback):
             (self.out / f"step-{step}.json").write_text(json.dumps(result, indent=2))
         return {f"heldout/{key}": float(result[key])
                 for key in ("solve_rate", "mean_return", "invalid_call_rate", "format_error_rate", "episodes")}
+
+
+@contextmanager
+def closing_envs(envs: list):
+    """`envs`, every one closed on the way out, whatever happened (`close_envs`)."""
+    try:
+        yield envs
+    except BaseException as error:
+        close_envs(envs, error)
+        raise
+    close_envs(envs)
+
+
+def close_envs(envs: list, error: BaseException | None = None) -> None:
+    """Close every env of `envs`; a close() that raises does not stop the others closing. With `error` (what
+    the batch that played them raised) the close failures become notes on it, so it is not replaced; without,
+    the first is raised once all are closed."""
+    failures = []
+    for env in envs:
+        try:
+            env.close()
+        except Exception as e:  # noqa: BLE001 - the others are closed first; raised or noted below
+            failures.append(e)
+    if not failures:
+        return
+    raised = error if error is not None else failures[0]
+    for failure in failures:
+        if failure is not raised:
+            raised.add_note(f"closing an env failed too: {type(failure).__name__}: {failure}")
+    if error is None:
+        raise raised

@@ -30,7 +30,7 @@ from rl.config import ConfigError, RunConfig, to_dict, to_yaml
 from rl.episode_log import Scores, sample_rows
 from rl.generation import TransformersBackend
 from rl.guards import SkipNonFiniteUpdates
-from rl.heldout import HeldOutEval
+from rl.heldout import HeldOutEval, close_envs
 from rl.models import load_image_tokenizer, load_model, load_tokenizer, lora_config
 from rl.plots import save_curve
 from rl.preflight import check_rewards
@@ -98,8 +98,16 @@ class EpisodeRollouts:
         with self.synced_backend(trainer) as backend:
             if self.progress is not None:
                 self.progress(0, len(seeds), 0)  # the batch starts
-            trajectories = run_episodes(self.envs_for(len(seeds), trainer), seeds, backend, self.chat,
-                                        self.cfg.rollout, metrics=timing, progress=self.progress)
+            envs = self.envs_for(len(seeds), trainer)
+            try:
+                trajectories = run_episodes(envs, seeds, backend, self.chat, self.cfg.rollout, metrics=timing,
+                                            progress=self.progress)
+            except BaseException as error:
+                # which envs crashed went with the batch, and any of them may still be mid-step in an env thread
+                # it left running, or hold a server it never gave back: closed, and the next batch gets new ones
+                del self.env_pool[:len(envs)]
+                close_envs(envs, error)
+                raise
         elapsed = time.perf_counter() - started
         for i, t in enumerate(trajectories):
             if t.info["env_error"]:  # a crashed or hung env may still be mid-step in its thread: replace it
