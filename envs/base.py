@@ -17,6 +17,7 @@ import re
 import string
 import types
 import typing
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable, Literal
 
@@ -329,3 +330,34 @@ class ToolEnv(gym.Env):
         self.no_tool_calls += 1
         self.invalid_actions += 1
         return f"Error: no tool call found in your reply. Call one of the tools: {', '.join(self.tools())}."
+
+
+@contextmanager
+def closing_envs(envs: list):
+    """`envs`, every one closed on the way out, whatever happened (`close_envs`)."""
+    try:
+        yield envs
+    except BaseException as error:
+        close_envs(envs, error)
+        raise
+    close_envs(envs)
+
+
+def close_envs(envs: list, error: BaseException | None = None) -> None:
+    """Close every env of `envs`; a close() that raises does not stop the others closing. With `error` (what
+    the batch that played them raised) the close failures become notes on it, so it is not replaced; without,
+    the first is raised once all are closed."""
+    failures = []
+    for env in envs:
+        try:
+            env.close()
+        except Exception as e:  # noqa: BLE001 - the others are closed first; raised or noted below
+            failures.append(e)
+    if not failures:
+        return
+    raised = error if error is not None else failures[0]
+    for failure in failures:
+        if failure is not raised:
+            raised.add_note(f"closing an env failed too: {type(failure).__name__}: {failure}")
+    if error is None:
+        raise raised

@@ -76,7 +76,7 @@ def check_resolvable(cfg: RunConfig) -> None:
     env_cls = envs.resolve(cfg.env.name)
     try:
         envs.check_kwargs(cfg.env.kwargs)
-        env_cls(**cfg.env.kwargs)
+        env_cls(**cfg.env.kwargs).close()  # built only to see that it accepts its kwargs
     except Exception as e:  # the user's env refusing its kwargs, however it says so
         what = str(e) if isinstance(e, (TypeError, ValueError)) else f"{type(e).__name__}: {e}"
         raise ConfigError(f"env {cfg.env.name!r} rejects env.kwargs {cfg.env.kwargs}: {what}") from e

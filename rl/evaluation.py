@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import envs as envs_registry
+from envs.base import closing_envs
 from envs.experts import expert_for, random_for
 from rl.chat import ChatFormat
 from rl.config import RunConfig
@@ -41,8 +42,9 @@ def play(cfg: RunConfig, chat: ChatFormat, seeds: list[int], backend=None, polic
     out: list[Trajectory] = []
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start:start + batch_size]
-        batch = [env_cls(**cfg.env.kwargs) for _ in chunk]
-        out += run_episodes(batch, chunk, backend, chat, settings, policy=policy)
+        with closing_envs([]) as batch:  # a remote env's server session, a sandboxed env's worker: given back
+            batch += [env_cls(**cfg.env.kwargs) for _ in chunk]
+            out += run_episodes(batch, chunk, backend, chat, settings, policy=policy)
     return out
 
 

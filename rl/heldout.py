@@ -19,12 +19,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from accelerate.utils import gather_object
 from transformers import TrainerCallback
 
+from envs.base import closing_envs
 from rl.evaluation import eval_result
 from rl.rollout import run_episodes
 from rl.trl_hooks import step_metrics
@@ -75,33 +75,3 @@ class HeldOutEval(TrainerCallback):
         return {f"heldout/{key}": float(result[key])
                 for key in ("solve_rate", "mean_return", "invalid_call_rate", "format_error_rate", "episodes")}
 
-
-@contextmanager
-def closing_envs(envs: list):
-    """`envs`, every one closed on the way out, whatever happened (`close_envs`)."""
-    try:
-        yield envs
-    except BaseException as error:
-        close_envs(envs, error)
-        raise
-    close_envs(envs)
-
-
-def close_envs(envs: list, error: BaseException | None = None) -> None:
-    """Close every env of `envs`; a close() that raises does not stop the others closing. With `error` (what
-    the batch that played them raised) the close failures become notes on it, so it is not replaced; without,
-    the first is raised once all are closed."""
-    failures = []
-    for env in envs:
-        try:
-            env.close()
-        except Exception as e:  # noqa: BLE001 - the others are closed first; raised or noted below
-            failures.append(e)
-    if not failures:
-        return
-    raised = error if error is not None else failures[0]
-    for failure in failures:
-        if failure is not raised:
-            raised.add_note(f"closing an env failed too: {type(failure).__name__}: {failure}")
-    if error is None:
-        raise raised

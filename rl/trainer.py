@@ -21,6 +21,7 @@ from transformers import TrainerCallback
 from trl import GRPOConfig
 
 import envs as envs_registry
+from envs.base import close_envs
 from envs.remote import RemoteEnv, remote_stats, urls_for_rank
 from rewards import named_rewards
 from rl import trl_contract
@@ -30,7 +31,7 @@ from rl.config import ConfigError, RunConfig, to_dict, to_yaml
 from rl.episode_log import Scores, sample_rows
 from rl.generation import TransformersBackend
 from rl.guards import SkipNonFiniteUpdates
-from rl.heldout import HeldOutEval, close_envs
+from rl.heldout import HeldOutEval
 from rl.models import load_image_tokenizer, load_model, load_tokenizer, lora_config
 from rl.plots import save_curve
 from rl.preflight import check_rewards
