@@ -74,4 +74,3 @@ class HeldOutEval(TrainerCallback):
             (self.out / f"step-{step}.json").write_text(json.dumps(result, indent=2))
         return {f"heldout/{key}": float(result[key])
                 for key in ("solve_rate", "mean_return", "invalid_call_rate", "format_error_rate", "episodes")}
-
