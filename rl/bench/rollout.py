@@ -148,36 +148,33 @@ def _as_rollout(vllm, params):
     return sampling
 
 
-def _prefills(scheduled, prompt_tokens) -> bool:
-    """Whether an engine step computes prompt tokens: it starts a request, or goes on with one whose prompt is
-    not yet fully computed (a long prompt's later chunks, a preempted request's recompute). `scheduled` is the
-    step's vLLM SchedulerOutput, `prompt_tokens(request_id)` a request's prompt length."""
-    if scheduled.scheduled_new_reqs:
-        return True
-    cached = scheduled.scheduled_cached_reqs
-    return any(done < prompt_tokens(r) for r, done in zip(cached.req_ids, cached.num_computed_tokens))
+def _prefills(scheduled) -> bool:
+    """Whether an engine batch computed prompt tokens: it started a request, or went on with one for more than one
+    token (a long prompt's later chunks, a preempted request's recompute; a decoding row computes one token a
+    step, as there is no speculative decoding here). `scheduled` is the batch's vLLM SchedulerOutput."""
+    return bool(scheduled.scheduled_new_reqs) or any(n > 1 for n in scheduled.num_scheduled_tokens.values())
 
 
 class _EngineSteps:
     """The engine's steps during a run: prefill steps, which compute prompt tokens (a turn's prompt joins the
     batch, or a later chunk of a long one is computed; decoding rows ride along), and decode steps, which compute
-    none, with their mean milliseconds. Read from what the in-process engine's scheduler scheduled."""
+    none, with their mean milliseconds. A step is labelled by the batch whose output it waited for (the one the
+    scheduler is handed back): with async scheduling (vLLM's default on CUDA) a step schedules the next batch
+    while it waits for the last one, and a step that only fills that pipeline counts as a decode step."""
 
     def __init__(self, engine):
         self.engine, self.step = engine, engine.step
         self.scheduler = engine.engine_core.engine_core.scheduler
-        self.schedule = self.scheduler.schedule
-        engine.step, self.scheduler.schedule = self._step, self._schedule
+        self.update = self.scheduler.update_from_output
+        engine.step, self.scheduler.update_from_output = self._step, self._update
         self.reset()
 
     def reset(self) -> None:
         self.steps, self.prefill_steps, self.prefill_s, self.decode_s, self.prefilling = 0, 0, 0.0, 0.0, False
 
-    def _schedule(self, *args, **kwargs):
-        out = self.schedule(*args, **kwargs)
-        requests = self.scheduler.requests
-        self.prefilling |= _prefills(out, lambda r: requests[r].num_prompt_tokens)
-        return out
+    def _update(self, scheduled, *args, **kwargs):
+        self.prefilling |= _prefills(scheduled)
+        return self.update(scheduled, *args, **kwargs)
 
     def _step(self):
         started = time.perf_counter()
@@ -198,7 +195,7 @@ class _EngineSteps:
                 "decode_step_ms": 1e3 * self.decode_s / max(decode_steps, 1)}
 
     def close(self) -> None:
-        del self.engine.step, self.scheduler.schedule  # the instance attributes: the class's methods again
+        del self.engine.step, self.scheduler.update_from_output  # the instance attributes: the class's methods
 
 
 def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, ceiling: float) -> list[dict]:
