@@ -43,7 +43,8 @@ def play(cfg: RunConfig, chat: ChatFormat, seeds: list[int], backend=None, polic
     for start in range(0, len(seeds), batch_size):
         chunk = seeds[start:start + batch_size]
         with closing_envs([]) as batch:  # a remote env's server session, a sandboxed env's worker: given back
-            batch += [env_cls(**cfg.env.kwargs) for _ in chunk]
+            for _ in chunk:  # one at a time: those built before a constructor that raises are closed too
+                batch.append(env_cls(**cfg.env.kwargs))
             out += run_episodes(batch, chunk, backend, chat, settings, policy=policy)
     return out
 

@@ -52,3 +52,19 @@ def test_checking_a_config_closes_the_env_it_builds_to_try_its_kwargs(closed):
 
     check_resolvable(load_config("configs/sudoku-sft.yaml", ["model.name=tiny"]))
     assert len(closed) == 1
+
+
+def test_eval_closes_the_envs_it_built_before_one_refused_to_start(monkeypatch, closed):
+    built = []
+
+    class Refusing(envs.resolve("sudoku")):  # the fixture's counting env; the fifth one built fails to start
+        def __init__(self, **kwargs):
+            built.append(self)
+            if len(built) == 5:
+                raise ConnectionError("env server refused the session")
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(envs, "resolve", lambda name: Refusing)
+    with pytest.raises(ConnectionError, match="refused"):
+        _play("random", [0, 1, 2, 3])  # the policy's probe env, then batches of 2: the second batch's second fails
+    assert closed == built[1:4]  # the first batch's two after it played, then the one built before the failure
