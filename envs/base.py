@@ -23,6 +23,8 @@ from typing import Any, Callable, Hashable, Literal
 
 import gymnasium as gym
 
+from envs.threads import after_calls
+
 # Observations and actions are text; the charset covers printable ASCII.
 TEXT_CHARSET = string.printable
 MAX_TEXT_LENGTH = 65536
@@ -346,11 +348,14 @@ def closing_envs(envs: list):
 def close_envs(envs: list, error: BaseException | None = None) -> None:
     """Close every env of `envs`; a close() that raises does not stop the others closing. With `error` (what
     the batch that played them raised) the close failures become notes on it, so it is not replaced; without,
-    the first is raised once all are closed."""
+    the first is raised once all are closed. An env a thread is still calling into (a step past its deadline,
+    or one running when the batch raised) is closed once that call returns, and a failure then is logged
+    (`envs.threads`)."""
     failures = []
     for env in envs:
         try:
-            env.close()
+            if not after_calls(env, env.close):
+                env.close()
         except Exception as e:  # noqa: BLE001 - the others are closed first; raised or noted below
             failures.append(e)
     if not failures:

@@ -153,7 +153,10 @@ class BatchedStream:
             self.timer = None
         if self.running or not self.pending:
             return
-        requests, self.pending = sorted(self.pending, key=lambda r: r[0]), []
+        # a request whose episode was cancelled (its batch raised) is dropped: nobody waits for its turn
+        requests, self.pending = sorted((r for r in self.pending if not r[3].done()), key=lambda r: r[0]), []
+        if not requests:
+            return
         self.running = True
         asyncio.get_running_loop().create_task(self._run(requests))
 

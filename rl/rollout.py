@@ -21,10 +21,10 @@ Follow one episode from `reset` to its loss mask:
 5. The tool results (each observation cut to `max_observation_chars`, with a marker, and
    counted in `obs_truncated`) are rendered by the chat template and appended as TOKENS
    with `env_mask` 0; earlier turns are never re-tokenised.
-6. An episode stops when one of `STOP_CONDITIONS` holds. Env tokens after the last model
-   turn are dropped (nothing follows them to learn from), except the template's
-   end-of-turn when the turn ended on a stop string (`stop_after_tool_call`). An env that
-   holds a server gets `env.end_episode()`, which frees the server for a waiting episode."""
+6. An episode stops when one of `STOP_CONDITIONS` holds. Env tokens after the last model turn are dropped (nothing
+   follows them to learn from), except the template's end-of-turn when the turn ended on a stop string
+   (`stop_after_tool_call`). An env that holds a server gets `env.end_episode()`, which frees the server for a
+   waiting episode, also when the batch raised; once its step returns if one still runs (`envs.threads`)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,7 @@ from typing import Any
 
 from envs.base import RunStop, ToolCall, ToolEnv
 from envs.sandbox.protocol import clip
+from envs.threads import after_calls, submit
 from rl.chat import ChatFormat
 from rl.config import RolloutSection
 from rl.generation import (
@@ -207,9 +208,13 @@ class _Rollout:
         self.prefix_ids = chat.encode(settings.response_prefix) if settings.response_prefix else []
 
     async def run(self) -> None:
+        plays = [asyncio.ensure_future(self.play(key, ep)) for key, ep in enumerate(self.episodes)]
         try:
-            await asyncio.gather(*(self.play(key, ep) for key, ep in enumerate(self.episodes)))
-        finally:
+            await asyncio.gather(*plays)
+        finally:  # after an episode raised, the others stop; each ends its env (`play`) before the pools go
+            for task in plays:
+                task.cancel()
+            await asyncio.gather(*plays, return_exceptions=True)
             self.pool.shutdown(wait=False, cancel_futures=True)  # a hung env thread must not block us
             if self.lease_pool is not None:
                 self.lease_pool.shutdown(wait=False, cancel_futures=True)
@@ -258,10 +263,10 @@ class _Rollout:
         """`env.lease()` (wait for a free server, bounded by the env's own queue timeout) or
         `env.end_episode()` (give it back), for envs that have them; a failure marks only `ep`."""
         fn = getattr(ep.env, method, None)
-        if fn is None:
+        if fn is None or method == "end_episode" and after_calls(ep.env, fn):
             return
         try:
-            await asyncio.get_running_loop().run_in_executor(self.lease_pool, fn)
+            await asyncio.wrap_future(submit(self.lease_pool, ep.env, fn))
         except Exception as e:  # noqa: BLE001 - reported as the episode's env error
             ep.env_error = ep.env_error or f"{type(e).__name__}: {e}"
 
@@ -270,7 +275,7 @@ class _Rollout:
         timeout = self.settings.step_timeout_s
         with self.stepping:
             try:
-                return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(self.pool, fn), timeout)
+                return await asyncio.wait_for(asyncio.wrap_future(submit(self.pool, ep.env, fn)), timeout)
             except TimeoutError:
                 ep.env_error = f"env step timed out after {timeout:g} s"
             except RunStop:

@@ -1,9 +1,11 @@
 """What a batch that raises leaves behind: a colocated engine in sleep mode goes back to sleep after every batch
 it generated for (the training rollout's and the held-out eval's), also when the batch raised: the optimizer step
 needs its memory; the held-out eval's envs are closed, and so are the training batch's, whose places in the
-rollout's env pool go to new envs."""
+rollout's env pool go to new envs. An env still mid-step in its thread (a step past its deadline, or one running
+when the batch raised) is ended and closed once that step returns, never during it."""
 
 import argparse
+import threading
 from typing import ClassVar
 
 import pytest
@@ -29,12 +31,13 @@ class CloseFailed(RuntimeError):
 
 class SleepingEngine:
     """Stands in for `VLLMBackend` with sleep mode on (CPU vLLM has none): records wake-ups and sleeps,
-    and fails in `failing` ('generate' or 'update_weights'); with None, every turn is the stop token alone."""
+    and fails in `failing` ('generate', 'second generate' or 'update_weights'); otherwise every turn is `reply`
+    (token ids) and the stop token."""
 
     name = "vllm"
 
-    def __init__(self, failing: str | None, stop_id: int | None = None):
-        self.failing, self.stop_id = failing, stop_id
+    def __init__(self, failing: str | None, stop_id: int | None = None, reply: list[int] | None = None):
+        self.failing, self.stop_id, self.reply = failing, stop_id, reply or []
         self.events: list[str] = []
 
     def wake_up(self) -> None:
@@ -49,22 +52,28 @@ class SleepingEngine:
         return False
 
     def generate(self, prompts, params):
-        if self.failing == "generate":
+        if self.failing == "generate" or self.failing == "second generate" and "generate" in self.events:
             raise EngineDown("the engine died mid-batch")
-        return [Generation([self.stop_id], [0.0], self.stop_id) for _ in prompts]
+        self.events.append("generate")
+        ids = [*self.reply, self.stop_id]
+        return [Generation(ids, [0.0] * len(ids), self.stop_id) for _ in prompts]
 
 
 class CountingSudoku(SudokuEnv):
     """Sudoku that counts its close() calls. Of the instances made, the `fail_close`-th one's close() raises
-    (after closing), and the `broken`-th one raises in every reset: a crashed env that stays crashed."""
+    (after closing), the `broken`-th one raises in every reset: a crashed env that stays crashed, and the
+    `held`-th one's first step waits for its `release` event: mid-step for as long as the test wants. Calls of
+    close() or end_episode() made while a step runs are noted in `during_step`."""
 
     made: ClassVar[list] = []  # each test makes a subclass with its own list (the `counted` fixture)
     fail_close: int | None = None
     broken: int | None = None
+    held: int | None = None
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.index, self.closed = len(self.made), 0
+        self.index, self.closed, self.stepping, self.during_step = len(self.made), 0, False, []
+        self.in_step, self.release, self.closed_now = threading.Event(), threading.Event(), threading.Event()
         self.made.append(self)
 
     def reset(self, **kwargs):
@@ -72,11 +81,37 @@ class CountingSudoku(SudokuEnv):
             raise EnvCrashed("the env's process is gone")
         return super().reset(**kwargs)
 
+    def step(self, action):
+        self.stepping = True
+        try:
+            if self.index == self.held and not self.in_step.is_set():
+                self.in_step.set()
+                self.release.wait(10)  # a bound, so that a failing test does not hang its thread
+            return super().step(action)
+        finally:
+            self.stepping = False
+
     def close(self) -> None:
         self.closed += 1
+        if self.stepping:
+            self.during_step.append("close")
         super().close()
+        self.closed_now.set()
         if self.index == self.fail_close:
             raise CloseFailed("the env's process would not stop")
+
+
+class EndingSudoku(CountingSudoku):
+    """CountingSudoku with an episode to end, as a remote env gives its server back: counts its end_episode()."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.ended = 0
+
+    def end_episode(self) -> None:
+        self.ended += 1
+        if self.stepping:
+            self.during_step.append("end_episode")
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +124,22 @@ def trainer(tmp_path_factory):
         "--set", "log.wandb=off", "--set", "grpo.per_device_train_batch_size=4", "--set", "eval.during_training=2"])))
 
 
-@pytest.fixture
-def counted(trainer, monkeypatch):
-    """The run's envs are a fresh CountingSudoku class (set up by the test), from an empty pool."""
-    env_cls = type("Counted", (CountingSudoku,), {"made": []})
+def fresh_envs(trainer, monkeypatch, base: type) -> type:
+    """The run's envs are a fresh subclass of `base` (set up by the test), from an empty pool."""
+    env_cls = type(base.__name__, (base,), {"made": []})
     monkeypatch.setattr(trainer.rollout_func, "env_cls", env_cls)
     monkeypatch.setattr(trainer.rollout_func, "env_pool", [])
     return env_cls
+
+
+@pytest.fixture
+def counted(trainer, monkeypatch):
+    return fresh_envs(trainer, monkeypatch, CountingSudoku)
+
+
+@pytest.fixture
+def ending(trainer, monkeypatch):
+    return fresh_envs(trainer, monkeypatch, EndingSudoku)
 
 
 def training_batch(trainer):
@@ -148,3 +192,24 @@ def test_the_training_batch_after_a_raising_one_gets_new_envs(trainer, counted):
     training_batch(trainer)
     assert [t.info["env_error"] for t in rollouts.batch.trajectories] == [""] * 4
     assert not {id(env) for env in raised_with} & {id(env) for env in rollouts.env_pool}
+
+
+def stepping_engine(trainer, failing: str | None = None) -> SleepingEngine:
+    """An engine whose every turn calls show_board (after the run's response prefix), so every turn steps."""
+    tokenizer = trainer.processing_class
+    reply = tokenizer.encode('show_board", "arguments": {}}\n</tool_call>', add_special_tokens=False)
+    return SleepingEngine(failing, tokenizer.eos_token_id, reply)
+
+
+@pytest.mark.parametrize("batch", [training_batch, held_out_eval])
+def test_an_env_mid_step_when_a_batch_raises_is_ended_and_closed_once_its_step_returns(trainer, ending, batch):
+    ending.held = 0  # still in its first step when the engine dies on the batch's next turns
+    trainer.rollout_func.backend = stepping_engine(trainer, "second generate")
+    with pytest.raises(EngineDown):
+        batch(trainer)
+    held, *others = ending.made
+    assert held.stepping and (held.ended, held.closed) == (0, 0)  # not pulled from under its step
+    assert [(env.ended, env.closed) for env in others] == [(1, 1)] * len(others)
+    held.release.set()
+    assert held.closed_now.wait(5)
+    assert [(env.ended, env.closed, env.during_step) for env in ending.made] == [(1, 1, [])] * len(ending.made)

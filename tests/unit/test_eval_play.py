@@ -1,3 +1,5 @@
+import threading
+
 import pytest
 
 import envs
@@ -68,3 +70,66 @@ def test_eval_closes_the_envs_it_built_before_one_refused_to_start(monkeypatch, 
     with pytest.raises(ConnectionError, match="refused"):
         _play("random", [0, 1, 2, 3])  # the policy's probe env, then batches of 2: the second batch's second fails
     assert closed == built[1:4]  # the first batch's two after it played, then the one built before the failure
+
+
+class HeldStep(SudokuEnv):
+    """Sudoku whose step, once `hold` is set, waits for `release` (mid-step for as long as a test wants), and
+    which counts its end_episode() and close() calls and notes any made while a step was running."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.hold, self.stepping, self.ended, self.closed, self.during_step = False, False, 0, 0, []
+        self.in_step, self.release, self.closed_now = threading.Event(), threading.Event(), threading.Event()
+
+    def step(self, action):
+        self.stepping = True
+        try:
+            if self.hold:
+                self.in_step.set()
+                self.release.wait(10)  # a bound, so that a failing test does not hang its thread
+            return super().step(action)
+        finally:
+            self.stepping = False
+
+    def end_episode(self):  # as a remote env gives its server back
+        self.ended += 1
+        if self.stepping:
+            self.during_step.append("end_episode")
+
+    def close(self):
+        self.closed += 1
+        if self.stepping:
+            self.during_step.append("close")
+        super().close()
+        self.closed_now.set()
+
+
+def test_an_env_mid_step_when_an_eval_batch_raises_is_ended_and_closed_once_its_step_returns(monkeypatch):
+    built = []
+
+    class Held(HeldStep):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            built.append(self)
+
+    def stopping(policy):
+        def act(env):
+            if not any(e.hold for e in built):
+                env.hold = True  # the first env asked for a move is still in that step when the batch raises
+            elif env.turns:
+                assert next(e for e in built if e.hold).in_step.wait(5)
+                raise RunStop("the env server went away")
+            return policy(env)
+        return act
+
+    monkeypatch.setattr(envs, "resolve", lambda name: Held)
+    with pytest.raises(RunStop, match="went away"):
+        _play("random", [0, 1], wrap=stopping)
+    _probe, *batch = built  # the policy's probe env, then the batch's two
+    [held] = [env for env in batch if env.hold]
+    [other] = [env for env in batch if not env.hold]
+    assert (other.ended, other.closed) == (1, 1)
+    assert (held.ended, held.closed) == (0, 0) and held.stepping  # not pulled from under its step
+    held.release.set()
+    assert held.closed_now.wait(5)
+    assert (held.ended, held.closed) == (1, 1) and held.during_step == [] == other.during_step

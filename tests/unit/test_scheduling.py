@@ -1,10 +1,12 @@
 """Episode-level scheduling: an episode goes back to the generator as soon as its own env
 step is done; a slow env delays only its own episode."""
 
+import asyncio
 import time
 
 from envs.sudoku import SudokuEnv
 from rl.config import RolloutSection
+from rl.generation import BatchedStream, Generation, SamplingParams
 from rl.rollout import run_episodes
 
 SHOW = '<tool_call>{"name": "show_board", "arguments": {}}</tool_call>'
@@ -59,3 +61,28 @@ def test_overlapping_time_is_reported_as_wall_time(chat, scripted):
     # four 0.2 s steps ran side by side in each of 2 rounds: about 0.4 s of env time, not 1.6 s
     assert 0.35 < metrics["env_s"] < 1.2 and metrics["wall_s"] >= metrics["env_s"]
     assert metrics["generated_tokens"] > 0
+
+
+def test_turns_of_episodes_cancelled_while_they_waited_are_never_generated():
+    """A batch that raises cancels its other episodes (rl/rollout.py); a batch-only backend must not be handed
+    the turns they were waiting for once they stop, when it would start their batch."""
+    asked = []
+
+    def generate(keys, prompts, params):
+        asked.append(keys)
+        return [Generation([1], [0.0]) for _ in keys]
+
+    async def batch():
+        stream = BatchedStream(generate, episodes=3, wait_s=5.0)
+        waiting = [asyncio.ensure_future(stream.generate(key, [1, 2], SamplingParams())) for key in (1, 2)]
+        await asyncio.sleep(0)  # both wait for the third episode, still in its env step
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+        for key in range(3):  # each episode ends: two of them wait no more, which would start their batch
+            stream.retire(key)
+        await asyncio.sleep(0.3)  # long enough for a batch to reach the backend in its worker thread
+        await stream.aclose()
+
+    asyncio.run(batch())
+    assert asked == []
