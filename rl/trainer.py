@@ -9,6 +9,7 @@ keyword arguments.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -41,6 +42,8 @@ from rl.rollout import STEP_FACTS, Trajectory, run_episodes
 from rl.sharding import StepMemory, full_weights
 from rl.toolcalls import get_format
 from rl.trl_hooks import RolloutBatch, ToolGymGRPOTrainer, prompt_row, step_metrics, to_trl
+
+log = logging.getLogger(__name__)
 
 # vLLM's Gemma 4 model imports transformers' Gemma4Processor, whose image processor needs
 # torchvision; PyPI's torchvision for torch 2.13 is a CUDA build that breaks beside the CPU torch
@@ -110,9 +113,12 @@ class EpisodeRollouts:
                 close_envs(envs, error)
                 raise
         elapsed = time.perf_counter() - started
+        replaced = []
         for i, t in enumerate(trajectories):
             if t.info["env_error"]:  # a crashed or hung env may still be mid-step in its thread: replace it
+                replaced.append(self.env_pool[i])
                 self.env_pool[i] = self.env_cls(**self.env_kwargs)
+        close_replaced(replaced)
         self._log_metrics(trainer, trajectories, timing, elapsed)
         check = self.cfg.rollout.vllm.sync_check_tokens
         if check and trajectories:
@@ -206,6 +212,15 @@ class EpisodeRollouts:
                            log.token_episodes)
         with open(self.log_dir / "episodes.jsonl", "a") as f:
             f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+def close_replaced(envs: list) -> None:
+    """Close the envs a batch crashed (a remote one's server session, a sandboxed one's worker), each once no
+    thread steps it any more (`close_envs`). A close() that raises is logged: the run goes on with new envs."""
+    try:
+        close_envs(envs)
+    except Exception:  # logged, not raised: the trainer must not stop for an env it no longer uses
+        log.warning("closing an env the rollout replaced failed; the run goes on", exc_info=True)
 
 
 def make_backend(cfg: RunConfig, model, tokenizer, step: int):

@@ -2,10 +2,12 @@
 it generated for (the training rollout's and the held-out eval's), also when the batch raised: the optimizer step
 needs its memory; the held-out eval's envs are closed, and so are the training batch's, whose places in the
 rollout's env pool go to new envs. An env still mid-step in its thread (a step past its deadline, or one running
-when the batch raised) is ended and closed once that step returns, never during it."""
+when the batch raised) is ended and closed once that step returns, never during it; so is one the training pool
+replaces after it crashed."""
 
 import argparse
 import threading
+import time
 from typing import ClassVar
 
 import pytest
@@ -60,13 +62,13 @@ class SleepingEngine:
 
 
 class CountingSudoku(SudokuEnv):
-    """Sudoku that counts its close() calls. Of the instances made, the `fail_close`-th one's close() raises
+    """Sudoku that counts its close() calls. Of the instances made, the close() of those in `fail_close` raises
     (after closing), the `broken`-th one raises in every reset: a crashed env that stays crashed, and the
     `held`-th one's first step waits for its `release` event: mid-step for as long as the test wants. Calls of
     close() or end_episode() made while a step runs are noted in `during_step`."""
 
     made: ClassVar[list] = []  # each test makes a subclass with its own list (the `counted` fixture)
-    fail_close: int | None = None
+    fail_close: tuple[int, ...] = ()
     broken: int | None = None
     held: int | None = None
 
@@ -97,7 +99,7 @@ class CountingSudoku(SudokuEnv):
             self.during_step.append("close")
         super().close()
         self.closed_now.set()
-        if self.index == self.fail_close:
+        if self.index in self.fail_close:
             raise CloseFailed("the env's process would not stop")
 
 
@@ -164,7 +166,7 @@ def test_a_raising_batch_still_puts_the_engine_back_to_sleep(trainer, batch, fai
 
 
 def test_a_raising_held_out_batch_closes_every_env_and_keeps_its_error(trainer, counted):
-    counted.fail_close = 0  # nor does a close() that raises too replace the batch's error, or skip the others
+    counted.fail_close = (0,)  # nor does a close() that raises too replace the batch's error, or skip the others
     trainer.rollout_func.backend = SleepingEngine("generate")
     with pytest.raises(EngineDown) as raised:
         held_out_eval(trainer)
@@ -173,7 +175,7 @@ def test_a_raising_held_out_batch_closes_every_env_and_keeps_its_error(trainer, 
 
 
 def test_an_env_close_that_raises_after_a_held_out_batch_is_raised_once_every_env_closed(trainer, counted):
-    counted.fail_close = 0
+    counted.fail_close = (0,)
     trainer.rollout_func.backend = SleepingEngine(None, trainer.processing_class.eos_token_id)
     with pytest.raises(CloseFailed):
         held_out_eval(trainer)
@@ -201,6 +203,13 @@ def stepping_engine(trainer, failing: str | None = None) -> SleepingEngine:
     return SleepingEngine(failing, tokenizer.eos_token_id, reply)
 
 
+def wait_for(check, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return check()
+
+
 @pytest.mark.parametrize("batch", [training_batch, held_out_eval])
 def test_an_env_mid_step_when_a_batch_raises_is_ended_and_closed_once_its_step_returns(trainer, ending, batch):
     ending.held = 0  # still in its first step when the engine dies on the batch's next turns
@@ -213,3 +222,26 @@ def test_an_env_mid_step_when_a_batch_raises_is_ended_and_closed_once_its_step_r
     held.release.set()
     assert held.closed_now.wait(5)
     assert [(env.ended, env.closed, env.during_step) for env in ending.made] == [(1, 1, [])] * len(ending.made)
+
+
+def test_a_crashed_env_the_training_pool_replaces_is_closed_once_no_thread_steps_it(trainer, ending, monkeypatch,
+                                                                                     caplog):
+    ending.held, ending.broken = 0, 1  # a step past its deadline; an env that fails to reset
+    ending.fail_close = (0, 1)  # neither close() that raises stops the run: one now, one once its step returns
+    rollouts = trainer.rollout_func
+    monkeypatch.setattr(rollouts.cfg.rollout, "step_timeout_s", 0.5)
+    rollouts.backend = stepping_engine(trainer)
+    training_batch(trainer)
+    held, broken, *fine = ending.made[:4]  # then the two that took their places
+    assert [bool(t.info["env_error"]) for t in rollouts.batch.trajectories] == [True, True, False, False]
+    assert [id(env) for env in rollouts.env_pool[2:]] == [id(env) for env in fine]
+    assert not {id(held), id(broken)} & {id(env) for env in rollouts.env_pool}
+    assert (broken.ended, broken.closed) == (1, 1)
+    assert any(r.name == "rl.trainer" and r.exc_info and r.exc_info[0] is CloseFailed for r in caplog.records)
+    assert held.stepping and (held.ended, held.closed) == (0, 0)  # not pulled from under its step
+    held.release.set()
+    assert held.closed_now.wait(5)
+    assert wait_for(lambda: any(r.name == "envs.threads" and r.exc_info and r.exc_info[0] is CloseFailed
+                                for r in caplog.records))
+    assert (held.ended, held.closed, held.during_step) == (1, 1, [])
+    assert [env.closed for env in fine] == [0, 0]  # the pool plays on with them
