@@ -63,12 +63,14 @@ def _engine(cfg, model, tokenizer, options: dict):
 
 def _first_turn_prompts(cfg, chat, env_cls, n: int) -> list[list[int]]:
     """The prompts `run_episodes` builds for the first turn of seeds 0..n-1."""
+    from envs.base import closing_envs
+
     prefix = chat.encode(cfg.rollout.response_prefix) if cfg.rollout.response_prefix else []
     prompts = []
     for seed in range(n):
-        env = env_cls(**cfg.env.kwargs)
-        observation, _ = env.reset(seed=seed)
-        prompts.append(chat.prompt_ids([{"role": "user", "content": observation}], env.tool_schemas()) + prefix)
+        with closing_envs([env_cls(**cfg.env.kwargs)]) as (env,):
+            observation, _ = env.reset(seed=seed)
+            prompts.append(chat.prompt_ids([{"role": "user", "content": observation}], env.tool_schemas()) + prefix)
     return prompts
 
 
@@ -201,6 +203,7 @@ class _EngineSteps:
 def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, ceiling: float) -> list[dict]:
     """Whole episodes on each backend, and the engine's raw rate on the very turns the vLLM rollout played:
     bare (the ceiling), and with the rollout's stop strings (vLLM detokenizes for them)."""
+    from envs.base import closing_envs
     from rl.rollout import run_episodes, turn_params
 
     settings, max_turns, vllm = cfg.rollout, cfg.rollout.max_turns, backends["vllm colocate (VLLMBackend)"]
@@ -212,8 +215,8 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
 
     def episodes(backend):
         timing: dict = {}
-        trajectories = run_episodes([env_cls(**cfg.env.kwargs) for _ in range(n)], list(range(n)), backend,
-                                    chat, settings, metrics=timing)
+        with closing_envs([env_cls(**cfg.env.kwargs) for _ in range(n)]) as batch_envs:
+            trajectories = run_episodes(batch_envs, list(range(n)), backend, chat, settings, metrics=timing)
         return timing["generated_tokens"], (trajectories, timing)
 
     try:
