@@ -68,7 +68,11 @@ def to_trl(trajectories: list[Trajectory], fallback_id: int) -> dict[str, list]:
 
 def weighted_rewards(per_func: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """(episodes, functions) rewards -> each episode's reward: the weighted sum of its functions' values, a
-    function that returned None (NaN) left out; NaN where every function did (as TRL sums them)."""
+    function that returned None (NaN) left out; NaN where every function did (as TRL sums them).
+
+    This is the reward TRL logs under either `multi_objective_aggregation` (TRL 1.16 sums the weighted values
+    for its `reward` metric after computing the advantages either way), so episodes.jsonl matches the logged
+    mean; step-level advantages compare these sums too, also where `normalize_then_sum` gave the episodes'."""
     rewards = (per_func * weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
     rewards[torch.isnan(per_func).all(dim=1)] = torch.nan
     return rewards

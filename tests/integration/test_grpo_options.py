@@ -4,8 +4,20 @@ and numbers as launch/eval.py) and num_iterations."""
 import argparse
 import json
 
+import pytest
+import yaml
+
 from rl.cli import add_run_arguments, config_from_args
 
+SPREAD_REWARDS = """
+import random
+
+def draw(prompts, completions, **kwargs):
+    return [random.random() for _ in completions]
+
+def coin(prompts, completions, **kwargs):
+    return [float(random.random() < 0.5) for _ in completions]
+"""
 PREFIX = '<tool_call>\n{"name": "place", "arguments": {"row": '  # the tiny model's calls then fail to parse
 
 
@@ -161,3 +173,23 @@ def test_the_wandb_run_holds_the_whole_toolgym_config(tmp_path, monkeypatch):
     assert logged["env"]["name"] == "sudoku" and logged["rollout"]["max_turns"] == 3
     assert logged["rewards"] == cfg.rewards and logged["log"]["tags"] == ["tiny", "test"]
     assert b"sweep-a" in data  # the run's group
+
+
+def test_episode_rewards_are_trls_logged_reward_under_either_aggregation(tmp_path):
+    """TRL logs the weighted sum of the reward functions as `reward` whichever `multi_objective_aggregation` made
+    the advantages; the episode log and the step-level advantages read that sum too."""
+    from rl.trainer import train
+
+    (tmp_path / "spread.py").write_text(SPREAD_REWARDS)  # two rewards that differ, so the aggregations do
+    for aggregation in ("sum_then_normalize", "normalize_then_sum"):
+        out = train(config(tmp_path / aggregation, "--reward", f"{tmp_path / 'spread.py'}:draw=1",
+                           "--reward", f"{tmp_path / 'spread.py'}:coin=0.5",
+                           "--set", "grpo.max_steps=1", "--set", "log.sample_episodes=4",
+                           "--set", "grpo.step_advantage_weight=1",
+                           "--set", f"grpo.multi_objective_aggregation={aggregation}"))
+        assert yaml.safe_load((out / "config.yaml").read_text())["grpo"]["trl_args"] == {
+            "multi_objective_aggregation": aggregation}
+        logged = [json.loads(line)["reward"] for line in (out / "episodes.jsonl").open()]
+        step = next(json.loads(line) for line in (out / "metrics.jsonl").open() if '"reward"' in line)
+        assert len(set(logged)) > 1  # rewards that differ, so a wrong sum would show
+        assert len(logged) == 4 and step["reward"] == pytest.approx(sum(logged) / 4, abs=1e-6)
