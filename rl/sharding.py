@@ -16,12 +16,8 @@ from contextlib import contextmanager
 
 import torch
 from transformers import TrainerCallback
+from trl.distributed import DistributedBackend
 from trl.models import unwrap_model_for_generation
-
-
-def fsdp_version(accelerator) -> int | None:
-    plugin = getattr(accelerator.state, "fsdp_plugin", None)
-    return getattr(plugin, "fsdp_version", None) if plugin is not None else None
 
 
 @contextmanager
@@ -34,7 +30,7 @@ def full_weights(trainer):
     after forward, then resharded. ZeRO-3 always gathers here, whatever `ds3_gather_for_generation`
     says: without it the rollout's forward passes would be collectives."""
     acc = trainer.accelerator
-    version = fsdp_version(acc)
+    version = DistributedBackend(acc).fsdp_version  # None: not FSDP
     if version not in (None, 2):
         raise ValueError(f"FSDP version {version} is not supported for rollouts (supported: FSDP2, "
                          "fsdp_version: 2 in the accelerate config; or DeepSpeed ZeRO-3)")
