@@ -89,6 +89,9 @@ def summarize_infos(infos: list[dict], k: int = 1) -> dict:
         "env_errors": sum(bool(i.get("env_error")) for i in infos),
         "facts": mean_facts(infos),
     }
+    shares = move_shares(summary["facts"])
+    if shares:
+        summary["move_shares"] = shares
     if k > 1:
         seeds = n // k
         summary[f"pass@{k}"] = sum(any(infos[j * seeds + s].get("solved") for j in range(k))
@@ -103,6 +106,14 @@ def mean_facts(infos: list[dict]) -> dict[str, float]:
     numeric = [k for k in sorted(keys)
                if all(isinstance(i[k], (int, float)) and i[k] == i[k] for i in infos)]  # bools are ints; NaN is not
     return {k: sum(float(i[k]) for i in infos) / len(infos) for k in numeric}
+
+
+def move_shares(facts: dict[str, float]) -> dict[str, float]:
+    """Each kind of move's share of all moves, for an env whose facts count its moves (`moves`) and each kind of
+    them (`<kind>_moves`, e.g. Sudoku's right, wrong, clash); {} for one that does not."""
+    total = facts.get("moves", 0.0)
+    kinds = [k for k in facts if k.endswith("_moves") and k != "moves"]
+    return {k.removesuffix("_moves"): facts[k] / total for k in kinds} if total else {}
 
 
 def evaluate(cfg: RunConfig, policy: str = "", transcripts: list[dict] | None = None) -> dict:
@@ -234,9 +245,9 @@ def heldout_results(run: str | Path) -> list[dict]:
 def heldout_table(runs: list[str | Path]) -> str:
     """Markdown: every held-out measurement of each run, each against the run's first one (paired, on
     the same episodes), then each run's last against the first run's last."""
-    header = ("| run | step | episodes | solve rate [95% CI] | invalid calls | format errors | vs its first: "
-              "solved only now / only then, McNemar p |")
-    lines = [header, "|---|---|---|---|---|---|---|"]
+    header = ("| run | step | episodes | solve rate [95% CI] | invalid calls | format errors | moves by kind | "
+              "vs its first: solved only now / only then, McNemar p |")
+    lines = [header, "|---|---|---|---|---|---|---|---|"]
     lasts = []
     for run in runs:
         results = heldout_results(run)
@@ -246,7 +257,15 @@ def heldout_table(runs: list[str | Path]) -> str:
             c = paired_comparison(first, r)
             lines.append(f"| {Path(run).name} | {r.get('step', '?')} | {r['episodes']} | {r['solve_rate']:.1%} "
                          f"[{low:.1%}, {high:.1%}] | {r['invalid_call_rate']:.1%} | {r['format_error_rate']:.1%} | "
-                         f"{c['solved_by_b_only']} / {c['solved_by_a_only']}, p = {c['p_value']:.3g} |")
+                         f"{kinds_cell(r)} | {c['solved_by_b_only']} / {c['solved_by_a_only']}, p = {c['p_value']:.3g} |")
         lasts.append(results[-1])
     lines += ["", *(paired_line(paired_comparison(lasts[0], last)) for last in lasts[1:])]
     return "\n".join(lines) + "\n"
+
+
+def kinds_cell(result: dict) -> str:
+    """`clash 21% / right 61% / wrong 8% / ...` (kinds in name order): a result's `move_shares` (results of envs that count no moves,
+    and those written before moves were counted, have none: '-')."""
+    shares = result.get("move_shares") or move_shares(result.get("facts", {}))
+    return " / ".join(f"{kind} {share:.0%}" for kind, share in shares.items()) or "-"
+

@@ -4,7 +4,8 @@ Per-step training rates are noisy (each step draws new puzzles and samples at te
 so a run's curve says little about progress. `HeldOutEval` plays the first
 `eval.during_training` held-out seeds (those `launch/eval.py` starts with) with the
 current weights through the rollout backend, and logs `heldout/solve_rate`,
-`heldout/mean_return`, `heldout/invalid_call_rate` and `heldout/format_error_rate`: at step 0 (the starting model, e.g.
+`heldout/mean_return`, `heldout/invalid_call_rate`, `heldout/format_error_rate` and, for an env that counts its
+moves by kind, each kind's share of all moves (`heldout/moves/<kind>`): at step 0 (the starting model, e.g.
 the SFT checkpoint) and at every `eval.every_steps`-th step, into metrics.jsonl and the
 curve, computed as `launch/eval.py` computes them. Each measurement is also written as an eval.py
 result, `<run>/heldout/step-<N>.json`, with every episode's outcome, so any two of them, or one and
@@ -72,5 +73,6 @@ class HeldOutEval(TrainerCallback):
         if acc.is_main_process and self.out is not None:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / f"step-{step}.json").write_text(json.dumps(result, indent=2))
-        return {f"heldout/{key}": float(result[key])
-                for key in ("solve_rate", "mean_return", "invalid_call_rate", "format_error_rate", "episodes")}
+        return {**{f"heldout/{key}": float(result[key])
+                   for key in ("solve_rate", "mean_return", "invalid_call_rate", "format_error_rate", "episodes")},
+                **{f"heldout/moves/{kind}": share for kind, share in result.get("move_shares", {}).items()}}

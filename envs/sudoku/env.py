@@ -21,6 +21,19 @@ import random
 from envs.base import ToolEnv, ToolError, tool
 from envs.sudoku.puzzles import box_shape, generate, peers
 
+# What a place() call did, counted per episode as the facts `<kind>_moves` (and `moves`, all place calls):
+# right: the solution's digit into an empty cell; wrong: a legal digit that is not the solution's (the puzzle
+# can no longer be solved without overwriting it); overwrite: a legal digit into a cell it had filled itself;
+# clash: refused, the digit is already in the cell's row, column or box; clue: refused, a given clue's cell;
+# off_board: refused, a row, column or digit out of range.
+MOVE_KINDS = ("right", "wrong", "overwrite", "clash", "clue", "off_board")
+
+
+def _refused(kind: str, message: str) -> ToolError:
+    error = ToolError(message)
+    error.kind = kind
+    return error
+
 
 class SudokuEnv(ToolEnv):
     default_max_steps = 40
@@ -37,6 +50,7 @@ class SudokuEnv(ToolEnv):
         self.board: list[int] = []
         self.tries: dict[tuple, int] = {}
         self.moves: list[tuple[bool, bool, int]] = []
+        self.kinds: dict[str, int] = dict.fromkeys(MOVE_KINDS, 0)
 
     def setup(self, options: dict) -> str:
         size = options.get("size", self.size)
@@ -46,6 +60,7 @@ class SudokuEnv(ToolEnv):
         self.size, self.board = size, list(self.puzzle)
         self.tries: dict[tuple, int] = {}  # (row, col, digit) -> place calls so far
         self.moves: list[tuple[bool, bool, int]] = []  # per place call: empty target, valid and new, repeats
+        self.kinds = dict.fromkeys(MOVE_KINDS, 0)  # place calls by what they did (MOVE_KINDS)
         bh, bw = box_shape(size)
         return (
             f"Solve this {size}x{size} Sudoku. Every row, every column and every {bh}x{bw} box must "
@@ -68,24 +83,28 @@ class SudokuEnv(ToolEnv):
         empty = 1 <= row <= n and 1 <= col <= n and self.board[(row - 1) * n + col - 1] == 0
         try:
             result = self._place(row, col, digit)
-        except ToolError:
+        except ToolError as refused:
             self.moves.append((empty, False, repeats))
+            self.kinds[refused.kind] += 1
             raise
         self.moves.append((empty, repeats == 0, repeats))
+        cell = (row - 1) * n + col - 1
+        self.kinds["overwrite" if not empty else "right" if digit == self.solution[cell] else "wrong"] += 1
         return result
 
     def _place(self, row: int, col: int, digit: int) -> str:
         n = self.size
         for name, value in (("row", row), ("col", col), ("digit", digit)):
             if not 1 <= value <= n:
-                raise ToolError(f"{name} must be between 1 and {n}, got {value}.")
+                raise _refused("off_board", f"{name} must be between 1 and {n}, got {value}.")
         cell = (row - 1) * n + (col - 1)
         if self.puzzle[cell]:
-            raise ToolError(f"row {row}, column {col} is a given clue and cannot be changed.")
+            raise _refused("clue", f"row {row}, column {col} is a given clue and cannot be changed.")
         clash = [p for p in peers(n)[cell] if self.board[p] == digit]
         if clash:
             r, c = divmod(clash[0], n)
-            raise ToolError(f"{digit} is already in the same row, column or box (at row {r + 1}, column {c + 1}).")
+            raise _refused("clash", f"{digit} is already in the same row, column or box "
+                                    f"(at row {r + 1}, column {c + 1}).")
         self.board[cell] = digit
         if self.solved:
             self.step_reward += 1.0
@@ -116,7 +135,8 @@ class SudokuEnv(ToolEnv):
                 "correct_reward": float(self.solved), "progress_reward": progress,
                 "valid_move_reward": mean([float(valid) for _, valid, _ in moves]),
                 "empty_cell_reward": mean([1.0 if empty else -1.0 for empty, _, _ in moves]) if self.moves else 0.0,
-                "repetition_reward": mean([-min(2.0 ** (r - 1), 10.0) if r else 0.0 for _, _, r in moves])}
+                "repetition_reward": mean([-min(2.0 ** (r - 1), 10.0) if r else 0.0 for _, _, r in moves]),
+                "moves": len(self.moves), **{f"{kind}_moves": count for kind, count in self.kinds.items()}}
 
     def board_text(self) -> str:
         n = self.size

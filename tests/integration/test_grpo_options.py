@@ -193,3 +193,19 @@ def test_episode_rewards_are_trls_logged_reward_under_either_aggregation(tmp_pat
         step = next(json.loads(line) for line in (out / "metrics.jsonl").open() if '"reward"' in line)
         assert len(set(logged)) > 1  # rewards that differ, so a wrong sum would show
         assert len(logged) == 4 and step["reward"] == pytest.approx(sum(logged) / 4, abs=1e-6)
+
+
+def test_held_out_rows_give_each_kind_of_move_its_share(tmp_path):
+    """Sudoku counts its moves by kind; every turn here places a 1 at row 1, column 1, a clue in seed 10,000,000's
+    and the next seeds' puzzles, so every held-out move is a refused clue move."""
+    from rl.trainer import train
+
+    call = '<tool_call>\n{"name": "place", "arguments": {"row": 1, "col": 1, "digit": 1}}\n</tool_call>'
+    out = train(config(tmp_path, "--set", "grpo.max_steps=1", "--set", "eval.every_steps=1",
+                       "--set", "eval.during_training=2", "--set", f"rollout.response_prefix={json.dumps(call)}",
+                       "--set", "rollout.max_new_tokens=2"))
+    held = [json.loads(line) for line in (out / "metrics.jsonl").open() if "heldout/solve_rate" in line]
+    assert [row["heldout/moves/clue"] for row in held] == [1.0, 1.0]
+    assert held[0]["heldout/moves/right"] == held[0]["heldout/moves/clash"] == 0.0
+    written = json.loads((out / "heldout" / "step-1.json").read_text())
+    assert {f"heldout/moves/{k}": v for k, v in written["move_shares"].items()}.items() <= held[1].items()

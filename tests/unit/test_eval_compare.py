@@ -63,7 +63,7 @@ def test_eval_compare_prints_the_paired_line_and_json(tmp_path, capsys):
     assert (data["a"], data["b"], data["solved_by_b_only"]) == (str(paths[0]), str(paths[1]), 1)
 
 
-def held_out_run(root, name, outcomes_by_step):
+def held_out_run(root, name, outcomes_by_step, facts=None):
     """A GRPO run folder with heldout/step-N.json results, as eval.every_steps writes them."""
     from rl.config import load_config
     from rl.evaluation import eval_result
@@ -73,8 +73,8 @@ def held_out_run(root, name, outcomes_by_step):
     cfg = load_config(None, ["env.kwargs.size=4"])
     for step, solved in outcomes_by_step.items():
         seeds = list(range(10_000_000, 10_000_000 + len(solved)))
-        infos = [{"solved": s, "episode_return": float(s), "model_turns": 3, "turns": 3, "invalid_actions": 1}
-                 for s in solved]
+        infos = [{"solved": s, "episode_return": float(s), "model_turns": 3, "turns": 3, "invalid_actions": 1,
+                  **(facts or {})} for s in solved]
         r = eval_result(cfg, f"{name}@step-{step}", "vllm", seeds, infos, 0.0, step=step)
         (folder / f"step-{step}.json").write_text(json.dumps(r))
     return root / name
@@ -94,3 +94,21 @@ def test_heldout_table_pairs_each_step_with_the_first_and_the_runs_last_steps(tm
     assert "episode@step-10 vs credit@step-10 on the same 8 episodes: 12.5% vs 87.5%" in out
     with pytest.raises(SystemExit):
         eval_entry.main(["--heldout", str(tmp_path / "nothing")])
+
+
+def test_heldout_table_gives_each_kind_of_move_its_share_of_all_moves(tmp_path, capsys):
+    from rl.evaluation import summarize_infos
+
+    spec = importlib.util.spec_from_file_location("eval_entry", EVAL_PY)
+    eval_entry = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(eval_entry)
+    counted = held_out_run(tmp_path, "counted", {0: [False, True]},
+                           {"moves": 4, "right_moves": 3, "clash_moves": 1, "wrong_moves": 0})
+    plain = held_out_run(tmp_path, "plain", {0: [False, True]})
+    assert eval_entry.main(["--heldout", str(counted), str(plain)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("| counted", "| plain"))]
+    assert " | clash 25% / right 75% / wrong 0% | " in rows[0] and " | - | " in rows[1]
+    # shares of all moves, not means of each episode's shares: 1 clash in 1 move and 0 in 9 is 10%
+    shares = summarize_infos([{"moves": 1, "clash_moves": 1}, {"moves": 9, "clash_moves": 0}])["move_shares"]
+    assert shares == {"clash": pytest.approx(0.1)}
+

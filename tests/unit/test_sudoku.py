@@ -85,6 +85,27 @@ def test_clue_cells_cannot_change_and_conflicts_are_rejected():
     assert env.board[cell] == 0
 
 
+def test_every_place_call_is_counted_by_what_it_did():
+    env = fresh(difficulty="hard")
+    place = lambda cell, digit: env.step({"name": "place", "arguments": {
+        "row": cell // 4 + 1, "col": cell % 4 + 1, "digit": digit}})[-1]
+    clue = next(i for i, v in enumerate(env.puzzle) if v)
+    right = env.board.index(0)
+    place(right, env.solution[right])
+    # a legal digit that is not the solution's, in an empty cell
+    wrong, digit = next((c, d) for c in range(16) if env.board[c] == 0 for d in range(1, 5)
+                        if d != env.solution[c] and all(env.board[p] != d for p in peers(4)[c]))
+    place(wrong, digit)
+    info = place(wrong, env.solution[wrong])  # its own filled cell, now with the solution's digit
+    assert info["overwrite_moves"] == info["right_moves"] == info["wrong_moves"] == 1
+    place(clue, 1)
+    place(right, 5)
+    clash = next(c for c in range(16) if env.board[c] == 0)
+    info = place(clash, next(env.board[p] for p in peers(4)[clash] if env.board[p]))
+    assert [info[f"{kind}_moves"] for kind in ("clue", "off_board", "clash")] == [1, 1, 1]
+    assert info["moves"] == 6 and info["invalid_actions"] == 3
+
+
 def test_solving_terminates_with_reward_one():
     env = fresh()
     total = 0.0
