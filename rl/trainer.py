@@ -68,6 +68,7 @@ class EpisodeRollouts:
         self.env_cls = env_cls
         self.env_pool: list = []
         self.backend = None
+        self.engine_awake = False  # woken by sync_backend, for a sleep-mode engine to sleep again after the batch
         self.log_dir = log_dir
         self.rows: list[dict] = []  # dataset rows of the batch being generated (set by the trainer)
         self.batch: RolloutBatch | None = None  # the last batch's episodes, for the trainer's hooks
@@ -126,7 +127,8 @@ class EpisodeRollouts:
         """The generation backend on the trainer's current weights, for one batch of episodes (training's or
         the held-out eval's). Sharded runs gather the weights once; a vLLM engine holds its own copy, so the
         gathered one goes before it generates; the engine sleeps again after (sleep mode), also when the weight
-        push or the batch raised, so the optimizer step that follows gets its memory back."""
+        push or the batch raised, so the optimizer step that follows gets its memory back. An engine whose wake-up
+        raised is left as it is (its error is the one raised), and the next batch wakes it again."""
         with ExitStack() as gathered:
             model = gathered.enter_context(full_weights(trainer))
             try:
@@ -135,7 +137,8 @@ class EpisodeRollouts:
                     gathered.close()
                 yield backend
             finally:
-                if hasattr(self.backend, "sleep"):  # woken by sync_backend (None: the engine never started)
+                if self.engine_awake:  # woken by sync_backend
+                    self.engine_awake = False
                     self.backend.sleep()
 
     def sync_backend(self, model, trainer):
@@ -144,7 +147,7 @@ class EpisodeRollouts:
         if self.backend is None:
             self.backend = make_backend(self.cfg, model, trainer.processing_class, step)
         if hasattr(self.backend, "wake_up"):
-            self.backend.wake_up()  # sleep mode: the engine gave its memory to the optimizer step
+            self.wake_up()
         if self.cfg.rollout.backend == "vllm-server":  # one process pushes to the shared servers
             if trainer.accelerator.is_main_process:
                 self.backend.update_weights(model, version=step)
@@ -156,6 +159,19 @@ class EpisodeRollouts:
 
                 self.sync_check = sync_gap(self.backend, model, self.probe_ids)
         return self.backend
+
+    def wake_up(self) -> None:
+        """Wake the engine (sleep mode: it gave its memory to the optimizer step). One whose wake-up raised may be
+        half awake: it is not put to sleep again (that would act on memory the wake-up left in an unknown state,
+        and an error from it would hide this one), and stays asleep for vLLM, whose next wake-up brings back what
+        this one did not."""
+        try:
+            self.backend.wake_up()
+        except Exception as error:
+            error.add_note("the generation engine did not wake up from sleep mode; it was not put back to sleep, "
+                           "and the next batch wakes it again")
+            raise
+        self.engine_awake = True
 
     def _log_metrics(self, trainer, trajectories: list[Trajectory], timing: dict, elapsed: float) -> None:
         """Episode metrics averaged over every process's episodes; timings are this process's."""
