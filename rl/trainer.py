@@ -173,6 +173,11 @@ class EpisodeRollouts:
             raise
         self.engine_awake = True
 
+    def shutdown(self) -> None:
+        """End the run's generation engine (a colocated vLLM engine and the process group it set up)."""
+        if hasattr(self.backend, "shutdown"):
+            self.backend.shutdown()
+
     def _log_metrics(self, trainer, trajectories: list[Trajectory], timing: dict, elapsed: float) -> None:
         """Episode metrics averaged over every process's episodes; timings are this process's."""
         metrics = step_metrics(trainer)
@@ -360,15 +365,18 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     checkpoint = resume_from(out, resume)
     start = checkpoint_step(checkpoint) if checkpoint else 0
     trainer = build_trainer(cfg)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if trainer.state.global_step > start:  # final/ is only ever replaced by a model that trained further
-        trainer.save_model(str(out / "final"))  # every process: ZeRO-3 and FSDP gather the weights to save
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if trainer.state.global_step > start:  # final/ is only ever replaced by a model that trained further
+            trainer.save_model(str(out / "final"))  # every process: ZeRO-3 and FSDP gather the weights to save
+            if trainer.accelerator.is_main_process:
+                trainer.processing_class.save_pretrained(str(out / "final"))
         if trainer.accelerator.is_main_process:
-            trainer.processing_class.save_pretrained(str(out / "final"))
-    if trainer.accelerator.is_main_process:
-        save_curve(out)
-    if "wandb" in (trainer.args.report_to or []) and trainer.accelerator.is_main_process:
-        import wandb
+            save_curve(out)
+        if "wandb" in (trainer.args.report_to or []) and trainer.accelerator.is_main_process:
+            import wandb
 
-        wandb.finish()  # the run's files complete; a next run in this process (a sweep) gets its own
+            wandb.finish()  # the run's files complete; a next run in this process (a sweep) gets its own
+    finally:
+        trainer.rollout_func.shutdown()  # also when the run raised
     return out
