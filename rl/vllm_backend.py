@@ -82,8 +82,7 @@ class VLLMBackend:
         from vllm import LLM
         from vllm.platforms import current_platform
 
-        if not (on_cpu := current_platform.is_cpu()):
-            small_vocab_runner(model_path)
+        on_cpu = current_platform.is_cpu()
         if enable_sleep_mode and not current_platform.is_sleep_mode_available():
             raise ValueError(f"enable_sleep_mode=True: vLLM has no sleep mode on {current_platform.device_name} "
                              "(only CUDA, ROCm, XPU); use enable_sleep_mode=False")
@@ -100,12 +99,13 @@ class VLLMBackend:
             os.environ["VLLM_FLOAT32_MATMUL_PRECISION"] = precision
         had_group = _process_group()
         try:
-            self.llm = LLM(
-                model=str(model_path), tokenizer=str(tokenizer_path or model_path), dtype=dtype, seed=seed,
-                gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
-                enable_sleep_mode=enable_sleep_mode, enable_prefix_caching=enable_prefix_caching,
-                logprobs_mode="processed_logprobs", **engine_kwargs)
+            with contextlib.nullcontext() if on_cpu else small_vocab_runner(model_path):
+                self.llm = LLM(
+                    model=str(model_path), tokenizer=str(tokenizer_path or model_path), dtype=dtype, seed=seed,
+                    gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                    enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
+                    enable_sleep_mode=enable_sleep_mode, enable_prefix_caching=enable_prefix_caching,
+                    logprobs_mode="processed_logprobs", **engine_kwargs)
         finally:
             if not told:
                 del os.environ["VLLM_FLOAT32_MATMUL_PRECISION"]
