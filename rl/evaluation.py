@@ -158,6 +158,7 @@ def evaluate(cfg: RunConfig, policy: str = "", transcripts: list[dict] | None = 
                                  batch_size=e.batch_size)
     finally:
         if engine_dir is not None:
+            backend.shutdown()  # the engine and the process group it set up
             shutil.rmtree(engine_dir, ignore_errors=True)
     if transcripts is not None:
         transcripts += eval_rows(trajectories, seeds, chat, e.transcripts)

@@ -71,6 +71,7 @@ class EpisodeRollouts:
         self.env_cls = env_cls
         self.env_pool: list = []
         self.backend = None
+        self.engine_awake = False  # woken by sync_backend, for a sleep-mode engine to sleep again after the batch
         self.log_dir = log_dir
         self.rows: list[dict] = []  # dataset rows of the batch being generated (set by the trainer)
         self.batch: RolloutBatch | None = None  # the last batch's episodes, for the trainer's hooks
@@ -132,7 +133,8 @@ class EpisodeRollouts:
         """The generation backend on the trainer's current weights, for one batch of episodes (training's or
         the held-out eval's). Sharded runs gather the weights once; a vLLM engine holds its own copy, so the
         gathered one goes before it generates; the engine sleeps again after (sleep mode), also when the weight
-        push or the batch raised, so the optimizer step that follows gets its memory back."""
+        push or the batch raised, so the optimizer step that follows gets its memory back. An engine whose wake-up
+        raised is left as it is (its error is the one raised), and the next batch wakes it again."""
         with ExitStack() as gathered:
             model = gathered.enter_context(full_weights(trainer))
             try:
@@ -141,7 +143,8 @@ class EpisodeRollouts:
                     gathered.close()
                 yield backend
             finally:
-                if hasattr(self.backend, "sleep"):  # woken by sync_backend (None: the engine never started)
+                if self.engine_awake:  # woken by sync_backend
+                    self.engine_awake = False
                     self.backend.sleep()
 
     def sync_backend(self, model, trainer):
@@ -150,7 +153,7 @@ class EpisodeRollouts:
         if self.backend is None:
             self.backend = make_backend(self.cfg, model, trainer.processing_class, step)
         if hasattr(self.backend, "wake_up"):
-            self.backend.wake_up()  # sleep mode: the engine gave its memory to the optimizer step
+            self.wake_up()
         if self.cfg.rollout.backend == "vllm-server":  # one process pushes to the shared servers
             if trainer.accelerator.is_main_process:
                 self.backend.update_weights(model, version=step)
@@ -162,6 +165,24 @@ class EpisodeRollouts:
 
                 self.sync_check = sync_gap(self.backend, model, self.probe_ids)
         return self.backend
+
+    def wake_up(self) -> None:
+        """Wake the engine (sleep mode: it gave its memory to the optimizer step). One whose wake-up raised may be
+        half awake: it is not put to sleep again (that would act on memory the wake-up left in an unknown state,
+        and an error from it would hide this one), and stays asleep for vLLM, whose next wake-up brings back what
+        this one did not."""
+        try:
+            self.backend.wake_up()
+        except Exception as error:
+            error.add_note("the generation engine did not wake up from sleep mode; it was not put back to sleep, "
+                           "and the next batch wakes it again")
+            raise
+        self.engine_awake = True
+
+    def shutdown(self) -> None:
+        """End the run's generation engine (a colocated vLLM engine and the process group it set up)."""
+        if hasattr(self.backend, "shutdown"):
+            self.backend.shutdown()
 
     def _log_metrics(self, trainer, trajectories: list[Trajectory], timing: dict, elapsed: float) -> None:
         """Episode metrics averaged over every process's episodes; timings are this process's."""
@@ -359,15 +380,18 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
     checkpoint = resume_from(out, resume)
     start = checkpoint_step(checkpoint) if checkpoint else 0
     trainer = build_trainer(cfg)
-    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    if trainer.state.global_step > start:  # final/ is only ever replaced by a model that trained further
-        trainer.save_model(str(out / "final"))  # every process: ZeRO-3 and FSDP gather the weights to save
+    try:
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if trainer.state.global_step > start:  # final/ is only ever replaced by a model that trained further
+            trainer.save_model(str(out / "final"))  # every process: ZeRO-3 and FSDP gather the weights to save
+            if trainer.accelerator.is_main_process:
+                trainer.processing_class.save_pretrained(str(out / "final"))
         if trainer.accelerator.is_main_process:
-            trainer.processing_class.save_pretrained(str(out / "final"))
-    if trainer.accelerator.is_main_process:
-        save_curve(out)
-    if "wandb" in (trainer.args.report_to or []) and trainer.accelerator.is_main_process:
-        import wandb
+            save_curve(out)
+        if "wandb" in (trainer.args.report_to or []) and trainer.accelerator.is_main_process:
+            import wandb
 
-        wandb.finish()  # the run's files complete; a next run in this process (a sweep) gets its own
+            wandb.finish()  # the run's files complete; a next run in this process (a sweep) gets its own
+    finally:
+        trainer.rollout_func.shutdown()  # also when the run raised
     return out

@@ -82,8 +82,7 @@ class VLLMBackend:
         from vllm import LLM
         from vllm.platforms import current_platform
 
-        if not (on_cpu := current_platform.is_cpu()):
-            small_vocab_runner(model_path)
+        on_cpu = current_platform.is_cpu()
         if enable_sleep_mode and not current_platform.is_sleep_mode_available():
             raise ValueError(f"enable_sleep_mode=True: vLLM has no sleep mode on {current_platform.device_name} "
                              "(only CUDA, ROCm, XPU); use enable_sleep_mode=False")
@@ -98,17 +97,23 @@ class VLLMBackend:
         told = "VLLM_FLOAT32_MATMUL_PRECISION" in os.environ
         if not told:
             os.environ["VLLM_FLOAT32_MATMUL_PRECISION"] = precision
+        had_group = _process_group()
         try:
-            self.llm = LLM(
-                model=str(model_path), tokenizer=str(tokenizer_path or model_path), dtype=dtype, seed=seed,
-                gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
-                enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
-                enable_sleep_mode=enable_sleep_mode, enable_prefix_caching=enable_prefix_caching,
-                logprobs_mode="processed_logprobs", **engine_kwargs)
+            with contextlib.nullcontext() if on_cpu else small_vocab_runner(model_path):
+                self.llm = LLM(
+                    model=str(model_path), tokenizer=str(tokenizer_path or model_path), dtype=dtype, seed=seed,
+                    gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                    enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
+                    enable_sleep_mode=enable_sleep_mode, enable_prefix_caching=enable_prefix_caching,
+                    logprobs_mode="processed_logprobs", **engine_kwargs)
         finally:
             if not told:
                 del os.environ["VLLM_FLOAT32_MATMUL_PRECISION"]
             torch.set_float32_matmul_precision(precision)
+        # vLLM's worker sets up torch.distributed's default group when the process has none (a run of one
+        # process); under a launcher (accelerate, one process per GPU) it joins the launcher's. Only one the
+        # engine made is ended with it (`shutdown`).
+        self.owns_process_group = not had_group and _process_group()
         self.max_model_len = max_model_len
         self.model_name = str(model_path)
         self.vocab_size = self.llm.llm_engine.model_config.get_vocab_size()
@@ -256,6 +261,26 @@ class VLLMBackend:
         if self.sleep_mode:
             self.llm.wake_up()
 
+    def shutdown(self) -> None:
+        """End the engine and the torch.distributed group it set up, at the end of a run (a no-op after the first
+        call, and where the group is the launcher's).
+
+        An in-process engine otherwise lives until the process exits, and ends there only where vLLM's in-process
+        client has a finalizer that shuts it down (vLLM 0.32's has, not every earlier one): without one, its group
+        is never destroyed, and on CUDA that NCCL group makes torch warn at exit that destroy_process_group() was
+        not called. vLLM's own shutdown (executor, scheduler, its process groups) also destroys the process's
+        default group, whoever made it, so it runs only where the engine made that group: a launcher's group is
+        the launcher's to end, and the engine then stays up until the process exits.
+        """
+        if not self.owns_process_group:
+            return
+        self.owns_process_group = False
+        self.llm.llm_engine.engine_core.shutdown()
+        if _process_group():  # a vLLM whose shutdown leaves the default group
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
+
 
 # ---------------------------------------------------------------------- process setup
 
@@ -267,6 +292,13 @@ def _in_process() -> None:
     if vllm.envs.VLLM_ENABLE_V1_MULTIPROCESSING:  # an earlier engine froze vLLM's env cache
         raise RuntimeError("VLLMBackend needs VLLM_ENABLE_V1_MULTIPROCESSING=0 before the first vLLM engine "
                            "of the process starts")
+
+
+def _process_group() -> bool:
+    """Whether this process has a torch.distributed default group."""
+    import torch.distributed
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 @contextlib.contextmanager

@@ -4,21 +4,27 @@ Stop strings are matched on token ids here, not by vLLM: vLLM finds a stop strin
 for every running row at every engine step, which made a decode step 40% longer in a replay of Sudoku turns on an
 H200 (`rl/bench/baselines/README.md`, "Generation and a GRPO step on one GPU"). A row asked to stop on strings gets
 its new tokens at every step instead; when they end with a stop string's own tokenization the row is aborted,
-and any finished row is checked once against the decoded text, so a stop string written in other tokens still
-ends the turn where vLLM would have ended it: at the first token whose text holds it, that token kept.
+and any finished row is checked once against its text, decoded after the prompt's last tokens as vLLM decodes it,
+so a stop string written in other tokens still ends the turn where vLLM would have ended it: at the first token
+whose text holds it, that token kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from rl.generation import Generation, SamplingParams
+
+# Prompt tokens a row's text is decoded after: up to 3 may hold the first bytes of a character the row's tokens
+# finish (UTF-8 takes at most 4 bytes), and one more keeps the row's first token off the start of the text.
+CONTEXT_TOKENS = 4
 
 
 def generation_of(ids: list[int], logprobs: list[float], finish_reason: str | None, stop_reason: Any) -> Generation:
@@ -57,30 +63,35 @@ class StopStrings:
                     return string
         return None
 
-    def first(self, ids: list[int]) -> tuple[int, str] | None:
+    def first(self, ids: list[int], context: Sequence[int] = ()) -> tuple[int, str] | None:
         """(tokens up to and including the one that completes a stop string, that string): the shortest such
-        prefix, and as vLLM names it, the string that ends first there (the first listed on a tie)."""
-        if not self._holds(ids):
+        prefix, and as vLLM names it, the string that ends first there (the first listed on a tie). `context`:
+        the prompt's last tokens (`CONTEXT_TOKENS`), which the row's text is decoded after."""
+        if not self._holds(ids, context):
             return None
         low, high = 1, len(ids)  # the shortest prefix whose text holds a stop string
         while low < high:
             mid = (low + high) // 2
-            if self._holds(ids[:mid]):
+            if self._holds(ids[:mid], context):
                 high = mid
             else:
                 low = mid + 1
-        text = self._text(ids[:low])
+        text = self.text(ids[:low], context)
         held = [s for s in self.strings if s in text]
         return low, min(held, key=lambda s: (text.index(s) + len(s), self.strings.index(s)))
 
-    def _holds(self, ids: list[int]) -> bool:
-        text = self._text(ids)
+    def _holds(self, ids: list[int], context: Sequence[int]) -> bool:
+        text = self.text(ids, context)
         return any(s in text for s in self.strings)
 
-    def _text(self, ids: list[int]) -> str:
-        # the row's text alone (vLLM decodes it after the prompt: the same but for tokenizers that drop a
-        # leading space at the start of a text, where a stop string opening with a space may be found later)
-        return self.tokenizer.decode(ids, skip_special_tokens=False)
+    def text(self, ids: list[int], context: Sequence[int] = ()) -> str:
+        """The text `ids` add after `context`, as vLLM's detokenizer writes it after the prompt: decoded alone,
+        a tokenizer that drops the space opening a text (SentencePiece's) would drop the row's first one, and a
+        character whose first bytes end the prompt would come out as U+FFFD; here it is the row's."""
+        decode = self.tokenizer.decode
+        text = decode([*context, *ids], skip_special_tokens=False)
+        before = os.path.commonprefix([decode(list(context), skip_special_tokens=False), text])
+        return text[len(before):]
 
 
 @dataclass
@@ -89,13 +100,14 @@ class _Row:
 
     future: asyncio.Future
     stops: StopStrings | None = None
+    context: list[int] = field(default_factory=list)  # the prompt's last tokens, when it stops on strings
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
 
     def done(self, finish_reason: str | None, stop_reason: Any, matched: str | None = None) -> Generation:
         """The row's generation; `matched`: the stop string whose tokens it was aborted on, if it was."""
         ids, logprobs = self.ids, self.logprobs
-        found = self.stops.first(ids) if self.stops is not None else None
+        found = self.stops.first(ids, self.context) if self.stops is not None else None
         if found is not None:
             cut, string = found
             return Generation(ids[:cut], logprobs[:cut], None, string)
@@ -142,6 +154,7 @@ class EngineStream:
             from vllm.sampling_params import RequestOutputKind
 
             sampling.stop, sampling.detokenize, sampling.output_kind = None, False, RequestOutputKind.DELTA
+            row.context = list(prompt[-CONTEXT_TOKENS:])
         self.inbox.put((f"episode-{key}-{n}", list(prompt), sampling, row))
         return await row.future
 

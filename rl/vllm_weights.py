@@ -6,6 +6,7 @@ server backend (`rl.vllm_server_backend`: pushes over HTTP). `sync_gap` checks a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -155,20 +156,31 @@ def save_for_vllm(model: torch.nn.Module, tokenizer, directory: str | Path) -> P
 SMALL_VOCAB = 1024
 
 
-def small_vocab_runner(model_path: str | Path) -> bool:
-    """Start a model with a vocabulary under 1,024 tokens (the tiny test model) on vLLM's V1 model runner.
+@contextlib.contextmanager
+def small_vocab_runner(model_path: str | Path) -> Iterator[bool]:
+    """Start the engine made inside it on vLLM's V1 model runner when its model's vocabulary is under 1,024 tokens
+    (the tiny test model); yields True when it chose so.
 
     vLLM 0.26's V2 runner (CUDA) samples the id one past the vocabulary's last for such models, and the
     embedding then fails a device assert (rl/bench/baselines/README.md, "TRL's colocate mode and vLLM 0.26's
-    V2 model runner"). A choice already made in VLLM_USE_V2_MODEL_RUNNER stands. True when it set the variable.
+    V2 model runner"). A choice already made in VLLM_USE_V2_MODEL_RUNNER stands. The variable is set only while
+    the engine starts: vLLM picks the runner then (and, in the process, keeps the environment variables it read
+    once its engine core is up), so it does not stay in the process's environment for processes started later
+    or a later engine of a larger vocabulary.
     """
-    if "VLLM_USE_V2_MODEL_RUNNER" in os.environ:
-        return False
+    vocab = None if "VLLM_USE_V2_MODEL_RUNNER" in os.environ else _vocab_size(model_path)
+    chosen = vocab is not None and vocab < SMALL_VOCAB
+    if chosen:
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+        print(f"[toolgym] vocabulary of {vocab} tokens (< {SMALL_VOCAB}): vLLM's V1 model runner "
+              "(VLLM_USE_V2_MODEL_RUNNER=0 while the engine starts; set it to choose)", flush=True)
+    try:
+        yield chosen
+    finally:
+        if chosen:
+            os.environ.pop("VLLM_USE_V2_MODEL_RUNNER", None)
+
+
+def _vocab_size(model_path: str | Path) -> int | None:
     config = json.loads((Path(model_path) / "config.json").read_text())
-    vocab = config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
-    if vocab is None or vocab >= SMALL_VOCAB:
-        return False
-    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
-    print(f"[toolgym] vocabulary of {vocab} tokens (< {SMALL_VOCAB}): vLLM's V1 model runner "
-          "(VLLM_USE_V2_MODEL_RUNNER=0; set it to choose)", flush=True)
-    return True
+    return config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")

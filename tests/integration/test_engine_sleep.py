@@ -1,9 +1,9 @@
 """What a batch that raises leaves behind: a colocated engine in sleep mode goes back to sleep after every batch
 it generated for (the training rollout's and the held-out eval's), also when the batch raised: the optimizer step
-needs its memory; the held-out eval's envs are closed, and so are the training batch's, whose places in the
-rollout's env pool go to new envs. An env still mid-step in its thread (a step past its deadline, or one running
-when the batch raised) is ended and closed once that step returns, never during it; so is one the training pool
-replaces after it crashed."""
+needs its memory; an engine whose wake-up raised is not put to sleep again, and the next batch wakes it again; the
+held-out eval's envs are closed, and so are the training batch's, whose places in the rollout's env pool go to new
+envs. An env still mid-step in its thread (a step past its deadline, or one running when the batch raised) is ended
+and closed once that step returns, never during it; so is one the training pool replaces after it crashed."""
 
 import argparse
 import threading
@@ -33,8 +33,9 @@ class CloseFailed(RuntimeError):
 
 class SleepingEngine:
     """Stands in for `VLLMBackend` with sleep mode on (CPU vLLM has none): records wake-ups and sleeps,
-    and fails in `failing` ('generate', 'second generate' or 'update_weights'); otherwise every turn is `reply`
-    (token ids) and the stop token."""
+    and fails in `failing` ('wake_up', 'generate', 'second generate' or 'update_weights'); otherwise every turn is
+    `reply` (token ids) and the stop token. A failing wake-up leaves the engine half awake, as vLLM's does when it
+    raises part way through."""
 
     name = "vllm"
 
@@ -44,9 +45,13 @@ class SleepingEngine:
 
     def wake_up(self) -> None:
         self.events.append("wake_up")
+        if self.failing == "wake_up":
+            raise EngineDown("out of memory while the weights came back")
 
     def sleep(self) -> None:
         self.events.append("sleep")
+        if self.failing == "wake_up":  # an error of its own, which would hide the wake-up's
+            raise RuntimeError("sleep() on an engine whose wake-up did not finish")
 
     def update_weights(self, model, version=None) -> bool:
         if self.failing == "update_weights":
@@ -163,6 +168,19 @@ def test_a_raising_batch_still_puts_the_engine_back_to_sleep(trainer, batch, fai
         batch(trainer)
     assert engine.events == ["wake_up", "sleep"]
     assert trainer.model.training  # the held-out eval's eval mode ended too
+
+
+@pytest.mark.parametrize("batch", [training_batch, held_out_eval])
+def test_an_engine_whose_wake_up_raised_is_not_put_to_sleep_and_wakes_at_the_next_batch(trainer, batch):
+    engine = SleepingEngine("wake_up", trainer.processing_class.eos_token_id)
+    trainer.rollout_func.backend = engine
+    with pytest.raises(EngineDown, match="out of memory") as raised:
+        batch(trainer)
+    assert engine.events == ["wake_up"]
+    assert any("did not wake up" in note for note in getattr(raised.value, "__notes__", []))
+    engine.failing = None  # the next batch tries again
+    batch(trainer)
+    assert engine.events == ["wake_up", "wake_up", "sleep"]
 
 
 def test_a_raising_held_out_batch_closes_every_env_and_keeps_its_error(trainer, counted):

@@ -225,6 +225,45 @@ print("RESULT", config.scheduler_config.max_num_seqs, config.model_config.max_mo
     assert "RESULT 7 1024 True" in done.stdout, done.stderr[-3000:]
 
 
+def test_shutdown_ends_the_process_group_the_engine_made_and_leaves_a_launchers(tmp_path):
+    """In processes of their own. With no group before it, the engine's is ended by `shutdown`; one the launcher
+    set up first (accelerate, one process per GPU; here gloo, world of 1) stays, and still works."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import sys
+import torch
+import torch.distributed as dist
+from rl.config import VLLMSection
+from rl.generation import SamplingParams
+from rl.models import tiny_model, tiny_tokenizer
+from rl.vllm_backend import VLLMBackend
+if sys.argv[2] == "launcher":
+    dist.init_process_group("gloo", store=dist.FileStore(sys.argv[1] + "/store", 1), world_size=1, rank=0)
+group = dist.group.WORLD if dist.is_initialized() else None
+tokenizer = tiny_tokenizer()
+settings = VLLMSection(kv_cache_gib=0.25, max_model_len=2048, dtype="float32")
+engine = VLLMBackend.from_settings(tiny_model(len(tokenizer)), tokenizer, sys.argv[1] + "/engine", settings, seed=0)
+[out] = engine.generate([[1, 2, 3]], SamplingParams(temperature=0.0, max_new_tokens=4))
+made = dist.is_initialized() and group is None
+engine.shutdown()
+engine.shutdown()
+kept = dist.is_initialized() and dist.group.WORLD is group
+if kept:
+    x = torch.ones(1)
+    dist.all_reduce(x)
+    kept = x.item() == 1.0
+print("RESULT", len(out.token_ids), made, dist.is_initialized(), kept)
+"""
+    root = Path(__file__).resolve().parents[2]
+    for group, expected in (("none", "RESULT 4 True False False"), ("launcher", "RESULT 4 False True True")):
+        done = subprocess.run([sys.executable, "-c", script, str(tmp_path), group], capture_output=True, text=True,
+                              timeout=600, cwd=root, check=False)
+        assert expected in done.stdout, (group, done.stdout[-500:], done.stderr[-3000:])
+
+
 def test_sleep_mode_is_refused_where_vllm_has_none():
     from vllm.platforms import current_platform
 

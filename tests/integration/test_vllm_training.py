@@ -94,3 +94,28 @@ def test_served_engine_follows_every_optimizer_step(tmp_path, tiny_tokenizer):
         assert backend.stats.requests > 0 and backend.stats.failed == 0
         trainer.rollout_func.sync_backend(trainer.model, trainer)
         engine_matches_trainer(trainer, backend)
+
+
+def test_a_colocated_run_ends_its_engine_and_the_process_group_the_engine_set_up(tmp_path):
+    """In a process of its own, as `launch/grpo.py` runs: the engine's torch.distributed group (NCCL on a GPU,
+    where one left to the process's exit makes torch warn) is gone once `train` returns."""
+    import subprocess
+    from pathlib import Path
+
+    script = """
+import sys
+from pathlib import Path
+import torch.distributed as dist
+from rl.trainer import train
+from tests.integration.test_vllm_training import config
+cfg = config(Path(sys.argv[1]), "vllm", "grpo.max_steps=1")
+print("RESULT", "before", dist.is_initialized(), flush=True)
+train(cfg)
+print("RESULT", "after", dist.is_initialized(), flush=True)
+"""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=600,
+                          cwd=root, check=False)
+    assert "RESULT before False" in done.stdout, done.stderr[-3000:]
+    assert (tmp_path / "vllm-run" / "final").is_dir(), done.stderr[-3000:]  # the run itself trained and saved
+    assert "RESULT after False" in done.stdout, done.stderr[-3000:]
