@@ -180,7 +180,8 @@ def test_an_engine_whose_wake_up_raised_is_not_put_to_sleep_and_wakes_at_the_nex
     assert any("did not wake up" in note for note in getattr(raised.value, "__notes__", []))
     engine.failing = None  # the next batch tries again
     batch(trainer)
-    assert engine.events == ["wake_up", "wake_up", "sleep"]
+    assert engine.events[:2] == ["wake_up", "wake_up"] and engine.events[-1] == "sleep"
+    assert set(engine.events[2:-1]) == {"generate"}  # it generated this batch's turns, then slept once
 
 
 def test_a_raising_held_out_batch_closes_every_env_and_keeps_its_error(trainer, counted):
