@@ -43,7 +43,8 @@ def check_run(run: str | Path) -> Path:
     """The run's `final/` model folder (a merged model or a LoRA adapter), or an ExportError saying why not."""
     run = Path(run)
     if not run.exists():
-        raise ExportError(f"run folder '{run}': no such folder (expected runs/<name>, a finished grpo.py or sft.py run)")
+        raise ExportError(f"run folder '{run}': no such folder "
+                          "(expected runs/<name>, a finished grpo.py or sft.py run)")
     if not run.is_dir():
         raise ExportError(f"run folder '{run}' is a file (expected runs/<name>, a finished grpo.py or sft.py run)")
     final = run / "final"

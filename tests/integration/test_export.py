@@ -51,7 +51,8 @@ def test_a_tiny_run_exports_to_a_gguf_that_llama_cpp_continues_as_transformers(t
     assert record["lineage"] == [str(run / "final"), str(tmp_path / "base")]
     assert (tmp_path / "export" / "hf" / "chat_template.jinja").read_text().startswith("{#- Gemma 3 turns")
     modelfile = (tmp_path / "export" / "Modelfile").read_text()
-    assert modelfile.startswith("FROM ./model-q8_0.gguf\nTEMPLATE \"\"\"") and 'PARAMETER stop "<end_of_turn>"' in modelfile
+    assert modelfile.startswith("FROM ./model-q8_0.gguf\nTEMPLATE \"\"\"")
+    assert 'PARAMETER stop "<end_of_turn>"' in modelfile
     assert len(set(result["expected"])) > 8  # a varied continuation (the taught call format), not one token repeated
     # hf/ is the base with the LoRA folded in: it computes what base + adapter computes, not what the base does
     import torch

@@ -54,7 +54,8 @@ def test_a_sampled_point_runs_once_per_seed_and_the_budget_holds(tmp_path):
 
     spec = SweepSpec(name="tpe", path=tmp_path / "tpe.yaml", env="sudoku", space_kind="optuna", trials=3, seeds=[0, 1],
                      space={"grpo.learning_rate": Range(low=1e-6, high=1e-4, log=True),
-                            "rollout.max_turns": Range(low=2, high=8), "grpo.loss_type": Range(choices=["dapo", "grpo"])})
+                            "rollout.max_turns": Range(low=2, high=8),
+                            "grpo.loss_type": Range(choices=["dapo", "grpo"])})
     study = open_study(spec, open_storage(f"sqlite:///{tmp_path / 'study.db'}", tmp_path, 5))
     runs = []
     while next_step(study, spec) == "ask":
