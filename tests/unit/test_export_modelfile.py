@@ -31,7 +31,7 @@ CONVERSATION = [
 def merged(prefix: str = "") -> Merged:
     return Merged(chat_template=load_template("gemma3_tools"), tool_format="hermes", response_prefix=prefix,
                   stop_tokens=["<eos>", "<end_of_turn>"], lineage=[], vision=False,
-                  sentencepiece="")
+                  sentencepiece="", dtype="float32")
 
 
 def go_render(text: str, messages: list[dict], tools: list[dict]) -> str:
