@@ -24,7 +24,8 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                         help="a suite option, e.g. episodes=16")
     parser.add_argument("--check", metavar="BASELINE.json",
-                        help="a result of this suite to compare with: every speedup column must reach (1 - tolerance) x its own")
+                        help="a result of this suite to compare with: every speedup column must reach "
+                             "(1 - tolerance) x its own")
     parser.add_argument("--tolerance", type=float, default=0.2, help="for --check (default 0.2)")
     args = parser.parse_args(argv)
     if args.list or not args.suite:

@@ -27,7 +27,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/eval",
                         help="folder for <env>-<label>.json, its episodes (.episodes.jsonl) and results.md")
     parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
-                        help="compare two results on the seeds both played (paired, McNemar's exact test); runs nothing")
+                        help="compare two results on the seeds both played (paired, McNemar's exact test); "
+                             "runs nothing")
     parser.add_argument("--heldout", nargs="+", metavar="RUN",
                         help="tabulate GRPO runs' held-out measurements (RUN/heldout/step-*.json); runs nothing")
     args = parser.parse_args(argv)

@@ -23,7 +23,8 @@ def main(argv=None) -> int:
     if args.num_episodes:
         args.overrides.append(f"sft.num_episodes={args.num_episodes}")
     cfg = resolve_or_exit(parser, args, resume=args.resume)
-    done = finished(Path(cfg.output_dir) / cfg.name, cfg.sft.max_steps, cfg.sft.num_train_epochs) if args.resume else None
+    done = (finished(Path(cfg.output_dir) / cfg.name, cfg.sft.max_steps, cfg.sft.num_train_epochs)
+            if args.resume else None)
     if done:  # before torch loads: nothing to train, and final/ and adapter/ stay as they are
         if main_process():
             print(done)

@@ -44,9 +44,14 @@ def template_path(name_or_path: str) -> Path:
     else:
         path = Path(name_or_path)
     if not path.is_file():
-        known = sorted(p.stem for p in TEMPLATES.glob("*.jinja"))
-        raise ValueError(f"unknown chat template {name_or_path!r} (built in: {known}; or 'trl:<name>', or a path)")
+        raise ValueError(f"unknown chat template {name_or_path!r} ({template_choices()})")
     return path
+
+
+def template_choices() -> str:
+    """What `model.chat_template` accepts, in the words its errors use."""
+    known = sorted(p.stem for p in TEMPLATES.glob("*.jinja"))
+    return f"built in: {known}; or 'trl:<name>', or a path"
 
 
 def load_template(name_or_path: str) -> str:

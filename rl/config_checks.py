@@ -184,7 +184,8 @@ def engine_args_problem(args: dict) -> str | None:
     """What is wrong with extra `vllm.LLM` arguments (`rollout.vllm.engine_args`), if anything."""
     named = [k for k in args if not isinstance(k, str) or not k.isidentifier()]
     if named:
-        return f"has keys {named!r} that are no argument names (accepted: vllm.LLM arguments, e.g. {{max_num_seqs: 128}})"
+        return (f"has keys {named!r} that are no argument names "
+                "(accepted: vllm.LLM arguments, e.g. {max_num_seqs: 128})")
     taken = sorted(set(args) & set(VLLM_ENGINE_ARGS_SET_BY))
     if taken:
         return (f"sets {', '.join(taken)}, which toolgym sets itself: use "

@@ -199,7 +199,8 @@ def paired_comparison(a: dict, b: dict) -> dict:
             raise ValueError(f"the {name} result ({result.get('label')!r}) has no per-episode outcomes: it was "
                              "written by an older eval.py; evaluate that model again")
     if (a["env"], a.get("env_kwargs")) != (b["env"], b.get("env_kwargs")):
-        raise ValueError(f"different env settings: {a['env']} {a.get('env_kwargs')} vs {b['env']} {b.get('env_kwargs')}")
+        raise ValueError(f"different env settings: {a['env']} {a.get('env_kwargs')} "
+                         f"vs {b['env']} {b.get('env_kwargs')}")
     first = {(e["seed"], e["sample"]): e["solved"] for e in a["per_episode"]}
     second = {(e["seed"], e["sample"]): e["solved"] for e in b["per_episode"]}
     common = sorted(first.keys() & second.keys())
@@ -216,7 +217,8 @@ def paired_comparison(a: dict, b: dict) -> dict:
 
 
 def paired_line(c: dict) -> str:
-    return (f"{c['b']} vs {c['a']} on the same {c['episodes']} episodes: {c['b_solve_rate']:.1%} vs {c['a_solve_rate']:.1%}; "
+    return (f"{c['b']} vs {c['a']} on the same {c['episodes']} episodes: "
+            f"{c['b_solve_rate']:.1%} vs {c['a_solve_rate']:.1%}; "
             f"solved by {c['b']} only: {c['solved_by_b_only']}, by {c['a']} only: {c['solved_by_a_only']}; "
             f"McNemar exact p = {c['p_value']:.3g}")
 

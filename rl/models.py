@@ -29,6 +29,8 @@ from rl.config import LoraSection, ModelSection
 from rl.config_checks import BUILT_IN_MODELS
 
 GEMMA_270M, TINY, TINY_VLM = BUILT_IN_MODELS  # named where configs are checked, without torch
+# the chat templates the built-in models get when model.chat_template names none (Gemma 3 270M is a base model)
+BUILT_IN_TEMPLATES = {GEMMA_270M: "gemma3_tools", TINY: "gemma3_tools", TINY_VLM: "trl:gemma4_v5"}
 CHAT_SPECIAL_TOKENS = ["<start_of_turn>", "<end_of_turn>"]
 # Gemma 4's chat, tool-call and image tokens: the template and toolgym's `gemma4` format use them
 GEMMA4_SPECIAL_TOKENS = ["<|turn>", "<turn|>", "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
@@ -187,13 +189,18 @@ def model_path(name: str) -> str:
     return name
 
 
+def template_name(cfg: ModelSection) -> str:
+    """The chat template a model is given: `model.chat_template`, else the built-in model's own; '' keeps
+    the tokenizer's own template (a hub model's, or the one a run saved with its tokenizer)."""
+    return cfg.chat_template or BUILT_IN_TEMPLATES.get(cfg.name, "")
+
+
 def load_tokenizer(cfg: ModelSection):
     if cfg.name in (TINY, TINY_VLM):
         tokenizer = tiny_tokenizer() if cfg.name == TINY else tiny_vlm_tokenizer()
     else:
         tokenizer = AutoTokenizer.from_pretrained(model_path(cfg.name))
-    built_in = {GEMMA_270M: "gemma3_tools", TINY: "gemma3_tools", TINY_VLM: "trl:gemma4_v5"}
-    template = cfg.chat_template or built_in.get(cfg.name, "")
+    template = template_name(cfg)
     if template:
         tokenizer.chat_template = load_template(template)
     if tokenizer.pad_token is None:

@@ -70,8 +70,9 @@ def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
         gradient_checkpointing=cfg.grpo.gradient_checkpointing,
         **({"remove_unused_columns": False, "dataset_kwargs": {"skip_prepare_dataset": True}} if extra else {}),
     )
-    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer, train_dataset=dataset.select_columns(columns),
-                         peft_config=lora_config(cfg.lora, model), **extra)
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                         train_dataset=dataset.select_columns(columns), peft_config=lora_config(cfg.lora, model),
+                         **extra)
     trainer.add_callback(SkipNonFiniteUpdates(trainer))
     trainer.add_callback(JsonlLogger(out / "metrics.jsonl"))
     checkpoint = resume_from(out, resume)
@@ -101,4 +102,5 @@ def _vision_rows(dataset, max_length: int | None):
         raise ConfigError(f"{len(too_long)} vision-language demonstration(s) exceed sft.max_length={max_length} "
                           f"(longest: seed {seed}, {n} tokens); raise sft.max_length or shorten episodes "
                           "(rollout.max_turns)")
-    return dataset.map(lambda row: {"labels": [t if m else -100 for t, m in zip(row["input_ids"], row["completion_mask"])]})
+    return dataset.map(
+        lambda row: {"labels": [t if m else -100 for t, m in zip(row["input_ids"], row["completion_mask"])]})

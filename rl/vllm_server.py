@@ -78,7 +78,8 @@ def server_app(backend):
                                      f"max_model_len={backend.max_model_len}")
         state["running"] += 1
         try:
-            gen = await state["stream"].generate(0, request.prompt_token_ids, SamplingParams(**request.sampling.model_dump()))
+            sampling = SamplingParams(**request.sampling.model_dump())
+            gen = await state["stream"].generate(0, request.prompt_token_ids, sampling)
         finally:
             state["running"] -= 1
         return {"request_id": request.request_id, "prompt_len": len(request.prompt_token_ids),
@@ -94,7 +95,8 @@ def server_app(backend):
             from safetensors import safe_open
 
             with safe_open(str(path), framework="pt") as f:
-                return backend.load_weights(((name, f.get_tensor(name)) for name in f.keys()), request.version)  # noqa: SIM118
+                tensors = ((name, f.get_tensor(name)) for name in f.keys())  # noqa: SIM118
+                return backend.load_weights(tensors, request.version)
 
         sent = await state["stream"].exclusive(load)
         return {"weights_version": backend.weights_version, "tensors": sent, "seconds": backend.last_sync["seconds"]}

@@ -53,7 +53,8 @@ class StopStrings:
     def __init__(self, strings: list[str], tokenizer):
         self.strings, self.tokenizer = list(strings), tokenizer
         encoded = ((tuple(tokenizer.encode(s, add_special_tokens=False)), s) for s in self.strings)
-        self.suffixes = [(ids, s) for ids, s in encoded if ids and tokenizer.decode(list(ids), skip_special_tokens=False) == s]
+        self.suffixes = [(ids, s) for ids, s in encoded
+                         if ids and tokenizer.decode(list(ids), skip_special_tokens=False) == s]
 
     def ended(self, ids: list[int], new: int) -> str | None:
         """The stop string whose own tokens end at one of the last `new` ids, if any."""

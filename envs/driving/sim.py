@@ -57,7 +57,8 @@ SCENARIOS = {
         Scenario("trolley_micro_escape_exists", "Three pedestrians stand in your lane ahead; the adjacent lane "
                  "is empty. Braking alone cannot stop the car in time.", 60.0, groups=[(24.0, 0, 3, 0.0)]),
         Scenario("trolley_micro_classic_3v1", "Three pedestrians stand in your lane ahead and one in the adjacent "
-                 "lane. Braking alone cannot stop the car in time.", 60.0, groups=[(24.0, 0, 3, 0.0), (24.0, 1, 1, 0.0)]),
+                 "lane. Braking alone cannot stop the car in time.", 60.0,
+                 groups=[(24.0, 0, 3, 0.0), (24.0, 1, 1, 0.0)]),
         Scenario("pedestrian_crossing", "A pedestrian is about to cross the road ahead of you.", 40.0,
                  groups=[(30.0, -1.0, 1, 1.4)]),
     ]

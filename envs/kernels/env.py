@@ -111,7 +111,8 @@ class KernelsEnv(ToolEnv):
             code, self.task.entry, driver=f"kernels/tasks.py:{driver}", limits=self.limits,
             driver_args={"task": self.task.name, **driver_args}, allowed_imports=self.allowed)
         if not run.ok:
-            raise ToolError(f"your code failed ({run.status}): {run.error}" + (f"\n{run.stderr[-500:]}" if run.stderr else ""))
+            raise ToolError(f"your code failed ({run.status}): {run.error}"
+                            + (f"\n{run.stderr[-500:]}" if run.stderr else ""))
         return run.value
 
     def _check(self, code: str, seeds: list[int]) -> list[dict]:

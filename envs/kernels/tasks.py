@@ -134,7 +134,9 @@ def _flatten(x):
 
 
 def _shape(x):
-    return [len(x)] + (_shape(x[0]) if x and isinstance(x[0], list) else []) if isinstance(x, list) else type(x).__name__
+    if not isinstance(x, list):
+        return type(x).__name__
+    return [len(x)] + (_shape(x[0]) if x and isinstance(x[0], list) else [])
 
 
 def check(child, task: str, sizes: list[int], seeds: list[int]) -> list[dict]:

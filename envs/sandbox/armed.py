@@ -271,7 +271,8 @@ class Child:
         if sig:
             return "killed", f"killed by signal {signal.Signals(sig).name}"
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 70:
-            return "error", "the sandbox harness crashed (the code broke the interpreter): " + self.err[-300:].decode(errors="replace")
+            return "error", ("the sandbox harness crashed (the code broke the interpreter): "
+                             + self.err[-300:].decode(errors="replace"))
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) != 0:
             return "error", f"exited with code {os.WEXITSTATUS(status)}"
         return "ok", ""

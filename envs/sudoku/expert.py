@@ -127,7 +127,8 @@ def strategy(board, initial):
 
 def sudoku_random_strategy_source(seed: int = 0) -> str:
     """A strategy that plays like `SudokuRandom`, seeded so that a replay is the same game."""
-    return ("import random\n" + _PEERS_SOURCE + f"\n_rng = random.Random({int(seed)})\n\n\n" + '''def strategy(board, initial):
+    return ("import random\n" + _PEERS_SOURCE + f"\n_rng = random.Random({int(seed)})\n\n\n"
+            + '''def strategy(board, initial):
     """A random empty cell and a random digit that no peer holds (any digit if none is left)."""
     size = int(len(board) ** 0.5)
     cell = _rng.choice([c for c, v in enumerate(board) if not v])

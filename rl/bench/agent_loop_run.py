@@ -127,7 +127,8 @@ def _trl_colocate(cfg, args, model, tokenizer) -> None:
     args.vllm_gpu_memory_utilization, args.vllm_max_model_length = v.gpu_memory_utilization, v.max_model_len
     # vLLM's SamplingParams name the per-turn cap max_tokens; the stop ids are those TRL's transformers
     # path passes (the model's end-of-turn ids), as ours stops at them
-    args.generation_kwargs = {"max_tokens": r.max_new_tokens, "stop_token_ids": list(model.generation_config.eos_token_id)}
+    args.generation_kwargs = {"max_tokens": r.max_new_tokens,
+                              "stop_token_ids": list(model.generation_config.eos_token_id)}
     # GRPOConfig has no field for these; ours sets them, so TRL's engine gets them too: the dtype
     # (auto: the trainer's), eager mode on a CPU, and the KV cache size when one is given
     dtype = v.dtype if v.dtype != "auto" else str(next(model.parameters()).dtype).removeprefix("torch.")

@@ -43,7 +43,8 @@ def resolve_options(options: dict) -> dict:
                          "(accepted: vllm and/or hf, comma-separated; vllm-server needs servers started apart)")
     steps, episodes = int(options.get("steps", 3)), int(options.get("episodes", 256))
     if steps < 2:
-        raise ValueError(f"steps={steps}: must be at least 2 (the first step also starts the engine and is not counted)")
+        raise ValueError(f"steps={steps}: must be at least 2 "
+                         "(the first step also starts the engine and is not counted)")
     overrides = [o.strip() for o in str(options.get("overrides", "")).split(";") if o.strip()]
     processes, accelerate = int(options.get("processes", 1)), options.get("accelerate")
     if processes < 1 or (processes > 1 and not accelerate):

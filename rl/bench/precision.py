@@ -29,7 +29,8 @@ def _model(options: dict, dtype):
 
         torch.manual_seed(0)
         return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(options["arch"]), dtype=dtype)
-    return load_model(ModelSection(name=options.get("model", "gemma-3-270m"), dtype=str(dtype).removeprefix("torch.")))[0]
+    section = ModelSection(name=options.get("model", "gemma-3-270m"), dtype=str(dtype).removeprefix("torch."))
+    return load_model(section)[0]
 
 
 def _generate(model, prompts, new_tokens: int) -> None:
@@ -52,7 +53,8 @@ def _train_step(model, batch) -> None:
 def precision(options: dict) -> list[dict]:
     import torch
 
-    rows, context, new_tokens = int(options.get("rows", 64)), int(options.get("context", 512)), int(options.get("new_tokens", 32))
+    rows, context = int(options.get("rows", 64)), int(options.get("context", 512))
+    new_tokens = int(options.get("new_tokens", 32))
     train_rows, train_len = int(options.get("train_rows", 4)), int(options.get("train_len", 1024))
     repeats = int(options.get("repeats", 2))
     modes = options.get("modes", ",".join(MODES)).split(",")
@@ -78,7 +80,8 @@ def precision(options: dict) -> list[dict]:
             generate_s, _ = timed(functools.partial(_generate, model, prompts, new_tokens), repeats, device)
             train_s, _ = timed(functools.partial(_train_step, model, batch), repeats, device)
             with torch.no_grad():
-                logps = torch.log_softmax(model(batch).logits[:, :-1].float(), -1).gather(-1, batch[:, 1:, None])[..., 0].cpu()
+                logps = torch.log_softmax(model(batch).logits[:, :-1].float(), -1)
+                logps = logps.gather(-1, batch[:, 1:, None])[..., 0].cpu()
             reference = logps if reference is None else reference
             drift = (logps - reference).abs()
             row = {"mode": mode, "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",

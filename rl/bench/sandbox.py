@@ -28,7 +28,8 @@ from rl.bench import suite
 
 ENVS_DIR = Path(__file__).resolve().parents[2] / "envs" / "g2048"
 TRIVIAL = "def f(x):\n    return x + 1"
-STRATEGY = "import random\nrng = random.Random(0)\ndef strategy(board):\n    return rng.choice(['up', 'down', 'left', 'right'])"
+STRATEGY = ("import random\nrng = random.Random(0)\ndef strategy(board):\n"
+            "    return rng.choice(['up', 'down', 'left', 'right'])")
 HARNESS = """
 import json, sys
 sys.path.insert(0, {envs!r})

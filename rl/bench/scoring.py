@@ -88,7 +88,8 @@ def scoring(options: dict) -> list[dict]:
 
     overrides = [f"model.name={options['model']}"] if options.get("model") else []
     cfg = load_config(options.get("config", "configs/sudoku-sft.yaml"), overrides)
-    n, micro, repeats = int(options.get("episodes", 8)), int(options.get("micro_batch", 2)), int(options.get("repeats", 1))
+    n, micro = int(options.get("episodes", 8)), int(options.get("micro_batch", 2))
+    repeats = int(options.get("repeats", 1))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = _model(cfg, device)
     ids, attention, keep, score, turns = _episodes(cfg, tokenizer, n)

@@ -38,7 +38,8 @@ def main(argv=None) -> int:
 
     class Show(TrainerCallback):  # every log line and every non-finite weight, as they happen
         def on_log(self, args, state, control, logs=None, **kwargs):
-            print("LOG", state.global_step, {k: logs[k] for k in ("loss", "grad_norm", "reward") if k in logs}, flush=True)
+            shown = {k: logs[k] for k in ("loss", "grad_norm", "reward") if k in logs}
+            print("LOG", state.global_step, shown, flush=True)
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             bad = [n for n, p in model.named_parameters() if not bool(p.detach().isfinite().all())]

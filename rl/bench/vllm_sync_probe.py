@@ -11,7 +11,8 @@ pushes weights both ways into an in-process engine on a GPU and checks, after ea
   weights (the check that the engine generates from the pushed weights),
 - whether sampling still returns token ids inside the vocabulary.
 
-    python -m rl.bench.vllm_sync_probe --out probe.json [--eager] [--untie] [--model DIR] [--vocab N] [--temperature T] [--no-seed]
+    python -m rl.bench.vllm_sync_probe --out probe.json [--eager] [--untie] [--model DIR] [--vocab N] \
+        [--temperature T] [--no-seed]
 
 Set VLLM_USE_V2_MODEL_RUNNER=0 or 1 to pick vLLM's model runner (0.26 picks V2 for dense
 models). Without --model it builds the tiny Gemma 3 (vocabulary 384) of the tests.
@@ -164,7 +165,8 @@ def main(argv=None) -> int:
     push = _push_trl_style if args.route == "trl" else (lambda _e, model: _push_reload(llm, model))
     report: dict = {"vllm_use_v2_model_runner": os.environ.get("VLLM_USE_V2_MODEL_RUNNER"),
                     "runner": type(runner).__module__ + "." + type(runner).__name__, "eager": args.eager,
-                    "route": args.route, "temperature": args.temperature, "seed": not args.no_seed, "engine_dtype": str(dtype),
+                    "route": args.route, "temperature": args.temperature, "seed": not args.no_seed,
+                    "engine_dtype": str(dtype),
                     "vocab": vocab, "start": {"gap": _gap(llm, hf, ids), "sample": sample()}}
 
     for stage, noise in (("same_weights", 0.0), ("updated_weights", args.noise)):

@@ -3,8 +3,9 @@
     python launch/export.py runs/<name> --out exports/<name>
 
 writes into `--out`:
-- `hf/`: the Hugging Face model with the LoRA adapter folded in, its tokenizer and the chat template
-  the run trained with (`chat_template.jinja`);
+- `hf/`: the Hugging Face model with the LoRA adapter folded in (in float32, then saved in the dtype of the
+  model the run was made from: `dtype` in export.json), its tokenizer and the chat template the run trained
+  with (`chat_template.jinja`; one the final tokenizer lacks is picked as training picks it);
 - `model-<quant>.gguf` for each `--quant` (default f16 and q8_0): llama.cpp's own converter
   (`convert_hf_to_gguf.py`, from the llama-cpp-python release that is installed) writes f16/bf16/f32,
   llama.cpp's quantizer (`llama_cpp.llama_model_quantize`) the quantized types;
@@ -43,7 +44,8 @@ def check_run(run: str | Path) -> Path:
     """The run's `final/` model folder (a merged model or a LoRA adapter), or an ExportError saying why not."""
     run = Path(run)
     if not run.exists():
-        raise ExportError(f"run folder '{run}': no such folder (expected runs/<name>, a finished grpo.py or sft.py run)")
+        raise ExportError(f"run folder '{run}': no such folder "
+                          "(expected runs/<name>, a finished grpo.py or sft.py run)")
     if not run.is_dir():
         raise ExportError(f"run folder '{run}' is a file (expected runs/<name>, a finished grpo.py or sft.py run)")
     final = run / "final"

@@ -76,7 +76,8 @@ def _unpack_converter(sdist: Path, target: Path) -> None:
         members = [m for m in tar.getmembers() if m.name.startswith(prefix)
                    and any(m.name[len(prefix):].startswith(part) for part in CONVERTER_PARTS)]
         if not any(m.name.endswith("/convert_hf_to_gguf.py") for m in members):
-            raise ExportError(f"{sdist} holds no vendor/llama.cpp/convert_hf_to_gguf.py (expected a llama-cpp-python sdist)")
+            raise ExportError(f"{sdist} holds no vendor/llama.cpp/convert_hf_to_gguf.py "
+                              "(expected a llama-cpp-python sdist)")
         for m in members:
             m.name = m.name[len(prefix):]
         tar.extractall(target, members=members, filter="data")

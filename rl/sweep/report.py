@@ -80,7 +80,8 @@ def collect(study, spec: SweepSpec) -> list[PointResult]:
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if "point" not in t.user_attrs or t.user_attrs.get("surplus"):
             continue
-        p = points.setdefault(t.user_attrs["point"], PointResult(t.user_attrs["point"], dict(t.params), len(spec.seeds)))
+        point = t.user_attrs["point"]
+        p = points.setdefault(point, PointResult(point, dict(t.params), len(spec.seeds)))
         if t.state == TrialState.COMPLETE and (p.point, t.user_attrs["seed"]) not in seen:
             seen.add((p.point, t.user_attrs["seed"]))
             rows = read_rows(spec.out / Path(t.user_attrs["run"]).name)  # the folder given, wherever the sweep ran

@@ -327,7 +327,8 @@ def check_against_run_config(spec: SweepSpec) -> None:
 def _check_metric(obj: Objective, cfg) -> None:
     if obj.read == "eval":
         if obj.metric not in EVAL_METRICS:
-            raise SweepError(f"unknown objective metric {obj.metric!r} for read: eval (known: {', '.join(EVAL_METRICS)})")
+            raise SweepError(f"unknown objective metric {obj.metric!r} for read: eval "
+                             f"(known: {', '.join(EVAL_METRICS)})")
         return
     known = TRAIN_METRICS + HELDOUT_METRICS + tuple(f"rewards/{r}/{s}" for r in cfg.rewards for s in ("mean", "std"))
     if obj.metric not in known:

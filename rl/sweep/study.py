@@ -227,9 +227,11 @@ def command(spec: SweepSpec, params: dict, seed: int, name: str, devices: list[s
         head = [sys.executable, script]
     else:
         accelerate = Path(sys.executable).parent / "accelerate"
-        head = [str(accelerate), "launch"] if accelerate.exists() else [sys.executable, "-m", "accelerate.commands.launch"]
+        head = ([str(accelerate), "launch"] if accelerate.exists()
+                else [sys.executable, "-m", "accelerate.commands.launch"])
         n = len(devices) if devices else 1
-        head += ["--num_processes", str(n)] + (["--multi_gpu", "--main_process_port", str(free_port())] if n > 1 else [])
+        head += ["--num_processes", str(n)]
+        head += ["--multi_gpu", "--main_process_port", str(free_port())] if n > 1 else []
         head.append(script)
     return head + spec.run_args(params, seed, name)
 

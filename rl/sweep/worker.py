@@ -207,7 +207,8 @@ def _eval(spec: SweepSpec, trial: optuna.Trial, params: dict, seed: int, run: Pa
     wait(trial.study, trial, proc, beat)
     results = sorted((run / "eval").glob("*.json"))
     if proc.returncode != 0 or not results:
-        return None, f"eval exit code {proc.returncode}\n" + (run / "eval.log").read_text(errors="replace")[-ERROR_TAIL:]
+        tail = (run / "eval.log").read_text(errors="replace")[-ERROR_TAIL:]
+        return None, f"eval exit code {proc.returncode}\n" + tail
     return float(json.loads(results[-1].read_text())[spec.objective.metric]), ""
 
 

@@ -171,7 +171,8 @@ def compare_source(path_a: Path, path_b: Path) -> dict:
         entry["played"] = entry["played"] or key in played_a
         index.append(entry)
         lines.append(detail_line({"a": played_a.get(key, row), "b": played_b.get(key, other)}))
-    meta = {"p_value": comparison["p_value"], "kind": "compare", "title": f"{label_b} vs {label_a}", "labels": [label_a, label_b],
+    meta = {"p_value": comparison["p_value"], "kind": "compare", "title": f"{label_b} vs {label_a}",
+            "labels": [label_a, label_b],
             "source": f"{path_a} {path_b}", "env": a.get("env"), "summary": [clean(summary(a)), clean(summary(b))],
             "played": len(played_a) + len(played_b), "note": "; ".join(filter(None, (note_a, note_b)))}
     return {"meta": meta, "index": index, "lines": lines}

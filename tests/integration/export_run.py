@@ -103,8 +103,9 @@ def save_run(lora, tokenizer, run: Path, config: str, overrides: list[str], std:
     return run
 
 
-def make_run(folder: Path, seed: int = 0) -> Path:
-    """`folder/base` (the model) and `folder/run` (config.yaml, final/ with the adapter); returns the run."""
+def make_run(folder: Path, seed: int = 0, dtype: str = "float32") -> Path:
+    """`folder/base` (the model, saved in `dtype`) and `folder/run` (config.yaml, final/ with the adapter, trained
+    on the base as a run loads it: in float32); returns the run."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
@@ -125,8 +126,9 @@ def make_run(folder: Path, seed: int = 0) -> Path:
         tie_word_embeddings=True)
     model = Gemma3ForCausalLM(config)
     teach_calls(model, tokenizer)
-    model.save_pretrained(base)
+    model.to(getattr(torch, dtype)).save_pretrained(base)
     tokenizer.save_pretrained(base)
+    model.to(torch.float32)  # as a run loads its base (model.dtype's default on a CPU)
     model.name_or_path = str(base)
     lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
     # lora_B weights of std 0.02: small, so the taught format survives the adapter

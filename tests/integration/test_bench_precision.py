@@ -16,9 +16,11 @@ def test_precision_rows_measure_speed_and_logprob_drift_against_full_float32():
     for r in rows:
         assert r["generated_tokens_per_s"] == pytest.approx(2 * 2 / r["generate_s"])
         assert r["generate_speedup"] == pytest.approx(base["generate_s"] / r["generate_s"])
-    assert [r["mode"] for r in load_suites()["precision"]({"model": "tiny", "rows": 1, "context": 4, "new_tokens": 1,
-                                                           "train_len": 8, "repeats": 1, "modes": "bfloat16"})] == ["bfloat16"]
-    with pytest.raises(ValueError, match=r"unknown precision mode\(s\) \['fp8'\] \(accepted: float32, tf32, bfloat16\)"):
+    small = {"model": "tiny", "rows": 1, "context": 4, "new_tokens": 1, "train_len": 8, "repeats": 1,
+             "modes": "bfloat16"}
+    assert [r["mode"] for r in load_suites()["precision"](small)] == ["bfloat16"]
+    with pytest.raises(ValueError,
+                       match=r"unknown precision mode\(s\) \['fp8'\] \(accepted: float32, tf32, bfloat16\)"):
         load_suites()["precision"]({"model": "tiny", "modes": "fp8"})
 
 

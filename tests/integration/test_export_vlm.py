@@ -39,8 +39,9 @@ def driving_turn(tokenizer, scene: str) -> str:
     """A first driving prompt as a carla run renders it (the env's tools, thinking off)."""
     import envs
 
-    return tokenizer.apply_chat_template([{"role": "user", "content": scene}], tools=envs.resolve("carla").tool_schemas(),
-                                         tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    return tokenizer.apply_chat_template([{"role": "user", "content": scene}],
+                                         tools=envs.resolve("carla").tool_schemas(), tokenize=False,
+                                         add_generation_prompt=True, enable_thinking=False)
 
 
 def teach_driving(model, tokenizer, steps: int = 100) -> None:

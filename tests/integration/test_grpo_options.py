@@ -45,8 +45,8 @@ def test_grpo_logs_held_out_rows_at_the_start_and_every_n_steps_equal_to_eval(tm
     run_episodes = rl.heldout.run_episodes
     monkeypatch.setattr(rl.heldout, "run_episodes", recording)
 
-    cfg = config(tmp_path, "--set", "grpo.max_steps=2", "--set", "eval.every_steps=2", "--set", "eval.during_training=3",
-                 "--set", "grpo.learning_rate=0.05")
+    cfg = config(tmp_path, "--set", "grpo.max_steps=2", "--set", "eval.every_steps=2",
+                 "--set", "eval.during_training=3", "--set", "grpo.learning_rate=0.05")
     start = evaluate(config(tmp_path, "--set", "eval.episodes=3", "--set", "eval.batch_size=3"))
     train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "held" / "metrics.jsonl").open()]
@@ -61,7 +61,8 @@ def test_grpo_logs_held_out_rows_at_the_start_and_every_n_steps_equal_to_eval(tm
     assert held[0]["heldout/format_error_rate"] == start["format_error_rate"] > 0
     assert played == [([10_000_000, 10_000_001, 10_000_002], 0.0)] * 2  # eval.py's first seeds, greedy
     # each measurement is an eval.py result too: step 0 plays every episode as eval.py did
-    written = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in (tmp_path / "held" / "heldout").glob("*.json")}
+    written = {int(p.stem.split("-")[1]): json.loads(p.read_text())
+               for p in (tmp_path / "held" / "heldout").glob("*.json")}
     assert sorted(written) == [0, 2] and written[0]["label"] == "held@step-0"
     assert written[0]["per_episode"] == start["per_episode"]
     assert written[2]["solve_rate"] == held[2]["heldout/solve_rate"]
@@ -78,7 +79,8 @@ def test_bad_held_out_settings_are_named(tmp_path):
         config(tmp_path, "--set", "eval.every_steps=-1")
     with pytest.raises(ConfigError, match="eval.during_training=0 held-out episodes must be >= 1"):
         config(tmp_path, "--set", "eval.every_steps=2", "--set", "eval.during_training=0")
-    with pytest.raises(ConfigError, match=r"grpo.num_iterations must be >= 1 \(optimizer steps per generated batch\), got 0"):
+    with pytest.raises(ConfigError,
+                       match=r"grpo.num_iterations must be >= 1 \(optimizer steps per generated batch\), got 0"):
         config(tmp_path, "--set", "grpo.num_iterations=0")
 
 

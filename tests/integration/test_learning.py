@@ -54,7 +54,8 @@ def test_step_advantages_move_each_turns_tokens_by_its_anchor_group_advantage(tm
     monkeypatch.setattr(ToolGymGRPOTrainer, "_add_step_advantages", recording)
     monkeypatch.setattr(ToolGymGRPOTrainer, "_compute_loss", loss_shapes)
     cfg = load_config(None, [
-        f"output_dir={tmp_path}", "name=steps", "model.name=tiny", "model.tool_format=first_digit", "lora.enabled=false",
+        f"output_dir={tmp_path}", "name=steps", "model.name=tiny", "model.tool_format=first_digit",
+        "lora.enabled=false",
         "env.name=tests.integration.pick_env:PickEnv", "rollout.max_turns=3", "rollout.max_new_tokens=6",
         "rollout.max_completion_tokens=96", "grpo.num_generations=8", "grpo.per_device_train_batch_size=16",
         "grpo.max_steps=2", "grpo.save_steps=1000", "grpo.seed=1", "grpo.step_advantage_weight=0.5",
@@ -79,7 +80,8 @@ def test_step_advantages_move_each_turns_tokens_by_its_anchor_group_advantage(tm
 
 def test_scoring_only_the_model_tokens_trains_exactly_as_scoring_every_token(tmp_path, monkeypatch):
     """Same episodes, same numbers: loss, gradient norm, entropy and KL per step, with a reused batch
-    (old logprobs at generation time) and a reference model (the LoRA's base), whichever positions the LM head projects."""
+    (old logprobs at generation time) and a reference model (the LoRA's base), whichever positions
+    the LM head projects."""
     import rl.trl_hooks
 
     masks = []

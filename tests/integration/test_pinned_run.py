@@ -2,8 +2,8 @@
 release: a refactor of the rollout, the TRL seam, credit or the envs must not change what a run learns.
 
 The numbers below were measured (2 CPU threads, torch 2.13.0+cpu, x86-64) before the envs moved into
-packages and again after; both gave them exactly. A change that is meant to alter them (a new default, a fix) updates them in the same commit
-and says why.
+packages and again after; both gave them exactly. A change that is meant to alter them (a new default, a fix)
+updates them in the same commit and says why.
 """
 
 import json
@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # A reward that differs between episodes, so that every step has advantages, a loss and a gradient
 # (the tiny model never solves a puzzle: the built-in rewards would all be 0).
-LENGTH_REWARD = "def length(prompts, completions, completion_ids, **kwargs):\n    return [len(ids) / 100 for ids in completion_ids]\n"
+LENGTH_REWARD = ("def length(prompts, completions, completion_ids, **kwargs):\n"
+                 "    return [len(ids) / 100 for ids in completion_ids]\n")
 
 PINNED = [
     {"loss": -0.18469227850437164, "grad_norm": 0.871468186378479, "entropy": 5.937844753265381,

@@ -15,8 +15,8 @@ def reads_a_missing_fact(prompts, completions, **kwargs):
 
 
 def config(tmp_path, reward):
-    cfg = load_config(None, ["model.name=tiny", "env.name=sudoku", f"output_dir={tmp_path}", "name=pre", "log.wandb=off",
-                             "rewards.sudoku_progress=0.5", "rewards.format_valid=0.2",
+    cfg = load_config(None, ["model.name=tiny", "env.name=sudoku", f"output_dir={tmp_path}", "name=pre",
+                             "log.wandb=off", "rewards.sudoku_progress=0.5", "rewards.format_valid=0.2",
                              "rewards.invalid_action_penalty=0.1"])
     cfg.rewards[f"tests.integration.test_preflight:{reward}"] = 1.0
     return cfg

@@ -125,7 +125,8 @@ def test_server_dying_mid_episode_ends_the_step_with_a_clear_error(how):
 
 
 def test_more_concurrent_episodes_than_servers_wait_for_a_free_one():
-    with serve("--env", "sudoku", "--max-sessions", "1") as (_, a), serve("--env", "sudoku", "--max-sessions", "1") as (_, b):
+    with (serve("--env", "sudoku", "--max-sessions", "1") as (_, a),
+          serve("--env", "sudoku", "--max-sessions", "1") as (_, b)):
         pool = pool_for([a, b])
         holders, most, lock = {a: 0, b: 0}, {a: 0, b: 0}, threading.Lock()
         acquire, release = pool.acquire, pool.release

@@ -28,7 +28,8 @@ def test_sft_then_grpo_from_the_checkpoint_then_eval(tmp_path):
     assert any("loss" in entry or "train_loss" in entry for entry in losses)
     assert_adapter_is_the_merged_model(sft)
     stamps = {p: p.stat().st_mtime_ns for p in (sft / "final").iterdir()}
-    again = launch("sft.py", *common, "--model", "tiny", "--name", "sft", "--num-episodes", "8", "--resume", cwd=tmp_path)
+    again = launch("sft.py", *common, "--model", "tiny", "--name", "sft", "--num-episodes", "8", "--resume",
+                   cwd=tmp_path)
     assert "already finished" in again.stdout and "SFT finished" not in again.stdout
     assert stamps == {p: p.stat().st_mtime_ns for p in (sft / "final").iterdir()}  # final/ untouched
 

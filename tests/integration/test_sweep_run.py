@@ -19,7 +19,8 @@ CHEAP = {"grpo.max_steps": 1, "grpo.num_generations": 2, "grpo.per_device_train_
 
 
 def sweep_file(tmp_path, name, grid, seeds, metric="rollout/tokens_per_s"):  # differs from run to run
-    lines = [f"name: {name}", "base:", "  env: sudoku", "  model: tiny", "  set:", f"    output_dir: {tmp_path / 'runs'}"]
+    lines = [f"name: {name}", "base:", "  env: sudoku", "  model: tiny", "  set:",
+             f"    output_dir: {tmp_path / 'runs'}"]
     lines += [f"    {k}: {v}" for k, v in CHEAP.items()]
     lines += ["launcher: python", "grid:"] + [f"  {k}: {v}" for k, v in grid.items()]
     lines += [f"seeds: {seeds}", f"objective: {{metric: {metric}, read: last, direction: maximize}}"]
@@ -54,7 +55,8 @@ def test_two_workers_share_a_grid_and_the_report_matches_the_runs(tmp_path):
     assert all("[trial" in out for out in outs), "both workers must run trials:\n" + "\n----\n".join(outs)
     sweep = tmp_path / "runs" / "grid"
     trials = [t for t in study_of(sweep, "grid").get_trials() if not t.user_attrs.get("surplus")]
-    assert sorted((t.user_attrs["point"], t.user_attrs["seed"]) for t in trials) == [(p, s) for p in range(4) for s in (0, 1)]
+    taken = sorted((t.user_attrs["point"], t.user_attrs["seed"]) for t in trials)
+    assert taken == [(p, s) for p in range(4) for s in (0, 1)]
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     for t in trials:  # each ran once, as the command it stored
         run = Path(t.user_attrs["run"])
@@ -91,7 +93,8 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     proc = start(path, cwd=tmp_path)
     deadline = time.time() + 600
     while time.time() < deadline:  # one trial finished and the other one started
-        done = [r for r in sweep.glob("p*") if (r / "metrics.jsonl").exists() and "train_runtime" in (r / "metrics.jsonl").read_text()]
+        done = [r for r in sweep.glob("p*")
+                if (r / "metrics.jsonl").exists() and "train_runtime" in (r / "metrics.jsonl").read_text()]
         started = [r for r in sweep.glob("p*") if (r / "command.sh").exists() and r not in done]
         if done and started:
             break
@@ -113,4 +116,5 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     retried = [t for t in complete if "failed_trial" in t.system_attrs]
     assert len(retried) == 1 and retried[0].user_attrs["run"] == str(killed)
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
-    assert [t.number for t in failed] == [retried[0].system_attrs["failed_trial"]] and "error" not in failed[0].user_attrs
+    assert [t.number for t in failed] == [retried[0].system_attrs["failed_trial"]]
+    assert "error" not in failed[0].user_attrs

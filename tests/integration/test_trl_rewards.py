@@ -22,7 +22,8 @@ def messages_seen(prompts, completions, model_turns, seed, **kwargs):
 
 
 def test_trl_builtin_and_text_rewards_see_only_the_models_messages(tmp_path):
-    prefix = '<tool_call>\n{"name": "place", "arguments": {"row": '  # the tiny model's calls fail to parse: the env answers
+    # the tiny model's calls fail to parse: the env answers
+    prefix = '<tool_call>\n{"name": "place", "arguments": {"row": '
     cfg = load_config(None, [
         "model.name=tiny", "env.name=sudoku", f"output_dir={tmp_path}", "name=trl-rewards", "log.wandb=off",
         "rollout.max_turns=3", "rollout.max_new_tokens=12", f"rollout.response_prefix={json.dumps(prefix)}",

@@ -25,7 +25,8 @@ from tests.unit.test_view import CALL, MALFORMED, played_eval
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-LENGTH_REWARD = "def length(prompts, completions, completion_ids, **kwargs):\n    return [len(ids) / 100 for ids in completion_ids]\n"
+LENGTH_REWARD = ("def length(prompts, completions, completion_ids, **kwargs):\n"
+                 "    return [len(ids) / 100 for ids in completion_ids]\n")
 
 
 @pytest.fixture(scope="module")

@@ -183,7 +183,8 @@ def test_lora_is_merged_into_the_pushed_weights(backend, model):
     """LoRA on q_proj and v_proj only: the engine fuses q, k, v into one layer, so k travels too."""
     from peft import LoraConfig, get_peft_model
 
-    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    peft_model = get_peft_model(copy.deepcopy(model), lora)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
             if "lora_B" in name:
@@ -292,7 +293,8 @@ def test_eval_with_rollout_backend_vllm_gives_the_transformers_rows(tmp_path):
         rows[backend] = json.loads((tmp_path / f"sudoku-{backend}.json").read_text())
     for key in ("solve_rate", "mean_return", "mean_turns", "invalid_call_rate", "format_error_rate", "facts"):
         assert rows["vllm"][key] == rows["hf"][key], key
-    assert (rows["hf"]["backend"], rows["vllm"]["backend"]) == ("hf", "vllm") and rows["hf"]["facts"]["model_tokens"] > 0
+    assert (rows["hf"]["backend"], rows["vllm"]["backend"]) == ("hf", "vllm")
+    assert rows["hf"]["facts"]["model_tokens"] > 0
 
 
 def test_a_stream_stops_on_strings_where_vllm_would_and_keeps_the_stop(backend, tiny_tokenizer):
@@ -307,7 +309,8 @@ def test_a_stream_stops_on_strings_where_vllm_would_and_keeps_the_stop(backend, 
     # a stop written in its own tokenization (found on the ids as it is generated), one cut out of tokens
     # (found in the text once the row finishes), and one never written
     pairs = [tiny_tokenizer.decode(ids[a:a + 2]) for a in range(len(ids) - 1)]
-    canonical = next(p for a, p in enumerate(pairs) if tiny_tokenizer.encode(p, add_special_tokens=False) == ids[a:a + 2])
+    canonical = next(p for a, p in enumerate(pairs)
+                     if tiny_tokenizer.encode(p, add_special_tokens=False) == ids[a:a + 2])
     assert StopStrings([canonical], backend.llm.get_tokenizer()).suffixes
     stops = [canonical, tiny_tokenizer.decode(ids[:3])[-2:], "never written"]
 

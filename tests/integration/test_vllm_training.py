@@ -28,7 +28,8 @@ def config(tmp_path, backend, *extra):
     """The learnable pick-7 task (tests/integration/pick_env.py) with LoRA: rewards vary, weights move."""
     cfg = load_config(None, [
         "model.name=tiny", "model.tool_format=first_digit", "env.name=tests.integration.pick_env:PickEnv",
-        f"output_dir={tmp_path}", "name=vllm-run", "log.wandb=off", "rewards.solved=0.0", "grpo.max_steps=2", "grpo.num_generations=8", "grpo.per_device_train_batch_size=16",
+        f"output_dir={tmp_path}", "name=vllm-run", "log.wandb=off", "rewards.solved=0.0", "grpo.max_steps=2",
+        "grpo.num_generations=8", "grpo.per_device_train_batch_size=16",
         "grpo.save_steps=100", "grpo.learning_rate=1e-2", "rollout.max_turns=3", "rollout.max_new_tokens=6",
         "rollout.max_completion_tokens=96", f"rollout.backend={backend}", "rollout.vllm.kv_cache_gib=0.25",
         "rollout.vllm.max_model_len=2048", *extra])

@@ -268,6 +268,8 @@ def test_grpo_refuses_a_vllm_backend_for_a_vlm_before_starting_an_engine(tmp_pat
         "--env", "carla", "--model", TINY_VLM, "--name", "vlm", "--env-urls", *driving_servers,
         "--set", f"output_dir={tmp_path}", "--set", "log.wandb=off", "--set", f"rollout.backend={backend}",
         "--set", "rollout.vllm.urls=[http://127.0.0.1:9]"]))  # never dialled: refused first
-    with pytest.raises(ConfigError, match=rf"'tiny-vlm' is a vision-language model; rollout.backend='{backend}'.*accepted for VLMs: hf"):
+    with pytest.raises(ConfigError,
+                       match=rf"'tiny-vlm' is a vision-language model; rollout.backend='{backend}'"
+                             r".*accepted for VLMs: hf"):
         build_trainer(cfg)
     assert not list(tmp_path.rglob("*.safetensors"))  # no engine weights were written

@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_yaml_and_dotted_overrides(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text("grpo:\n  learning_rate: 1e-5\n  num_generations: 2\nenv:\n  kwargs: {size: 9}\nlog: {wandb: off}\n")
+    path.write_text("grpo:\n  learning_rate: 1e-5\n  num_generations: 2\n"
+                    "env:\n  kwargs: {size: 9}\nlog: {wandb: off}\n")
     cfg = load_config(path, ["grpo.learning_rate=3e-4", "rollout.max_turns=3", "env.kwargs.difficulty=hard"])
     assert cfg.grpo.learning_rate == 3e-4 and isinstance(cfg.grpo.learning_rate, float)
     assert cfg.grpo.num_generations == 2 and cfg.rollout.max_turns == 3
@@ -40,8 +41,10 @@ def test_yaml_and_dotted_overrides(tmp_path):
     ("grpo.temperature=0.5", "grpo.temperature is set by toolgym: use rollout.temperature"),
     ("grpo.report_to=[wandb]", "grpo.report_to is set by toolgym: use log.wandb"),
     ("rollout.vllm.engine_args={max_model_len: 8192, enforce_eager: true}",
-     "rollout.vllm.engine_args sets max_model_len, which toolgym sets itself: use max_model_len: rollout.vllm.max_model_len"),
-    ("rollout.vllm.engine_args={kv_cache_gib: 2}", "sets kv_cache_gib, which toolgym sets itself: use kv_cache_gib: rollout.vllm"),
+     ("rollout.vllm.engine_args sets max_model_len, which toolgym sets itself: "
+      "use max_model_len: rollout.vllm.max_model_len")),
+    ("rollout.vllm.engine_args={kv_cache_gib: 2}",
+     "sets kv_cache_gib, which toolgym sets itself: use kv_cache_gib: rollout.vllm"),
     ("rollout.vllm.engine_args={1: 2}", r"rollout.vllm.engine_args has keys \[1\] that are no argument names"),
 ])
 def test_bad_config_is_named(override, message):
@@ -78,8 +81,9 @@ def test_dry_run_prints_resolved_config():
     (["--env", "sudoku", "--set", "grpo.lr=1"], "unknown config key 'grpo.lr'"),
     (["--env", "sudoku", "--reward", "no_such_pkg.rewards:shaped=0.5"], "bad reward path 'no_such_pkg.rewards:shaped'"),
     (["--env", "sudoku", "--reward", "solved=heavy"], "bad reward weight 'heavy'"),
-    (["--env", "sudoku", "--set", "env.kwargs.max_turns=9"], "rejects env.kwargs {'size': 4, "
-                                                             "'difficulty': 'easy', 'max_invalid': 6, 'max_turns': 9}: max_turns=9 is now max_steps"),
+    (["--env", "sudoku", "--set", "env.kwargs.max_turns=9"],
+     ("rejects env.kwargs {'size': 4, 'difficulty': 'easy', 'max_invalid': 6, 'max_turns': 9}: "
+      "max_turns=9 is now max_steps")),
 ])
 def test_launch_errors_exit_before_any_model_loads(args, message):
     result = run_launch(*args)
@@ -113,5 +117,6 @@ def test_no_sample_episodes_turns_episode_logging_off_whatever_token_episodes_sa
 
 
 def test_engine_args_pass_through_as_given():
-    cfg = load_config(None, ["rollout.vllm.engine_args={compilation_config: {cudagraph_mode: FULL}, enforce_eager: false}"])
+    cfg = load_config(None, [
+        "rollout.vllm.engine_args={compilation_config: {cudagraph_mode: FULL}, enforce_eager: false}"])
     assert cfg.rollout.vllm.engine_args == {"compilation_config": {"cudagraph_mode": "FULL"}, "enforce_eager": False}

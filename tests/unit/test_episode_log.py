@@ -55,7 +55,8 @@ def test_eval_rows_are_training_rows_without_what_training_adds(chat, scripted):
                           token_count=3)
     for row, train_row, t in zip(rows, trained, trajectories):
         assert set(row) == {"seed", "sample", "info", "prompt", "turns"}  # no step, rewards, advantage, text, tokens
-        assert {k: train_row[k] for k in ("seed", "info", "prompt", "turns")} == {k: row[k] for k in row if k != "sample"}
+        shared = ("seed", "info", "prompt", "turns")
+        assert {k: train_row[k] for k in shared} == {k: row[k] for k in row if k != "sample"}
         assert row["info"]["stop_reason"] == t.info["stop_reason"] and "env_error" in row["info"]
         assert row["prompt"][0]["content"] == t.prompt[0]["content"]
     assert rows[0]["turns"][0]["calls"][0]["name"] == "place" and "Malformed" in rows[0]["turns"][1]["errors"][0]

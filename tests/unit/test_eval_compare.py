@@ -12,7 +12,8 @@ EVAL_PY = Path(__file__).resolve().parents[2] / "launch" / "eval.py"
 
 
 def result(label, solved, seed_start=10_000_000, env_kwargs=None):
-    return {"label": label, "env": "sudoku", "env_kwargs": env_kwargs or {"size": 4}, "seeds": [seed_start, seed_start + len(solved)],
+    return {"label": label, "env": "sudoku", "env_kwargs": env_kwargs or {"size": 4},
+            "seeds": [seed_start, seed_start + len(solved)],
             "per_episode": [{"seed": seed_start + i, "sample": 0, "solved": s, "return": float(s), "turns": 3}
                             for i, s in enumerate(solved)]}
 

@@ -61,7 +61,8 @@ def test_policy_lookup_names_what_exists():
     class Other(envs.ToolEnv):
         pass
 
-    with pytest.raises(ValueError, match="no expert policy for Other \\(available for: .*SudokuEnv.*register_policies\\(Other, expert=...\\)"):
+    with pytest.raises(ValueError, match="no expert policy for Other \\(available for: .*SudokuEnv.*"
+                                         "register_policies\\(Other, expert=...\\)"):
         expert_for(Other())
 
 
@@ -73,7 +74,8 @@ def test_the_config_picks_the_experts_options_and_names_a_bad_one():
     assert cfg.sft.expert == {"order": "constrained"}
     assert make_policy(cfg, "expert", **cfg.sft.expert).order == "constrained"
     assert make_policy(load_config("configs/sudoku-sft.yaml"), "expert").order == "reading"
-    with pytest.raises(ValueError, match=r"unknown option\(s\) 'depth' for SudokuExpert \(accepted: explore, seed, order\)"):
+    with pytest.raises(ValueError,
+                       match=r"unknown option\(s\) 'depth' for SudokuExpert \(accepted: explore, seed, order\)"):
         make_policy(cfg, "expert", depth=3)
     with pytest.raises(ValueError, match=r"unknown expert order 'spiral' \(accepted: reading, constrained\)"):
         make_policy(cfg, "expert", order="spiral")

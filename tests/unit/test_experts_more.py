@@ -86,7 +86,8 @@ def test_2048_expert_options_are_checked_and_named():
     assert expert_for(env, depth=1, explore=0.1, seed=3).depth == 1
     with pytest.raises(ValueError, match=r"expectimax depth must be one of \(1, 2, 3\), got 4"):
         expert_for(env, depth=4)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) 'order' for Game2048Expert \(accepted: depth, explore, seed\)"):
+    with pytest.raises(ValueError,
+                       match=r"unknown option\(s\) 'order' for Game2048Expert \(accepted: depth, explore, seed\)"):
         expert_for(env, order="reading")
 
 

@@ -27,7 +27,8 @@ CASES = [
     ("run_is_file", ["file.txt", "--out", "x"], r"run folder 'file.txt' is a file"),
     ("no_final", ["unfinished", "--out", "x"], r"run 'unfinished' has no final model: .*its folders: checkpoint-2;"),
     ("final_empty", ["empty", "--out", "x"], r"'empty/final' holds neither a model \(config.json\) nor a LoRA adapter"),
-    ("quant_unknown", ["done", "--out", "x", "--quant", "q3"], r"unknown --quant 'q3' \(accepted: f16, bf16, f32, q8_0"),
+    ("quant_unknown", ["done", "--out", "x", "--quant", "q3"],
+     r"unknown --quant 'q3' \(accepted: f16, bf16, f32, q8_0"),
     ("out_is_file", ["done", "--out", "file.txt"], r"--out 'file.txt' is a file"),
 ]
 
@@ -42,7 +43,8 @@ def test_a_bad_export_command_line_gets_one_line(case, tmp_path):
     (tmp_path / "done" / "final").mkdir(parents=True)
     (tmp_path / "done" / "final" / "adapter_config.json").write_text("{}")
     play = PLAY.format(root=str(ROOT), argv=case[1], heavy=HEAVY)
-    out = subprocess.run([sys.executable, "-c", play], check=False, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", play], check=False, cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120)
     result = json.loads(out.stdout.splitlines()[-1])
     lines = result["stderr"].splitlines()
     assert result["code"] == 2 and len(lines) == 1 and lines[0].startswith("error: "), result

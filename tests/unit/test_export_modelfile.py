@@ -31,7 +31,7 @@ CONVERSATION = [
 def merged(prefix: str = "") -> Merged:
     return Merged(chat_template=load_template("gemma3_tools"), tool_format="hermes", response_prefix=prefix,
                   stop_tokens=["<eos>", "<end_of_turn>"], lineage=[], vision=False,
-                  sentencepiece="")
+                  sentencepiece="", dtype="float32")
 
 
 def go_render(text: str, messages: list[dict], tools: list[dict]) -> str:
@@ -75,7 +75,8 @@ def test_the_tool_list_is_the_jinja_templates_own_text():
     text = template(merged(), tools)
     preamble = re.search(r"\{\{ if \$\.Tools \}\}\{\{ `(.*?)` \}\}\{\{ end \}\}", text, re.DOTALL).group(1)
     assert preamble in jinja_render([{"role": "user", "content": "x"}], tools)
-    assert preamble.startswith("You can call these tools:\n{\"name\": \"place\"") and preamble.endswith("</tool_response>.\n\n")
+    assert preamble.startswith("You can call these tools:\n{\"name\": \"place\"")
+    assert preamble.endswith("</tool_response>.\n\n")
 
 
 def test_a_run_on_another_chat_template_gets_no_modelfile_and_says_why(tmp_path):

@@ -33,7 +33,8 @@ def test_same_seed_same_game():
     a, b = envs.make("2048"), envs.make("2048")
     assert a.reset(seed=5)[0] == b.reset(seed=5)[0]
     for d in ["left", "up", "right", "down"] * 5:
-        oa, ob = a.step({"name": "move", "arguments": {"direction": d}}), b.step({"name": "move", "arguments": {"direction": d}})
+        move = {"name": "move", "arguments": {"direction": d}}
+        oa, ob = a.step(move), b.step(move)
         assert oa[0] == ob[0]
     assert len({str(new_board(4, random.Random(s))) for s in range(10)}) > 5
 
@@ -173,7 +174,8 @@ def test_strategy_mode_failures(box, code, status, works):
 def test_strategy_mode_accepts_code_in_plain_text(box):
     env = envs.make("2048-strategy", games=1, target=16, sandbox=box)
     env.reset(seed=0)
-    text = "Here is my strategy:\n```python\nimport random\ndef strategy(board):\n    return random.choice(['up', 'left', 'right', 'down'])\n```"
+    text = ("Here is my strategy:\n```python\nimport random\ndef strategy(board):\n"
+            "    return random.choice(['up', 'left', 'right', 'down'])\n```")
     _, _, terminated, _, info = env.step(text)
     assert terminated and info["function_works"] and info["games_played"] == 1
 
@@ -200,5 +202,6 @@ def strategy(board, initial):
     assert terminated and info["function_works"] and info["games_played"] == 3 and info["games_won"] >= 1
     assert info["valid_move_fraction"] > 0.5 and reward == info["win_rate"]
     env.reset(seed=2)
-    _, _, _, _, info = env.step({"name": "submit", "arguments": {"code": "def strategy(board, initial):\n    return [1, 1, 9]"}})
+    code = "def strategy(board, initial):\n    return [1, 1, 9]"
+    _, _, _, _, info = env.step({"name": "submit", "arguments": {"code": code}})
     assert info["function_works"] and info["games_won"] == 0 and info["valid_move_fraction"] == 0.0

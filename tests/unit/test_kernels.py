@@ -7,10 +7,13 @@ from envs.kernels.tasks import TASKS, compare, get_task
 from envs.sandbox import Sandbox
 
 CORRECT = {
-    "matmul": "def matmul(A, B):\n    cols = list(zip(*B))\n    return [[sum(a * b for a, b in zip(row, col)) for col in cols] for row in A]",
-    "softmax": "import math\ndef softmax(x):\n    m = max(x)\n    e = [math.exp(v - m) for v in x]\n    s = sum(e)\n    return [v / s for v in e]",
+    "matmul": ("def matmul(A, B):\n    cols = list(zip(*B))\n"
+               "    return [[sum(a * b for a, b in zip(row, col)) for col in cols] for row in A]"),
+    "softmax": ("import math\ndef softmax(x):\n    m = max(x)\n    e = [math.exp(v - m) for v in x]\n    s = sum(e)\n"
+                "    return [v / s for v in e]"),
     "prefix_sum": "import itertools\ndef prefix_sum(x):\n    return list(itertools.accumulate(x))",
-    "conv1d": "def conv1d(x, w):\n    k = len(w)\n    return [sum(a * b for a, b in zip(x[i:i + k], w)) for i in range(len(x) - k + 1)]",
+    "conv1d": ("def conv1d(x, w):\n    k = len(w)\n"
+               "    return [sum(a * b for a, b in zip(x[i:i + k], w)) for i in range(len(x) - k + 1)]"),
     "topk": "def topk(x, k):\n    return sorted(range(len(x)), key=lambda i: (-x[i], i))[:k]",
 }
 
@@ -56,14 +59,16 @@ def test_wrong_code_fails_tests_with_a_reason(box):
     env.reset(seed=0)
     obs, *_ = env.step({"name": "run_tests", "arguments": {"code": "def prefix_sum(x):\n    return x"}})
     assert "tests failed" in obs and "max error" in obs
-    obs, reward, terminated, _, info = env.step({"name": "submit", "arguments": {"code": "def prefix_sum(x):\n    return x"}})
+    obs, reward, terminated, _, info = env.step({"name": "submit",
+                                                 "arguments": {"code": "def prefix_sum(x):\n    return x"}})
     assert terminated and reward == 0 and not info["solved"] and info["speedup"] is None and info["max_err"] > 0
 
 
 def test_forbidden_imports_are_refused_and_counted(box):
     env = envs.make("kernels", task="matmul", sandbox=box)
     env.reset(seed=0)
-    obs, *_, info = env.step({"name": "run_tests", "arguments": {"code": "import numpy\ndef matmul(A, B):\n    return (numpy.array(A) @ B).tolist()"}})
+    code = "import numpy\ndef matmul(A, B):\n    return (numpy.array(A) @ B).tolist()"
+    obs, *_, info = env.step({"name": "run_tests", "arguments": {"code": code}})
     assert "imports not allowed: ['numpy']" in obs and info["forbidden_imports"] == 1 and info["invalid_actions"] == 1
 
 

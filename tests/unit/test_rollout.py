@@ -24,7 +24,8 @@ def solution_move(seed=SEED):
 def test_multi_turn_token_layout_token_by_token(chat, scripted, tiny_tokenizer):
     row, col, digit = solution_move()
     replies = [
-        f'I will place a digit.\n<tool_call>\n{{"name": "place", "arguments": {{"row": {row}, "col": {col}, "digit": {digit}}}}}\n</tool_call>',
+        (f'I will place a digit.\n<tool_call>\n{{"name": "place", "arguments": '
+         f'{{"row": {row}, "col": {col}, "digit": {digit}}}}}\n</tool_call>'),
         '<tool_call>\n{"name": "place", "arguments": {"row": 1,}}\n</tool_call>',
         "Maybe the answer is 4?",
         '<tool_call>\n{"name": "show_board", "arguments": {}}\n</tool_call>',
@@ -206,7 +207,8 @@ def test_each_model_turn_records_its_token_span_and_the_env_state_it_acted_in(ch
     from rl.rollout import state_digest
 
     row, col, digit = solution_move()
-    place = f'<tool_call>\n{{"name": "place", "arguments": {{"row": {row}, "col": {col}, "digit": {digit}}}}}\n</tool_call>'
+    place = (f'<tool_call>\n{{"name": "place", "arguments": '
+             f'{{"row": {row}, "col": {col}, "digit": {digit}}}}}\n</tool_call>')
     replies = [place, '<tool_call>\n{"name": "place", "arguments": {"row": 1,}}\n</tool_call>', "Maybe 4?", place]
     backend = scripted(lambda context, turn: replies[turn])
     [traj] = run_episodes([envs.make("sudoku", max_invalid=None)], [SEED], backend, chat,

@@ -63,7 +63,8 @@ def test_file_size_limit(box):
 
 
 def test_scratch_is_private_and_writable(box):
-    code = "import os\ndef f():\n    open('note.txt', 'w').write('hi')\n    return os.listdir('.'), open('note.txt').read()"
+    code = ("import os\ndef f():\n    open('note.txt', 'w').write('hi')\n"
+            "    return os.listdir('.'), open('note.txt').read()")
     assert box.run(code, entry="f").value == [["note.txt"], "hi"]
     assert box.run("import os\ndef f():\n    return os.listdir('.')", entry="f").value == []  # fresh each run
 
@@ -105,7 +106,8 @@ def test_an_unknown_driver_is_refused_before_the_run_naming_the_drivers(box):
 
 
 def test_driver_calls_the_function_per_move(box):
-    code = "import random\nrng = random.Random(0)\ndef strategy(board):\n    return rng.choice(['left', 'up', 'right', 'down'])"
+    code = ("import random\nrng = random.Random(0)\ndef strategy(board):\n"
+            "    return rng.choice(['left', 'up', 'right', 'down'])")
     r = box.run(code, entry="strategy", driver="g2048/rules.py:play_games", driver_args={"seeds": [1, 2]})
     assert r.ok and [g["seed"] for g in r.value] == [1, 2] and all(g["moves"] > 10 for g in r.value)
     again = box.run(code, entry="strategy", driver="g2048/rules.py:play_games", driver_args={"seeds": [1, 2]})
@@ -183,9 +185,11 @@ def test_isolation_report_names_the_mechanisms(box):
 
 def test_static_checks():
     assert parse_function("def strategy(b):\n    return 'up'", "strategy") is None
-    assert "no top-level function named 'strategy' (defined: helper)" in parse_function("def helper(): pass", "strategy")
+    assert ("no top-level function named 'strategy' (defined: helper)"
+            in parse_function("def helper(): pass", "strategy"))
     assert "syntax error on line 1" in parse_function("def (", "f")
-    code = "import numpy as np\nfrom os import path\nimport math\nx = __import__('sys')\ny = ().__class__.__subclasses__()"
+    code = ("import numpy as np\nfrom os import path\nimport math\nx = __import__('sys')\n"
+            "y = ().__class__.__subclasses__()")
     assert imports_outside(code, ["math"]) == ["numpy", "os", "__import__()", ".__subclasses__"]
     assert imports_outside("import math, itertools", ["math", "itertools"]) == []
 

@@ -55,7 +55,8 @@ def first_empty(env):
 def test_correct_move_fills_cell_and_raises_progress():
     env = fresh()
     row, col, digit = first_empty(env)
-    obs, reward, terminated, truncated, info = env.step({"name": "place", "arguments": {"row": row, "col": col, "digit": digit}})
+    obs, reward, terminated, truncated, info = env.step({"name": "place",
+                                                         "arguments": {"row": row, "col": col, "digit": digit}})
     assert obs.startswith(f"Placed {digit} at row {row}, column {col}.")
     assert env.board[(row - 1) * 4 + col - 1] == digit
     assert info["progress"] > 0 and info["invalid_actions"] == 0 and not terminated

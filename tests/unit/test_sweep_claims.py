@@ -9,17 +9,26 @@ WORKER = """
 import sys, time
 sys.path.insert(0, {root!r})
 import optuna
+from optuna.trial import TrialState
 from rl.sweep.study import open_storage
 study = optuna.load_study(study_name="claims", storage=open_storage({url!r}, None, 5))
 mine = []
 while True:
-    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
+    if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         break
     trial = study.ask()
     if "point" not in trial.user_attrs:  # asked after the queue ran dry: nothing to take
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        study.tell(trial, state=TrialState.FAIL)
         continue
     mine.append(trial.user_attrs["point"])
+    # The first trial is held until the other worker has taken one too, so that the two take trials side by
+    # side however far apart they start: under load one process can spend seconds longer importing than
+    # the other, and the first could empty the queue alone. The deadline only ends the wait if the other died.
+    deadline = time.time() + 120
+    while len(mine) == 1 and time.time() < deadline and not any(
+            t.number != trial.number and t.state in (TrialState.RUNNING, TrialState.COMPLETE)
+            for t in study.get_trials(deepcopy=False)):
+        time.sleep(0.02)
     time.sleep(0.01)
     study.tell(trial, 0.0)
 print(" ".join(map(str, mine)))
@@ -54,7 +63,8 @@ def test_a_sampled_point_runs_once_per_seed_and_the_budget_holds(tmp_path):
 
     spec = SweepSpec(name="tpe", path=tmp_path / "tpe.yaml", env="sudoku", space_kind="optuna", trials=3, seeds=[0, 1],
                      space={"grpo.learning_rate": Range(low=1e-6, high=1e-4, log=True),
-                            "rollout.max_turns": Range(low=2, high=8), "grpo.loss_type": Range(choices=["dapo", "grpo"])})
+                            "rollout.max_turns": Range(low=2, high=8),
+                            "grpo.loss_type": Range(choices=["dapo", "grpo"])})
     study = open_study(spec, open_storage(f"sqlite:///{tmp_path / 'study.db'}", tmp_path, 5))
     runs = []
     while next_step(study, spec) == "ask":

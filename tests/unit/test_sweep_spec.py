@@ -62,8 +62,10 @@ def sweep_main(*args, capsys) -> tuple[int, str]:
     (("grpo.step_advantage_weight: [0.0", "grpo.step_advantge_weight: [0.0"),
      "unknown config key 'grpo.step_advantge_weight'"),
     (("grpo.step_advantage_weight: [0.0, 1.0]", "grpo.step_advantage_weight: [0.0, -1.0]"),
-     "the run at grpo.learning_rate=1e-05, grpo.step_advantage_weight=-1.0 is refused: grpo.step_advantage_weight must"),
-    (("grid:\n  grpo.learning_rate", "grid:\n  grpo.seed: [1, 2]\n  grpo.learning_rate"), "list the seeds under seeds:"),
+     ("the run at grpo.learning_rate=1e-05, grpo.step_advantage_weight=-1.0 is refused: "
+      "grpo.step_advantage_weight must")),
+    (("grid:\n  grpo.learning_rate", "grid:\n  grpo.seed: [1, 2]\n  grpo.learning_rate"),
+     "list the seeds under seeds:"),
     (("metric: reward, read: last", "metric: heldout/solve_rate, read: last"), "eval.every_steps > 0"),
     (("read: last", "read: median"), "unknown objective read 'median' (accepted: last, mean_last, eval)"),
 ])
@@ -81,7 +83,8 @@ def test_random_spaces_need_a_budget_and_valid_ranges(tmp_path):
     with pytest.raises(SweepError, match="needs trials: N"):
         load_sweep(write(tmp_path, base + "random:\n  grpo.learning_rate: {low: 1.0e-6, high: 1.0e-4, log: true}\n"))
     with pytest.raises(SweepError, match="low < high and low > 0 for log"):
-        load_sweep(write(tmp_path, base + "trials: 3\noptuna:\n  grpo.learning_rate: {low: 0, high: 1.0e-4, log: true}\n"))
+        load_sweep(write(tmp_path,
+                         base + "trials: 3\noptuna:\n  grpo.learning_rate: {low: 0, high: 1.0e-4, log: true}\n"))
     spec = load_sweep(write(tmp_path, base + "trials: 3\noptuna:\n  grpo.learning_rate: {low: 1.0e-6, high: 1.0e-4, "
                                              "log: true}\n  rollout.max_turns: {low: 2, high: 6}\n"
                                              "  grpo.loss_type: {choices: [dapo, grpo]}\n"))
@@ -128,7 +131,8 @@ def test_mean_and_95_percent_t_interval_over_seeds():
 
 
 def test_objective_reads_the_last_or_the_mean_of_the_last_values():
-    rows = [{"step": 1, "reward": 0.1}, {"step": 2, "reward": 0.2}, {"step": 3, "loss": 1.0}, {"step": 3, "reward": 0.6}]
+    rows = [{"step": 1, "reward": 0.1}, {"step": 2, "reward": 0.2}, {"step": 3, "loss": 1.0},
+            {"step": 3, "reward": 0.6}]
     assert objective_value(rows, Objective(metric="reward")) == 0.6
     assert math.isclose(objective_value(rows, Objective(metric="reward", read="mean_last", last_n=2)), 0.4)
     assert objective_value(rows, Objective(metric="env/solved")) is None

@@ -33,13 +33,15 @@ def episode(step, solved=False, stop="max_turns", error="", text="hello", reward
 
 def write_run(folder: Path, rows: list[dict]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.yaml").write_text("env: {name: sudoku}\nmodel: {name: tiny}\ngrpo: {step_advantage_weight: 1.0}\n")
+    (folder / "config.yaml").write_text("env: {name: sudoku}\nmodel: {name: tiny}\n"
+                                        "grpo: {step_advantage_weight: 1.0}\n")
     (folder / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder
 
 
 def eval_result(label, solved):
-    per = [{"seed": 10_000_000 + i, "sample": 0, "solved": s, "return": float(s), "turns": 3} for i, s in enumerate(solved)]
+    per = [{"seed": 10_000_000 + i, "sample": 0, "solved": s, "return": float(s), "turns": 3}
+           for i, s in enumerate(solved)]
     return {"label": label, "env": "sudoku", "env_kwargs": {"size": 4}, "seeds": [10_000_000, 10_000_000 + len(per)],
             "solve_rate": sum(solved) / len(solved), "per_episode": per}
 
@@ -48,7 +50,8 @@ def test_a_run_reads_into_index_and_lines_that_a_browser_can_parse(tmp_path):
     run = write_run(tmp_path / "r", [episode(0), episode(1, solved=True, stop="env_done"),
                                      episode(2, error="RuntimeError: boom", stop="env_error", reward=float("nan"))])
     data = load([run])
-    assert data["meta"]["kind"] == "run" and data["meta"]["env"] == "sudoku" and data["meta"]["step_advantage_weight"] == 1.0
+    assert data["meta"]["kind"] == "run" and data["meta"]["env"] == "sudoku"
+    assert data["meta"]["step_advantage_weight"] == 1.0
     assert [e["step"] for e in data["index"]] == [0, 1, 2]
     assert [e["solved"] for e in data["index"]] == [False, True, False]
     assert [e["stop"] for e in data["index"]] == ["max_turns", "env_done", "env_error"]
@@ -60,7 +63,8 @@ def test_a_run_reads_into_index_and_lines_that_a_browser_can_parse(tmp_path):
 def test_episode_text_cannot_end_the_pages_script(tmp_path):
     nasty = "</script><script>alert(1)</script><!-- {{index}}"
     page = render(load([write_run(tmp_path / "r", [episode(0, text=nasty)])]))
-    assert page.count("</script>") == 4  # the page's own four blocks (meta, index, episodes, script), none from the data
+    # the page's own four blocks (meta, index, episodes, script), none from the data
+    assert page.count("</script>") == 4
     assert "{{" not in page.split("<script id=\"meta\"")[0]  # every template marker filled
     assert json.loads(page.split('<script id="episodes" type="text/plain">')[1].split("</script>")[0])["text"] == nasty
 
@@ -83,7 +87,8 @@ def played_eval(folder: Path, label: str, reply: str, chat, scripted, episodes=3
     seeds = list(range(10_000_000, 10_000_000 + episodes))
     played = run_episodes([envs.make("sudoku", size=4) for _ in seeds], seeds, scripted(lambda context, turn: reply),
                           chat, RolloutSection(max_turns=2, max_completion_tokens=4096))
-    result = make_result(load_config(None, ["env.kwargs.size=4"]), label, "scripted", seeds, [t.info for t in played], 0.0)
+    result = make_result(load_config(None, ["env.kwargs.size=4"]), label, "scripted", seeds,
+                         [t.info for t in played], 0.0)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"sudoku-{label}.json"
     save_result(result, eval_rows(played, seeds, chat, transcripts), path)
