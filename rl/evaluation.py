@@ -260,15 +260,16 @@ def heldout_table(runs: list[str | Path]) -> str:
             c = paired_comparison(first, r)
             lines.append(f"| {Path(run).name} | {r.get('step', '?')} | {r['episodes']} | {r['solve_rate']:.1%} "
                          f"[{low:.1%}, {high:.1%}] | {r['invalid_call_rate']:.1%} | {r['format_error_rate']:.1%} | "
-                         f"{kinds_cell(r)} | {c['solved_by_b_only']} / {c['solved_by_a_only']}, p = {c['p_value']:.3g} |")
+                         f"{kinds_cell(r)} | {c['solved_by_b_only']} / {c['solved_by_a_only']}, "
+                         f"p = {c['p_value']:.3g} |")
         lasts.append(results[-1])
     lines += ["", *(paired_line(paired_comparison(lasts[0], last)) for last in lasts[1:])]
     return "\n".join(lines) + "\n"
 
 
 def kinds_cell(result: dict) -> str:
-    """`clash 21% / right 61% / wrong 8% / ...` (kinds in name order): a result's `move_shares` (results of envs that count no moves,
-    and those written before moves were counted, have none: '-')."""
+    """`clash 21% / right 61% / wrong 8% / ...` (kinds in name order): a result's `move_shares` (results of envs
+    that count no moves, and those written before moves were counted, have none: '-')."""
     shares = result.get("move_shares") or move_shares(result.get("facts", {}))
     return " / ".join(f"{kind} {share:.0%}" for kind, share in shares.items()) or "-"
 

@@ -16,8 +16,8 @@ from rl.generation import GenerationError, SamplingParams, TransformersBackend
 from rl.models import tiny_model
 from rl.rollout import run_episodes
 from rl.toolcalls import get_format
-from rl.vllm_weights import save_for_vllm
 from rl.vllm_server_backend import VLLMServerBackend
+from rl.vllm_weights import save_for_vllm
 from tests.integration.pick_env import PickEnv
 from tests.integration.servers import free_port, running
 from tests.integration.test_vllm import PROMPTS, TOL, forward_logprobs, trained_copy
