@@ -7,15 +7,15 @@ known to Gymnasium, so `gymnasium.make("toolgym/Sudoku-v0")` works once `envs` i
 from __future__ import annotations
 
 import difflib
-from typing import Callable
+from collections.abc import Callable
 
 import gymnasium as gym
 
 from envs.base import RunStop, ToolCall, ToolEnv, ToolError, tool, tool_schema
 from envs.entry_points import load_module
 
-__all__ = ["RunStop", "ToolCall", "ToolEnv", "ToolError", "tool", "tool_schema", "register", "make", "resolve", "names",
-           "check_kwargs", "short_name"]
+__all__ = ["RunStop", "ToolCall", "ToolEnv", "ToolError", "check_kwargs", "make", "names", "register", "resolve",
+           "short_name", "tool", "tool_schema"]
 
 _REGISTRY: dict[str, str] = {}  # short name -> "module:Class"
 
@@ -45,7 +45,8 @@ def resolve(name: str) -> Callable[..., ToolEnv]:
     except (ValueError, AttributeError) as e:
         raise ValueError(f"cannot load env {name!r} from {entry_point!r}: {e}") from e
     if not (isinstance(cls, type) and issubclass(cls, ToolEnv)):
-        raise ValueError(f"env {name!r} ({entry_point}) is not a ToolEnv subclass")
+        # the bad value is the user's env path, so ValueError like every other bad env name
+        raise ValueError(f"env {name!r} ({entry_point}) is not a ToolEnv subclass")  # noqa: TRY004
     return cls
 
 

@@ -17,9 +17,10 @@ import re
 import string
 import types
 import typing
+from collections.abc import Callable, Hashable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Hashable, Literal
+from typing import Any, ClassVar, Literal
 
 import gymnasium as gym
 
@@ -92,7 +93,7 @@ def _type_schema(hint: Any, where: str) -> dict:
 def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
     """Split a docstring into its description and per-argument descriptions."""
     doc = inspect.cleandoc(doc or "")
-    parts = re.split(r"^\s*(?:Args|Arguments|Parameters):\s*$", doc, maxsplit=1, flags=re.M)
+    parts = re.split(r"^\s*(?:Args|Arguments|Parameters):\s*$", doc, maxsplit=1, flags=re.MULTILINE)
     description = " ".join(parts[0].split())
     args: dict[str, str] = {}
     if len(parts) == 2:
@@ -183,7 +184,7 @@ class ToolEnv(gym.Env):
     `info`; `solved` is the standard success flag reward functions read.
     """
 
-    metadata = {"render_modes": ["ansi"]}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}  # Gymnasium's class-level render metadata
     default_max_steps = 32
 
     def __init_subclass__(cls, **kwargs):
@@ -311,7 +312,7 @@ class ToolEnv(gym.Env):
             return f"Error: {e}"
         except RunStop:
             raise
-        except Exception as e:  # a bug in the tool must not take the trainer down
+        except Exception as e:  # noqa: BLE001 - a bug in the tool must not take the trainer down
             self.tool_errors += 1
             return f"Error: tool {action.name} failed: {type(e).__name__}: {e}"
 

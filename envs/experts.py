@@ -33,7 +33,8 @@ def register_policies(env_cls: type, expert: Callable[..., Policy] | None = None
     the reward pre-flight, `eval.py --policy expert|random`). Each is called with the options a caller
     passes (eval passes `explore` and `seed` to the expert, `seed` to the random one) and returns a policy."""
     if not (isinstance(env_cls, type) and issubclass(env_cls, ToolEnv)):
-        raise ValueError(f"register_policies needs a ToolEnv subclass, got {env_cls!r}")
+        # ValueError, like the policy check below, so a bad registration raises one kind of error
+        raise ValueError(f"register_policies needs a ToolEnv subclass, got {env_cls!r}")  # noqa: TRY004
     for kind, make in (("expert", expert), ("random", random)):
         if make is not None and not callable(make):
             raise ValueError(f"the {kind} policy of {env_cls.__name__} must be callable, got {make!r}")

@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rl.bench import load_suites, regressions, run  # noqa: E402
-from rl.config import parse_override  # noqa: E402
+from rl.bench import load_suites, regressions, run
+from rl.config import parse_override
 
 
 def main(argv=None) -> int:

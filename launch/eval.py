@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rl.cli import add_run_arguments, resolve_or_exit, run_stop_exits  # noqa: E402
+from rl.cli import add_run_arguments, resolve_or_exit, run_stop_exits
 
 
 def main(argv=None) -> int:

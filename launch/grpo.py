@@ -10,8 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rl.cli import add_run_arguments, resolve_or_exit, run_stop_exits  # noqa: E402
-from rl.resume import finished, main_process  # noqa: E402
+from rl.cli import add_run_arguments, resolve_or_exit, run_stop_exits
+from rl.resume import finished, main_process
 
 
 def main(argv=None) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from rl.sweep.spec import SweepError, SweepSpec, load_sweep  # noqa: E402
+from rl.sweep.spec import SweepError, SweepSpec, load_sweep
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import math
-from typing import Callable
+from collections.abc import Callable
 
 RewardFn = Callable[..., list]
 REWARDS: dict[str, RewardFn] = {}
@@ -51,7 +51,8 @@ def get_reward(spec: str) -> RewardFn:
     fn = getattr(module, attr, None)
     if not callable(fn):
         public = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
-        raise ValueError(f"bad reward path {spec!r}: module {module_name!r} has no function {attr!r} "
+        # the bad value is the user's reward path, so ValueError like every other bad reward spec
+        raise ValueError(f"bad reward path {spec!r}: module {module_name!r} has no function {attr!r} "  # noqa: TRY004
                          f"(functions there: {', '.join(public) or 'none'})")
     check_signature(spec, fn)
     return fn
@@ -167,4 +168,4 @@ def parse_reward_spec(spec: str) -> tuple[str, float]:
     return name, value
 
 
-from rewards import code, episode, games, sudoku  # noqa: E402,F401  (registers the built-ins)
+from rewards import code, episode, games, sudoku  # noqa: F401  (registers the built-ins)

@@ -393,7 +393,7 @@ def state_digest(env: ToolEnv) -> int | None:
     string is not), so that step-level advantages can group turns across data-parallel ranks."""
     try:
         key = env.state_key()
-    except Exception:  # a broken key only costs this turn its step-level advantage
+    except Exception:  # noqa: BLE001 - a broken key only costs this turn its step-level advantage
         return None
     if key is None:
         return None

@@ -40,7 +40,7 @@ import warnings
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from envs.base import RunStop
 from envs.sandbox.protocol import MAX_FRAME, check_driver, read_frame, write_frame
@@ -180,7 +180,7 @@ class Sandbox:
                     self._server.proc.kill()
                 self._server = None
 
-    def __enter__(self) -> Sandbox:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -318,9 +318,9 @@ def extract_code(text: str) -> str:
     """The Python code in a model reply: the last ```python fenced block, else the text itself."""
     import re
 
-    blocks = re.findall(r"```(?:python|py)?\s*\n(.*?)```", text, flags=re.S)
+    blocks = re.findall(r"```(?:python|py)?\s*\n(.*?)```", text, flags=re.DOTALL)
     return (blocks[-1] if blocks else text).strip("\n")
 
 
-__all__ = ["ALLOW_WEAK_VAR", "Limits", "Result", "Sandbox", "STATUSES", "STDLIB_SAFE", "WeakSandboxRefused",
+__all__ = ["ALLOW_WEAK_VAR", "STATUSES", "STDLIB_SAFE", "Limits", "Result", "Sandbox", "WeakSandboxRefused",
            "WeakSandboxWarning", "default_sandbox", "extract_code", "imports_outside", "parse_function", "replace"]

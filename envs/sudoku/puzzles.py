@@ -57,7 +57,7 @@ def _search(grid: list[int], size: int, limit: int, rng: random.Random | None, f
         for cell in range(size * size):
             if grid[cell] == 0:
                 mask = candidates(cell)
-                count = bin(mask).count("1")
+                count = mask.bit_count()
                 if count < best_count:
                     best, best_mask, best_count = cell, mask, count
                     if count <= 1:

@@ -27,7 +27,7 @@ def test_precision_rows_measure_speed_and_logprob_drift_against_full_float32():
 def test_each_mode_is_timed_at_its_own_precision_whatever_model_loading_sets(monkeypatch):
     import torch
 
-    import rl.bench.precision as precision
+    from rl.bench import precision
 
     load, timed, seen = precision._model, precision.timed, []
 

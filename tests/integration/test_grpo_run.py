@@ -9,8 +9,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def launch(*args, cwd):
-    result = subprocess.run([sys.executable, str(ROOT / "launch" / "grpo.py"), *args], capture_output=True, text=True,
-                            timeout=600, cwd=cwd)
+    result = subprocess.run([sys.executable, str(ROOT / "launch" / "grpo.py"), *args], check=False,
+                            capture_output=True, text=True, timeout=600, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -44,7 +44,7 @@ def test_two_processes_under_accelerate(tmp_path):
          "--set", f"output_dir={tmp_path}", "--set", "log.wandb=off", "--set", "grpo.max_steps=1",
          "--set", "grpo.per_device_train_batch_size=4", "--set", "grpo.gradient_accumulation_steps=1",
          "--set", "rollout.max_turns=2", "--set", "eval.every_steps=1", "--set", "eval.during_training=3"],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
+        check=False, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").open()]
     steps = [r for r in rows if "reward" in r]

@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def launch(script, *args, cwd):
-    result = subprocess.run([sys.executable, str(ROOT / "launch" / script), *args], capture_output=True, text=True,
-                            timeout=600, cwd=cwd)
+    result = subprocess.run([sys.executable, str(ROOT / "launch" / script), *args], check=False,
+                            capture_output=True, text=True, timeout=600, cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 

@@ -52,9 +52,9 @@ def test_game_rewards():
 
 def test_rewards_stay_in_a_common_range():
     """No term may swamp the group statistics the way Unsloth's -20 does."""
-    facts = dict(function_works=[True, False, True, True], forbidden_imports=[0, 3, 0, 0],
-                 tests_passed=[3, 0, 1, 3], tests_total=[3, 3, 3, 3], max_err=[0, 9, 1, 0], mse=[0, 9, 1, 0],
-                 speedup=[1e6, None, None, 1e-6], win_rate=[1, 0, 0.5, 0], valid_move_fraction=[1, 0, 0.3, 1])
+    facts = {"function_works": [True, False, True, True], "forbidden_imports": [0, 3, 0, 0],
+             "tests_passed": [3, 0, 1, 3], "tests_total": [3, 3, 3, 3], "max_err": [0, 9, 1, 0], "mse": [0, 9, 1, 0],
+             "speedup": [1e6, None, None, 1e-6], "win_rate": [1, 0, 0.5, 0], "valid_move_fraction": [1, 0, 0.3, 1]}
     for name in ("function_works", "no_cheating", "correctness", "speedup", "strategy_succeeds", "valid_move_fraction"):
         assert all(v is None or -1.0 <= v <= 1.0 for v in call(name, **facts)), name
 

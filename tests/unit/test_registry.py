@@ -27,7 +27,7 @@ def test_unknown_env_names_the_known_ones():
 def test_gymnasium_make_and_env_checker():
     env = gym.make("toolgym/Sudoku-v0", size=4)
     assert isinstance(env.unwrapped, SudokuEnv)
-    obs, info = env.reset(seed=1)
+    obs, _ = env.reset(seed=1)
     assert env.observation_space.contains(obs)
     check_env(env.unwrapped, skip_render_check=True)
 

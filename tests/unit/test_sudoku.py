@@ -55,8 +55,8 @@ def first_empty(env):
 def test_correct_move_fills_cell_and_raises_progress():
     env = fresh()
     row, col, digit = first_empty(env)
-    obs, reward, terminated, truncated, info = env.step({"name": "place",
-                                                         "arguments": {"row": row, "col": col, "digit": digit}})
+    obs, _, terminated, _, info = env.step({"name": "place",
+                                            "arguments": {"row": row, "col": col, "digit": digit}})
     assert obs.startswith(f"Placed {digit} at row {row}, column {col}.")
     assert env.board[(row - 1) * 4 + col - 1] == digit
     assert info["progress"] > 0 and info["invalid_actions"] == 0 and not terminated
@@ -78,7 +78,7 @@ def test_clue_cells_cannot_change_and_conflicts_are_rejected():
     clue = next(i for i, v in enumerate(env.puzzle) if v)
     obs, *_ , info = env.step({"name": "place", "arguments": {"row": clue // 4 + 1, "col": clue % 4 + 1, "digit": 1}})
     assert "given clue" in obs and info["invalid_actions"] == 1
-    row, col, digit = first_empty(env)
+    row, col, _ = first_empty(env)
     cell = (row - 1) * 4 + col - 1
     clash = next(env.board[p] for p in peers(4)[cell] if env.board[p])
     obs, *_, info = env.step({"name": "place", "arguments": {"row": row, "col": col, "digit": clash}})
@@ -124,7 +124,7 @@ def test_solving_terminates_with_reward_one():
 def test_too_many_invalid_moves_end_the_episode():
     env = fresh(max_invalid=3)
     for i in range(3):
-        obs, _, terminated, truncated, info = env.step("I think the answer is 4")
+        obs, _, terminated, _, info = env.step("I think the answer is 4")
     assert terminated and info["invalid_actions"] == 3 and info["no_tool_calls"] == 3
     assert "Too many invalid actions" in obs
 

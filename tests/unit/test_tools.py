@@ -100,7 +100,7 @@ def env():
     ("just text", "no tool call found", 1, 0),
 ])
 def test_dispatch_turns_every_failure_into_an_observation(env, action, expected, invalid, errors):
-    obs, reward, terminated, truncated, info = env.step(action)
+    obs, _, terminated, _, info = env.step(action)
     assert expected in obs
     assert info["invalid_actions"] == invalid and info["tool_errors"] == errors
     assert not terminated
