@@ -158,23 +158,13 @@ def test_the_wandb_run_holds_the_whole_toolgym_config(tmp_path, monkeypatch):
     cfg = config(tmp_path, "--set", "grpo.max_steps=1", "--set", "log.wandb=offline", "--set", "log.group=sweep-a",
                  "--set", "log.tags=[tiny, test]")
     train(cfg)
-    # an offline run keeps its records in run-*.wandb (protobuf); a config item is its key, then its JSON
-    # value as field 16 (tag 0x82 0x01) with a varint length
     [log] = list((tmp_path / "held" / "wandb").glob("offline-run-*/run-*.wandb"))
-    data = log.read_bytes()
-    at = data.index(b"\n\x07toolgym\x82\x01") + 11
-    length, shift = 0, 0
-    while True:
-        byte = data[at]
-        at += 1
-        length |= (byte & 0x7F) << shift
-        shift += 7
-        if byte < 0x80:
-            break
-    logged = json.loads(data[at:at + length])
+    records = wandb_records(log)
+    [logged] = [json.loads(item.value_json) for r in records if r.WhichOneof("record_type") == "config"
+                for item in r.config.update if item.key == "toolgym"]
     assert logged["env"]["name"] == "sudoku" and logged["rollout"]["max_turns"] == 3
     assert logged["rewards"] == cfg.rewards and logged["log"]["tags"] == ["tiny", "test"]
-    assert b"sweep-a" in data  # the run's group
+    assert {r.run.run_group for r in records if r.WhichOneof("record_type") == "run"} == {"sweep-a"}
 
 
 def test_episode_rewards_are_trls_logged_reward_under_either_aggregation(tmp_path):
@@ -211,3 +201,33 @@ def test_held_out_rows_give_each_kind_of_move_its_share(tmp_path):
     assert held[0]["heldout/moves/right"] == held[0]["heldout/moves/clash"] == 0.0
     written = json.loads((out / "heldout" / "step-1.json").read_text())
     assert {f"heldout/moves/{k}": v for k, v in written["move_shares"].items()}.items() <= held[1].items()
+
+
+def wandb_records(path) -> list:
+    """The records of an offline wandb run's `run-*.wandb` file, wandb's protobuf `Record`s. The file is a LevelDB
+    log: a 7-byte header (`:W&B`, magic, version), then 32 KiB blocks of chunks, each with a 7-byte header (CRC,
+    length, type: 1 whole, 2 first, 3 middle, 4 last), and a record split across blocks where it does not fit:
+    reading the bytes as one stream finds a record only when it happens not to straddle a block."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, at, block, records, parts = path.read_bytes(), 7, 32768, [], []
+    assert data[:4] == b":W&B", f"{path} is not a wandb run file"
+    while at + 7 <= len(data):
+        if block - at % block < 7:  # a block's tail too short for a chunk header is padding
+            at += block - at % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[at:at + 7])
+        if kind == 0:  # zeros: the rest of the block is padding (or the file ends)
+            at += block - at % block
+            continue
+        parts.append(data[at + 7:at + 7 + length])
+        at += 7 + length
+        if kind in (1, 4):  # a whole record, or the last chunk of one
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(b"".join(parts))
+            records.append(record)
+            parts = []
+    return records
+
