@@ -275,11 +275,14 @@ class VLLMBackend:
         if not self.owns_process_group:
             return
         self.owns_process_group = False
-        self.llm.llm_engine.engine_core.shutdown()
-        if _process_group():  # a vLLM whose shutdown leaves the default group
-            import torch.distributed
+        try:
+            self.llm.llm_engine.engine_core.shutdown()
+            if _process_group():  # a vLLM whose shutdown leaves the default group
+                import torch.distributed
 
-            torch.distributed.destroy_process_group()
+                torch.distributed.destroy_process_group()
+        except Exception:  # the run's results are written by now: a failed teardown is logged, not raised
+            logging.getLogger(__name__).warning("shutting the vLLM engine down failed", exc_info=True)
 
 
 # ---------------------------------------------------------------------- process setup

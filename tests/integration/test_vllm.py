@@ -226,6 +226,25 @@ print("RESULT", config.scheduler_config.max_num_seqs, config.model_config.max_mo
     assert "RESULT 7 1024 True" in done.stdout, done.stderr[-3000:]
 
 
+def test_an_engine_shutdown_that_raises_is_logged_not_raised(caplog):
+    """The shutdown comes after a run's or an eval's results are written: a teardown that fails must not lose them."""
+    import logging
+    from types import SimpleNamespace
+
+    from rl.vllm_backend import VLLMBackend
+
+    class Core:
+        def shutdown(self):
+            raise RuntimeError("NCCL teardown failed")
+
+    backend = VLLMBackend.__new__(VLLMBackend)  # a started engine's state, with a core whose shutdown fails
+    backend.owns_process_group, backend.llm = True, SimpleNamespace(llm_engine=SimpleNamespace(engine_core=Core()))
+    with caplog.at_level(logging.WARNING, logger="rl.vllm_backend"):
+        backend.shutdown()
+    assert "shutting the vLLM engine down failed" in caplog.text and "NCCL teardown failed" in caplog.text
+    assert not backend.owns_process_group  # not tried again
+
+
 def test_shutdown_ends_the_process_group_the_engine_made_and_leaves_a_launchers(tmp_path):
     """In processes of their own. With no group before it, the engine's is ended by `shutdown`; one the launcher
     set up first (accelerate, one process per GPU; here gloo, world of 1) stays, and still works."""
