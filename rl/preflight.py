@@ -3,10 +3,11 @@
 A reward that crashes would otherwise stop the run after its first generation batch (minutes on a CPU);
 one that reads keyword arguments the rollout does not give returns a constant (often 0.0) for every
 episode, and the run trains on nothing, silently. `check_rewards` plays a few episodes with the env's
-expert, its baseline policy and a policy that never calls a tool (no model needed), hands every reward
-function exactly what GRPO will (`prompts`, conversational `completions` of the model's messages,
-`completion_ids`, the episode facts), stops on a crash with the reward's name and traceback, and warns
-about a reward that gives every one of those episodes the same value.
+expert, its baseline policy, a policy that never calls a tool and one that calls a tool the env does
+not have (no model needed), hands every reward function exactly what GRPO will (`prompts`,
+conversational `completions` of the model's messages, `completion_ids`, the episode facts), stops on a
+crash with the reward's name and traceback, and warns about a reward that gives every one of those
+episodes the same value.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import inspect
 import math
 import traceback
 
+from envs.base import ToolCall
 from rl.config import ConfigError, RunConfig
 from rl.evaluation import make_policy, play
 
 TRL_COLUMNS = ("prompt_ids", "completion_ids", "logprobs", "env_mask")  # what TRL consumes, not rewards
+WRONG_TOOL = "no_such_tool"
 
 
 def check_rewards(cfg: RunConfig, chat, reward_funcs: list, episodes: int = 4) -> list[str]:
@@ -38,6 +41,9 @@ def check_rewards(cfg: RunConfig, chat, reward_funcs: list, episodes: int = 4) -
         trajectories += play(cfg, chat, seeds, policy=policy, batch_size=episodes)
     # and a model that never calls a tool: format and validity rewards must tell it apart too
     trajectories += play(cfg, chat, seeds, policy=lambda env: "I will not call a tool.", batch_size=episodes)
+    # and one whose calls the env refuses: under a `rollout.response_prefix` the text above is a malformed call
+    # (a format error, no env step), and a baseline of legal moves (4x4 Sudoku's) leaves no invalid action
+    trajectories += play(cfg, chat, seeds, policy=lambda env: ToolCall(WRONG_TOOL, {}), batch_size=episodes)
     columns = to_trl(trajectories, fallback_id=chat.tokenizer.eos_token_id)
     n = len(trajectories)
     kwargs = {key: values for key, values in columns.items() if key not in TRL_COLUMNS}
@@ -53,15 +59,16 @@ def check_rewards(cfg: RunConfig, chat, reward_funcs: list, episodes: int = 4) -
             if inspect.isawaitable(values):
                 values = asyncio.run(values)
         except Exception as e:
-            raise ConfigError(f"reward {name!r} failed on {n} episodes of the env's expert, its baseline and a "
-                              "policy that never calls a tool (before any model loaded):\n"
+            raise ConfigError(f"reward {name!r} failed on {n} episodes of the env's expert, its baseline, a "
+                              "policy that never calls a tool and one that calls a tool the env does not have (before "
+                              "any model loaded):\n"
                               f"{traceback.format_exc()}") from e
         if not isinstance(values, (list, tuple)) or len(values) != n:
             raise ConfigError(f"reward {name!r} must return one value (a number or None) per completion: got "
                               f"{values!r:.200} for {n} completions")
         scored = {float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))}
         if len(scored) == 1:
-            warnings.append(f"reward {name!r} gave every one of {n} expert, baseline and tool-less episodes "
+            warnings.append(f"reward {name!r} gave every one of {n} expert, baseline, tool-less and wrong-tool episodes "
                             f"{scored.pop():g}, so it cannot tell them apart; check what it reads (facts the "
                             "rollout gives: "
                             f"{', '.join(sorted(kwargs))})")

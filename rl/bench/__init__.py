@@ -1,9 +1,10 @@
 """Benchmarks: each suite measures toolgym against a baseline run beside it, in the same run.
 
-A suite is a function registered with `@suite("name")` that takes the parsed options and
-returns rows (dicts). `launch/bench.py --suite NAME` writes them as JSON (with the
-machine's description) and as a Markdown table. Speed targets are checked here, never in
-timed tests.
+A suite is a function registered with `@suite("name", options=[...])` that takes the parsed
+options and returns rows (dicts); `run` refuses an option the suite does not name, so a misspelt
+`--set` stops at once instead of measuring the default. `launch/bench.py --suite NAME` writes
+the rows as JSON (with the machine's description) and as a Markdown table. Speed targets are
+checked here, never in timed tests.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import json
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 Suite = Callable[[dict], list[dict]]
 SUITES: dict[str, Suite] = {}
+OPTIONS: dict[str, tuple[str, ...]] = {}  # each suite's accepted options
 _MODULES = ["rl.bench.sandbox", "rl.bench.remote", "rl.bench.rollout", "rl.bench.agent_loop", "rl.bench.precision",
             "rl.bench.scoring", "rl.bench.grpo_step"]  # each registers its suites
 
@@ -32,9 +34,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def suite(name: str) -> Callable[[Suite], Suite]:
+def suite(name: str, options: Iterable[str]) -> Callable[[Suite], Suite]:
     def wrap(fn: Suite) -> Suite:
-        SUITES[name] = fn
+        SUITES[name], OPTIONS[name] = fn, tuple(options)
         return fn
 
     return wrap
@@ -121,6 +123,9 @@ def run(name: str, options: dict, out_dir: Path) -> Path:
     suites = load_suites()
     if name not in suites:
         raise ValueError(f"unknown benchmark suite {name!r} (known: {', '.join(sorted(suites))})")
+    unknown = sorted(set(options) - set(OPTIONS[name]))
+    if unknown:  # before the suite loads anything
+        raise ValueError(f"unknown {name} option(s) {unknown} (accepted: {', '.join(OPTIONS[name])})")
     started = time.time()
     rows = suites[name](options)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -188,7 +188,7 @@ def _latencies(value) -> list[float]:
     return latencies
 
 
-@suite("agent_loop")
+@suite("agent_loop", options=[*OPTIONS, *VLLM_OPTIONS])
 def agent_loop(options: dict) -> list[dict]:
     """Episodes/s: toolgym's rollout vs TRL's environment_factory loop, same model/env/latency (hf or vllm)."""
     opts = resolve_options(options)

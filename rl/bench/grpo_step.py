@@ -101,7 +101,8 @@ def step_parts(rows: list[dict]) -> dict:
             "solved": mean(lambda r: r.get("env/solved", 0.0))}
 
 
-@suite("grpo_step")
+@suite("grpo_step", options=["model", "config", "backends", "steps", "episodes", "overrides", "processes",
+                                 "accelerate"])
 def grpo_step(options: dict) -> list[dict]:
     """Seconds per GRPO step split into generation / scoring / training, on each backend, same config."""
     opts = resolve_options(options)

@@ -49,8 +49,10 @@ def _train_step(model, batch) -> None:
     torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)).backward()
 
 
-@suite("precision")
+@suite("precision", options=["model", "arch", "rows", "context", "new_tokens", "train_rows", "train_len",
+                                 "repeats", "modes"])
 def precision(options: dict) -> list[dict]:
+    """Generation, train step and log-prob drift: full float32 vs TF32 vs bfloat16, same model."""
     import torch
 
     rows, context = int(options.get("rows", 64)), int(options.get("context", 512))

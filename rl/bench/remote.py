@@ -86,7 +86,7 @@ def _server(port: int, sessions: int, size: int) -> subprocess.Popen:
             time.sleep(0.1)
 
 
-@suite("remote")
+@suite("remote", options=["episodes", "concurrency", "size"])
 def remote(options: dict) -> list[dict]:
     """Remote Sudoku (OpenEnv server on loopback) vs local Sudoku: episodes/s at 16 concurrent episodes."""
     episodes, concurrency, size = int(options.get("episodes", 128)), int(options.get("concurrency", 16)), \

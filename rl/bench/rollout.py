@@ -19,6 +19,7 @@ from pathlib import Path
 from rl.bench import suite
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sudoku.yaml"
+ENGINE_OPTIONS = ["kv_cache_gib", "max_model_len", "engine_args"]  # what `_engine` reads
 
 
 def _setup(options: dict):
@@ -247,7 +248,7 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
     return rows
 
 
-@suite("generation")
+@suite("generation", options=["model", "prompts", "repeats", "max_turns", "max_new_tokens", *ENGINE_OPTIONS])
 def generation(options: dict) -> list[dict]:
     """Generated tokens/s on Sudoku prompts: transformers vs vLLM colocate vs raw vllm.LLM.generate."""
     from vllm.inputs import TokensPrompt
@@ -298,7 +299,7 @@ def generation(options: dict) -> list[dict]:
     return rows
 
 
-@suite("weight_sync")
+@suite("weight_sync", options=["model", "repeats", *ENGINE_OPTIONS])
 def weight_sync(options: dict) -> list[dict]:
     """Seconds to push trainer weights into the vLLM engine: full model, LoRA-only, and via a checkpoint on disk."""
     import tempfile

@@ -68,7 +68,7 @@ def _rate(fn, n: int, threads: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-@suite("sandbox")
+@suite("sandbox", options=["n", "baseline_n", "rounds", "threads"])
 def sandbox_throughput(options: dict) -> list[dict]:
     """Sandbox executions/s (trivial function, 2048 game) vs subprocess.run per call."""
     n_pool, n_base = int(options.get("n", 300)), int(options.get("baseline_n", 30))

@@ -79,8 +79,9 @@ def _loss_passes(model, mode: str, ids, attention, keep: int, score, micro: int,
     return torch.cat(out)
 
 
-@suite("scoring")
+@suite("scoring", options=["model", "config", "episodes", "micro_batch", "repeats"])
 def scoring(options: dict) -> list[dict]:
+    """GRPO loss passes over expert episodes: scoring only the model's tokens vs TRL's scoring of every token."""
     import torch
     from accelerate import Accelerator
 

@@ -1,5 +1,5 @@
-"""Reward functions are tried on real episodes (the env's expert, its baseline, a tool-less policy) before
-the model loads: a crash stops the run naming the reward, a constant reward is named in a warning."""
+"""Reward functions are tried on real episodes (the env's expert, its baseline, a tool-less policy, a policy
+calling a tool the env lacks) before the model loads: a crash stops the run naming the reward, a constant reward is named in a warning."""
 
 import pytest
 
@@ -26,7 +26,7 @@ def test_a_crashing_reward_stops_the_run_before_the_model_loads(tmp_path, monkey
     import rl.trainer
 
     monkeypatch.setattr(rl.trainer, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
-    with pytest.raises(ConfigError, match=r"(?s)reward 'crashes' failed on 12 episodes.*TypeError"):
+    with pytest.raises(ConfigError, match=r"(?s)reward 'crashes' failed on 16 episodes.*TypeError"):
         rl.trainer.build_trainer(config(tmp_path, "crashes"))
 
 
@@ -39,7 +39,7 @@ def test_a_reward_constant_over_real_episodes_is_named_and_the_built_ins_are_not
     cfg = config(tmp_path, "reads_a_missing_fact")
     warnings = check_rewards(cfg, chat_for(cfg, load_tokenizer(cfg.model)), resolve_rewards(cfg)[0])
     [warning] = warnings
-    assert "'reads_a_missing_fact' gave every one of 12 expert, baseline and tool-less episodes 0" in warning
+    assert "'reads_a_missing_fact' gave every one of 16 expert, baseline, tool-less and wrong-tool episodes 0" in warning
     assert "progress" in warning and "solved" in warning  # the facts it could have read
 
 
@@ -52,7 +52,7 @@ def test_a_nan_reward_stops_the_run_before_the_model_loads_naming_reward_and_epi
 
     monkeypatch.setattr(rl.trainer, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
     with pytest.raises(ConfigError, match=r"(?s)reward 'half_nan' failed.*NonFiniteReward: reward 'half_nan' "
-                                          r"returned nan for episode 1 of 12.*grpo\.nonfinite_rewards=drop"):
+                                          r"returned nan for episode 1 of 16.*grpo\.nonfinite_rewards=drop"):
         rl.trainer.build_trainer(config(tmp_path, "half_nan"))
 
 
@@ -65,4 +65,21 @@ def test_dropped_nan_rewards_pass_the_preflight(tmp_path):
     cfg = config(tmp_path, "half_nan")
     cfg.grpo.nonfinite_rewards = "drop"
     warnings = check_rewards(cfg, chat_for(cfg, load_tokenizer(cfg.model)), resolve_rewards(cfg)[0])
-    assert [w for w in warnings if "'half_nan' gave every one of 12" in w]  # its finite half: all 0.0
+    assert [w for w in warnings if "'half_nan' gave every one of 16" in w]  # its finite half: all 0.0
+
+
+def test_the_readme_sudoku_configs_built_in_rewards_pass_without_a_warning(tmp_path):
+    """configs/sudoku.yaml (the README's first run): its response prefix makes the tool-less policy's text a
+    malformed call, not an env step, and random legal moves on its easy puzzles take no invalid action, so
+    only the policy calling a tool the env lacks shows `invalid_action_penalty` an invalid action."""
+    from pathlib import Path
+
+    from rl.evaluation import chat_for
+    from rl.models import load_tokenizer
+    from rl.preflight import check_rewards
+    from rl.trainer import resolve_rewards
+
+    path = Path(__file__).parents[2] / "configs" / "sudoku.yaml"
+    cfg = load_config(path, ["model.name=tiny", f"output_dir={tmp_path}", "log.wandb=off"])
+    assert "invalid_action_penalty" in cfg.rewards and cfg.rollout.response_prefix
+    assert check_rewards(cfg, chat_for(cfg, load_tokenizer(cfg.model)), resolve_rewards(cfg)[0]) == []

@@ -38,7 +38,7 @@ def test_trl_builtin_and_text_rewards_see_only_the_models_messages(tmp_path):
     [metrics] = [m for m in trainer.state.log_history if "reward" in m]
     assert metrics["rewards/think_format_reward/mean"] == 0.0  # ran on every episode (no <think> in them)
     (checked, _, _, checked_seeds), (prompts, completions, turns, seeds) = SEEN  # the pre-flight's, the step's
-    assert len(checked) == 12
+    assert len(checked) == 16  # 4 puzzles x (expert, baseline, tool-less, wrong-tool)
     # the prompt each episode started from: the env's first observation (its puzzle), not the dataset row
     for seed, prompt in zip(checked_seeds + seeds, checked + prompts):
         assert prompt == [{"role": "user", "content": envs.make("sudoku").reset(seed=seed)[0]}]
@@ -90,7 +90,7 @@ def test_trls_sudoku_example_rewards_tell_expert_from_random_play():
                              "rollout.max_completion_tokens=8192"])  # the tiny tokenizer spends many tokens a turn
     chat = chat_for(cfg, load_tokenizer(cfg.model))
     fns = [reward_empty_cell, reward_valid_moves, reward_correct, reward_repetition, reward_progress]
-    assert check_rewards(cfg, chat, fns) == []  # none constant over expert, baseline and tool-less episodes
+    assert check_rewards(cfg, chat, fns) == []  # none constant over the preflight's episodes
     seeds = list(range(8))
     scores = {}
     for name in ("expert", "random"):

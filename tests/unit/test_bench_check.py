@@ -24,14 +24,18 @@ def test_a_speedup_below_the_tolerated_share_of_the_baselines_is_a_regression():
         regressions(result(float32=1.0), result("scoring", model_tokens=2.0))
 
 
-def test_the_cli_exits_1_on_a_regression_and_refuses_a_baseline_of_another_suite(tmp_path, capsys):
+def bench_main():
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("bench_cli", Path(__file__).parents[2] / "launch" / "bench.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    main = cli.main
+    return cli.main
+
+
+def test_the_cli_exits_1_on_a_regression_and_refuses_a_baseline_of_another_suite(tmp_path, capsys):
+    main = bench_main()
     options = ["--suite", "precision", "--out", str(tmp_path), "--set", "model=tiny", "--set", "rows=1",
                "--set", "context=4", "--set", "new_tokens=1", "--set", "train_len=8", "--set", "repeats=1",
                "--set", "modes=float32"]
@@ -49,3 +53,24 @@ def test_the_cli_exits_1_on_a_regression_and_refuses_a_baseline_of_another_suite
         main([*options, "--check", str(other)])
     assert exit_info.value.code == 2
     assert "holds a result of suite 'scoring', not of 'precision'" in capsys.readouterr().err
+
+
+def test_the_cli_refuses_an_option_the_suite_does_not_read_before_it_starts(tmp_path, capsys):
+    main = bench_main()
+    with pytest.raises(SystemExit) as exit_info:  # `promts`, not `prompts`: would have measured 16 prompts
+        main(["--suite", "generation", "--out", str(tmp_path), "--set", "promts=64", "--set", "max_turns=8",
+              "--set", f"model={tmp_path / 'no-model'}"])  # a suite that started would stop here, not at 2
+    assert exit_info.value.code == 2
+    assert ("error: unknown generation option(s) ['promts'] (accepted: model, prompts, repeats, max_turns, "
+            "max_new_tokens, kv_cache_gib, max_model_len, engine_args)") in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_every_suite_names_its_options_and_lists_a_description(capsys):
+    from rl.bench import OPTIONS, load_suites
+
+    assert set(OPTIONS) == set(load_suites())
+    assert bench_main()(["--list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(line.partition(":")[0] for line in lines) == sorted(OPTIONS)
+    assert [line for line in lines if not line.partition(": ")[2].strip()] == []
