@@ -68,8 +68,8 @@ def check_rewards(cfg: RunConfig, chat, reward_funcs: list, episodes: int = 4) -
                               f"{values!r:.200} for {n} completions")
         scored = {float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))}
         if len(scored) == 1:
-            warnings.append(f"reward {name!r} gave every one of {n} expert, baseline, tool-less and wrong-tool episodes "
-                            f"{scored.pop():g}, so it cannot tell them apart; check what it reads (facts the "
+            warnings.append(f"reward {name!r} gave every one of {n} expert, baseline, tool-less and wrong-tool "
+                            f"episodes {scored.pop():g}, so it cannot tell them apart; check what it reads (facts the "
                             "rollout gives: "
                             f"{', '.join(sorted(kwargs))})")
     return warnings

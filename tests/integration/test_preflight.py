@@ -1,5 +1,6 @@
 """Reward functions are tried on real episodes (the env's expert, its baseline, a tool-less policy, a policy
-calling a tool the env lacks) before the model loads: a crash stops the run naming the reward, a constant reward is named in a warning."""
+calling a tool the env lacks) before the model loads: a crash stops the run naming the reward, a constant reward
+is named in a warning."""
 
 import pytest
 
@@ -39,7 +40,8 @@ def test_a_reward_constant_over_real_episodes_is_named_and_the_built_ins_are_not
     cfg = config(tmp_path, "reads_a_missing_fact")
     warnings = check_rewards(cfg, chat_for(cfg, load_tokenizer(cfg.model)), resolve_rewards(cfg)[0])
     [warning] = warnings
-    assert "'reads_a_missing_fact' gave every one of 16 expert, baseline, tool-less and wrong-tool episodes 0" in warning
+    assert ("'reads_a_missing_fact' gave every one of 16 expert, baseline, tool-less and wrong-tool episodes 0"
+            in warning)
     assert "progress" in warning and "solved" in warning  # the facts it could have read
 
 
