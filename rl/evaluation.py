@@ -270,6 +270,5 @@ def heldout_table(runs: list[str | Path]) -> str:
 def kinds_cell(result: dict) -> str:
     """`clash 21% / right 61% / wrong 8% / ...` (kinds in name order): a result's `move_shares` (results of envs
     that count no moves, and those written before moves were counted, have none: '-')."""
-    shares = result.get("move_shares") or move_shares(result.get("facts", {}))
-    return " / ".join(f"{kind} {share:.0%}" for kind, share in shares.items()) or "-"
+    return " / ".join(f"{kind} {share:.0%}" for kind, share in result.get("move_shares", {}).items()) or "-"
 
