@@ -107,16 +107,16 @@ def base_dtype(chain: list[str]) -> str:
 
 def _config_of(name: str) -> dict | None:
     """A model's config.json, from its folder, the Gemma 3 270M cache or the hub cache; None when not at hand."""
-    from rl.models import TINY, TINY_VLM, cache_dir
+    from rl.models import TINY, TINY_VLM, cache_dir, model_path
 
     if name in (TINY, TINY_VLM):
         return {"dtype": "float32"}
     path = Path(name)
     if path.name == GEMMA_270M and not path.exists():
         path = cache_dir() / GEMMA_270M  # trained on another machine: this machine's cache, as the merge loads it
-    elif (path / "final").is_dir() and not (path / "config.json").exists():
-        path = path / "final"  # a toolgym run folder
-    elif not path.exists():
+    else:
+        path = Path(model_path(name))  # a toolgym run folder: its final/
+    if not path.exists():
         from huggingface_hub import try_to_load_from_cache
 
         try:
