@@ -27,7 +27,8 @@ def test_a_crashing_reward_stops_the_run_before_the_model_loads(tmp_path, monkey
     import rl.trainer
 
     monkeypatch.setattr(rl.trainer, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
-    with pytest.raises(ConfigError, match=r"(?s)reward 'crashes' failed on 16 episodes.*TypeError"):
+    with pytest.raises(ConfigError, match=r"(?s)reward 'crashes' failed on 16 expert, baseline, tool-less and "
+                                          r"wrong-tool episodes.*TypeError"):
         rl.trainer.build_trainer(config(tmp_path, "crashes"))
 
 
@@ -85,3 +86,19 @@ def test_the_readme_sudoku_configs_built_in_rewards_pass_without_a_warning(tmp_p
     cfg = load_config(path, ["model.name=tiny", f"output_dir={tmp_path}", "log.wandb=off"])
     assert "invalid_action_penalty" in cfg.rewards and cfg.rollout.response_prefix
     assert check_rewards(cfg, chat_for(cfg, load_tokenizer(cfg.model)), resolve_rewards(cfg)[0]) == []
+
+
+def test_a_tool_format_that_cannot_write_a_wrong_tool_call_skips_only_that_probe(tmp_path):
+    """A custom format that writes one tool's argument (`first_digit`: the digit itself) has no text for a call to
+    a tool the env lacks: the preflight plays the other probes and names what it played."""
+    import tests.integration.pick_env  # noqa: F401 -- registers the format
+    from rl.evaluation import chat_for
+    from rl.models import load_tokenizer
+    from rl.preflight import check_rewards
+    from rl.trainer import resolve_rewards
+
+    cfg = load_config(None, ["model.name=tiny", "env.name=tests.integration.pick_env:PickEnv", "rollout.max_turns=3",
+                             "model.tool_format=first_digit", f"output_dir={tmp_path}", "log.wandb=off"])
+    cfg.rewards = {"tests.integration.test_preflight:reads_a_missing_fact": 1.0}
+    [warning] = check_rewards(cfg, chat_for(cfg, load_tokenizer(cfg.model)), resolve_rewards(cfg)[0])
+    assert "'reads_a_missing_fact' gave every one of 4 tool-less episodes 0," in warning  # PickEnv has no expert
