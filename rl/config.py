@@ -183,6 +183,8 @@ class EvalSection:
     temperature: float = 0.0  # 0 = greedy
     k: int = 1  # samples per seed; >1 reports pass@k (needs temperature > 0)
     batch_size: int = 16  # episodes played together
+    # keyword arguments of a reference policy (`eval.py --policy`), e.g. {order: reading} for Sudoku's random player
+    policy_kwargs: dict = field(default_factory=dict)
     # episodes eval.py writes turn by turn beside its result (<env>-<label>.episodes.jsonl, for launch/view.py),
     # the first played; 0 = none. The cap bounds the file: 400 ten-turn 4x4 Sudoku episodes take about 2 MB
     transcripts: int = 1000

@@ -131,8 +131,8 @@ def evaluate(cfg: RunConfig, policy: str = "", transcripts: list[dict] | None = 
         tokenizer = load_tokenizer(cfg.model)
         # the expert row is the expert that wrote the demonstrations, show_board habit included
         kwargs = {"explore": cfg.sft.explore, **cfg.sft.expert} if policy == "expert" else {}
-        policy_fn = make_policy(cfg, policy, seed=e.seed_start, **kwargs)
-        label = policy
+        policy_fn = make_policy(cfg, policy, seed=e.seed_start, **kwargs, **e.policy_kwargs)
+        label = "-".join([policy, *(f"{key}-{value}" for key, value in sorted(e.policy_kwargs.items()))])
     else:
         import torch
 

@@ -50,15 +50,28 @@ class SudokuExpert:
 
 
 class SudokuRandom:
-    """A uniformly random legal move: a random empty cell, a random digit no peer holds."""
+    """A uniformly random legal move: a digit no peer holds (any digit where none is left), in a cell `order`
+    picks: "random" (default), any empty cell; "reading", the first empty cell row by row, the cell the
+    reading-order SFT model plays, so this player shows what legal moves alone get in that order; "constrained",
+    the cell with the fewest legal digits."""
 
-    def __init__(self, seed: int = 0):
+    ORDERS = ("random", "reading", "constrained")
+
+    def __init__(self, seed: int = 0, order: str = "random"):
+        if order not in self.ORDERS:
+            raise ValueError(f"unknown random-player order {order!r} (accepted: {', '.join(self.ORDERS)})")
+        self.order = order
         self.rng = random.Random(seed)
 
     def __call__(self, env: SudokuEnv) -> ToolCall:
         n = env.size
         empty = [c for c, v in enumerate(env.board) if v == 0]
-        cell = self.rng.choice(empty)
+        if self.order == "random":
+            cell = self.rng.choice(empty)
+        elif self.order == "reading":
+            cell = empty[0]
+        else:
+            cell = min(empty, key=lambda c: (len(_candidates(env, c)), c))
         digits = sorted(_candidates(env, cell)) or list(range(1, n + 1))
         return ToolCall("place", {"row": cell // n + 1, "col": cell % n + 1, "digit": self.rng.choice(digits)})
 

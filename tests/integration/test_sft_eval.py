@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from rl.config import load_config
 from rl.evaluation import evaluate
 
@@ -102,6 +104,12 @@ def test_greedy_eval_is_deterministic():
     cfg.rollout.max_turns = 8  # the default 4x4 puzzle has 4 holes
     expert = evaluate(cfg, policy="expert")
     assert expert["solve_rate"] == 1.0 and expert["label"] == "expert"
+    cfg.eval.policy_kwargs = {"order": "constrained"}  # the random player's options, named in its label
+    constrained = evaluate(cfg, policy="random")
+    assert constrained["label"] == "random-order-constrained" and constrained["solve_rate"] == 1.0
+    cfg.eval.policy_kwargs = {"depth": 2}
+    with pytest.raises(ValueError, match=r"unknown option\(s\) 'depth' for SudokuRandom"):
+        evaluate(cfg, policy="random")
 
 
 def test_recipe_script_runs_every_stage_and_writes_one_table(tmp_path):

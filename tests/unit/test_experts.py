@@ -54,6 +54,34 @@ def test_random_plays_only_legal_moves_while_it_can():
     assert info["invalid_actions"] == 0 and info["tool_calls"] == 1
 
 
+def test_random_orders_play_legal_digits_in_the_first_empty_or_the_most_constrained_cell():
+    env = envs.make("sudoku", size=4, difficulty="hard")
+    for seed in range(20):
+        env.reset(seed=seed)
+        first = env.board.index(0)
+        fewest = min(len([d for d in range(1, 5) if d not in {env.board[p] for p in peers(4)[c]}])
+                     for c in range(16) if env.board[c] == 0)
+        for order in ("reading", "constrained"):
+            move = SudokuRandom(seed=seed, order=order)(env).arguments
+            cell = (move["row"] - 1) * 4 + move["col"] - 1
+            legal = set(range(1, 5)) - {env.board[p] for p in peers(4)[cell]}
+            assert env.board[cell] == 0 and move["digit"] in legal
+            assert cell == first if order == "reading" else len(legal) == fewest
+    with pytest.raises(ValueError, match=r"unknown random-player order 'zigzag' \(accepted: random, reading, "
+                                         r"constrained\)"):
+        SudokuRandom(order="zigzag")
+
+
+def test_reading_order_random_play_runs_out_of_legal_digits_where_constrained_order_never_does():
+    """In reading order a legal but wrong digit leaves a later cell with no legal digit (a clash); the cell with the
+    fewest legal digits always had exactly one on these 4x4 hard puzzles, so that order solves every one."""
+    kwargs = {"size": 4, "difficulty": "hard"}
+    reading = [play(SudokuRandom(seed=s, order="reading"), s, **kwargs) for s in range(40)]
+    constrained = [play(SudokuRandom(seed=s, order="constrained"), s, **kwargs) for s in range(40)]
+    assert all(i["solved"] and i["invalid_actions"] == 0 for i in constrained)
+    assert not all(i["solved"] for i in reading) and any(i["clash_moves"] for i in reading)
+
+
 def test_policy_lookup_names_what_exists():
     env = envs.make("sudoku")
     assert isinstance(expert_for(env), SudokuExpert) and isinstance(random_for(env), SudokuRandom)
