@@ -95,31 +95,37 @@ class StopStrings:
         """(tokens up to and including the one that completes a stop string, that string): the shortest such
         prefix, and as vLLM names it, the string that ends first there (the first listed on a tie). `context`:
         the prompt's last tokens (`CONTEXT_TOKENS`), which the row's text is decoded after."""
-        if not self._holds(ids, context):
+        context_text = self._decode(context)  # once: the search decodes the row's text after it at every probe
+        if not self._holds(ids, context, context_text):
             return None
         low, high = 1, len(ids)  # the shortest prefix whose text holds a stop string
         while low < high:
             mid = (low + high) // 2
-            if self._holds(ids[:mid], context):
+            if self._holds(ids[:mid], context, context_text):
                 high = mid
             else:
                 low = mid + 1
-        text = self.text(ids[:low], context)
+        text = self._after(ids[:low], context, context_text)
         held = [s for s in self.strings if s in text]
         return low, min(held, key=lambda s: (text.index(s) + len(s), self.strings.index(s)))
 
-    def _holds(self, ids: list[int], context: Sequence[int]) -> bool:
-        text = self.text(ids, context)
+    def _holds(self, ids: list[int], context: Sequence[int], context_text: str) -> bool:
+        text = self._after(ids, context, context_text)
         return any(s in text for s in self.strings)
 
     def text(self, ids: list[int], context: Sequence[int] = ()) -> str:
         """The text `ids` add after `context`, as vLLM's detokenizer writes it after the prompt: decoded alone,
         a tokenizer that drops the space opening a text (SentencePiece's) would drop the row's first one, and a
         character whose first bytes end the prompt would come out as U+FFFD; here it is the row's."""
-        decode = self.tokenizer.decode
-        text = decode([*context, *ids], skip_special_tokens=False)
-        before = os.path.commonprefix([decode(list(context), skip_special_tokens=False), text])
-        return text[len(before):]
+        return self._after(ids, context, self._decode(context))
+
+    def _after(self, ids: list[int], context: Sequence[int], context_text: str) -> str:
+        """`text`, given the text of `context` alone."""
+        text = self._decode([*context, *ids])
+        return text[len(os.path.commonprefix([context_text, text])):]
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
 @dataclass
