@@ -33,7 +33,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rl.generation import Generation, SamplingParams
-from rl.vllm_stream import EngineStream, generation_of, sampled_logprobs
+from rl.vllm_stream import (
+    CONTEXT_TOKENS,
+    EngineStream,
+    StopStrings,
+    ends_inside_a_character,
+    sampled_logprobs,
+    stopped_generation,
+)
 from rl.vllm_weights import fused_groups, save_for_vllm, small_vocab_runner, weights_for_sync
 
 if TYPE_CHECKING:
@@ -121,6 +128,7 @@ class VLLMBackend:
         self.weights_version = weights_version
         self._frozen_in_sync = weights_version is not None  # the engine already holds every frozen tensor
         self.last_sync: dict[str, float] = {}  # {"tensors": n, "seconds": s} of the last push
+        self._stops: dict[tuple[str, ...], StopStrings] = {}
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, tokenizer, directory: str | Path, **kwargs) -> VLLMBackend:
@@ -159,9 +167,26 @@ class VLLMBackend:
             self.check_length(p)
         requests = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
         sampling = [self._sampling_params(params, i) for i in range(len(prompts))]
+        # vLLM finds stop strings in the text it detokenizes, except after a prompt that ends inside a character:
+        # its text then holds the prompt's (see `rl.vllm_stream`), so that row's are found here once it ends.
+        stops = self.stop_strings(params.stop_strings)
+        ours = [stops is not None and ends_inside_a_character(stops.tokenizer, p) for p in prompts]
+        for row, own in zip(sampling, ours):
+            if own:
+                row.stop, row.detokenize = None, False
         outputs = self.llm.generate(requests, sampling, use_tqdm=False)
-        return [generation_of(list(o.token_ids), sampled_logprobs(o), o.finish_reason, o.stop_reason)
-                for o in (out.outputs[0] for out in outputs)]
+        return [stopped_generation(list(o.token_ids), sampled_logprobs(o), o.finish_reason, o.stop_reason,
+                                   stops if own else None, p[-CONTEXT_TOKENS:])
+                for o, own, p in zip((out.outputs[0] for out in outputs), ours, prompts)]
+
+    def stop_strings(self, strings: list[str]) -> StopStrings | None:
+        """The engine's tokenizer's `StopStrings` for `strings` (None for none), built once per set."""
+        if not strings:
+            return None
+        key = tuple(strings)
+        if key not in self._stops:
+            self._stops[key] = StopStrings(list(strings), self.llm.get_tokenizer())
+        return self._stops[key]
 
     def check_length(self, prompt: list[int]) -> None:
         if len(prompt) >= self.max_model_len:

@@ -7,6 +7,10 @@ its new tokens at every step instead; when they end with a stop string's own tok
 and any finished row is checked once against its text, decoded after the prompt's last tokens as vLLM decodes it,
 so a stop string written in other tokens still ends the turn where vLLM would have ended it: at the first token
 whose text holds it, that token kept.
+
+`VLLMBackend.generate` leaves the search to vLLM, except for a prompt that ends inside a character (with its first
+bytes, `ends_inside_a_character`): there vLLM 0.32's detokenizer writes the whole prompt's text into the row's, and
+its search then finds stop strings only the prompt holds. Such a row is cut here once it ends, as the stream's are.
 """
 
 from __future__ import annotations
@@ -36,6 +40,29 @@ def generation_of(ids: list[int], logprobs: list[float], finish_reason: str | No
         else:
             stopped_with = stop_reason if stop_reason is not None else ids[-1]
     return Generation(ids, logprobs, stopped_with, stop_string)
+
+
+def stopped_generation(ids: list[int], logprobs: list[float], finish_reason: str | None, stop_reason: Any,
+                       stops: StopStrings | None = None, context: Sequence[int] = (),
+                       matched: str | None = None) -> Generation:
+    """A finished row as a `Generation`, cut after the first token whose text holds one of `stops` (found here, not
+    by vLLM; `context`: the prompt's last `CONTEXT_TOKENS`). `matched`: the stop string whose own tokens the row was
+    aborted on, if it was."""
+    found = stops.first(ids, context) if stops is not None else None
+    if found is not None:
+        cut, string = found
+        return Generation(ids[:cut], logprobs[:cut], None, string)
+    if matched is not None:  # its tokens, but no text holding it: stopped there all the same
+        return Generation(ids, logprobs, None, matched)
+    return generation_of(ids, logprobs, finish_reason, stop_reason)
+
+
+def ends_inside_a_character(tokenizer, prompt: Sequence[int]) -> bool:
+    """Whether `prompt` ends with a character's first bytes (its text, decoded as vLLM's detokenizer decodes it,
+    ends with U+FFFD): vLLM 0.32's fast detokenizer then writes the whole prompt's text into the row's output text
+    at the row's first token, and looks for stop strings in it. A character's first bytes lie in the prompt's last
+    3 tokens at most, so its last `CONTEXT_TOKENS` tell."""
+    return tokenizer.decode(list(prompt[-CONTEXT_TOKENS:]), skip_special_tokens=False).endswith("\ufffd")
 
 
 def sampled_logprobs(out) -> list[float]:
@@ -68,31 +95,37 @@ class StopStrings:
         """(tokens up to and including the one that completes a stop string, that string): the shortest such
         prefix, and as vLLM names it, the string that ends first there (the first listed on a tie). `context`:
         the prompt's last tokens (`CONTEXT_TOKENS`), which the row's text is decoded after."""
-        if not self._holds(ids, context):
+        context_text = self._decode(context)  # once: the search decodes the row's text after it at every probe
+        if not self._holds(ids, context, context_text):
             return None
         low, high = 1, len(ids)  # the shortest prefix whose text holds a stop string
         while low < high:
             mid = (low + high) // 2
-            if self._holds(ids[:mid], context):
+            if self._holds(ids[:mid], context, context_text):
                 high = mid
             else:
                 low = mid + 1
-        text = self.text(ids[:low], context)
+        text = self._after(ids[:low], context, context_text)
         held = [s for s in self.strings if s in text]
         return low, min(held, key=lambda s: (text.index(s) + len(s), self.strings.index(s)))
 
-    def _holds(self, ids: list[int], context: Sequence[int]) -> bool:
-        text = self.text(ids, context)
+    def _holds(self, ids: list[int], context: Sequence[int], context_text: str) -> bool:
+        text = self._after(ids, context, context_text)
         return any(s in text for s in self.strings)
 
     def text(self, ids: list[int], context: Sequence[int] = ()) -> str:
         """The text `ids` add after `context`, as vLLM's detokenizer writes it after the prompt: decoded alone,
         a tokenizer that drops the space opening a text (SentencePiece's) would drop the row's first one, and a
         character whose first bytes end the prompt would come out as U+FFFD; here it is the row's."""
-        decode = self.tokenizer.decode
-        text = decode([*context, *ids], skip_special_tokens=False)
-        before = os.path.commonprefix([decode(list(context), skip_special_tokens=False), text])
-        return text[len(before):]
+        return self._after(ids, context, self._decode(context))
+
+    def _after(self, ids: list[int], context: Sequence[int], context_text: str) -> str:
+        """`text`, given the text of `context` alone."""
+        text = self._decode([*context, *ids])
+        return text[len(os.path.commonprefix([context_text, text])):]
+
+    def _decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
 @dataclass
@@ -107,14 +140,8 @@ class _Row:
 
     def done(self, finish_reason: str | None, stop_reason: Any, matched: str | None = None) -> Generation:
         """The row's generation; `matched`: the stop string whose tokens it was aborted on, if it was."""
-        ids, logprobs = self.ids, self.logprobs
-        found = self.stops.first(ids, self.context) if self.stops is not None else None
-        if found is not None:
-            cut, string = found
-            return Generation(ids[:cut], logprobs[:cut], None, string)
-        if matched is not None:  # its tokens, but no text holding it: stopped there all the same
-            return Generation(ids, logprobs, None, matched)
-        return generation_of(ids, logprobs, finish_reason, stop_reason)
+        return stopped_generation(self.ids, self.logprobs, finish_reason, stop_reason, self.stops, self.context,
+                                  matched)
 
 
 @dataclass
@@ -136,8 +163,6 @@ class EngineStream:
     def __init__(self, backend):
         self.backend = backend
         self.engine = backend.llm.llm_engine
-        self.tokenizer = None  # the engine's, once a row stops on strings
-        self.stops: dict[tuple[str, ...], StopStrings] = {}
         self.loop = asyncio.get_running_loop()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.requests = itertools.count()
@@ -150,7 +175,7 @@ class EngineStream:
             return Generation([], [])
         n = next(self.requests)
         sampling = self.backend._sampling_params(params, n)
-        row = _Row(self.loop.create_future(), self._stop_strings(params.stop_strings))
+        row = _Row(self.loop.create_future(), self.backend.stop_strings(params.stop_strings))
         if row.stops is not None:  # found here on the ids (see the module's docstring), not by vLLM in text
             from vllm.sampling_params import RequestOutputKind
 
@@ -158,16 +183,6 @@ class EngineStream:
             row.context = list(prompt[-CONTEXT_TOKENS:])
         self.inbox.put((f"episode-{key}-{n}", list(prompt), sampling, row))
         return await row.future
-
-    def _stop_strings(self, strings: list[str]) -> StopStrings | None:
-        if not strings:
-            return None
-        if self.tokenizer is None:
-            self.tokenizer = self.backend.llm.get_tokenizer()
-        key = tuple(strings)
-        if key not in self.stops:
-            self.stops[key] = StopStrings(list(strings), self.tokenizer)
-        return self.stops[key]
 
     def retire(self, key: int) -> None:
         pass

@@ -101,6 +101,46 @@ def test_generation_stops_after_a_stop_string_and_keeps_it(backend, tiny_tokeniz
     assert len(stopped.logprobs) == len(stopped.token_ids)
 
 
+def test_a_prompt_ending_inside_a_character_stops_its_row_on_the_rows_own_text(backend, tiny_tokenizer):
+    """Where a prompt ends with a character's first bytes, vLLM 0.32's detokenizer writes the whole prompt's text
+    into the row's, and its stop-string search then found strings only the prompt holds: such a row stops where the
+    text the row itself adds holds a stop string, as the stream stops it."""
+    import asyncio
+
+    from rl.vllm_stream import CONTEXT_TOKENS, StopStrings
+
+    euro = tiny_tokenizer.encode("€", add_special_tokens=False)
+    assert len(euro) == 3  # its bytes fall in three tokens: a prompt can end after the first or the second
+    prompts = [[2, *tiny_tokenizer.encode("Row 1: call the tool ", add_special_tokens=False), *euro[:k]]
+               for k in (1, 2)]
+    assert all(tiny_tokenizer.decode(p).endswith("\ufffd") for p in prompts)
+    free = backend.generate(prompts, GREEDY)
+    texts = [StopStrings([], tiny_tokenizer).text(f.token_ids, p[-CONTEXT_TOKENS:]) for p, f in zip(prompts, free)]
+    assert not any(s in text for s in ("Row", "tool") for text in texts)  # only the prompts hold these
+    written = texts[1][:3][-2:]  # a stop the second row writes in its own text
+    assert written and written in texts[1]
+
+    async def streamed(params):
+        stream = backend.stream()
+        try:
+            return await asyncio.gather(*(stream.generate(i, p, params) for i, p in enumerate(prompts)))
+        finally:
+            await stream.aclose()
+
+    for stop in ("Row", "tool", written):
+        params = SamplingParams(temperature=0, max_new_tokens=12, stop_strings=[stop])
+        got = backend.generate(prompts, params)
+        for g, f, text, prompt in zip(got, free, texts, prompts):
+            if stop not in text:  # only the prompt holds it: the row runs on
+                assert (g.token_ids, g.stop_string) == (f.token_ids, None), stop
+            else:
+                assert g.stop_string == stop and g.token_ids == f.token_ids[:len(g.token_ids)], stop
+                assert stop not in StopStrings([], tiny_tokenizer).text(g.token_ids[:-1], prompt[-CONTEXT_TOKENS:])
+            assert g.logprobs == pytest.approx(f.logprobs[:len(g.token_ids)], abs=TOL)
+        streams = asyncio.run(streamed(params))
+        assert [(g.token_ids, g.stop_string) for g in got] == [(s.token_ids, s.stop_string) for s in streams], stop
+
+
 def test_multi_turn_rollout_logprobs_match_the_trainers_recompute(backend, model, tiny_tokenizer):
     """Episodes through the rollout engine (prefix cache on, growing contexts): the sampled
     tokens' logprobs are what the trainer computes over the whole trajectory."""
