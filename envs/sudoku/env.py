@@ -12,6 +12,10 @@ they are.
 `list_empty_cells=True` adds a line `Empty cells (row, col): (1,3) (1,4) ...` under every
 board, in reading order. A small model reading `Row 1: 4 3 | . .` must count positions to
 know that the first '.' is column 3; the line states it. It names cells, never digits.
+`list_empty_cells="constrained"` lists them fewest legal digits first (ties in reading order):
+the first listed cell is the one `SudokuExpert(order="constrained")` fills, so a model that
+copies the first listed cell plays that order without searching the board for it. The order
+says which cell is most constrained, not its digit.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from envs.sudoku.puzzles import box_shape, generate, peers
 # clash: refused, the digit is already in the cell's row, column or box; clue: refused, a given clue's cell;
 # off_board: refused, a row, column or digit out of range.
 MOVE_KINDS = ("right", "wrong", "overwrite", "clash", "clue", "off_board")
+EMPTY_CELL_ORDERS = ("reading", "constrained")  # list_empty_cells: true is "reading"
 
 
 def _refused(kind: str, message: str) -> ToolError:
@@ -39,10 +44,11 @@ class SudokuEnv(ToolEnv):
     default_max_steps = 40
 
     def __init__(self, size: int = 4, difficulty: str | int = "easy", max_steps: int | None = None,
-                 max_invalid: int | None = 8, list_empty_cells: bool = False, render_mode: str | None = None):
+                 max_invalid: int | None = 8, list_empty_cells: bool | str = False, render_mode: str | None = None):
         box_shape(size)  # validates size
-        if not isinstance(list_empty_cells, bool):
-            raise TypeError(f"list_empty_cells must be true or false, got {list_empty_cells!r}")
+        if not (isinstance(list_empty_cells, bool) or list_empty_cells in EMPTY_CELL_ORDERS):
+            raise TypeError(f"list_empty_cells must be true, false or one of {', '.join(map(repr, EMPTY_CELL_ORDERS))}"
+                            f", got {list_empty_cells!r}")
         super().__init__(max_steps=max_steps, max_invalid=max_invalid, render_mode=render_mode)
         self.size = size
         self.difficulty = difficulty
@@ -149,8 +155,12 @@ class SudokuEnv(ToolEnv):
             groups = [" ".join(cells[i:i + bw]) for i in range(0, n, bw)]
             lines.append(f"Row {r + 1}: " + " | ".join(groups))
         if self.list_empty_cells:
-            empty = [f"({c // n + 1},{c % n + 1})" for c, v in enumerate(self.board) if v == 0]
-            lines.append("Empty cells (row, col): " + (" ".join(empty) or "none"))
+            empty = [c for c, v in enumerate(self.board) if v == 0]
+            if self.list_empty_cells == "constrained":
+                near = peers(n)
+                empty.sort(key=lambda c: sum(all(self.board[p] != d for p in near[c]) for d in range(1, n + 1)))
+            cells = [f"({c // n + 1},{c % n + 1})" for c in empty]
+            lines.append("Empty cells (row, col): " + (" ".join(cells) or "none"))
         return "\n".join(lines)
 
     def render(self) -> str | None:

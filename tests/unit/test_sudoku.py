@@ -162,7 +162,27 @@ def test_empty_cells_line_is_off_by_default_and_reads_none_when_solved():
     assert obs.splitlines()[-1] == "Empty cells (row, col): none"
 
 
-@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_constrained_empty_cells_line_lists_fewest_legal_digits_first_and_its_head_is_the_experts_cell():
+    from envs.sudoku import SudokuExpert
+
+    for seed in range(10):
+        env = envs.make("sudoku", size=4, difficulty="hard", list_empty_cells="constrained")
+        env.reset(seed=seed)
+        while 0 in env.board:
+            line = env.board_text().splitlines()[-1].removeprefix("Empty cells (row, col): ")
+            cells = [(int(t[1]) - 1) * 4 + int(t[3]) - 1 for t in line.split()]
+            legal = [len(set(range(1, 5)) - {env.board[p] for p in peers(4)[c]}) for c in cells]
+            assert sorted(cells) == [c for c, v in enumerate(env.board) if v == 0]
+            assert legal == sorted(legal) and all(  # fewest first, ties in reading order
+                a < b for a, b, la, lb in zip(cells, cells[1:], legal, legal[1:]) if la == lb)
+            move = SudokuExpert(explore=0.0, order="constrained")(env)
+            assert (move.arguments["row"] - 1) * 4 + move.arguments["col"] - 1 == cells[0]
+            env.step(move)
+        assert env.solved
+
+
+@pytest.mark.parametrize("value", ["yes", 1, None, "fewest"])
 def test_bad_list_empty_cells_is_named(value):
-    with pytest.raises(TypeError, match=rf"list_empty_cells must be true or false, got {value!r}"):
+    with pytest.raises(TypeError, match=rf"list_empty_cells must be true, false or one of 'reading', 'constrained', "
+                                        rf"got {value!r}"):
         envs.make("sudoku", list_empty_cells=value)
