@@ -18,6 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
+from rl.stop_strings import CONTEXT_TOKENS, StopStrings
+
 if TYPE_CHECKING:
     import torch
 
@@ -201,19 +203,23 @@ class TransformersBackend:
         self.tokenizer = tokenizer
         self.pad_token_id = tokenizer.pad_token_id
         self.batch_size = batch_size
-        self._stop_criteria: dict[tuple[str, ...], object] = {}
+        self._stop_criteria: dict[tuple[str, ...], tuple[object, StopStrings]] = {}
 
-    def _stopping_criteria(self, stop_strings: list[str]):
-        """One `StopStringCriteria` per set of stop strings, built once: building it walks the
-        whole vocabulary (2 s for Gemma's 262k tokens, measured on an H200 host), which
+    def _stopping_criteria(self, stop_strings: list[str], prompts: list[list[int]], width: int):
+        """The criteria of one `generate` call: a row stops where its own text holds a stop string (`_TextStops`).
+
+        Their `StopStringCriteria` and `StopStrings` are built once per set of stop strings: building the former
+        walks the whole vocabulary (2 s for Gemma's 262k tokens, measured on an H200 host), which
         `generate(stop_strings=...)` would do again on every call, i.e. every turn."""
         from transformers import StoppingCriteriaList
         from transformers.generation.stopping_criteria import StopStringCriteria
 
         key = tuple(stop_strings)
         if key not in self._stop_criteria:
-            self._stop_criteria[key] = StopStringCriteria(self.tokenizer, list(key))
-        return StoppingCriteriaList([self._stop_criteria[key]])
+            self._stop_criteria[key] = (StopStringCriteria(self.tokenizer, list(key)),
+                                        StopStrings(list(key), self.tokenizer))
+        hint, stops = self._stop_criteria[key]
+        return StoppingCriteriaList([_TextStops(hint, stops, [p[-CONTEXT_TOKENS:] for p in prompts], width)])
 
     def update_weights(self, model: torch.nn.Module, version: int | None = None) -> bool:
         self.model = model  # same process, same tensors: nothing to copy
@@ -257,7 +263,8 @@ class TransformersBackend:
                     temperature=None if greedy else params.temperature,
                     top_p=None if greedy else params.top_p, top_k=None if greedy else (params.top_k or 0),
                     eos_token_id=params.stop_token_ids or None, pad_token_id=self.pad_token_id,
-                    stopping_criteria=self._stopping_criteria(params.stop_strings) if params.stop_strings else None,
+                    stopping_criteria=(self._stopping_criteria(params.stop_strings, prompts, width)
+                                       if params.stop_strings else None),
                     output_logits=True, return_dict_in_generate=True,
                     # Each process plays its own episodes on whole weights (rl.sharding.full_weights), so
                     # generate never waits for the others (transformers would under ZeRO-3 or FSDP).
@@ -276,21 +283,55 @@ class TransformersBackend:
             torch.log_softmax(step.float() / scale, dim=-1).gather(-1, tokens[:, i:i + 1]).squeeze(-1)
             for i, step in enumerate(result.logits)  # each (batch, vocab), unprocessed
         ], dim=1).cpu()
+        stops = self._stop_criteria[tuple(params.stop_strings)][1] if params.stop_strings else None
         outputs = []
-        for row in range(len(prompts)):
-            ids, stopped_with, stop_string = self._cut(new_tokens[row].tolist(), params)
+        for row, prompt in enumerate(prompts):
+            ids, stopped_with, stop_string = _cut(new_tokens[row].tolist(), params.stop_token_ids, stops,
+                                                  prompt[-CONTEXT_TOKENS:])
             outputs.append(Generation(ids, logprobs[row, :len(ids)].tolist(), stopped_with, stop_string))
         return outputs
 
-    def _cut(self, ids: list[int], params: SamplingParams) -> tuple[list[int], int | None, str | None]:
-        """Cut a padded row after its first stop token or stop string."""
-        stops = set(params.stop_token_ids)
-        for j, tok in enumerate(ids):
-            if tok in stops:
-                return ids[:j + 1], tok, None
-            if params.stop_strings:
-                text = self.tokenizer.decode(ids[:j + 1])
-                hit = next((s for s in params.stop_strings if s in text), None)
-                if hit:
-                    return ids[:j + 1], None, hit
-        return ids, None, None
+
+def _cut(ids: list[int], stop_token_ids: list[int], stops: StopStrings | None,
+         context: list[int]) -> tuple[list[int], int | None, str | None]:
+    """A padded row cut after the first token whose text (after the prompt's last tokens, `context`) holds a stop
+    string, or else after its first stop token, as the vLLM paths cut it (a stop token whose own text completes a
+    stop string ends the row on the string, as in vLLM with the stop string kept in the output)."""
+    tokens = set(stop_token_ids)
+    end = next((j + 1 for j, tok in enumerate(ids) if tok in tokens), None)
+    found = stops.first(ids[:end], context) if stops is not None else None
+    if found is not None:
+        return ids[:found[0]], None, found[1]
+    if end is not None:
+        return ids[:end], ids[end - 1], None
+    return ids, None, None
+
+
+class _TextStops:
+    """transformers stopping criteria that stop a row where its own text holds a stop string.
+
+    transformers' `StopStringCriteria` is asked first, at every step (tensor operations on the rows' last tokens,
+    no decoding). It also matches a stop string begun in the prompt's tokens and finished by the row's first ones,
+    and it matches token strings, not decoded text, so a row it flags stops only where `StopStrings` finds a stop
+    string in the row's text, decoded after the prompt's last tokens (`contexts`). Rows start at column `width`
+    (left padding). A stop string it misses ends the row at the same token all the same, once the row has ended
+    (`_cut`): such a row costs only the tokens generated after it.
+    """
+
+    def __init__(self, hint, stops: StopStrings, contexts: list[list[int]], width: int):
+        self.hint, self.stops, self.contexts, self.width = hint, stops, contexts, width
+        self.stopped: set[int] = set()  # rows stopped here: transformers pads them from then on
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        import torch
+
+        flagged = self.hint(input_ids, scores, **kwargs)
+        rows = flagged.nonzero().flatten().tolist()  # a sync, as transformers' own stop check makes every step
+        if not rows:
+            return flagged
+        keep = [row for row in rows if row in self.stopped
+                or self.stops.holds(input_ids[row, self.width:].tolist(), self.contexts[row])]
+        self.stopped.update(keep)
+        done = torch.zeros_like(flagged)
+        done[keep] = True
+        return done

@@ -33,14 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rl.generation import Generation, SamplingParams
-from rl.vllm_stream import (
-    CONTEXT_TOKENS,
-    EngineStream,
-    StopStrings,
-    ends_inside_a_character,
-    sampled_logprobs,
-    stopped_generation,
-)
+from rl.stop_strings import CONTEXT_TOKENS, StopStrings
+from rl.vllm_stream import EngineStream, ends_inside_a_character, sampled_logprobs, stopped_generation
 from rl.vllm_weights import fused_groups, save_for_vllm, small_vocab_runner, weights_for_sync
 
 if TYPE_CHECKING:

@@ -4,9 +4,9 @@ Stop strings are matched on token ids here, not by vLLM: vLLM finds a stop strin
 for every running row at every engine step, which made a decode step 40% longer in a replay of Sudoku turns on an
 H200 (`rl/bench/baselines/README.md`, "Generation and a GRPO step on one GPU"). A row asked to stop on strings gets
 its new tokens at every step instead; when they end with a stop string's own tokenization the row is aborted,
-and any finished row is checked once against its text, decoded after the prompt's last tokens as vLLM decodes it,
-so a stop string written in other tokens still ends the turn where vLLM would have ended it: at the first token
-whose text holds it, that token kept.
+and any finished row is checked once against its text, decoded after the prompt's last tokens as vLLM decodes it
+(`rl.stop_strings.StopStrings`, the rule the transformers backend cuts by too), so a stop string written in other
+tokens still ends the turn where vLLM would have ended it: at the first token whose text holds it, that token kept.
 
 `VLLMBackend.generate` leaves the search to vLLM, except for a prompt that ends inside a character (with its first
 bytes, `ends_inside_a_character`): there vLLM 0.32's detokenizer writes the whole prompt's text into the row's, and
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import queue
 import threading
 from collections.abc import Callable, Sequence
@@ -25,10 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rl.generation import Generation, SamplingParams
-
-# Prompt tokens a row's text is decoded after: up to 3 may hold the first bytes of a character the row's tokens
-# finish (UTF-8 takes at most 4 bytes), and one more keeps the row's first token off the start of the text.
-CONTEXT_TOKENS = 4
+from rl.stop_strings import CONTEXT_TOKENS, StopStrings
 
 
 def generation_of(ids: list[int], logprobs: list[float], finish_reason: str | None, stop_reason: Any) -> Generation:
@@ -67,65 +63,6 @@ def ends_inside_a_character(tokenizer, prompt: Sequence[int]) -> bool:
 
 def sampled_logprobs(out) -> list[float]:
     return [entry[token].logprob for entry, token in zip(out.logprobs or [], out.token_ids)]
-
-
-class StopStrings:
-    """Stop strings of one sampling setting: their token ids, and the exact text check.
-
-    Only a string's own tokenization is looked for while a row generates (each new token's end is checked: no
-    decoding at every step). A model that writes a stop string in other tokens (merged with what follows it, say)
-    is cut at the same token all the same, but only once its row has ended: those rows cost the tokens after it.
-    """
-
-    def __init__(self, strings: list[str], tokenizer):
-        self.strings, self.tokenizer = list(strings), tokenizer
-        encoded = ((tuple(tokenizer.encode(s, add_special_tokens=False)), s) for s in self.strings)
-        self.suffixes = [(ids, s) for ids, s in encoded
-                         if ids and tokenizer.decode(list(ids), skip_special_tokens=False) == s]
-
-    def ended(self, ids: list[int], new: int) -> str | None:
-        """The stop string whose own tokens end at one of the last `new` ids, if any."""
-        for end in range(len(ids) - new + 1, len(ids) + 1):
-            for suffix, string in self.suffixes:
-                if end >= len(suffix) and tuple(ids[end - len(suffix):end]) == suffix:
-                    return string
-        return None
-
-    def first(self, ids: list[int], context: Sequence[int] = ()) -> tuple[int, str] | None:
-        """(tokens up to and including the one that completes a stop string, that string): the shortest such
-        prefix, and as vLLM names it, the string that ends first there (the first listed on a tie). `context`:
-        the prompt's last tokens (`CONTEXT_TOKENS`), which the row's text is decoded after."""
-        context_text = self._decode(context)  # once: the search decodes the row's text after it at every probe
-        if not self._holds(ids, context, context_text):
-            return None
-        low, high = 1, len(ids)  # the shortest prefix whose text holds a stop string
-        while low < high:
-            mid = (low + high) // 2
-            if self._holds(ids[:mid], context, context_text):
-                high = mid
-            else:
-                low = mid + 1
-        text = self._after(ids[:low], context, context_text)
-        held = [s for s in self.strings if s in text]
-        return low, min(held, key=lambda s: (text.index(s) + len(s), self.strings.index(s)))
-
-    def _holds(self, ids: list[int], context: Sequence[int], context_text: str) -> bool:
-        text = self._after(ids, context, context_text)
-        return any(s in text for s in self.strings)
-
-    def text(self, ids: list[int], context: Sequence[int] = ()) -> str:
-        """The text `ids` add after `context`, as vLLM's detokenizer writes it after the prompt: decoded alone,
-        a tokenizer that drops the space opening a text (SentencePiece's) would drop the row's first one, and a
-        character whose first bytes end the prompt would come out as U+FFFD; here it is the row's."""
-        return self._after(ids, context, self._decode(context))
-
-    def _after(self, ids: list[int], context: Sequence[int], context_text: str) -> str:
-        """`text`, given the text of `context` alone."""
-        text = self._decode([*context, *ids])
-        return text[len(os.path.commonprefix([context_text, text])):]
-
-    def _decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
 
 @dataclass

@@ -65,3 +65,22 @@ def test_generation_stops_after_a_stop_string(model, tokenizer):
     assert stopped.stop_string == stop and stopped.stopped_with is None and stopped.finished
     assert stop in tokenizer.decode(stopped.token_ids) and stop not in tokenizer.decode(stopped.token_ids[:-1])
     assert stopped.token_ids == free.token_ids[:len(stopped.token_ids)]
+
+
+def test_a_stop_string_the_prompt_begins_does_not_stop_a_row(model, tokenizer):
+    """A stop string made of the prompt's last character and the row's first: transformers' StopStringCriteria
+    matches it across the prompt, but the row's own text does not hold it, so the row goes on."""
+    from rl.stop_strings import CONTEXT_TOKENS, StopStrings
+
+    backend = TransformersBackend(model, tokenizer)
+    spanning = 0
+    for prompt in PROMPTS:
+        [free] = backend.generate([prompt], SamplingParams(temperature=0, max_new_tokens=12))
+        text = StopStrings([], tokenizer).text(free.token_ids, prompt[-CONTEXT_TOKENS:])
+        stop = tokenizer.decode(prompt)[-1] + text[0]
+        if stop in text or "\ufffd" in stop:
+            continue
+        spanning += 1
+        [row] = backend.generate([prompt], SamplingParams(temperature=0, max_new_tokens=12, stop_strings=[stop]))
+        assert row.token_ids == free.token_ids and row.stop_string is None and not row.finished
+    assert spanning

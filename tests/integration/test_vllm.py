@@ -107,7 +107,7 @@ def test_a_prompt_ending_inside_a_character_stops_its_row_on_the_rows_own_text(b
     text the row itself adds holds a stop string, as the stream stops it."""
     import asyncio
 
-    from rl.vllm_stream import CONTEXT_TOKENS, StopStrings
+    from rl.stop_strings import CONTEXT_TOKENS, StopStrings
 
     euro = tiny_tokenizer.encode("€", add_special_tokens=False)
     assert len(euro) == 3  # its bytes fall in three tokens: a prompt can end after the first or the second
@@ -361,7 +361,7 @@ def test_a_stream_stops_on_strings_where_vllm_would_and_keeps_the_stop(backend, 
     logprobs as vLLM's own stop-string search in `generate`, for stops written in one token or several."""
     import asyncio
 
-    from rl.vllm_stream import StopStrings
+    from rl.stop_strings import StopStrings
 
     [free] = backend.generate([PROMPTS[1]], GREEDY)
     ids = free.token_ids

