@@ -29,6 +29,9 @@ def main(argv=None) -> int:
     parser.add_argument("--compare", nargs=2, metavar=("A.json", "B.json"),
                         help="compare two results on the seeds both played (paired, McNemar's exact test); "
                              "runs nothing")
+    parser.add_argument("--differ", action="append", default=[], metavar="KEY",
+                        help="with --compare: an env setting (env.kwargs key) the two results may differ in, where "
+                             "the seeds still give the same tasks (e.g. list_empty_cells); repeatable")
     parser.add_argument("--heldout", nargs="+", metavar="RUN",
                         help="tabulate GRPO runs' held-out measurements (RUN/heldout/step-*.json); runs nothing")
     args = parser.parse_args(argv)
@@ -47,7 +50,7 @@ def main(argv=None) -> int:
             a, b = (json.loads(Path(p).read_text()) for p in args.compare)
             if a.get("label") == b.get("label"):  # e.g. two runs' step-0 rows: name each by its file
                 a["label"], b["label"] = args.compare
-            comparison = paired_comparison(a, b)
+            comparison = paired_comparison(a, b, tuple(args.differ))
         except (OSError, ValueError) as e:
             parser.error(str(e))
         print(paired_line(comparison))

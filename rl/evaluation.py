@@ -190,17 +190,22 @@ def save_result(result: dict, transcripts: list[dict], path: Path) -> None:
     path.write_text(json.dumps(result, indent=2))
 
 
-def paired_comparison(a: dict, b: dict) -> dict:
+def paired_comparison(a: dict, b: dict, differ: tuple[str, ...] = ()) -> dict:
     """B against A on the episodes both played (same env settings, seed and sample), with McNemar's
     exact test: only the seeds one solved and the other did not carry information, and under "no
-    difference" each such seed is a fair coin. Far more sensitive than comparing two intervals."""
+    difference" each such seed is a fair coin. Far more sensitive than comparing two intervals.
+    `differ`: env settings the two may differ in, where the caller knows the seeds still give the same tasks
+    (e.g. Sudoku's `list_empty_cells`, which changes what the board shows, not the puzzle)."""
     for name, result in (("first", a), ("second", b)):
         if "per_episode" not in result:
             raise ValueError(f"the {name} result ({result.get('label')!r}) has no per-episode outcomes: it was "
                              "written by an older eval.py; evaluate that model again")
-    if (a["env"], a.get("env_kwargs")) != (b["env"], b.get("env_kwargs")):
+    kept = [{k: v for k, v in (r.get("env_kwargs") or {}).items() if k not in differ} for r in (a, b)]
+    if a["env"] != b["env"] or kept[0] != kept[1]:
         raise ValueError(f"different env settings: {a['env']} {a.get('env_kwargs')} "
-                         f"vs {b['env']} {b.get('env_kwargs')}")
+                         f"vs {b['env']} {b.get('env_kwargs')}"
+                         + (f" (beyond {', '.join(differ)})" if differ else " (--differ KEY allows one, where the "
+                            "seeds still give the same tasks)"))
     first = {(e["seed"], e["sample"]): e["solved"] for e in a["per_episode"]}
     second = {(e["seed"], e["sample"]): e["solved"] for e in b["per_episode"]}
     common = sorted(first.keys() & second.keys())
@@ -210,7 +215,9 @@ def paired_comparison(a: dict, b: dict) -> dict:
     only_a = sum(first[k] and not second[k] for k in common)
     n = only_a + only_b
     p = min(1.0, 2 * sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n) if n else 1.0
+    differing = {k: [(r.get("env_kwargs") or {}).get(k) for r in (a, b)] for k in differ}
     return {"a": a["label"], "b": b["label"], "episodes": len(common),
+            **({"env_kwargs_a_b": {k: v for k, v in differing.items() if v[0] != v[1]}} if differ else {}),
             "a_solve_rate": sum(first[k] for k in common) / len(common),
             "b_solve_rate": sum(second[k] for k in common) / len(common),
             "solved_by_b_only": only_b, "solved_by_a_only": only_a, "p_value": p}

@@ -42,6 +42,19 @@ def test_incomparable_results_are_named():
         paired_comparison(old, a)
 
 
+def test_settings_named_to_differ_may_differ_and_no_others():
+    a = result("reading", [False, False, True], env_kwargs={"size": 4, "list_empty_cells": True})
+    b = result("constrained", [True, True, True], env_kwargs={"size": 4, "list_empty_cells": "constrained"})
+    with pytest.raises(ValueError, match=r"different env settings.*--differ KEY allows one"):
+        paired_comparison(a, b)
+    c = paired_comparison(a, b, differ=("list_empty_cells",))
+    assert (c["solved_by_b_only"], c["solved_by_a_only"]) == (2, 0)
+    assert c["env_kwargs_a_b"] == {"list_empty_cells": [True, "constrained"]}
+    b["env_kwargs"]["size"] = 9
+    with pytest.raises(ValueError, match=r"different env settings.*\(beyond list_empty_cells\)"):
+        paired_comparison(a, b, differ=("list_empty_cells",))
+
+
 def test_eval_compare_prints_the_paired_line_and_json(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("eval_entry", EVAL_PY)
     eval_entry = importlib.util.module_from_spec(spec)
