@@ -17,7 +17,8 @@ from rl.export import DEFAULT_QUANTS, QUANTS, ExportError, export_run
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", help="the run folder (runs/<name>), holding final/")
-    parser.add_argument("--out", required=True, help="folder to write hf/, model-<quant>.gguf, Modelfile into")
+    parser.add_argument("--out", required=True, help="folder to write hf/, model-<quant>.gguf, Modelfile into "
+                        "(an export there is replaced: the files its export.json lists)")
     parser.add_argument("--quant", dest="quants", action="append", metavar="TYPE",
                         help=f"a GGUF type, repeatable (default: {' and '.join(DEFAULT_QUANTS)}; "
                              f"accepted: {', '.join(QUANTS)})")

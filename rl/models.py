@@ -15,6 +15,7 @@ Names:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -293,6 +294,26 @@ def _built_in(name: str, dtype: torch.dtype, tokenizer=None) -> torch.nn.Module:
         model = tiny_vlm(tokenizer or tiny_vlm_tokenizer())
     model.name_or_path = model.config._name_or_path = name  # peft reads the attribute
     return model.to(dtype)
+
+
+def save_adapters_offline(model) -> None:
+    """Save the LoRA adapter of a local model without asking the hub for its base model's config.
+
+    peft's `save_pretrained` (`save_embedding_layers="auto"`) reads the base model's config.json, from the
+    folder the adapter names or else from the hub, to see whether the vocabulary was resized and the
+    embeddings must be saved too. A built-in base (`tiny`, `tiny-vlm`) is a name with no folder, and an
+    adapter's folder (the base of a run trained on top of an adapter) has no config.json: for those every save
+    (each checkpoint, the final adapter) asked the hub for a repo of that name, or warned when offline, then
+    saved no embeddings. Such a base is rebuilt from its name or its own adapter, so these models' saves pass
+    `save_embedding_layers=False` at once (LoRA weights of targeted embeddings are saved still)."""
+    configs = getattr(model, "peft_config", None) or {}
+    if configs and all(_local_without_config(c.base_model_name_or_path) for c in configs.values()):
+        model.save_pretrained = functools.partial(model.save_pretrained, save_embedding_layers=False)
+
+
+def _local_without_config(name: str | None) -> bool:
+    """A built-in model, or a folder here with no config.json: a base peft would look up on the hub."""
+    return name in (TINY, TINY_VLM) or bool(name) and Path(name).is_dir() and not (Path(name) / "config.json").exists()
 
 
 def exclude_pattern(names: list[str]) -> str | None:

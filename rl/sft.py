@@ -24,7 +24,7 @@ from rl.cli import apply_run_environment, check_resolvable
 from rl.config import ConfigError, RunConfig, to_yaml
 from rl.demos import demonstrations
 from rl.guards import SkipNonFiniteUpdates
-from rl.models import load_image_tokenizer, load_model, lora_config
+from rl.models import load_image_tokenizer, load_model, lora_config, save_adapters_offline
 from rl.plots import save_curve
 from rl.progress import JsonlLogger
 from rl.resume import finished, main_process, resume_from
@@ -73,6 +73,7 @@ def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
                          train_dataset=dataset.select_columns(columns), peft_config=lora_config(cfg.lora, model),
                          **extra)
+    save_adapters_offline(trainer.model)
     trainer.add_callback(SkipNonFiniteUpdates(trainer))
     trainer.add_callback(JsonlLogger(out / "metrics.jsonl"))
     checkpoint = resume_from(out, resume)

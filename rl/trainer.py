@@ -33,7 +33,7 @@ from rl.episode_log import Scores, sample_rows
 from rl.generation import TransformersBackend
 from rl.guards import SkipNonFiniteUpdates
 from rl.heldout import HeldOutEval
-from rl.models import load_image_tokenizer, load_model, load_tokenizer, lora_config
+from rl.models import load_image_tokenizer, load_model, load_tokenizer, lora_config, save_adapters_offline
 from rl.plots import save_curve
 from rl.preflight import check_rewards
 from rl.progress import JsonlLogger, RunProgress, TimeLimit
@@ -353,6 +353,7 @@ def build_trainer(cfg: RunConfig):
         model=model, processing_class=tokenizer, reward_funcs=reward_funcs, args=args, train_dataset=dataset,
         rollout_func=rollouts, peft_config=lora_config(cfg.lora, model),
     )
+    save_adapters_offline(trainer.model)
     trainer.image_token_id = chat.images.image_token_id if chat.images else None
     trainer.step_advantage_weight = g.step_advantage_weight
     trainer.score_only_model_tokens = g.score_only_model_tokens

@@ -10,7 +10,11 @@ writes into `--out`:
   (`convert_hf_to_gguf.py`, from the llama-cpp-python release that is installed) writes f16/bf16/f32,
   llama.cpp's quantizer (`llama_cpp.llama_model_quantize`) the quantized types;
 - `Modelfile`: Ollama's, whose template renders the chat and tool-call format of the run;
-- `export.json`: what was exported, from what, and what was left out.
+- `export.json`: what was exported, from what, what was left out, and the files written (`files`).
+
+Exporting again into the same `--out` replaces the export there (`rl.export.folder`): the folder then holds
+what the new export wrote and no file of the older export that it did not write again; a failed export changes
+nothing there, and files no export wrote are left alone.
 
 Checks of the command line (`check_run`, `check_quants`) import no model library, so bad input fails
 at once with one line naming the value and what is accepted.
@@ -18,7 +22,7 @@ at once with one line naming the value and what is accepted.
 
 from __future__ import annotations
 
-import json
+import shutil
 from pathlib import Path
 
 from rl.config import ConfigError
@@ -66,18 +70,33 @@ def check_out(out: str | Path) -> Path:
 
 
 def export_run(run: str | Path, out: str | Path, quants: list[str] = DEFAULT_QUANTS) -> dict:
-    """Export `run` into `out` (see the module docstring); returns what `export.json` records."""
-    from rl.export.gguf import converter_dir, write_gguf
-    from rl.export.hf import save_merged
-    from rl.export.ollama import write_modelfile
+    """Export `run` into `out` (see the module docstring) in place of the export there; returns what
+    `export.json` records."""
+    from rl.export.folder import commit, previous_files, stage
+    from rl.export.gguf import converter_dir
 
     check_run(run)
     quants, out = check_quants(quants), check_out(out)
     if not quants:
         raise ExportError("no --quant given (accepted: " + ", ".join(QUANTS) + ")")
+    previous = previous_files(out)  # what this export replaces: a record it cannot trust is refused now
     converter_dir()  # llama.cpp installed and its converter at hand, before minutes of merging
-    out.mkdir(parents=True, exist_ok=True)
-    merged = save_merged(Path(run), out / "hf")
+    staging = stage(out)
+    try:
+        record = _write(Path(run), staging, quants)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a failed export leaves the previous one as it was
+        raise
+    return commit(staging, out, record, previous)
+
+
+def _write(run: Path, out: Path, quants: list[str]) -> dict:
+    """hf/, the GGUF files and the Modelfile in `out`; what export.json records of them."""
+    from rl.export.gguf import write_gguf
+    from rl.export.hf import save_merged
+    from rl.export.ollama import write_modelfile
+
+    merged = save_merged(run, out / "hf")
     ggufs = write_gguf(out / "hf", out, quants)
     record = {"run": str(run), "hf": "hf", **merged.record(), "gguf": {q: p.name for q, p in ggufs.items()},
               "notes": []}
@@ -85,10 +104,9 @@ def export_run(run: str | Path, out: str | Path, quants: list[str] = DEFAULT_QUA
         record["notes"].append("a vision-language model: hf/ holds it whole (text model and vision tower); "
                                "the GGUF files hold its text model only (no vision projector is exported)")
     served = ggufs.get("q8_0") or next(iter(ggufs.values()))
-    why_not = write_modelfile(out / "Modelfile", served.name, merged, Path(run))
+    why_not = write_modelfile(out / "Modelfile", served.name, merged, run)
     if why_not:
         record["notes"].append(why_not)
     else:
         record["modelfile"] = {"file": "Modelfile", "from": served.name}
-    (out / "export.json").write_text(json.dumps(record, indent=2) + "\n")
     return record

@@ -97,9 +97,10 @@ def collect(study, spec: SweepSpec) -> list[PointResult]:
     finished = [p for p in results if p.objective]
     sign = 1 if spec.objective.direction == "maximize" else -1
     means = [sign * mean_ci(p.objective)[0] for p in finished]
-    if len(set(means)) > 1 or len(finished) == 1:  # every point equal: none is best
-        for p, mean in zip(finished, means):
-            p.best = mean == max(means)
+    # Every point tied for the best mean, all of them when all tie: as Optuna's study.best_trials. Its
+    # study.best_trial names one of the tied trials, which one depending on the storage.
+    for p, mean in zip(finished, means):
+        p.best = mean == max(means)
     return results
 
 

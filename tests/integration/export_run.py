@@ -135,10 +135,15 @@ def make_run(folder: Path, seed: int = 0, dtype: str = "float32") -> Path:
     return save_run(lora, tokenizer, run, "sudoku.yaml", [f"model.name={base}"])
 
 
-def run_export(run: Path, out: Path, timeout: int) -> dict:
-    """launch/export.py `run` --out `out`; its export.json."""
-    done = subprocess.run([sys.executable, str(ROOT / "launch" / "export.py"), str(run), "--out", str(out)],
+def export_command(run: Path, out: Path, timeout: int, *args: str) -> subprocess.CompletedProcess:
+    """launch/export.py `run` --out `out` `args`, run to its end."""
+    return subprocess.run([sys.executable, str(ROOT / "launch" / "export.py"), str(run), "--out", str(out), *args],
                           check=False, capture_output=True, text=True, timeout=timeout)
+
+
+def run_export(run: Path, out: Path, timeout: int, *args: str) -> dict:
+    """launch/export.py `run` --out `out` `args`; its export.json."""
+    done = export_command(run, out, timeout, *args)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "export.json").read_text())
 

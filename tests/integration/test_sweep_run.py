@@ -79,7 +79,7 @@ def test_two_workers_share_a_grid_and_the_report_matches_the_runs(tmp_path):
         assert float(row["reward_mean"]) == sum(r["reward"] for r in own) / 2
         assert float(row["grpo.learning_rate"]) == [1e-5, 1e-5, 1e-4, 1e-4][point]
         means[row["point"]] = float(row["objective_mean"])
-    best = [p for p, m in means.items() if m == max(means.values())] if len(set(means.values())) > 1 else []
+    best = [p for p, m in means.items() if m == max(means.values())]  # all of them, if all tie
     assert best and [r["point"] for r in table if r["best"] == "1"] == best
     markdown = (sweep / "results.md").read_text()
     assert markdown.count("**best**") == len(best) and "| p003 | 0.0001 | 1.0 | 2/2 |" in markdown

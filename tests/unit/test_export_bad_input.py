@@ -30,6 +30,9 @@ CASES = [
     ("quant_unknown", ["done", "--out", "x", "--quant", "q3"],
      r"unknown --quant 'q3' \(accepted: f16, bf16, f32, q8_0"),
     ("out_is_file", ["done", "--out", "file.txt"], r"--out 'file.txt' is a file"),
+    ("out_record_outside", ["done", "--out", "outside"],
+     r"--out 'outside': its export.json lists '../file.txt' among the files it wrote \(accepted: a path inside"),
+    ("out_record_not_json", ["done", "--out", "garbled"], r"--out 'garbled': its export.json is not JSON"),
 ]
 
 
@@ -42,6 +45,9 @@ def test_a_bad_export_command_line_gets_one_line(case, tmp_path):
     (tmp_path / "empty" / "final").mkdir(parents=True)
     (tmp_path / "done" / "final").mkdir(parents=True)
     (tmp_path / "done" / "final" / "adapter_config.json").write_text("{}")
+    for out, record in (("outside", '{"files": ["hf/config.json", "../file.txt"]}'), ("garbled", "{")):
+        (tmp_path / out).mkdir()
+        (tmp_path / out / "export.json").write_text(record)
     play = PLAY.format(root=str(ROOT), argv=case[1], heavy=HEAVY)
     out = subprocess.run([sys.executable, "-c", play], check=False, cwd=tmp_path, capture_output=True, text=True,
                          timeout=120)
