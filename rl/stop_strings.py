@@ -59,6 +59,13 @@ class StopStrings:
         held = [s for s in self.strings if s in text]
         return low, min(held, key=lambda s: (text.index(s) + len(s), self.strings.index(s)))
 
+    def ends_inside_a_character(self, prompt: Sequence[int]) -> bool:
+        """Whether `prompt` ends with a character's first bytes (its text, decoded as vLLM's detokenizer decodes
+        it, ends with U+FFFD): vLLM 0.32's fast detokenizer then writes the whole prompt's text into the row's
+        output text at the row's first token, and looks for stop strings in it. A character's first bytes lie in
+        the prompt's last 3 tokens at most, so its last `CONTEXT_TOKENS` tell."""
+        return self._decode(prompt[-CONTEXT_TOKENS:]).endswith("\ufffd")
+
     def holds(self, ids: list[int], context: Sequence[int] = ()) -> bool:
         """Whether the text `ids` add after `context` (`text`) holds a stop string."""
         return self._holds(ids, context, self._decode(context))

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from rl.generation import Generation, SamplingParams
 from rl.stop_strings import CONTEXT_TOKENS, StopStrings
-from rl.vllm_stream import EngineStream, ends_inside_a_character, sampled_logprobs, stopped_generation
+from rl.vllm_stream import EngineStream, sampled_logprobs, stopped_generation
 from rl.vllm_weights import fused_groups, save_for_vllm, small_vocab_runner, weights_for_sync
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ class VLLMBackend:
         # vLLM finds stop strings in the text it detokenizes, except after a prompt that ends inside a character:
         # its text then holds the prompt's (see `rl.vllm_stream`), so that row's are found here once it ends.
         stops = self.stop_strings(params.stop_strings)
-        ours = [stops is not None and ends_inside_a_character(stops.tokenizer, p) for p in prompts]
+        ours = [stops is not None and stops.ends_inside_a_character(p) for p in prompts]
         for row, own in zip(sampling, ours):
             if own:
                 row.stop, row.detokenize = None, False

@@ -8,9 +8,10 @@ and any finished row is checked once against its text, decoded after the prompt'
 (`rl.stop_strings.StopStrings`, the rule the transformers backend cuts by too), so a stop string written in other
 tokens still ends the turn where vLLM would have ended it: at the first token whose text holds it, that token kept.
 
-`VLLMBackend.generate` leaves the search to vLLM, except for a prompt that ends inside a character (with its first
-bytes, `ends_inside_a_character`): there vLLM 0.32's detokenizer writes the whole prompt's text into the row's, and
-its search then finds stop strings only the prompt holds. Such a row is cut here once it ends, as the stream's are.
+`VLLMBackend.generate` leaves the search to vLLM, except for a prompt that ends inside a character (with its
+first bytes, `StopStrings.ends_inside_a_character`): there vLLM 0.32's detokenizer writes the whole prompt's text
+into the row's, and its search then finds stop strings only the prompt holds. Such a row is cut here once it ends,
+as the stream's are.
 """
 
 from __future__ import annotations
@@ -51,14 +52,6 @@ def stopped_generation(ids: list[int], logprobs: list[float], finish_reason: str
     if matched is not None:  # its tokens, but no text holding it: stopped there all the same
         return Generation(ids, logprobs, None, matched)
     return generation_of(ids, logprobs, finish_reason, stop_reason)
-
-
-def ends_inside_a_character(tokenizer, prompt: Sequence[int]) -> bool:
-    """Whether `prompt` ends with a character's first bytes (its text, decoded as vLLM's detokenizer decodes it,
-    ends with U+FFFD): vLLM 0.32's fast detokenizer then writes the whole prompt's text into the row's output text
-    at the row's first token, and looks for stop strings in it. A character's first bytes lie in the prompt's last
-    3 tokens at most, so its last `CONTEXT_TOKENS` tell."""
-    return tokenizer.decode(list(prompt[-CONTEXT_TOKENS:]), skip_special_tokens=False).endswith("\ufffd")
 
 
 def sampled_logprobs(out) -> list[float]:
