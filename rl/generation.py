@@ -251,6 +251,8 @@ class TransformersBackend:
         rows = [prompt_images(p) for p in prompts]
         images = batch_image_inputs(rows, input_ids, image_token_id) if any(rows) else {}
         greedy = params.temperature <= 0
+        # Given stop tokens replace the model's EOS ids (as in vLLM); without them the EOS ids stop and are reported
+        stop_ids = list(params.stop_token_ids) or self._eos_ids()
         if params.seed is not None:
             torch.manual_seed(params.seed)
         was_training = self.model.training
@@ -262,7 +264,7 @@ class TransformersBackend:
                     max_new_tokens=params.max_new_tokens, do_sample=not greedy,
                     temperature=None if greedy else params.temperature,
                     top_p=None if greedy else params.top_p, top_k=None if greedy else (params.top_k or 0),
-                    eos_token_id=params.stop_token_ids or None, pad_token_id=self.pad_token_id,
+                    eos_token_id=stop_ids or None, pad_token_id=self.pad_token_id,
                     stopping_criteria=(self._stopping_criteria(params.stop_strings, prompts, width)
                                        if params.stop_strings else None),
                     output_logits=True, return_dict_in_generate=True,
@@ -286,10 +288,15 @@ class TransformersBackend:
         stops = self._stop_criteria[tuple(params.stop_strings)][1] if params.stop_strings else None
         outputs = []
         for row, prompt in enumerate(prompts):
-            ids, stopped_with, stop_string = _cut(new_tokens[row].tolist(), params.stop_token_ids, stops,
+            ids, stopped_with, stop_string = _cut(new_tokens[row].tolist(), stop_ids, stops,
                                                   prompt[-CONTEXT_TOKENS:])
             outputs.append(Generation(ids, logprobs[row, :len(ids)].tolist(), stopped_with, stop_string))
         return outputs
+
+    def _eos_ids(self) -> list[int]:
+        config = getattr(self.model, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None)
+        return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
 
 def _cut(ids: list[int], stop_token_ids: list[int], stops: StopStrings | None,

@@ -86,3 +86,21 @@ def test_a_stop_token_whose_text_completes_a_stop_string_ends_the_row_on_the_str
     [row] = backend.generate([prompt], replace(GREEDY, stop_token_ids=[stop_token], stop_strings=[character]))
     assert row.token_ids == free.token_ids[:free.token_ids.index(stop_token) + 1]
     assert (row.stopped_with, row.stop_string) == (None, character)
+
+
+def test_without_stop_tokens_the_models_eos_ends_a_row_and_is_reported(tiny_tokenizer):
+    """No stop tokens given: a row ends at the model's EOS token (its generation config's), reported as the stop
+    token it ended on, as vLLM reports it; rows of the batch that never write it run to max_new_tokens."""
+    model = tiny_model(vocab_size=len(tiny_tokenizer), seed=3)
+    model.generation_config.eos_token_id = None
+    backend = TransformersBackend(model, tiny_tokenizer)
+    ids = tiny_tokenizer.encode(SENTENCE, add_special_tokens=False)
+    prompts = [ids[:end] for end in range(1, len(ids))]
+    free = backend.generate(prompts, GREEDY)
+    eos = free[0].token_ids[3]
+    assert any(eos not in f.token_ids for f in free)  # a row that runs on beside ended ones
+    model.generation_config.eos_token_id = eos
+    for row, alone in zip(backend.generate(prompts, GREEDY), free):
+        end = alone.token_ids.index(eos) + 1 if eos in alone.token_ids else None
+        assert row.token_ids == alone.token_ids[:end]
+        assert row.stopped_with == (eos if end else None) and row.stop_string is None
