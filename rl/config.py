@@ -174,6 +174,7 @@ class SFTSection:
     logging_steps: int = 5
     save_steps: int = 500
     seed: int = 0
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory for long demonstrations
 
 
 @dataclass

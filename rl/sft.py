@@ -67,7 +67,7 @@ def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
         gradient_accumulation_steps=s.gradient_accumulation_steps, max_length=s.max_length,
         completion_only_loss=True, logging_steps=s.logging_steps, save_steps=s.save_steps, seed=s.seed,
         report_to=_report_to(cfg), use_cpu=not torch.cuda.is_available(), bf16=model.dtype == torch.bfloat16,
-        gradient_checkpointing=cfg.grpo.gradient_checkpointing,
+        gradient_checkpointing=s.gradient_checkpointing,
         **({"remove_unused_columns": False, "dataset_kwargs": {"skip_prepare_dataset": True}} if extra else {}),
     )
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,

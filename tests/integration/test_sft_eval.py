@@ -144,3 +144,17 @@ def test_sft_projects_only_the_demonstrations_model_tokens_through_the_lm_head(t
     model_tokens = sum(sum(mask) for mask in demos["completion_mask"])
     tokens = sum(len(ids) for ids in demos["input_ids"])
     assert lm_head_rows == [model_tokens] and model_tokens < tokens / 2  # one step over the 4 demonstrations
+
+
+def test_sft_takes_gradient_checkpointing_from_its_own_section(tmp_path):
+    """`sft.gradient_checkpointing` reaches SFT's trainer; GRPO's setting (`grpo.gradient_checkpointing`) does not."""
+    import torch
+
+    from rl.sft import train_sft
+
+    common = [f"output_dir={tmp_path}", "model.name=tiny", "env.name=sudoku", "sft.num_episodes=2", "sft.max_steps=1",
+              "sft.save_steps=1", "sft.per_device_train_batch_size=2", "log.wandb=off"]
+    for name, sets in [("on", ["sft.gradient_checkpointing=true"]), ("off", ["grpo.gradient_checkpointing=true"])]:
+        out = train_sft(load_config(None, [*common, f"name={name}", *sets]))
+        args = torch.load(out / "checkpoint-1" / "training_args.bin", weights_only=False)
+        assert args.gradient_checkpointing is (name == "on"), name
