@@ -98,10 +98,11 @@ def test_the_config_picks_the_experts_options_and_names_a_bad_one():
     from rl.config import load_config
     from rl.evaluation import make_policy
 
-    cfg = load_config("configs/sudoku-sft.yaml", ["sft.expert.order=constrained"])
-    assert cfg.sft.expert == {"order": "constrained"}
-    assert make_policy(cfg, "expert", **cfg.sft.expert).order == "constrained"
-    assert make_policy(load_config("configs/sudoku-sft.yaml"), "expert").order == "reading"
+    cfg = load_config("configs/sudoku-sft.yaml", ["sft.expert.order=reading"])
+    assert cfg.sft.expert == {"order": "reading"}
+    assert make_policy(cfg, "expert", **cfg.sft.expert).order == "reading"
+    assert load_config("configs/sudoku-sft.yaml").sft.expert == {"order": "constrained"}
+    assert make_policy(load_config("configs/sudoku.yaml"), "expert").order == "reading"  # SudokuExpert's default
     with pytest.raises(ValueError,
                        match=r"unknown option\(s\) 'depth' for SudokuExpert \(accepted: explore, seed, order\)"):
         make_policy(cfg, "expert", depth=3)
