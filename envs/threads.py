@@ -4,16 +4,18 @@ The rollout engine (`rl.rollout`) steps envs in a thread pool under a deadline. 
 that is running when its batch raises, goes on in its thread after the batch is over: ending the env's
 episode or closing the env then would pull its server session or its sandbox worker from under that step.
 Such work waits instead: `submit` counts an env as in use from the moment a call into it is queued until
-the call has returned (or was cancelled before it started), and `after_calls` queues work for the moment
-the last call ends, when no thread is using the env any more. Never imports torch.
+the call has returned (or was cancelled before it started), `calling` while a call made in the caller's own
+thread runs (a reference policy reading its env to choose a move), and `after_calls` queues work for the
+moment the last call ends, when no thread is using the env any more. Never imports torch.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
+from contextlib import contextmanager
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -31,10 +33,14 @@ _lock = threading.Lock()
 _calls: dict[int, _Calls] = {}  # by id(env), while a call into that env is not over
 
 
-def submit(pool: Executor, env: Any, fn: Callable[[], Any]) -> Future:
-    """`pool.submit(fn)`, where `fn` calls into `env`: the env counts as in use until the call is over."""
+def _call_begins(env: Any) -> None:
     with _lock:
         _calls.setdefault(id(env), _Calls()).running += 1
+
+
+def submit(pool: Executor, env: Any, fn: Callable[[], Any]) -> Future:
+    """`pool.submit(fn)`, where `fn` calls into `env`: the env counts as in use until the call is over."""
+    _call_begins(env)
     try:
         future = pool.submit(fn)
     except BaseException:
@@ -42,6 +48,16 @@ def submit(pool: Executor, env: Any, fn: Callable[[], Any]) -> Future:
         raise
     future.add_done_callback(lambda _, env=env: _call_over(env))  # keeps `env` (and so its id) alive till then
     return future
+
+
+@contextmanager
+def calling(env: Any) -> Iterator[None]:
+    """The body calls into `env` in this thread: the env counts as in use until the body is over."""
+    _call_begins(env)
+    try:
+        yield
+    finally:
+        _call_over(env)
 
 
 def after_calls(env: Any, fn: Callable[[], Any]) -> bool:

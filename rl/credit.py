@@ -14,9 +14,11 @@ of its group reached gets its episode advantage alone.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import statistics
 from collections import defaultdict
+from typing import Any
 
 Turns = list[tuple[int, int, int | None]]  # (start, end, state digest) per model turn of an episode
 
@@ -62,3 +64,15 @@ def step_advantages(rewards: list[float], turns: list[Turns], group_size: int,
             values.append(advantage)
         out.append(values)
     return out, shared / total if total else 0.0
+
+
+def state_digest(env: Any) -> int | None:
+    """A 64-bit digest of the env's `state_key()`, equal in every process (Python's own `hash` of a
+    string is not), so that step-level advantages can group turns across data-parallel ranks."""
+    try:
+        key = env.state_key()
+    except Exception:  # noqa: BLE001 - a broken key only costs this turn its step-level advantage
+        return None
+    if key is None:
+        return None
+    return int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "big", signed=True)

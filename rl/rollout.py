@@ -24,13 +24,13 @@ Follow one episode from `reset` to its loss mask:
 6. An episode stops when one of `STOP_CONDITIONS` holds. Env tokens after the last model turn are dropped (nothing
    follows them to learn from), except the template's end-of-turn when the turn ended on a stop string
    (`stop_after_tool_call`). An env that holds a server gets `env.end_episode()`, which frees the server for a
-   waiting episode, also when the batch raised; once its step returns if one still runs (`envs.threads`)."""
+   waiting episode, also when the batch raised; once its step (or a policy turn) returns if one still runs
+   (`envs.threads`)."""
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -38,9 +38,10 @@ from typing import Any
 
 from envs.base import RunStop, ToolCall, ToolEnv
 from envs.sandbox.protocol import clip
-from envs.threads import after_calls, submit
+from envs.threads import after_calls, calling, submit
 from rl.chat import ChatFormat
 from rl.config import RolloutSection
+from rl.credit import state_digest
 from rl.generation import (
     BatchedStream,
     Generation,
@@ -348,7 +349,7 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
     async def main() -> _Rollout:
         if policy is not None:
             def turns(keys: list[int], prompts, params) -> list[Generation]:
-                return [_policy_turn(chat, policy(episodes[k].env), settings.response_prefix) for k in keys]
+                return [_policy_turn(chat, policy, episodes[k].env, settings.response_prefix) for k in keys]
             stream: GenerationStream = BatchedStream(turns, len(episodes), settings.batch_wait_s)
         else:
             stream = open_stream(backend, len(episodes), settings.batch_wait_s)
@@ -363,8 +364,11 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
     return [_trajectory(ep) for ep in episodes]
 
 
-def _policy_turn(chat: ChatFormat, action: ToolCall | str, prefix: str) -> Generation:
-    """A policy's action as the tokens a model would have produced for it, ending its turn."""
+def _policy_turn(chat: ChatFormat, policy: Callable[[ToolEnv], ToolCall | str], env: ToolEnv,
+                 prefix: str) -> Generation:
+    """The policy's action in `env` as the tokens a model would have produced for it, ending its turn."""
+    with calling(env):  # the policy reads the env: its end and close wait for it, as for a step
+        action = policy(env)
     text = action if isinstance(action, str) else chat.tool_format.render_call(action)
     text = text.removeprefix(prefix)  # the prefix is context, not the policy's output
     ending = chat.closing_ids()
@@ -386,15 +390,3 @@ def _trajectory(ep: _Episode) -> Trajectory:
     }
     return Trajectory(ep.prompt_ids, ep.completion_ids, ep.logprobs, ep.env_mask, info, ep.images, ep.turns, ep.texts,
                       ep.prompt, ep.replies)
-
-
-def state_digest(env: ToolEnv) -> int | None:
-    """A 64-bit digest of the env's `state_key()`, equal in every process (Python's own `hash` of a
-    string is not), so that step-level advantages can group turns across data-parallel ranks."""
-    try:
-        key = env.state_key()
-    except Exception:  # noqa: BLE001 - a broken key only costs this turn its step-level advantage
-        return None
-    if key is None:
-        return None
-    return int.from_bytes(hashlib.blake2b(repr(key).encode(), digest_size=8).digest(), "big", signed=True)

@@ -133,3 +133,41 @@ def test_an_env_mid_step_when_an_eval_batch_raises_is_ended_and_closed_once_its_
     held.release.set()
     assert held.closed_now.wait(5)
     assert (held.ended, held.closed) == (1, 1) and held.during_step == [] == other.during_step
+
+
+def test_an_env_a_policy_is_reading_when_an_eval_batch_raises_is_closed_once_the_policy_returns(monkeypatch):
+    """A reference policy reads its env in the rollout's generation thread. When another episode's step ends the
+    batch (RunStop) while a policy turn is still reading its env, that env is ended and closed only once the
+    policy has returned, as for an env step past its deadline."""
+    built, reading, release = [], threading.Event(), threading.Event()
+
+    class Env(HeldStep):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            built.append(self)
+
+        def step(self, action):
+            if self is built[2]:  # the batch's second episode: its first step ends the batch mid policy turn
+                assert reading.wait(5)
+                raise RunStop("the env server went away")
+            return super().step(action)
+
+    def holding(policy):
+        def act(env):
+            if env is built[1] and env.turns:  # the batch's first episode, its second turn: the policy reads on
+                env.stepping = True  # close() and end_episode() note a call made now
+                reading.set()
+                release.wait(10)  # a bound, so that a failing test does not hang its thread
+                env.stepping = False
+            return policy(env)
+        return act
+
+    monkeypatch.setattr(envs, "resolve", lambda name: Env)
+    with pytest.raises(RunStop, match="went away"):
+        _play("random", [0, 1], wrap=holding)
+    _probe, read, stopped = built
+    assert (stopped.ended, stopped.closed) == (1, 1)
+    assert (read.ended, read.closed) == (0, 0)  # not pulled from under the policy
+    release.set()
+    assert read.closed_now.wait(5)
+    assert (read.ended, read.closed) == (1, 1) and read.during_step == []

@@ -204,7 +204,7 @@ def test_stop_after_tool_call_cuts_the_turn_and_closes_it_as_context(chat, scrip
 
 
 def test_each_model_turn_records_its_token_span_and_the_env_state_it_acted_in(chat, scripted):
-    from rl.rollout import state_digest
+    from rl.credit import state_digest
 
     row, col, digit = solution_move()
     place = (f'<tool_call>\n{{"name": "place", "arguments": '
