@@ -98,12 +98,11 @@ def test_the_config_picks_the_experts_options_and_names_a_bad_one():
     from rl.config import load_config
     from rl.evaluation import make_policy
 
-    cfg = load_config("configs/sudoku-sft.yaml", ["sft.expert.order=reading"])
-    assert cfg.sft.expert == {"order": "reading"}
-    assert make_policy(cfg, "expert", **cfg.sft.expert).order == "reading"
-    recipe = load_config("configs/sudoku-sft.yaml")  # its demonstrations fill the first cell its board lists
-    assert recipe.sft.expert == {"order": "constrained"} and recipe.env.kwargs["list_empty_cells"] == "constrained"
-    assert make_policy(load_config("configs/sudoku.yaml"), "expert").order == "reading"  # SudokuExpert's default
+    cfg = load_config("configs/sudoku-sft.yaml")  # its demonstrations fill the first cell its board lists
+    assert cfg.sft.expert == {"order": "constrained"} and cfg.env.kwargs["list_empty_cells"] == "constrained"
+    assert make_policy(cfg, "expert", **cfg.sft.expert).order == "constrained"
+    assert make_policy(cfg, "expert").order == "reading"  # SudokuExpert's own default
+    assert load_config("configs/sudoku-sft.yaml", ["sft.expert.order=reading"]).sft.expert == {"order": "reading"}
     with pytest.raises(ValueError,
                        match=r"unknown option\(s\) 'depth' for SudokuExpert \(accepted: explore, seed, order\)"):
         make_policy(cfg, "expert", depth=3)
