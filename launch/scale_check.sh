@@ -35,11 +35,11 @@ for run in sorted(p for p in out.iterdir() if (p / "metrics.jsonl").exists()):
     steps = [r for r in map(json.loads, (run / "metrics.jsonl").open()) if "perf/step_s" in r]
     if steps:
         last = steps[-1]
-        rows[run.name] = {"steps": len(steps), "peak_gpu_mem_gib": last["perf/peak_gpu_mem_gib"],
+        rows[run.name] = {"steps": len(steps), "peak_gpu_mem_gib": last.get("perf/peak_gpu_mem_gib"),  # none on CPU
                           "step_s": last["perf/step_s"], "weight_sync_s": last.get("rollout/weight_sync_s")}
 (out / "scale_check.json").write_text(json.dumps(rows, indent=2))
 print("| run | steps | peak GPU memory (GiB) | step (s) | weight sync (s) |\n|---|---|---|---|---|")
 for name, r in rows.items():
-    sync = "-" if r["weight_sync_s"] is None else f"{r['weight_sync_s']:.2f}"
-    print(f"| {name} | {r['steps']} | {r['peak_gpu_mem_gib']:.2f} | {r['step_s']:.2f} | {sync} |")
+    sync, peak = ("-" if r[k] is None else f"{r[k]:.2f}" for k in ("weight_sync_s", "peak_gpu_mem_gib"))
+    print(f"| {name} | {r['steps']} | {peak} | {r['step_s']:.2f} | {sync} |")
 PY
