@@ -155,13 +155,21 @@ class SudokuEnv(ToolEnv):
             groups = [" ".join(cells[i:i + bw]) for i in range(0, n, bw)]
             lines.append(f"Row {r + 1}: " + " | ".join(groups))
         if self.list_empty_cells:
-            empty = [c for c, v in enumerate(self.board) if v == 0]
-            if self.list_empty_cells == "constrained":
-                near = peers(n)
-                empty.sort(key=lambda c: sum(all(self.board[p] != d for p in near[c]) for d in range(1, n + 1)))
-            cells = [f"({c // n + 1},{c % n + 1})" for c in empty]
+            order = "constrained" if self.list_empty_cells == "constrained" else "reading"
+            cells = [f"({c // n + 1},{c % n + 1})" for c in self.empty_cells(order)]
             lines.append("Empty cells (row, col): " + (" ".join(cells) or "none"))
         return "\n".join(lines)
+
+    def legal_digits(self, cell: int) -> set[int]:
+        """The digits no cell of `cell`'s row, column or box holds."""
+        return set(range(1, self.size + 1)) - {self.board[p] for p in peers(self.size)[cell]}
+
+    def empty_cells(self, order: str = "reading") -> list[int]:
+        """The empty cells, row by row ("reading"), or fewest legal digits first ("constrained"; ties row by row)."""
+        empty = [c for c, v in enumerate(self.board) if v == 0]
+        if order == "constrained":
+            empty.sort(key=lambda c: len(self.legal_digits(c)))
+        return empty
 
     def render(self) -> str | None:
         return self.board_text() if self.render_mode == "ansi" else None

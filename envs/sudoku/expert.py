@@ -13,7 +13,6 @@ import random
 from envs.base import ToolCall
 from envs.sandbox.task import submission_policies
 from envs.sudoku.env import SudokuEnv
-from envs.sudoku.puzzles import peers
 
 
 class SudokuExpert:
@@ -24,8 +23,8 @@ class SudokuExpert:
     84% of 4x4 hard moves, and otherwise fixed only by the rest of the puzzle.
     "constrained": the cell with the fewest legal digits (the first such in reading
     order): its digit was forced in every 4x4 move we measured, but finding that cell
-    means checking them all.
-    Gemma 3 270M imitates "reading" better (see configs/sudoku-sft.yaml).
+    means checking them all, unless the board lists it first (`list_empty_cells:
+    constrained`, as configs/sudoku-sft.yaml has it).
     """
 
     ORDERS = ("reading", "constrained")
@@ -41,11 +40,7 @@ class SudokuExpert:
         if self.rng.random() < self.explore:
             return ToolCall("show_board", {})
         n = env.size
-        empty = [c for c, v in enumerate(env.board) if v == 0]
-        if self.order == "reading":
-            cell = empty[0]
-        else:
-            cell = min(empty, key=lambda c: (len(_candidates(env, c)), c))
+        cell = env.empty_cells(self.order)[0]
         return ToolCall("place", {"row": cell // n + 1, "col": cell % n + 1, "digit": env.solution[cell]})
 
 
@@ -65,20 +60,10 @@ class SudokuRandom:
 
     def __call__(self, env: SudokuEnv) -> ToolCall:
         n = env.size
-        empty = [c for c, v in enumerate(env.board) if v == 0]
-        if self.order == "random":
-            cell = self.rng.choice(empty)
-        elif self.order == "reading":
-            cell = empty[0]
-        else:
-            cell = min(empty, key=lambda c: (len(_candidates(env, c)), c))
-        digits = sorted(_candidates(env, cell)) or list(range(1, n + 1))
+        empty = env.empty_cells("reading" if self.order == "random" else self.order)
+        cell = self.rng.choice(empty) if self.order == "random" else empty[0]
+        digits = sorted(env.legal_digits(cell)) or list(range(1, n + 1))
         return ToolCall("place", {"row": cell // n + 1, "col": cell % n + 1, "digit": self.rng.choice(digits)})
-
-
-def _candidates(env: SudokuEnv, cell: int) -> set[int]:
-    used = {env.board[p] for p in peers(env.size)[cell]}
-    return set(range(1, env.size + 1)) - used
 
 
 # ---------------------------------------------------------------------------------------
