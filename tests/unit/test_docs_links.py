@@ -1,6 +1,7 @@
 """Every relative link in the project's Markdown files names a file that exists and, where it names a heading
 (`file.md#anchor`), a heading that file has (GitHub's anchors: lower case, punctuation dropped, spaces as hyphens)."""
 
+import functools
 import re
 from pathlib import Path
 
@@ -17,6 +18,7 @@ def prose(md: Path) -> str:
     return re.sub(r"```.*?```", "", md.read_text(), flags=re.DOTALL)  # code blocks: commands and comments
 
 
+@functools.cache  # a file many links point into is read once
 def anchors(md: Path) -> set[str]:
     headings = re.findall(r"^#{1,6}\s+(.+?)\s*$", prose(md), flags=re.MULTILINE)
     return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in headings}
@@ -28,7 +30,7 @@ def broken_links(md: Path) -> list[str]:
         if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
             continue
         path, _, anchor = target.partition("#")
-        dest = (md.parent / path) if path else md
+        dest = (md.parent / path).resolve() if path else md
         if not dest.exists():
             broken.append(f"{target} (no such file)")
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
