@@ -40,7 +40,8 @@ class VLLMSection:
     dtype: str = "auto"
     # After every weight push, score this many tokens of the last batch's first episode under the
     # engine and the trainer and log the largest and mean logprob difference
-    # (rollout/sync_logprob_diff_max, _mean): proof that the engine samples from the trained weights. 0 = off.
+    # (rollout/sync_logprob_diff_max, _mean): proof that the engine samples from the trained weights; beside it the
+    # engine's gap from before the push (_stale_max, _stale_mean), what a lost push would read. 0 = off.
     sync_check_tokens: int = 256
     # More `vllm.LLM` arguments for the in-process engine, e.g. {compilation_config: {cudagraph_mode: FULL}} or
     # {enforce_eager: true}; the keys the fields above set are refused (see VLLM_ENGINE_ARGS_SET_BY).

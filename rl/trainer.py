@@ -159,11 +159,9 @@ class EpisodeRollouts:
                 self.backend.update_weights(model, version=step)
             trainer.accelerator.wait_for_everyone()
         else:
-            pushed = self.backend.update_weights(model, version=step)
-            if pushed and len(self.probe_ids) > 1 and hasattr(self.backend, "prompt_logprobs"):
-                from rl.vllm_weights import sync_gap
+            from rl.vllm_weights import push_checked
 
-                self.sync_check = sync_gap(self.backend, model, self.probe_ids)
+            self.sync_check = push_checked(self.backend, model, step, self.probe_ids) or self.sync_check
         return self.backend
 
     def wake_up(self) -> None:
@@ -200,9 +198,8 @@ class EpisodeRollouts:
         sync = getattr(self.backend, "last_sync", None)
         if sync:
             metrics["rollout/weight_sync_s"].append(sync["seconds"])
-        if self.sync_check:
-            metrics["rollout/sync_logprob_diff_max"].append(self.sync_check["max"])
-            metrics["rollout/sync_logprob_diff_mean"].append(self.sync_check["mean"])
+        for key, value in self.sync_check.items():  # max, mean; stale_max, stale_mean: before the push
+            metrics[f"rollout/sync_logprob_diff_{key}"].append(value)
         if issubclass(self.env_cls, RemoteEnv):  # the same on every process, so all of them gather
             stats = remote_stats()  # this step's server episodes, failures, retries, queueing; all processes
             step = [stats[k] - self.remote_seen.get(k, 0.0) for k in stats]

@@ -1,7 +1,7 @@
 """The trainer's weights as a vLLM engine loads them: checkpoint names, LoRA merged, fused shards together.
 
 Used by the colocated engine (`rl.vllm_backend`: in-place pushes, the start-up checkpoint) and by the
-server backend (`rl.vllm_server_backend`: pushes over HTTP). `sync_gap` checks a push landed.
+server backend (`rl.vllm_server_backend`: pushes over HTTP). `push_checked` pushes and checks the push landed.
 """
 
 from __future__ import annotations
@@ -18,10 +18,14 @@ if TYPE_CHECKING:
     import torch
 
 
-def sync_gap(backend, model: torch.nn.Module, ids: list[int]) -> dict[str, float]:
+def sync_gap(backend, model: torch.nn.Module, ids: list[int], before: list[float] | None = None) -> dict[str, float]:
     """How far the engine's logprobs of `ids` are from the trainer model's: {"max": .., "mean": ..}
     of |difference| over every token after the first. After a weight push, this is the check that
-    the engine samples from the weights being trained (float32/TF32 on both sides: about 1e-3)."""
+    the engine samples from the weights being trained (float32/TF32 on both sides: about 1e-3).
+
+    `before`: the engine's logprobs of `ids` from before the push. Their gap to the trainer's
+    ("stale_max", "stale_mean") is what the check would read had the push been lost: the scale
+    that says whether the first gap is small."""
     import torch
 
     engine = torch.tensor(backend.prompt_logprobs(ids))
@@ -31,7 +35,22 @@ def sync_gap(backend, model: torch.nn.Module, ids: list[int]) -> dict[str, float
         logits = model(input_ids=x).logits[0, :-1].float()
         trainer = torch.log_softmax(logits, -1).gather(-1, x[0, 1:, None]).squeeze(-1).cpu()
     gap = (engine - trainer).abs()
-    return {"max": float(gap.max()), "mean": float(gap.mean())}
+    out = {"max": float(gap.max()), "mean": float(gap.mean())}
+    if before is not None:
+        stale = (torch.tensor(before) - trainer).abs()
+        out |= {"stale_max": float(stale.max()), "stale_mean": float(stale.mean())}
+    return out
+
+
+def push_checked(backend, model: torch.nn.Module, version: int, ids: list[int]) -> dict[str, float] | None:
+    """Push `model`'s weights into `backend` (unless it holds `version` already) and check the push on `ids`
+    (`sync_gap`, with the engine's logprobs from before the push as the stale reference). None when nothing
+    was pushed, or the backend cannot score `ids` (only the vllm backend can), or `ids` are too few."""
+    probe = len(ids) > 1 and hasattr(backend, "prompt_logprobs")
+    before = backend.prompt_logprobs(ids) if probe and backend.weights_version != version else None
+    if not backend.update_weights(model, version=version) or not probe:
+        return None
+    return sync_gap(backend, model, ids, before)
 
 
 def _named_weights(model: torch.nn.Module) -> list[tuple[str, bool, Any]]:

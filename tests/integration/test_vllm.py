@@ -183,6 +183,7 @@ def test_weight_sync_after_optimizer_steps(backend, model, tiny_tokenizer):
     fixed = PROMPTS[0] + list(range(50, 56)) + [30, 31]
     stale = sync_gap(backend, trained, fixed)  # the engine still holds the old weights: the check sees it
     assert stale["max"] > 0.5, stale
+    old_logprobs = backend.prompt_logprobs(fixed)
     try:
         assert backend.update_weights(trained, version=1)
         assert backend.last_sync["tensors"] == len(trained.state_dict())  # everything trains: all sent
@@ -195,8 +196,10 @@ def test_weight_sync_after_optimizer_steps(backend, model, tiny_tokenizer):
 
         # A fixed sequence, scored by the engine (prompt logprobs) and by the trainer model.
         assert backend.prompt_logprobs(fixed) == pytest.approx(forward_logprobs(trained, fixed[:1], fixed[1:]), abs=TOL)
-        gap = sync_gap(backend, trained, fixed)
+        gap = sync_gap(backend, trained, fixed, old_logprobs)
         assert gap["max"] <= TOL and gap["mean"] <= gap["max"]
+        # the reference from before the push reads what the check read on the stale engine
+        assert (gap["stale_max"], gap["stale_mean"]) == pytest.approx((stale["max"], stale["mean"]), abs=1e-6)
 
         assert not backend.update_weights(trained, version=1), "same version: nothing to push"
     finally:

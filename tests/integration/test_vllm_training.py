@@ -65,6 +65,9 @@ def test_colocated_engine_follows_every_optimizer_step(tmp_path):
     # step 2's rollout came after a push, checked on step 1's first episode: the engine held the trained weights
     assert "rollout/sync_logprob_diff_max" not in metrics[0]  # nothing pushed before step 1
     assert 0 <= metrics[1]["rollout/sync_logprob_diff_mean"] <= metrics[1]["rollout/sync_logprob_diff_max"] <= TOL
+    # beside it, the engine before the push against the trained weights: what a lost push would have read
+    assert metrics[1]["rollout/sync_logprob_diff_stale_mean"] > 10 * metrics[1]["rollout/sync_logprob_diff_mean"]
+    assert metrics[1]["rollout/sync_logprob_diff_stale_max"] > TOL
     assert rollouts.sync_check and len(rollouts.probe_ids) > 1
 
 
