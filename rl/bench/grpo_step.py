@@ -14,7 +14,9 @@ captures CUDA graphs; each step's parts come from the run's metrics.jsonl:
 - generation: `rollout/wall_s`, the rollout from weight sync to the last episode's end;
 - scoring: `time/generate_and_score_s` minus that: the logprob passes, rewards, advantages, sample log;
 - training: the step's wall time (`perf/step_s`, optimizer step included) minus `time/generate_and_score_s`:
-  the loss passes, clipping and the optimizer step.
+  the loss passes, clipping and the optimizer step;
+- on an in-process engine, the check of each weight push: `sync_logprob_diff_mean` (engine vs trainer after the
+  push) and `sync_logprob_diff_stale_mean` (before it), in nats per token.
 
 Every row also has episodes/s and its step time over the first backend's (`step_s_over_first`); the parts are
 process 0's (every process waits for the others at the step's collectives).
@@ -93,12 +95,18 @@ def step_parts(rows: list[dict]) -> dict:
     def mean(fn) -> float:
         return statistics.fmean(fn(r) for r in timed)
 
-    return {"steps_timed": len(timed), "step_s": mean(lambda r: r["perf/step_s"]),
-            "generation_s": mean(lambda r: r["rollout/wall_s"]),
-            "scoring_s": mean(lambda r: r["time/generate_and_score_s"] - r["rollout/wall_s"]),
-            "training_s": mean(lambda r: r["perf/step_s"] - r["time/generate_and_score_s"]),
-            "weight_sync_s": mean(lambda r: r.get("rollout/weight_sync_s", 0.0)),
-            "solved": mean(lambda r: r.get("env/solved", 0.0))}
+    parts = {"steps_timed": len(timed), "step_s": mean(lambda r: r["perf/step_s"]),
+             "generation_s": mean(lambda r: r["rollout/wall_s"]),
+             "scoring_s": mean(lambda r: r["time/generate_and_score_s"] - r["rollout/wall_s"]),
+             "training_s": mean(lambda r: r["perf/step_s"] - r["time/generate_and_score_s"]),
+             "weight_sync_s": mean(lambda r: r.get("rollout/weight_sync_s", 0.0)),
+             "solved": mean(lambda r: r.get("env/solved", 0.0))}
+    # an engine's check of each push (rl.vllm_weights.push_checked): the mean logprob gap to the trainer after
+    # the push, and before it (the engine still on the last step's weights)
+    for key in ("sync_logprob_diff_mean", "sync_logprob_diff_stale_mean"):
+        if all(f"rollout/{key}" in r for r in timed):
+            parts[key] = statistics.fmean(r[f"rollout/{key}"] for r in timed)
+    return parts
 
 
 @suite("grpo_step", options=["model", "config", "backends", "steps", "episodes", "overrides", "processes",
