@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from rl.generation import Generation, SamplingParams
 from rl.stop_strings import CONTEXT_TOKENS, StopStrings
-from rl.vllm_stream import EngineStream, sampled_logprobs, stopped_generation
+from rl.vllm_stream import SWITCH_INTERVAL_S, EngineStream, sampled_logprobs, stopped_generation
 from rl.vllm_weights import fused_groups, save_for_vllm, small_vocab_runner, weights_for_sync
 
 if TYPE_CHECKING:
@@ -123,6 +123,7 @@ class VLLMBackend:
         self._frozen_in_sync = weights_version is not None  # the engine already holds every frozen tensor
         self.last_sync: dict[str, float] = {}  # {"tensors": n, "seconds": s} of the last push
         self._stops: dict[tuple[str, ...], StopStrings] = {}
+        self.switch_interval_s: float | None = SWITCH_INTERVAL_S  # the GIL's while a stream is open (rl.vllm_stream)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, tokenizer, directory: str | Path, **kwargs) -> VLLMBackend:
@@ -143,10 +144,12 @@ class VLLMBackend:
         dtype = getattr(settings, "dtype", "auto")
         if dtype == "auto":
             dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        return cls.from_model(model, tokenizer, directory, dtype=dtype,
-                              seed=seed, gpu_memory_utilization=settings.gpu_memory_utilization,
-                              kv_cache_gib=settings.kv_cache_gib, max_model_len=settings.max_model_len,
-                              **getattr(settings, "engine_args", {}), **kwargs)
+        backend = cls.from_model(model, tokenizer, directory, dtype=dtype,
+                                 seed=seed, gpu_memory_utilization=settings.gpu_memory_utilization,
+                                 kv_cache_gib=settings.kv_cache_gib, max_model_len=settings.max_model_len,
+                                 **getattr(settings, "engine_args", {}), **kwargs)
+        backend.switch_interval_s = getattr(settings, "switch_interval_s", backend.switch_interval_s)
+        return backend
 
     # ------------------------------------------------------------------ generation
 
@@ -189,7 +192,7 @@ class VLLMBackend:
 
     def stream(self) -> EngineStream:
         """Per-episode requests, continuously batched by the engine (see `rl.vllm_stream`)."""
-        return EngineStream(self)
+        return EngineStream(self, self.switch_interval_s)
 
     @staticmethod
     def _sampling_params(params: SamplingParams, index: int):

@@ -220,17 +220,23 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
             trajectories = run_episodes(batch_envs, list(range(n)), backend, chat, settings, metrics=timing)
         return timing["generated_tokens"], (trajectories, timing)
 
+    # the vLLM rollout also with the process's own GIL switch interval (rollout.vllm.switch_interval_s: null)
+    shortened = vllm.switch_interval_s
+    runs = [(name, backend, shortened if backend is vllm else None) for name, backend in backends.items()]
+    runs.insert(1, ("vllm colocate (VLLMBackend), Python's GIL switch interval", vllm, None))
     try:
         rows, played = [], None
-        for name, backend in backends.items():
+        for name, backend, interval in runs:
+            if backend is vllm:
+                vllm.switch_interval_s = interval
             tokens, seconds, (trajectories, timing), engine = best(lambda b=backend: episodes(b))
             rows.append({"test": test, "backend": name, "tokens": tokens, "seconds": seconds,
                          "tokens_per_s": tokens / seconds, "vs_raw_vllm": tokens / seconds / ceiling,
                          "episodes_per_s": n / seconds,
                          "model_turns": sum(t.info["model_turns"] for t in trajectories) / n,
                          "generation_s": timing["generation_s"], "env_s": timing["env_s"],
-                         **(engine if backend is vllm else {})})
-            played = trajectories if backend is vllm else played
+                         **({**engine, "switch_interval_s": interval} if backend is vllm else {})})
+            played = trajectories if backend is vllm and played is None else played
         turns = _model_turns(played)
         replays = {"vllm raw LLM.generate, same turns": _bare(settings.temperature, _seeded()),
                    "vllm raw LLM.generate, same turns, vLLM's stop strings":
@@ -240,6 +246,7 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
             rows.append({"test": test, "backend": name, "tokens": tokens, "seconds": seconds,
                          "tokens_per_s": tokens / seconds, "vs_raw_vllm": tokens / seconds / ceiling, **engine})
     finally:
+        vllm.switch_interval_s = shortened
         steps.close()
     bare, vllm_stops = rows[-2]["tokens_per_s"], rows[-1]["tokens_per_s"]
     for row in rows:

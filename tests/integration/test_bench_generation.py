@@ -28,5 +28,9 @@ def test_the_rollout_is_measured_against_replays_of_its_own_turns_with_engine_st
     # the replay starts each turn's requests together, yet their prompts' later chunks are prefill steps too
     assert bare["prefill_steps"] > 3
     assert bare["prefill_steps"] <= rollout["prefill_steps"]  # the rollout's turns join one by one
+    # the rollout again with the process's own GIL switch interval (unseeded on a CPU: other tokens)
+    python_switch = by_name[(multi, "vllm colocate (VLLMBackend), Python's GIL switch interval")]
+    assert python_switch["tokens"] > 0 and python_switch["engine_steps"] > 0
+    assert (rollout["switch_interval_s"], python_switch["switch_interval_s"]) == (0.0005, None)
     # the hf rollout has no engine steps of its own
     assert "engine_steps" not in by_name[(multi, "hf (TransformersBackend)")]

@@ -78,3 +78,31 @@ def test_an_error_in_a_rows_stop_check_reaches_its_episode_alone(backend, tiny_t
     assert isinstance(got[1], RuntimeError) and str(got[1]) == "stop check broke"
     for g, e in [(got[0], expected[0]), (got[2], expected[2]), (got[3], expected[3])]:
         assert (g.token_ids, g.stop_string, g.stopped_with) == (e.token_ids, e.stop_string, e.stopped_with)
+
+
+def test_the_gil_switch_interval_is_short_while_a_stream_is_open_and_comes_back_after(backend):
+    import sys
+
+    before = sys.getswitchinterval()
+    assert before != backend.switch_interval_s == 0.0005  # Python's own 5 ms, unless set elsewhere
+    seen = []
+
+    async def run():
+        first, second = backend.stream(), backend.stream()
+        seen.append(sys.getswitchinterval())
+        [gen] = await asyncio.gather(first.generate(0, PROMPTS[0], GREEDY))
+        await first.aclose()  # closed before the other: the interval stays while one is open
+        seen.append(sys.getswitchinterval())
+        await second.aclose()
+        seen.append(sys.getswitchinterval())
+        backend.switch_interval_s = None  # rollout.vllm.switch_interval_s: null
+        try:
+            third = backend.stream()
+            seen.append(sys.getswitchinterval())
+            await third.aclose()
+        finally:
+            backend.switch_interval_s = 0.0005
+        return gen
+
+    assert asyncio.run(run()).token_ids
+    assert seen == [0.0005, 0.0005, before, before]
