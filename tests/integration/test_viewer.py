@@ -71,7 +71,7 @@ def test_the_run_logs_turns_rewards_and_capped_token_views(run):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory):
     if not (CHROMIUM and CHROMEDRIVER):
         if os.environ.get("TOOLGYM_REQUIRE_BROWSER") == "1":
             pytest.fail("no chromium/chromedriver on PATH: apt-get install -y chromium chromium-driver")
@@ -83,7 +83,11 @@ def browser():
     options.binary_location = CHROMIUM  # with both paths given, Selenium fetches nothing
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,900"):
         options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+    # chromium's profile and its singleton socket folder go in the test's own scratch, not the machine's /tmp
+    scratch = tmp_path_factory.mktemp("chromium")
+    options.add_argument(f"--user-data-dir={scratch / 'profile'}")
+    service = Service(CHROMEDRIVER, env={**os.environ, "TMPDIR": str(scratch)})
+    driver = webdriver.Chrome(options=options, service=service)
     yield driver
     driver.quit()
 
