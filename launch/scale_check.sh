@@ -19,7 +19,17 @@ if [[ "$RESUME" != 0 && "$RESUME" != 1 ]]; then
     echo "RESUME=$RESUME: accepted are 0 (no resume) and 1 (checkpoint at step 2, resume for step 3)" >&2
     exit 2
 fi
-NAMES="ddp-lora zero2-lora zero3-lora zero3-offload-lora zero3-full zero3-offload-full fsdp2-lora"
+RUNS=(  # name, accelerate config (configs/accelerate/<config>.yaml), the run's own settings
+    "ddp-lora ddp"
+    "zero2-lora zero2"
+    "zero3-lora zero3"
+    "zero3-offload-lora zero3-offload"
+    "zero3-full zero3 --set lora.enabled=false"
+    "zero3-offload-full zero3-offload --set lora.enabled=false"
+    "fsdp2-lora fsdp2"
+)
+NAMES=$(for spec in "${RUNS[@]}"; do printf '%s ' "${spec%% *}"; done)
+NAMES=${NAMES% }
 for name in $ONLY; do
     if [[ " $NAMES " != *" $name "* ]]; then
         echo "ONLY names $name: accepted are $NAMES" >&2
@@ -44,13 +54,10 @@ run() {  # name config [--set ...]
         launch "$1" "$2" --resume --set grpo.max_steps=3 "${@:3}"
     fi
 }
-run ddp-lora ddp "$@"
-run zero2-lora zero2 "$@"
-run zero3-lora zero3 "$@"
-run zero3-offload-lora zero3-offload "$@"
-run zero3-full zero3 --set lora.enabled=false "$@"
-run zero3-offload-full zero3-offload --set lora.enabled=false "$@"
-run fsdp2-lora fsdp2 "$@"
+for spec in "${RUNS[@]}"; do
+    # shellcheck disable=SC2086  # the spec's words are the run's arguments
+    run $spec "$@"
+done
 python - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path

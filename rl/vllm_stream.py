@@ -92,24 +92,25 @@ class _Result:
 # 43 ms after its row ended at 5 ms, 8.6 ms at 0.5 ms, and the replay took 4.5 s against 3.7 s.
 SWITCH_INTERVAL_S = 0.0005
 _switch_lock = threading.Lock()
-_switch_holders: list[float] = []  # the interval each open stream found; the first one's comes back with the last
+_switch = {"open": 0, "found": 0.0}  # streams holding the interval; the one the first of them found
 
 
 def _lower_switch_interval(seconds: float | None) -> bool:
     if seconds is None:
         return False
     with _switch_lock:
-        _switch_holders.append(sys.getswitchinterval())
-        if len(_switch_holders) == 1:
+        if _switch["open"] == 0:
+            _switch["found"] = sys.getswitchinterval()
             sys.setswitchinterval(seconds)
+        _switch["open"] += 1
     return True
 
 
 def _restore_switch_interval() -> None:
     with _switch_lock:
-        found = _switch_holders.pop()
-        if not _switch_holders:
-            sys.setswitchinterval(found)
+        _switch["open"] -= 1
+        if _switch["open"] == 0:
+            sys.setswitchinterval(_switch["found"])
 
 
 class EngineStream:

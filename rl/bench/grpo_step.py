@@ -105,7 +105,7 @@ def step_parts(rows: list[dict]) -> dict:
     # the push, and before it (the engine still on the last step's weights)
     for key in ("sync_logprob_diff_mean", "sync_logprob_diff_stale_mean"):
         if all(f"rollout/{key}" in r for r in timed):
-            parts[key] = statistics.fmean(r[f"rollout/{key}"] for r in timed)
+            parts[key] = mean(lambda r, k=f"rollout/{key}": r[k])
     return parts
 
 
