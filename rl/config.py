@@ -43,10 +43,10 @@ class VLLMSection:
     # (rollout/sync_logprob_diff_max, _mean): proof that the engine samples from the trained weights; beside it the
     # engine's gap from before the push (_stale_max, _stale_mean), what a lost push would read. 0 = off.
     sync_check_tokens: int = 256
-    # Python's GIL switch interval while the engine serves a rollout (Python's own: 0.005). Episodes wait for the
-    # GIL beside the engine's driver thread; a shorter interval gets their next turns to the engine sooner
-    # (rl/vllm_stream.py says by how much). null = leave the process's interval alone.
-    switch_interval_s: float | None = 0.0005
+    # Python's GIL switch interval while the engine serves a rollout; null (the default) leaves the process's own
+    # (Python's: 0.005). Episodes wait for the GIL beside the engine's driver thread: 0.0005 cut that wait on a CPU
+    # with a stand-in engine, but gained nothing on a GPU (rl/bench/baselines/README.md, "GIL switch interval").
+    switch_interval_s: float | None = None
     # More `vllm.LLM` arguments for the in-process engine, e.g. {compilation_config: {cudagraph_mode: FULL}} or
     # {enforce_eager: true}; the keys the fields above set are refused (see VLLM_ENGINE_ARGS_SET_BY).
     engine_args: dict[str, Any] = field(default_factory=dict)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from rl.generation import Generation, SamplingParams
 from rl.stop_strings import CONTEXT_TOKENS, StopStrings
-from rl.vllm_stream import SWITCH_INTERVAL_S, EngineStream, sampled_logprobs, stopped_generation
+from rl.vllm_stream import EngineStream, sampled_logprobs, stopped_generation
 from rl.vllm_weights import fused_groups, save_for_vllm, small_vocab_runner, weights_for_sync
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class VLLMBackend:
         self._frozen_in_sync = weights_version is not None  # the engine already holds every frozen tensor
         self.last_sync: dict[str, float] = {}  # {"tensors": n, "seconds": s} of the last push
         self._stops: dict[tuple[str, ...], StopStrings] = {}
-        self.switch_interval_s: float | None = SWITCH_INTERVAL_S  # the GIL's while a stream is open (rl.vllm_stream)
+        self.switch_interval_s: float | None = None  # the GIL's while a stream is open (None: the process's own)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, tokenizer, directory: str | Path, **kwargs) -> VLLMBackend:

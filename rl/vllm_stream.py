@@ -85,12 +85,12 @@ class _Result:
     value: Any
 
 
-# Python's GIL switch interval while a stream is open (Python's own is 5 ms). The driver thread runs engine steps
-# in this process, and an episode whose turn ended waits for the GIL before it can ask for the next one: each of
-# the 5-6 times a turn needs the GIL, up to a whole interval. In a replay of 339 recorded Sudoku turns through this
-# stream, its engine a stand-in holding the GIL for 4 ms a step (2-core CPU), a turn's next request came a median
-# 43 ms after its row ended at 5 ms, 8.6 ms at 0.5 ms, and the replay took 4.5 s against 3.7 s.
-SWITCH_INTERVAL_S = 0.0005
+# A stream may set Python's GIL switch interval while it is open (`rollout.vllm.switch_interval_s`; by default it
+# leaves it). The driver thread runs engine steps in this process, and an episode whose turn ended waits for the GIL
+# before it can ask for the next one: each of the 5-6 times a turn needs the GIL, up to a whole interval. In a
+# replay of 339 recorded Sudoku turns through this stream, its engine a stand-in holding the GIL for 4 ms a step
+# (2-core CPU), 0.5 ms against Python's 5 ms cut that wait from a median 43 ms to 8.6 ms and the replay from 4.5 s
+# to 3.7 s; on an H100 with the real engine, the rollout was no faster at 0.5 ms (two runs).
 _switch_lock = threading.Lock()
 _switch = {"open": 0, "found": 0.0}  # streams holding the interval; the one the first of them found
 
@@ -125,7 +125,7 @@ class EngineStream:
 
     _STOP = object()
 
-    def __init__(self, backend, switch_interval_s: float | None = SWITCH_INTERVAL_S):
+    def __init__(self, backend, switch_interval_s: float | None = None):
         self.backend = backend
         self.engine = backend.llm.llm_engine
         self.loop = asyncio.get_running_loop()

@@ -86,18 +86,24 @@ def _first_turn_prompts(cfg, chat, env_cls, n: int) -> list[list[int]]:
     return prompts
 
 
-def _best_rate(run, repeats: int, before=None, stats=dict) -> tuple[int, float, object, dict]:
-    """(tokens, seconds, what else `run()` returned, `stats()` after it) of the fastest of `repeats` runs;
-    `run()` returns (tokens generated, anything), `before()` runs ahead of each."""
-    best = None
+def _fastest(runs: dict, repeats: int, before=None, stats=dict) -> dict[str, tuple[int, float, object, dict, list]]:
+    """Per name, (tokens, seconds, what else its run returned, `stats()` after it, every pass's tokens/s) of its
+    fastest of `repeats` runs. The runs take turns, pass after pass, so a machine that is slower for a while slows
+    every row of a pass, not all the repeats of one row. A run returns (tokens generated, anything); `before()`
+    runs ahead of each."""
+    best: dict[str, tuple] = {}
     for _ in range(repeats):
-        if before is not None:
-            before()
-        started = time.perf_counter()
-        tokens, result = run()
-        seconds = time.perf_counter() - started
-        if best is None or tokens / seconds > best[0] / best[1]:
-            best = (tokens, seconds, result, stats())
+        for name, run in runs.items():
+            if before is not None:
+                before()
+            started = time.perf_counter()
+            tokens, result = run()
+            seconds = time.perf_counter() - started
+            rates = [*best[name][4], tokens / seconds] if name in best else [tokens / seconds]
+            if name not in best or tokens / seconds > best[name][0] / best[name][1]:
+                best[name] = (tokens, seconds, result, stats(), rates)
+            else:
+                best[name] = (*best[name][:4], rates)
     return best
 
 
@@ -212,56 +218,62 @@ class _EngineSteps:
         del self.engine.step, self.scheduler.update_from_output  # the instance attributes: the class's methods
 
 
+_VLLM, _HF = "vllm colocate (VLLMBackend)", "hf (TransformersBackend)"
+_SHORT_SWITCH_INTERVAL_S = 0.0005  # the suite's other GIL switch interval, when the run leaves Python's
+
+
+def _at_interval(seconds: float | None) -> str:
+    return "Python's GIL switch interval" if seconds is None else f"GIL switch interval {seconds * 1e3:g} ms"
+
+
 def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, ceiling: float) -> list[dict]:
-    """Whole episodes on each backend, and the engine's raw rate on the very turns the vLLM rollout played:
+    """Whole episodes on each backend, and the engine's raw rate on the very turns the vLLM rollout first played:
     bare (the ceiling), and with the rollout's stop strings (vLLM detokenizes for them)."""
     from envs.base import closing_envs
     from rl.rollout import run_episodes, turn_params
 
-    settings, max_turns, vllm = cfg.rollout, cfg.rollout.max_turns, backends["vllm colocate (VLLMBackend)"]
-    test = f"{n} episodes, max_turns {max_turns}"
+    settings, max_turns, vllm, hf = cfg.rollout, cfg.rollout.max_turns, backends[_VLLM], backends[_HF]
     steps = _EngineSteps(vllm.llm.llm_engine)
+    configured, played = vllm.switch_interval_s, []
 
-    def best(run):  # each run from an empty prefix cache, its engine steps counted
-        return _best_rate(run, repeats, lambda: (vllm.llm.reset_prefix_cache(), steps.reset()), steps.row)
-
-    def episodes(backend):
+    def episodes(backend, interval=None):
         timing: dict = {}
+        vllm.switch_interval_s = interval
         with closing_envs([env_cls(**cfg.env.kwargs) for _ in range(n)]) as batch_envs:
             trajectories = run_episodes(batch_envs, list(range(n)), backend, chat, settings, metrics=timing)
-        return timing["generated_tokens"], (trajectories, timing)
+        if backend is vllm and not played:
+            played.append(trajectories)  # the turns the replays play
+        return timing["generated_tokens"], (trajectories, timing, interval)
 
-    # the vLLM rollout also with the process's own GIL switch interval (rollout.vllm.switch_interval_s: null)
-    shortened = vllm.switch_interval_s
-    runs = [(name, backend, shortened if backend is vllm else None) for name, backend in backends.items()]
-    runs.insert(1, ("vllm colocate (VLLMBackend), Python's GIL switch interval", vllm, None))
-    try:
-        rows, played = [], None
-        for name, backend, interval in runs:
-            if backend is vllm:
-                vllm.switch_interval_s = interval
-            tokens, seconds, (trajectories, timing), engine = best(lambda b=backend: episodes(b))
-            rows.append({"test": test, "backend": name, "tokens": tokens, "seconds": seconds,
-                         "tokens_per_s": tokens / seconds, "vs_raw_vllm": tokens / seconds / ceiling,
-                         "episodes_per_s": n / seconds,
-                         "model_turns": sum(t.info["model_turns"] for t in trajectories) / n,
-                         "generation_s": timing["generation_s"], "env_s": timing["env_s"],
-                         **({**engine, "switch_interval_s": interval} if backend is vllm else {})})
-            played = trajectories if backend is vllm and played is None else played
-        turns = _model_turns(played)
-        replays = {"vllm raw LLM.generate, same turns": _bare(settings.temperature, _seeded()),
-                   "vllm raw LLM.generate, same turns, vLLM's stop strings":
-                       _as_rollout(vllm, turn_params(chat, settings))}
-        for name, sampling in replays.items():
-            tokens, seconds, _, engine = best(lambda f=sampling: (_replay(vllm.llm, turns, f), None))
-            rows.append({"test": test, "backend": name, "tokens": tokens, "seconds": seconds,
-                         "tokens_per_s": tokens / seconds, "vs_raw_vllm": tokens / seconds / ceiling, **engine})
+    # the vLLM rollout also at the other GIL switch interval: 0.5 ms, or Python's own if that is set
+    other = _SHORT_SWITCH_INTERVAL_S if configured is None else None
+    runs = {_VLLM: lambda: episodes(vllm, configured),
+            f"{_VLLM}, {_at_interval(other)}": lambda: episodes(vllm, other),
+            _HF: lambda: episodes(hf)}
+    for name, sampling in {"vllm raw LLM.generate, same turns": _bare(settings.temperature, _seeded()),
+                           "vllm raw LLM.generate, same turns, vLLM's stop strings":
+                               _as_rollout(vllm, turn_params(chat, settings))}.items():
+        runs[name] = lambda f=sampling: (_replay(vllm.llm, _model_turns(played[0]), f), None)
+    try:  # each run from an empty prefix cache, its engine steps counted
+        results = _fastest(runs, repeats, lambda: (vllm.llm.reset_prefix_cache(), steps.reset()), steps.row)
     finally:
-        vllm.switch_interval_s = shortened
+        vllm.switch_interval_s = configured
         steps.close()
+    rows = []
+    for name, (tokens, seconds, result, engine, rates) in results.items():
+        row = {"test": f"{n} episodes, max_turns {max_turns}", "backend": name, "tokens": tokens, "seconds": seconds,
+               "tokens_per_s": tokens / seconds, "vs_raw_vllm": tokens / seconds / ceiling, "passes": rates}
+        if result is not None:
+            trajectories, timing, interval = result
+            row.update(episodes_per_s=n / seconds, model_turns=sum(t.info["model_turns"] for t in trajectories) / n,
+                       generation_s=timing["generation_s"], env_s=timing["env_s"])
+        if name != _HF:
+            row.update(engine, **({"switch_interval_s": interval} if result is not None else {}))
+        rows.append(row)
     bare, vllm_stops = rows[-2]["tokens_per_s"], rows[-1]["tokens_per_s"]
     for row in rows:
         row["vs_raw_same_turns"] = row["tokens_per_s"] / bare
+        row["vs_raw_same_turns_passes"] = [a / b for a, b in zip(row["passes"], rows[-2]["passes"])]  # pass by pass
         row["vs_same_turns_vllm_stops"] = row["tokens_per_s"] / vllm_stops
     return rows
 
@@ -293,25 +305,25 @@ def generation(options: dict) -> list[dict]:
 
         runs = {
             "vllm raw LLM.generate": raw,
-            "vllm colocate (VLLMBackend)": lambda: sum(len(g.token_ids) for g in vllm.generate(prompts, params)),
-            "hf (TransformersBackend)": lambda: sum(len(g.token_ids) for g in hf.generate(prompts, params)),
+            _VLLM: lambda: sum(len(g.token_ids) for g in vllm.generate(prompts, params)),
+            _HF: lambda: sum(len(g.token_ids) for g in hf.generate(prompts, params)),
         }
         warm = SamplingParams(max_new_tokens=4, stop_token_ids=chat.stop_token_ids)
         hf.generate(prompts[:2], warm), vllm.generate(prompts[:2], warm)
         # Every run starts from an empty prefix cache: prompts of one batch may share cached
         # blocks (the tool schemas), but no run reuses an earlier run's.
-        results = {name: _best_rate(lambda r=run: (r(), None), repeats, vllm.llm.reset_prefix_cache)[:2]
-                   for name, run in runs.items()}
+        results = _fastest({name: lambda r=run: (r(), None) for name, run in runs.items()}, repeats,
+                           vllm.llm.reset_prefix_cache)
         ceiling = results["vllm raw LLM.generate"][0] / results["vllm raw LLM.generate"][1]
         rows = []
-        for name, (tokens, seconds) in results.items():
+        for name, (tokens, seconds, _, _, rates) in results.items():
             rate = tokens / seconds
             rows.append({"test": f"first turn, {n} prompts", "backend": name, "tokens": tokens, "seconds": seconds,
-                         "tokens_per_s": rate, "vs_raw_vllm": rate / ceiling})
+                         "tokens_per_s": rate, "vs_raw_vllm": rate / ceiling, "passes": rates})
 
         if max_turns > 0:
             settings.max_turns = max_turns
-            backends = {"vllm colocate (VLLMBackend)": vllm, "hf (TransformersBackend)": hf}
+            backends = {_VLLM: vllm, _HF: hf}
             rows += _multi_turn_rows(cfg, env_cls, chat, backends, n, repeats, ceiling)
         return rows
 

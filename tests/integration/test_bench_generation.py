@@ -26,15 +26,18 @@ def test_the_rollout_is_measured_against_replays_of_its_own_turns_with_engine_st
     assert bare["tokens"] == same["tokens"] == rollout["tokens"] > 0
     assert bare["vs_raw_same_turns"] == 1 and same["vs_same_turns_vllm_stops"] == 1
     assert rollout["vs_raw_same_turns"] == pytest.approx(rollout["tokens_per_s"] / bare["tokens_per_s"])
+    assert rollout["passes"] == [rollout["tokens_per_s"]]  # one pass (repeats 1), its ratio beside it
+    assert rollout["vs_raw_same_turns_passes"] == [pytest.approx(rollout["vs_raw_same_turns"])]
     for row in (rollout, bare, same):
         # every engine step is either one that computes prompt tokens or a decode-only one
         assert row["engine_steps"] > row["prefill_steps"] >= 1 and row["decode_step_ms"] > 0
     # the replay starts each turn's requests together, yet their prompts' later chunks are prefill steps too
     assert bare["prefill_steps"] > 3
     assert bare["prefill_steps"] <= rollout["prefill_steps"]  # the rollout's turns join one by one
-    # the rollout again with the process's own GIL switch interval (unseeded on a CPU: other tokens)
-    python_switch = by_name[(multi, "vllm colocate (VLLMBackend), Python's GIL switch interval")]
-    assert python_switch["tokens"] > 0 and python_switch["engine_steps"] > 0
-    assert (rollout["switch_interval_s"], python_switch["switch_interval_s"]) == (0.0005, None)
+    # the rollout again at a 0.5 ms GIL switch interval, the run's own leaving Python's (unseeded on a CPU: other
+    # tokens)
+    short_switch = by_name[(multi, "vllm colocate (VLLMBackend), GIL switch interval 0.5 ms")]
+    assert short_switch["tokens"] > 0 and short_switch["engine_steps"] > 0
+    assert (rollout["switch_interval_s"], short_switch["switch_interval_s"]) == (None, 0.0005)
     # the hf rollout has no engine steps of its own
     assert "engine_steps" not in by_name[(multi, "hf (TransformersBackend)")]

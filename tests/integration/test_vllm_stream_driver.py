@@ -80,29 +80,29 @@ def test_an_error_in_a_rows_stop_check_reaches_its_episode_alone(backend, tiny_t
         assert (g.token_ids, g.stop_string, g.stopped_with) == (e.token_ids, e.stop_string, e.stopped_with)
 
 
-def test_the_gil_switch_interval_is_short_while_a_stream_is_open_and_comes_back_after(backend):
+def test_a_stream_sets_the_gil_switch_interval_it_is_given_while_open_and_leaves_it_by_default(backend):
     import sys
 
     before = sys.getswitchinterval()
-    assert before != backend.switch_interval_s == 0.0005  # Python's own 5 ms, unless set elsewhere
+    assert backend.switch_interval_s is None and before != 0.0005  # Python's own 5 ms, unless set elsewhere
     seen = []
 
     async def run():
-        first, second = backend.stream(), backend.stream()
+        third = backend.stream()  # rollout.vllm.switch_interval_s: null, the default
+        seen.append(sys.getswitchinterval())
+        await third.aclose()
+        backend.switch_interval_s = 0.0005
+        try:
+            first, second = backend.stream(), backend.stream()
+        finally:
+            backend.switch_interval_s = None
         seen.append(sys.getswitchinterval())
         [gen] = await asyncio.gather(first.generate(0, PROMPTS[0], GREEDY))
         await first.aclose()  # closed before the other: the interval stays while one is open
         seen.append(sys.getswitchinterval())
         await second.aclose()
         seen.append(sys.getswitchinterval())
-        backend.switch_interval_s = None  # rollout.vllm.switch_interval_s: null
-        try:
-            third = backend.stream()
-            seen.append(sys.getswitchinterval())
-            await third.aclose()
-        finally:
-            backend.switch_interval_s = 0.0005
         return gen
 
     assert asyncio.run(run()).token_ids
-    assert seen == [0.0005, 0.0005, before, before]
+    assert seen == [before, 0.0005, 0.0005, before]
