@@ -175,22 +175,48 @@ def _prefills(scheduled) -> bool:
     return bool(scheduled.scheduled_new_reqs) or any(n > 1 for n in scheduled.num_scheduled_tokens.values())
 
 
+_PHASES = ("schedule", "execute", "sample", "update", "outputs")
+
+
 class _EngineSteps:
     """The engine's steps during a run: prefill steps, which compute prompt tokens (a turn's prompt joins the
     batch, or a later chunk of a long one is computed; decoding rows ride along), and decode steps, which compute
     none, with their mean milliseconds. A step is labelled by the batch whose output it waited for (the one the
     scheduler is handed back): with async scheduling (vLLM's default on CUDA) a step schedules the next batch
-    while it waits for the last one, and a step that only fills that pipeline counts as a decode step."""
+    while it waits for the last one, and a step that only fills that pipeline counts as a decode step.
+
+    Each kind's milliseconds are also split by where the step spent them (`prefill_phase_ms`, `decode_phase_ms`):
+    the scheduler choosing a batch (`schedule`), the model runner preparing it and launching the forward pass
+    (`execute`) and the sampling (`sample`), both in this process, the scheduler taking an output back (`update`),
+    the engine turning it into request outputs (`outputs`), and the `rest`, mostly waiting for the device."""
 
     def __init__(self, engine):
-        self.engine, self.step = engine, engine.step
-        self.scheduler = engine.engine_core.engine_core.scheduler
-        self.update = self.scheduler.update_from_output
-        engine.step, self.scheduler.update_from_output = self._step, self._update
+        core = engine.engine_core.engine_core
+        self.engine, self.scheduler, executor = engine, core.scheduler, core.model_executor
+        self.hooks = [(engine, "step", self._step), (self.scheduler, "update_from_output", self._update)]
+        for phase, owner, name in [("schedule", self.scheduler, "schedule"), ("execute", executor, "execute_model"),
+                                   ("sample", executor, "sample_tokens"),
+                                   ("outputs", engine.output_processor, "process_outputs")]:
+            self.hooks.append((owner, name, self._timed(phase, getattr(owner, name))))
+        self.update = self._timed("update", self.scheduler.update_from_output)
+        self.step = engine.step
+        for owner, name, hook in self.hooks:
+            setattr(owner, name, hook)
         self.reset()
 
     def reset(self) -> None:
-        self.steps, self.prefill_steps, self.prefill_s, self.decode_s, self.prefilling = 0, 0, 0.0, 0.0, False
+        self.steps, self.prefill_steps, self.prefilling = 0, 0, False
+        self.seconds = {kind: dict.fromkeys(("step", *_PHASES), 0.0) for kind in ("prefill", "decode")}
+        self.now = dict.fromkeys(_PHASES, 0.0)  # the step under way's
+
+    def _timed(self, phase: str, method):
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.now[phase] += time.perf_counter() - started
+        return timed
 
     def _update(self, scheduled, *args, **kwargs):
         self.prefilling |= _prefills(scheduled)
@@ -201,21 +227,26 @@ class _EngineSteps:
         out = self.step()
         seconds = time.perf_counter() - started
         self.steps += 1
-        if self.prefilling:
-            self.prefill_steps, self.prefill_s = self.prefill_steps + 1, self.prefill_s + seconds
-        else:
-            self.decode_s += seconds
-        self.prefilling = False
+        self.prefill_steps += self.prefilling
+        spent = self.seconds["prefill" if self.prefilling else "decode"]
+        for phase, phase_s in {"step": seconds, **self.now}.items():
+            spent[phase] += phase_s
+        self.prefilling, self.now = False, dict.fromkeys(_PHASES, 0.0)
         return out
 
     def row(self) -> dict:
-        decode_steps = self.steps - self.prefill_steps
+        counts = {"prefill": max(self.prefill_steps, 1), "decode": max(self.steps - self.prefill_steps, 1)}
+        mean_ms = {kind: {phase: 1e3 * s / counts[kind] for phase, s in self.seconds[kind].items()}
+                   for kind in counts}
+        for ms in mean_ms.values():
+            ms["rest"] = ms["step"] - sum(ms[phase] for phase in _PHASES)
         return {"engine_steps": self.steps, "prefill_steps": self.prefill_steps,
-                "prefill_step_ms": 1e3 * self.prefill_s / max(self.prefill_steps, 1),
-                "decode_step_ms": 1e3 * self.decode_s / max(decode_steps, 1)}
+                "prefill_step_ms": mean_ms["prefill"].pop("step"), "decode_step_ms": mean_ms["decode"].pop("step"),
+                "prefill_phase_ms": mean_ms["prefill"], "decode_phase_ms": mean_ms["decode"]}
 
     def close(self) -> None:
-        del self.engine.step, self.scheduler.update_from_output  # the instance attributes: the class's methods
+        for owner, name, _ in self.hooks:
+            delattr(owner, name)  # the instance attributes: the class's methods again
 
 
 _VLLM, _HF = "vllm colocate (VLLMBackend)", "hf (TransformersBackend)"

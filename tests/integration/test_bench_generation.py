@@ -31,6 +31,12 @@ def test_the_rollout_is_measured_against_replays_of_its_own_turns_with_engine_st
     for row in (rollout, bare, same):
         # every engine step is either one that computes prompt tokens or a decode-only one
         assert row["engine_steps"] > row["prefill_steps"] >= 1 and row["decode_step_ms"] > 0
+        # and each kind's time is split by where it went, the parts adding up to the step
+        for kind in ("prefill", "decode"):
+            phases = row[f"{kind}_phase_ms"]
+            assert set(phases) == {"schedule", "execute", "sample", "update", "outputs", "rest"}
+            assert phases["execute"] > 0 and min(phases.values()) >= -1e-6
+            assert sum(phases.values()) == pytest.approx(row[f"{kind}_step_ms"])
     # the replay starts each turn's requests together, yet their prompts' later chunks are prefill steps too
     assert bare["prefill_steps"] > 3
     assert bare["prefill_steps"] <= rollout["prefill_steps"]  # the rollout's turns join one by one
