@@ -65,6 +65,12 @@ class GenerationBackend(Protocol):
     def update_weights(self, model: torch.nn.Module, version: int | None = None) -> bool: ...
 
 
+def holds_version(backend, version: int | None) -> bool:
+    """Whether `backend`'s engine already holds the trainer's weights of `version` (the trainer's global step), so a
+    push of them would change nothing. None is no version: it is never held, and always pushed."""
+    return version is not None and version == getattr(backend, "weights_version", None)
+
+
 class GenerationStream(Protocol):
     """Per-episode generation requests, inside the rollout's event loop."""
 

@@ -32,7 +32,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rl.generation import Generation, SamplingParams
+from rl.generation import Generation, SamplingParams, holds_version
 from rl.stop_strings import CONTEXT_TOKENS, StopStrings
 from rl.vllm_stream import EngineStream, sampled_logprobs, stopped_generation
 from rl.vllm_weights import fused_groups, save_for_vllm, small_vocab_runner, weights_for_sync
@@ -227,7 +227,7 @@ class VLLMBackend:
         copies; the trainer's model is not touched). `version` (the trainer's global step)
         skips the push when the engine already holds it; None always pushes.
         """
-        if version is not None and version == self.weights_version:
+        if holds_version(self, version):
             return False
         groups = fused_groups(self._engine_model())
         self.load_weights(weights_for_sync(model, groups, changing_only=self._frozen_in_sync), version)

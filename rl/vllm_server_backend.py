@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rl.generation import Generation, GenerationError, SamplingParams, run_sync
+from rl.generation import Generation, GenerationError, SamplingParams, holds_version, run_sync
 
 if TYPE_CHECKING:
     import torch
@@ -101,7 +101,7 @@ class VLLMServerBackend:
 
     def update_weights(self, model: torch.nn.Module, version: int | None = None) -> bool:
         """Write the weights that changed to a file and have every server load it."""
-        if version is not None and version == self.weights_version:
+        if holds_version(self, version):
             return False
         import httpx
         import torch

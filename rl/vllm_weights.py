@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rl.generation import holds_version
+
 if TYPE_CHECKING:
     import torch
 
@@ -47,7 +49,7 @@ def push_checked(backend, model: torch.nn.Module, version: int, ids: list[int]) 
     (`sync_gap`, with the engine's logprobs from before the push as the stale reference). None when nothing
     was pushed, or the backend cannot score `ids` (only the vllm backend can), or `ids` are too few."""
     probe = len(ids) > 1 and hasattr(backend, "prompt_logprobs")
-    before = backend.prompt_logprobs(ids) if probe and backend.weights_version != version else None
+    before = backend.prompt_logprobs(ids) if probe and not holds_version(backend, version) else None
     if not backend.update_weights(model, version=version) or not probe:
         return None
     return sync_gap(backend, model, ids, before)
