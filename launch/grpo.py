@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     from rl.trainer import train
 
     with run_stop_exits(parser):
-        out = train(cfg, resume=args.resume)
+        out = train(cfg, resume=args.resume, end_group=True)  # the launcher's process group ends with the run
     if main_process():  # under accelerate launch every process gets here
         print(f"run finished: {out}")
     return 0

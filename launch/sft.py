@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from rl.cli import add_run_arguments, resolve_or_exit, run_stop_exits
-from rl.resume import finished, main_process
+from rl.resume import end_process_group, finished, main_process
 
 
 def main(argv=None) -> int:
@@ -33,6 +33,7 @@ def main(argv=None) -> int:
 
     with run_stop_exits(parser):
         out = train_sft(cfg, resume=args.resume)
+    end_process_group()  # the launcher's, under accelerate launch
     if main_process():
         print(f"SFT finished: {out} (train on: python launch/grpo.py --env {cfg.env.name} --model {out})")
     return 0

@@ -99,6 +99,17 @@ def main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def end_process_group() -> None:
+    """End the torch.distributed group a launcher set up (`accelerate launch`) as a run's process ends: where one
+    is left (NCCL), torch warns at exit that destroy_process_group() was not called. Nothing where there is none,
+    or where torch was never loaded."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def trim_logs(out: Path, step: int) -> None:
     """Cut the run's per-step logs back to a checkpoint at `step`: JSONL rows past it go (rows without a
     step, and their order, stay; a line torn by a kill goes too), and so do held-out results past it."""

@@ -37,7 +37,7 @@ from rl.models import load_image_tokenizer, load_model, load_tokenizer, lora_con
 from rl.plots import save_curve
 from rl.preflight import check_rewards
 from rl.progress import JsonlLogger, RunProgress, TimeLimit
-from rl.resume import checkpoint_step, finished, main_process, resume_from
+from rl.resume import checkpoint_step, end_process_group, finished, main_process, resume_from
 from rl.rollout import STEP_FACTS, Trajectory, run_episodes
 from rl.sharding import StepMemory, full_weights
 from rl.toolcalls import get_format
@@ -177,10 +177,11 @@ class EpisodeRollouts:
             raise
         self.engine_awake = True
 
-    def shutdown(self) -> None:
-        """End the run's generation engine (a colocated vLLM engine and the process group it set up)."""
+    def shutdown(self, end_group: bool = False) -> None:
+        """End the run's generation engine (a colocated vLLM engine and the process group it set up; with
+        `end_group`, also a launcher's group, which the engine joined)."""
         if hasattr(self.backend, "shutdown"):
-            self.backend.shutdown()
+            self.backend.shutdown(end_group=end_group)
 
     def _log_metrics(self, trainer, trajectories: list[Trajectory], timing: dict, elapsed: float) -> None:
         """Episode metrics averaged over every process's episodes; timings are this process's."""
@@ -367,8 +368,9 @@ def build_trainer(cfg: RunConfig):
     return trainer
 
 
-def train(cfg: RunConfig, resume: bool = False) -> Path:
-    """Run GRPO; returns the run directory (metrics.jsonl, episodes.jsonl, checkpoints, final/)."""
+def train(cfg: RunConfig, resume: bool = False, end_group: bool = False) -> Path:
+    """Run GRPO; returns the run directory (metrics.jsonl, episodes.jsonl, checkpoints, final/). `end_group`: the
+    process ends after the run (`launch/grpo.py`), so a launcher's torch.distributed group is ended with it."""
     out = run_dir(cfg)
     done = finished(out, cfg.grpo.max_steps) if resume else None
     if done:  # TRL would train one step past max_steps and overwrite final/
@@ -391,5 +393,7 @@ def train(cfg: RunConfig, resume: bool = False) -> Path:
 
             wandb.finish()  # the run's files complete; a next run in this process (a sweep) gets its own
     finally:
-        trainer.rollout_func.shutdown()  # also when the run raised
+        trainer.rollout_func.shutdown(end_group)  # also when the run raised
+        if end_group:
+            end_process_group()
     return out

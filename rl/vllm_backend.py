@@ -115,6 +115,7 @@ class VLLMBackend:
         # process); under a launcher (accelerate, one process per GPU) it joins the launcher's. Only one the
         # engine made is ended with it (`shutdown`).
         self.owns_process_group = not had_group and _process_group()
+        self.ended = False  # by `shutdown`
         self.max_model_len = max_model_len
         self.model_name = str(model_path)
         self.vocab_size = self.llm.llm_engine.model_config.get_vocab_size()
@@ -283,20 +284,21 @@ class VLLMBackend:
         if self.sleep_mode:
             self.llm.wake_up()
 
-    def shutdown(self) -> None:
+    def shutdown(self, end_group: bool = False) -> None:
         """End the engine and the torch.distributed group it set up, at the end of a run (a no-op after the first
-        call, and where the group is the launcher's).
+        call, and where the group is the launcher's unless `end_group`).
 
         An in-process engine otherwise lives until the process exits, and ends there only where vLLM's in-process
         client has a finalizer that shuts it down (vLLM 0.32's has, not every earlier one): without one, its group
         is never destroyed, and on CUDA that NCCL group makes torch warn at exit that destroy_process_group() was
         not called. vLLM's own shutdown (executor, scheduler, its process groups) also destroys the process's
         default group, whoever made it, so it runs only where the engine made that group: a launcher's group is
-        the launcher's to end, and the engine then stays up until the process exits.
+        the launcher's to end, and the engine then stays up until the process exits. `end_group`: the process
+        ends next (a launched run's last step), so the engine goes now, and the launcher's group with it.
         """
-        if not self.owns_process_group:
+        if self.ended or not (self.owns_process_group or end_group):
             return
-        self.owns_process_group = False
+        self.ended, self.owns_process_group = True, False
         try:
             self.llm.llm_engine.engine_core.shutdown()
             if _process_group():  # a vLLM whose shutdown leaves the default group
