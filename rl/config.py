@@ -34,18 +34,16 @@ class VLLMSection:
     kv_cache_gib: float | None = None  # KV cache size; None = vLLM's sizing from gpu_memory_utilization
     max_model_len: int = 4096  # prompt + completion tokens per sequence
     enable_sleep_mode: bool = False  # free the engine's GPU memory during the optimizer step (CUDA only)
-    # The engine's weights: auto = the trainer's dtype (float32 weights get TF32 with model.tf32), or
-    # bfloat16 / float16 / float32. Another dtype than the trainer's makes the sampling policy differ
-    # from the one the loss scores (sync_check_tokens measures by how much).
+    # The engine's weights: auto = the trainer's dtype (float32 weights get TF32 with model.tf32), or bfloat16 /
+    # float16 / float32; another dtype samples from a policy unlike the one the loss scores (sync_check_tokens).
     dtype: str = "auto"
     # After every weight push, score this many tokens of the last batch's first episode under the
     # engine and the trainer and log the largest and mean logprob difference
     # (rollout/sync_logprob_diff_max, _mean): proof that the engine samples from the trained weights; beside it the
     # engine's gap from before the push (_stale_max, _stale_mean), what a lost push would read. 0 = off.
     sync_check_tokens: int = 256
-    # Python's GIL switch interval while the engine serves a rollout; null (the default) leaves the process's own
-    # (Python's: 0.005). Episodes wait for the GIL beside the engine's driver thread: 0.0005 cut that wait on a CPU
-    # with a stand-in engine, but gained nothing on a GPU (rl/bench/baselines/README.md, "GIL switch interval").
+    # Python's GIL switch interval while the engine serves a rollout; null leaves the process's own (5 ms). 0.0005 cut
+    # episodes' GIL waits beside a stand-in engine on a CPU, but gained nothing on a GPU (rl/bench/baselines/README.md).
     switch_interval_s: float | None = None
     # More `vllm.LLM` arguments for the in-process engine, e.g. {compilation_config: {cudagraph_mode: FULL}} or
     # {enforce_eager: true}; the keys the fields above set are refused (see VLLM_ENGINE_ARGS_SET_BY).
