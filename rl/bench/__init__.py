@@ -81,6 +81,27 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fastest(runs: dict, repeats: int, before=None, stats=dict) -> dict[str, tuple[int, float, object, dict, list]]:
+    """Per name, (tokens, seconds, what else its run returned, `stats()` after it, every pass's (tokens, seconds))
+    of its fastest of `repeats` runs. The runs take turns, pass after pass, so a machine that is slower for a while
+    slows every row of a pass, not all the repeats of one row. A run returns (tokens generated, anything);
+    `before()` runs ahead of each."""
+    best: dict[str, tuple] = {}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            if before is not None:
+                before()
+            started = time.perf_counter()
+            tokens, result = run()
+            seconds = time.perf_counter() - started
+            passes = [*best[name][4], (tokens, seconds)] if name in best else [(tokens, seconds)]
+            if name not in best or tokens / seconds > best[name][0] / best[name][1]:
+                best[name] = (tokens, seconds, result, stats(), passes)
+            else:
+                best[name] = (*best[name][:4], passes)
+    return best
+
+
 def timed(fn: Callable[[], Any], repeats: int, device: Any) -> tuple[float, Any]:
     """The best wall time of `repeats` calls of `fn` (a GPU's queued work finished inside each), and
     the last call's result."""

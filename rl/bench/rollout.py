@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from rl.bench import suite
+from rl.bench import fastest, suite
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sudoku.yaml"
 ENGINE_OPTIONS = ["kv_cache_gib", "max_model_len", "engine_args"]  # what `_engine` reads
@@ -84,27 +84,6 @@ def _first_turn_prompts(cfg, chat, env_cls, n: int) -> list[list[int]]:
             observation, _ = env.reset(seed=seed)
             prompts.append(chat.prompt_ids([{"role": "user", "content": observation}], env.tool_schemas()) + prefix)
     return prompts
-
-
-def _fastest(runs: dict, repeats: int, before=None, stats=dict) -> dict[str, tuple[int, float, object, dict, list]]:
-    """Per name, (tokens, seconds, what else its run returned, `stats()` after it, every pass's tokens/s) of its
-    fastest of `repeats` runs. The runs take turns, pass after pass, so a machine that is slower for a while slows
-    every row of a pass, not all the repeats of one row. A run returns (tokens generated, anything); `before()`
-    runs ahead of each."""
-    best: dict[str, tuple] = {}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            if before is not None:
-                before()
-            started = time.perf_counter()
-            tokens, result = run()
-            seconds = time.perf_counter() - started
-            rates = [*best[name][4], tokens / seconds] if name in best else [tokens / seconds]
-            if name not in best or tokens / seconds > best[name][0] / best[name][1]:
-                best[name] = (tokens, seconds, result, stats(), rates)
-            else:
-                best[name] = (*best[name][:4], rates)
-    return best
 
 
 def _model_turns(trajectories) -> list[list[tuple[list[int], int]]]:
@@ -175,7 +154,7 @@ def _prefills(scheduled) -> bool:
     return bool(scheduled.scheduled_new_reqs) or any(n > 1 for n in scheduled.num_scheduled_tokens.values())
 
 
-_PHASES = ("schedule", "execute", "sample", "update", "outputs")
+_LAUNCH, _TAKE = ("schedule", "execute", "sample"), ("update", "outputs")
 
 
 class _EngineSteps:
@@ -185,29 +164,32 @@ class _EngineSteps:
     scheduler is handed back): with async scheduling (vLLM's default on CUDA) a step schedules the next batch
     while it waits for the last one, and a step that only fills that pipeline counts as a decode step.
 
-    Each kind's milliseconds are also split by where the step spent them (`prefill_phase_ms`, `decode_phase_ms`):
-    the scheduler choosing a batch (`schedule`), the model runner preparing it and launching the forward pass
-    (`execute`) and the sampling (`sample`), both in this process, the scheduler taking an output back (`update`),
-    the engine turning it into request outputs (`outputs`), and the `rest`, mostly waiting for the device."""
+    Each kind's milliseconds per batch are also split by where they went (`prefill_phase_ms`, `decode_phase_ms`):
+    launching the batch, in the step that scheduled it (the scheduler choosing it, `schedule`; the model runner
+    preparing it and launching the forward pass, `execute`; and the sampling, `sample`), and taking it back, in the
+    step that waited for it (the scheduler's `update`, the request `outputs`, and the `rest`: the wait for the
+    device, with async scheduling; without it, `sample` holds that wait). Without async scheduling both are one
+    step, and the parts add up to the step."""
 
     def __init__(self, engine):
         core = engine.engine_core.engine_core
         self.engine, self.scheduler, executor = engine, core.scheduler, core.model_executor
-        self.hooks = [(engine, "step", self._step), (self.scheduler, "update_from_output", self._update)]
-        for phase, owner, name in [("schedule", self.scheduler, "schedule"), ("execute", executor, "execute_model"),
-                                   ("sample", executor, "sample_tokens"),
+        self.schedule = self._timed("schedule", self.scheduler.schedule)
+        self.update = self._timed("update", self.scheduler.update_from_output)
+        self.hooks = [(engine, "step", self._step), (self.scheduler, "update_from_output", self._update),
+                      (self.scheduler, "schedule", self._schedule)]
+        for phase, owner, name in [("execute", executor, "execute_model"), ("sample", executor, "sample_tokens"),
                                    ("outputs", engine.output_processor, "process_outputs")]:
             self.hooks.append((owner, name, self._timed(phase, getattr(owner, name))))
-        self.update = self._timed("update", self.scheduler.update_from_output)
         self.step = engine.step
         for owner, name, hook in self.hooks:
             setattr(owner, name, hook)
         self.reset()
 
     def reset(self) -> None:
-        self.steps, self.prefill_steps, self.prefilling = 0, 0, False
-        self.seconds = {kind: dict.fromkeys(("step", *_PHASES), 0.0) for kind in ("prefill", "decode")}
-        self.now = dict.fromkeys(_PHASES, 0.0)  # the step under way's
+        self.steps, self.prefill_steps, self.prefilling, self.launching = 0, 0, False, "decode"
+        self.seconds = {kind: dict.fromkeys(("step", *_LAUNCH, *_TAKE, "rest"), 0.0) for kind in ("prefill", "decode")}
+        self.now = dict.fromkeys(_LAUNCH + _TAKE, 0.0)  # the step under way's
 
     def _timed(self, phase: str, method):
         def timed(*args, **kwargs):
@@ -217,6 +199,11 @@ class _EngineSteps:
             finally:
                 self.now[phase] += time.perf_counter() - started
         return timed
+
+    def _schedule(self, *args, **kwargs):
+        scheduled = self.schedule(*args, **kwargs)
+        self.launching = "prefill" if scheduled is not None and _prefills(scheduled) else "decode"
+        return scheduled
 
     def _update(self, scheduled, *args, **kwargs):
         self.prefilling |= _prefills(scheduled)
@@ -228,18 +215,20 @@ class _EngineSteps:
         seconds = time.perf_counter() - started
         self.steps += 1
         self.prefill_steps += self.prefilling
-        spent = self.seconds["prefill" if self.prefilling else "decode"]
-        for phase, phase_s in {"step": seconds, **self.now}.items():
-            spent[phase] += phase_s
-        self.prefilling, self.now = False, dict.fromkeys(_PHASES, 0.0)
+        waited = self.seconds["prefill" if self.prefilling else "decode"]
+        waited["step"] += seconds
+        waited["rest"] += seconds - sum(self.now.values())
+        for phase in _LAUNCH:
+            self.seconds[self.launching][phase] += self.now[phase]
+        for phase in _TAKE:
+            waited[phase] += self.now[phase]
+        self.prefilling, self.launching, self.now = False, "decode", dict.fromkeys(_LAUNCH + _TAKE, 0.0)
         return out
 
     def row(self) -> dict:
         counts = {"prefill": max(self.prefill_steps, 1), "decode": max(self.steps - self.prefill_steps, 1)}
         mean_ms = {kind: {phase: 1e3 * s / counts[kind] for phase, s in self.seconds[kind].items()}
                    for kind in counts}
-        for ms in mean_ms.values():
-            ms["rest"] = ms["step"] - sum(ms[phase] for phase in _PHASES)
         return {"engine_steps": self.steps, "prefill_steps": self.prefill_steps,
                 "prefill_step_ms": mean_ms["prefill"].pop("step"), "decode_step_ms": mean_ms["decode"].pop("step"),
                 "prefill_phase_ms": mean_ms["prefill"], "decode_phase_ms": mean_ms["decode"]}
@@ -250,50 +239,44 @@ class _EngineSteps:
 
 
 _VLLM, _HF = "vllm colocate (VLLMBackend)", "hf (TransformersBackend)"
-_SHORT_SWITCH_INTERVAL_S = 0.0005  # the suite's other GIL switch interval, when the run leaves Python's
-
-
-def _at_interval(seconds: float | None) -> str:
-    return "Python's GIL switch interval" if seconds is None else f"GIL switch interval {seconds * 1e3:g} ms"
+_SHORT = "vllm colocate (VLLMBackend), GIL switch interval 0.5 ms"  # beside the backend's own (Python's, by default)
 
 
 def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, ceiling: float) -> list[dict]:
-    """Whole episodes on each backend, and the engine's raw rate on the very turns the vLLM rollout first played:
-    bare (the ceiling), and with the rollout's stop strings (vLLM detokenizes for them)."""
+    """Whole episodes on each backend, and the engine's raw rate on the very turns the vLLM rollout played in the
+    same pass: bare (the ceiling), and with the rollout's stop strings (vLLM detokenizes for them)."""
     from envs.base import closing_envs
     from rl.rollout import run_episodes, turn_params
 
     settings, max_turns, vllm, hf = cfg.rollout, cfg.rollout.max_turns, backends[_VLLM], backends[_HF]
-    steps = _EngineSteps(vllm.llm.llm_engine)
-    configured, played = vllm.switch_interval_s, []
+    own, played = vllm.switch_interval_s, []
 
-    def episodes(backend, interval=None):
+    def episodes(backend, interval=own, replayed=False):
         timing: dict = {}
         vllm.switch_interval_s = interval
         with closing_envs([env_cls(**cfg.env.kwargs) for _ in range(n)]) as batch_envs:
             trajectories = run_episodes(batch_envs, list(range(n)), backend, chat, settings, metrics=timing)
-        if backend is vllm and not played:
-            played.append(trajectories)  # the turns the replays play
+        if replayed:
+            played.append(trajectories)  # the turns this pass's replays play
         return timing["generated_tokens"], (trajectories, timing, interval)
 
-    # the vLLM rollout also at the other GIL switch interval: 0.5 ms, or Python's own if that is set
-    other = _SHORT_SWITCH_INTERVAL_S if configured is None else None
-    runs = {_VLLM: lambda: episodes(vllm, configured),
-            f"{_VLLM}, {_at_interval(other)}": lambda: episodes(vllm, other),
+    runs = {_VLLM: lambda: episodes(vllm, replayed=True), _SHORT: lambda: episodes(vllm, 0.0005),
             _HF: lambda: episodes(hf)}
     for name, sampling in {"vllm raw LLM.generate, same turns": _bare(settings.temperature, _seeded()),
                            "vllm raw LLM.generate, same turns, vLLM's stop strings":
                                _as_rollout(vllm, turn_params(chat, settings))}.items():
-        runs[name] = lambda f=sampling: (_replay(vllm.llm, _model_turns(played[0]), f), None)
+        runs[name] = lambda f=sampling: (_replay(vllm.llm, _model_turns(played[-1]), f), None)
+    steps = _EngineSteps(vllm.llm.llm_engine)
     try:  # each run from an empty prefix cache, its engine steps counted
-        results = _fastest(runs, repeats, lambda: (vllm.llm.reset_prefix_cache(), steps.reset()), steps.row)
+        results = fastest(runs, repeats, lambda: (vllm.llm.reset_prefix_cache(), steps.reset()), steps.row)
     finally:
-        vllm.switch_interval_s = configured
+        vllm.switch_interval_s = own
         steps.close()
     rows = []
-    for name, (tokens, seconds, result, engine, rates) in results.items():
+    for name, (tokens, seconds, result, engine, passes) in results.items():
         row = {"test": f"{n} episodes, max_turns {max_turns}", "backend": name, "tokens": tokens, "seconds": seconds,
-               "tokens_per_s": tokens / seconds, "vs_raw_vllm": tokens / seconds / ceiling, "passes": rates}
+               "tokens_per_s": tokens / seconds, "vs_raw_vllm": tokens / seconds / ceiling,
+               "passes": [t / s for t, s in passes], "pass_tokens": [t for t, _ in passes]}
         if result is not None:
             trajectories, timing, interval = result
             row.update(episodes_per_s=n / seconds, model_turns=sum(t.info["model_turns"] for t in trajectories) / n,
@@ -301,10 +284,10 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
         if name != _HF:
             row.update(engine, **({"switch_interval_s": interval} if result is not None else {}))
         rows.append(row)
-    bare, vllm_stops = rows[-2]["tokens_per_s"], rows[-1]["tokens_per_s"]
-    for row in rows:
-        row["vs_raw_same_turns"] = row["tokens_per_s"] / bare
-        row["vs_raw_same_turns_passes"] = [a / b for a, b in zip(row["passes"], rows[-2]["passes"])]  # pass by pass
+    bare, vllm_stops = rows[-2], rows[-1]["tokens_per_s"]
+    for row in rows:  # each row's fastest pass against the bare replay's; and pass by pass, on the same turns
+        row["vs_raw_same_turns"] = row["tokens_per_s"] / bare["tokens_per_s"]
+        row["vs_raw_same_turns_passes"] = [a / b for a, b in zip(row["passes"], bare["passes"])]
         row["vs_same_turns_vllm_stops"] = row["tokens_per_s"] / vllm_stops
     return rows
 
@@ -343,14 +326,14 @@ def generation(options: dict) -> list[dict]:
         hf.generate(prompts[:2], warm), vllm.generate(prompts[:2], warm)
         # Every run starts from an empty prefix cache: prompts of one batch may share cached
         # blocks (the tool schemas), but no run reuses an earlier run's.
-        results = _fastest({name: lambda r=run: (r(), None) for name, run in runs.items()}, repeats,
+        results = fastest({name: lambda r=run: (r(), None) for name, run in runs.items()}, repeats,
                            vllm.llm.reset_prefix_cache)
         ceiling = results["vllm raw LLM.generate"][0] / results["vllm raw LLM.generate"][1]
         rows = []
-        for name, (tokens, seconds, _, _, rates) in results.items():
+        for name, (tokens, seconds, _, _, passes) in results.items():
             rate = tokens / seconds
             rows.append({"test": f"first turn, {n} prompts", "backend": name, "tokens": tokens, "seconds": seconds,
-                         "tokens_per_s": rate, "vs_raw_vllm": rate / ceiling, "passes": rates})
+                         "tokens_per_s": rate, "vs_raw_vllm": rate / ceiling, "passes": [t / s for t, s in passes]})
 
         if max_turns > 0:
             settings.max_turns = max_turns

@@ -1,14 +1,14 @@
-"""The generation benchmark's rows take turns, pass after pass, and each keeps its fastest run."""
+"""Benchmark rows take turns, pass after pass, and each keeps its fastest run (`rl.bench.fastest`)."""
 
 import itertools
 
-from rl.bench import rollout
-from rl.bench.rollout import _fastest
+from rl import bench
+from rl.bench import fastest
 
 
 def test_rows_take_turns_and_each_keeps_its_fastest_pass(monkeypatch):
     clock = itertools.count()  # perf_counter reads 0, 1, 2, ...: every run takes 1 s
-    monkeypatch.setattr(rollout.time, "perf_counter", lambda: float(next(clock)))
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
     order, made = [], {"a": iter([10, 30, 20]), "b": iter([5, 4, 6])}
 
     def run(name):
@@ -16,8 +16,9 @@ def test_rows_take_turns_and_each_keeps_its_fastest_pass(monkeypatch):
         return next(made[name]), f"{name}-result-{len(order)}"
 
     stats = iter(range(100))
-    best = _fastest({"a": lambda: run("a"), "b": lambda: run("b")}, 3, before=lambda: order.append("reset"),
-                    stats=lambda: next(stats))
+    best = fastest({"a": lambda: run("a"), "b": lambda: run("b")}, 3, before=lambda: order.append("reset"),
+                   stats=lambda: next(stats))
     assert order == ["reset", "a", "reset", "b"] * 3  # a slow spell slows a pass of every row, not one row
-    assert best["a"] == (30, 1.0, "a-result-6", 2, [10.0, 30.0, 20.0])  # its result and stats from that same run
-    assert best["b"] == (6, 1.0, "b-result-12", 3, [5.0, 4.0, 6.0])  # stats read after new bests only
+    # its result and stats from that same run, beside every pass's tokens and seconds
+    assert best["a"] == (30, 1.0, "a-result-6", 2, [(10, 1.0), (30, 1.0), (20, 1.0)])
+    assert best["b"] == (6, 1.0, "b-result-12", 3, [(5, 1.0), (4, 1.0), (6, 1.0)])  # stats read after new bests only
