@@ -38,3 +38,18 @@ def test_grpo_and_sft_end_the_launchers_process_group(tmp_path):
     out = launched(tmp_path, "sft.py", "--name", "sft", "--num-episodes", "2", "--set", "sft.max_steps=1",
                    "--set", "sft.per_device_train_batch_size=2")
     assert "SFT finished" in out and "GROUP LEFT False" in out
+
+
+def test_the_rollouts_hand_the_run_end_to_their_engine():
+    """With `rollout.backend=vllm` the engine joined the launcher's group: it ends it (tests/integration/
+    test_vllm_shutdown.py), so the run's end must reach it."""
+    from types import SimpleNamespace
+
+    from rl.trainer import EpisodeRollouts
+
+    ended = []
+    rollouts = EpisodeRollouts.__new__(EpisodeRollouts)  # only its engine matters here
+    rollouts.backend = SimpleNamespace(shutdown=lambda end_group=False: ended.append(end_group))
+    rollouts.shutdown()
+    rollouts.shutdown(end_group=True)
+    assert ended == [False, True]
