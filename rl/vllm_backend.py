@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rl.generation import Generation, SamplingParams, holds_version
+from rl.resume import end_process_group
 from rl.stop_strings import CONTEXT_TOKENS, StopStrings
 from rl.vllm_stream import EngineStream, sampled_logprobs, stopped_generation
 from rl.vllm_weights import fused_groups, save_for_vllm, small_vocab_runner, weights_for_sync
@@ -301,10 +302,7 @@ class VLLMBackend:
         self.ended, self.owns_process_group = True, False
         try:
             self.llm.llm_engine.engine_core.shutdown()
-            if _process_group():  # a vLLM whose shutdown leaves the default group
-                import torch.distributed
-
-                torch.distributed.destroy_process_group()
+            end_process_group()  # where vLLM's shutdown leaves the default group
         except Exception:  # the run's results are written by now: a failed teardown is logged, not raised
             logging.getLogger(__name__).warning("shutting the vLLM engine down failed", exc_info=True)
 

@@ -87,6 +87,7 @@ def fastest(runs: dict, repeats: int, before=None, stats=dict) -> dict[str, tupl
     slows every row of a pass, not all the repeats of one row. A run returns (tokens generated, anything);
     `before()` runs ahead of each."""
     best: dict[str, tuple] = {}
+    passes: dict[str, list] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
             if before is not None:
@@ -94,12 +95,10 @@ def fastest(runs: dict, repeats: int, before=None, stats=dict) -> dict[str, tupl
             started = time.perf_counter()
             tokens, result = run()
             seconds = time.perf_counter() - started
-            passes = [*best[name][4], (tokens, seconds)] if name in best else [(tokens, seconds)]
+            passes[name].append((tokens, seconds))
             if name not in best or tokens / seconds > best[name][0] / best[name][1]:
-                best[name] = (tokens, seconds, result, stats(), passes)
-            else:
-                best[name] = (*best[name][:4], passes)
-    return best
+                best[name] = (tokens, seconds, result, stats())
+    return {name: (*best[name], passes[name]) for name in runs}
 
 
 def timed(fn: Callable[[], Any], repeats: int, device: Any) -> tuple[float, Any]:

@@ -282,7 +282,9 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
             row.update(episodes_per_s=n / seconds, model_turns=sum(t.info["model_turns"] for t in trajectories) / n,
                        generation_s=timing["generation_s"], env_s=timing["env_s"])
         if name != _HF:
-            row.update(engine, **({"switch_interval_s": interval} if result is not None else {}))
+            row.update(engine)
+        if name in (_VLLM, _SHORT):
+            row["switch_interval_s"] = interval
         rows.append(row)
     bare, vllm_stops = rows[-2], rows[-1]["tokens_per_s"]
     for row in rows:  # each row's fastest pass against the bare replay's; and pass by pass, on the same turns
