@@ -133,13 +133,11 @@ class GRPOSection:
     save_total_limit: int = 3
     seed: int = 0
     warmup_steps: int = 0
-    # linear decays to 0 at max_steps; constant keeps the rate (a run ended by time_limit_s, or
-    # continued in legs, then trains at the rate it was given throughout)
+    # linear decays to 0 at max_steps; constant keeps the rate (a run ended by time_limit_s, or continued in legs)
     lr_scheduler_type: str = "linear"
     max_grad_norm: float = 1.0
-    # Optimizer steps per generated batch (GRPO's mu): >1 reuses each batch's episodes, with the
-    # clipped importance ratio against the logprobs they were sampled with. Generation is most of a
-    # step, so this is the cheap way to learn more per episode played.
+    # Optimizer steps per generated batch (GRPO's mu): >1 reuses each batch's episodes, with the clipped importance
+    # ratio against the logprobs they were sampled with: the cheap way to learn more per episode played.
     num_iterations: int = 1
     # Stop at the end of the first optimizer step after this many seconds of training (0 = no limit),
     # saving a checkpoint, final/ and curve.png as if max_steps had been reached: a run that must fit
@@ -150,10 +148,12 @@ class GRPOSection:
     # episode advantage plus this weight times the turn's advantage among the group's episodes that
     # acted in the same env state (envs say so with `state_key()`). 0 = episode advantages only.
     step_advantage_weight: float = 0.0
-    # Project only the model's own tokens through the LM head in the loss passes (rl/logprobs.py):
-    # the same numbers where the loss reads them, without scoring tool results (most of a
-    # multi-turn completion). false = TRL's scoring of every completion token.
+    # Project only the model's own tokens through the LM head in the loss passes (rl/logprobs.py): the same
+    # numbers where the loss reads them, without scoring tool results. false = TRL's scoring of every token.
     score_only_model_tokens: bool = True
+    # Which episodes share a micro-batch: by_length (similar lengths together, so each pass pads to less), shuffled
+    # (TRL's random split), auto (by_length wherever the summed gradient is the same: rl/README.md).
+    micro_batches: str = "auto"
     # A reward function's NaN or inf: error (stop, naming the reward and the episode) or drop (leave the
     # value out, as a None, and count it in rewards/<name>/nonfinite).
     nonfinite_rewards: str = "error"

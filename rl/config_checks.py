@@ -31,6 +31,7 @@ LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo")
 SCALE_REWARDS = ("group", "batch", "none")
 WANDB_MODES = ("auto", "online", "offline", "off")
 NONFINITE_REWARDS = ("error", "drop")  # grpo.nonfinite_rewards: stop the run, or count and leave the value out
+MICRO_BATCHES = ("auto", "by_length", "shuffled")  # grpo.micro_batches
 BUILT_IN_MODELS = ("gemma-3-270m", "tiny", "tiny-vlm")  # rl/models.py builds or converts these
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -87,7 +88,8 @@ RULES: dict[str, Rule] = {
     "grpo.scale_rewards": one_of(SCALE_REWARDS), "grpo.logging_steps": COUNT, "grpo.save_steps": COUNT,
     "grpo.save_total_limit": at_least(0, integer=True), "grpo.warmup_steps": at_least(0, integer=True),
     "grpo.lr_scheduler_type": one_of(LR_SCHEDULERS), "grpo.max_grad_norm": NON_NEGATIVE,
-    "grpo.nonfinite_rewards": one_of(NONFINITE_REWARDS), "grpo.seed": SEED, "sft.seed": SEED,
+    "grpo.nonfinite_rewards": one_of(NONFINITE_REWARDS), "grpo.micro_batches": one_of(MICRO_BATCHES),
+    "grpo.seed": SEED, "sft.seed": SEED,
     "sft.num_episodes": COUNT, "sft.explore": SHARE, "sft.learning_rate": POSITIVE, "sft.num_train_epochs": POSITIVE,
     "sft.max_steps": Rule(lambda v: v == -1 or (_finite(v) and v >= 1), "must be -1 (num_train_epochs decides) or "
                                                                          "an integer >= 1"),
@@ -152,11 +154,32 @@ def _check_grpo(cfg: RunConfig) -> None:
         raise ConfigError(f"grpo.time_limit_s must be >= 0 seconds (0 = no limit), got {g.time_limit_s}")
     if g.num_generations < 2:
         raise ConfigError(f"grpo.num_generations must be >= 2 for group-relative advantages, got {g.num_generations}")
+    if g.micro_batches == "by_length" and (why := grouping_changes_gradient(g)):
+        raise ConfigError(f"grpo.micro_batches=by_length: {why}, so grouping episodes by length would change the "
+                          "gradient (accepted here: auto or shuffled)")
     total = g.per_device_train_batch_size * g.gradient_accumulation_steps
     if total % g.num_generations:
         raise ConfigError(
             f"grpo.per_device_train_batch_size * gradient_accumulation_steps ({total}) must be a multiple of "
             f"grpo.num_generations ({g.num_generations})")
+
+
+def grouping_changes_gradient(g) -> str | None:
+    """Why the step's gradient depends on which episodes share a micro-batch (None: it does not), as far as the
+    config says (`rl.trl_hooks.LengthGroupedMicroBatchesMixin.group_micro_batches` adds what the trainer knows).
+
+    The loss of most of TRL's loss types is a sum over micro-batches of terms that each depend on their own row
+    alone (a per-episode mean, or a token sum over a normaliser of the whole batch), so grouping the rows
+    differently sums the same terms. bnpo divides by each micro-batch's own token count, and the entropy bonus
+    and entropy mask are per micro-batch too."""
+    args = g.trl_args
+    if g.loss_type == "bnpo":
+        return "grpo.loss_type=bnpo normalises each micro-batch by its own token count"
+    if args.get("entropy_coef", 0.0) or args.get("use_adaptive_entropy", False):
+        return "the entropy bonus (grpo.entropy_coef / use_adaptive_entropy) is a mean over each micro-batch"
+    if args.get("top_entropy_quantile", 1.0) < 1.0:
+        return "grpo.top_entropy_quantile < 1 picks its tokens within each micro-batch"
+    return None
 
 
 def _check_rollout_and_eval(cfg: RunConfig) -> None:

@@ -1,9 +1,8 @@
 """A GRPO run: TRL's GRPOTrainer (`rl.trl_hooks`) with toolgym's rollout engine as its `rollout_func`.
 
-TRL computes advantages, the loss and the optimizer step; everything about episodes
-(envs, multi-turn generation, tool calls, `env_mask`) happens in `rl.rollout`. Episode
-facts are returned beside the token ids, so TRL hands them to every reward function as
-keyword arguments.
+TRL computes advantages, the loss and the optimizer step; everything about episodes (envs, multi-turn
+generation, tool calls, `env_mask`) happens in `rl.rollout`. Episode facts are returned beside the token
+ids, so TRL hands them to every reward function as keyword arguments.
 """
 
 from __future__ import annotations
@@ -29,6 +28,7 @@ from rl import trl_contract
 from rl.chat import ChatFormat
 from rl.cli import apply_run_environment, check_resolvable
 from rl.config import ConfigError, RunConfig, to_dict, to_yaml
+from rl.config_checks import grouping_changes_gradient
 from rl.episode_log import Scores, sample_rows
 from rl.generation import TransformersBackend
 from rl.guards import SkipNonFiniteUpdates
@@ -355,6 +355,7 @@ def build_trainer(cfg: RunConfig):
     trainer.image_token_id = chat.images.image_token_id if chat.images else None
     trainer.step_advantage_weight = g.step_advantage_weight
     trainer.score_only_model_tokens = g.score_only_model_tokens
+    trainer.group_micro_batches(g.micro_batches, grouping_changes_gradient(g))
     rollouts.progress = RunProgress.install(trainer).generating
     trainer.add_callback(SkipNonFiniteUpdates(trainer))
     trainer.add_callback(JsonlLogger(out / "metrics.jsonl"))

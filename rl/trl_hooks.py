@@ -28,6 +28,7 @@ import trl.trainer.utils as trl_utils
 from accelerate.utils import gather_object
 from trl import GRPOTrainer
 
+from rl.config import ConfigError
 from rl.credit import step_advantages
 from rl.logprobs import SCORE_MASK, pad_masks, score_tokens
 from rl.rollout import Trajectory
@@ -258,7 +259,80 @@ class ModelTokenScoringMixin:
         return masks
 
 
-class ToolGymGRPOTrainer(VisionGRPOMixin, ModelTokenScoringMixin, GRPOTrainer):
+def regroup_by_length(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """TRL's micro-batches of one generation batch, re-split so each holds episodes of similar completion length,
+    longest first (a run that does not fit memory fails at its first pass). Every value is split as TRL splits
+    it: tensors and lists by row, 0-dim tensors (the batch's token count) kept whole."""
+    from trl.trainer.utils import split_tensor_dict
+
+    first = chunks[0]
+    if "num_images" in first:  # image columns are split by image, not by row
+        raise RuntimeError("regroup_by_length: a batch with image inputs keeps TRL's split")
+    merged: dict[str, Any] = {}
+    for key, value in first.items():
+        if value is None or isinstance(value, torch.Tensor) and value.ndim == 0:
+            merged[key] = value
+        elif isinstance(value, torch.Tensor):
+            merged[key] = torch.cat([chunk[key] for chunk in chunks])
+        else:
+            merged[key] = [row for chunk in chunks for row in chunk[key]]
+    rows = merged["completion_mask"].size(0)
+    order = torch.argsort(merged["completion_mask"].sum(dim=1), descending=True, stable=True)
+    index = order.tolist()
+    for key, value in merged.items():
+        if value is None or isinstance(value, torch.Tensor) and value.ndim == 0:
+            continue
+        if len(value) != rows:
+            raise RuntimeError(f"the generation batch's column {key!r} has {len(value)} rows, not {rows}: "
+                               "cannot regroup its micro-batches (grpo.micro_batches=shuffled keeps TRL's)")
+        merged[key] = value[order.to(value.device)] if isinstance(value, torch.Tensor) else [value[i] for i in index]
+    return split_tensor_dict(merged, len(chunks))
+
+
+class LengthGroupedMicroBatchesMixin:
+    """Puts episodes of similar length in the same micro-batch (`grpo.micro_batches`).
+
+    TRL shuffles a generation batch and splits it into micro-batches at random. Completions are padded to the
+    longest of their micro-batch (`rl.logprobs.score_tokens` cuts the rest), so a random split pays for the long
+    episodes in nearly every pass. Only the micro-batches of one optimizer step are regrouped among themselves (a
+    generation batch may feed several steps: each keeps TRL's random share of it). Where the loss sums per-row
+    terms, the step's gradient is the same whichever rows share a pass; `group_micro_batches` says where not."""
+
+    micro_batches_by_length = False
+
+    def group_micro_batches(self, setting: str, config_reason: str | None) -> None:
+        """Decides `micro_batches_by_length` from `grpo.micro_batches` (auto, by_length, shuffled) and
+        `rl.config_checks.grouping_changes_gradient`'s reason, if any, with what only the trainer knows."""
+        reason = config_reason
+        if getattr(self, "image_token_id", None) is not None:
+            reason = "a vision-language model's image inputs are split by image, not by episode"
+        elif getattr(self, "aux_loss_enabled", False):
+            reason = "the model's router (MoE) auxiliary loss is computed over each micro-batch"
+        elif self.args.steps_per_generation % self.args.gradient_accumulation_steps:
+            reason = (f"grpo.steps_per_generation ({self.args.steps_per_generation}) is no multiple of "
+                      f"grpo.gradient_accumulation_steps ({self.args.gradient_accumulation_steps})")
+        if setting == "by_length" and reason:
+            raise ConfigError(f"grpo.micro_batches=by_length: {reason}, so grouping episodes by length would change "
+                              "the update (accepted here: auto or shuffled)")
+        # auto: only where the passes are trimmed to their micro-batch's longest (TRL's own scoring is not)
+        self.micro_batches_by_length = setting == "by_length" or (
+            setting == "auto" and reason is None and self._scores_model_tokens())
+
+    # TRL private: re-splits a fresh generation batch's buffered micro-batches by completion length.
+    # Upstream fix: a way to choose how the generation batch is split into micro-batches.
+    def _prepare_inputs(self, generation_batch):
+        buffered = self._buffered_inputs
+        inputs = super()._prepare_inputs(generation_batch)
+        if self.micro_batches_by_length and self._buffered_inputs is not buffered and self.model.training:
+            step = self.args.gradient_accumulation_steps  # one optimizer step's micro-batches
+            chunks = self._buffered_inputs
+            self._buffered_inputs = [chunk for start in range(0, len(chunks), step)
+                                     for chunk in regroup_by_length(chunks[start:start + step])]
+            inputs = self._buffered_inputs[self._step % self.args.steps_per_generation]
+        return inputs
+
+
+class ToolGymGRPOTrainer(LengthGroupedMicroBatchesMixin, VisionGRPOMixin, ModelTokenScoringMixin, GRPOTrainer):
     """GRPOTrainer that lets the rollout see the batch's dataset rows (for env seeds), gives a
     vision-language model its episodes' images in every forward pass (`rl.vision`), and projects
     only the model's tokens through the LM head (`rl.logprobs`)."""

@@ -2,6 +2,7 @@
 
     python launch/bench.py --suite scoring --set episodes=8 --set micro_batch=2
     python launch/bench.py --suite scoring --set model=runs/sft --set config=configs/sudoku-sft.yaml
+    python launch/bench.py --suite micro_batches --set episodes=16 --set micro_batch=4
 
 The expert plays `episodes` episodes of the config's env through the rollout engine, so the
 batch has the exact token layout of RL episodes (prompt, model turns, tool results). Each
@@ -9,6 +10,11 @@ mode then runs what a GRPO step's loss passes run over that batch: per-token log
 and entropies through TRL's fused LM head, in micro-batches of `micro_batch` rows, with a
 backward pass each (through the config's LoRA, as in training). TRL's scoring is the baseline,
 measured in the same run; the log-probabilities of the model's tokens must agree.
+
+`micro_batches` runs a GRPO step's loss passes over one batch split two ways, in one run, taking turns that swap
+places every pass: TRL's shuffled split and `grpo.micro_batches=by_length` (`rl.trl_hooks.regroup_by_length`),
+over episodes of varied length (the random player's by default). Each micro-batch pads to its own longest
+completion; the summed gradient (a dapo loss, normalised over the whole batch) must be the same both ways.
 """
 
 from __future__ import annotations
@@ -22,14 +28,15 @@ from rl.bench import suite, timed
 MODES = ("model_tokens", "trl")  # ours first: the CPU's peak-RSS mark only rises
 
 
-def _episodes(cfg, tokenizer, n: int):
+def _episodes(cfg, tokenizer, n: int, policy: str = "expert"):
     import torch
 
     from rl.evaluation import chat_for, make_policy, play
 
     start = cfg.env.train_seeds[0]
+    kwargs = cfg.sft.expert if policy == "expert" else {}
     trajectories = play(cfg, chat_for(cfg, tokenizer), list(range(start, start + n)),
-                        policy=make_policy(cfg, "expert", seed=0, **cfg.sft.expert), batch_size=n)
+                        policy=make_policy(cfg, policy, seed=0, **kwargs), batch_size=n)
     prompt = max(len(t.prompt_ids) for t in trajectories)
     width = max(len(t.completion_ids) for t in trajectories)
     pad = tokenizer.pad_token_id or 0
@@ -123,3 +130,69 @@ def scoring(options: dict) -> list[dict]:
     for row in rows:
         row["speedup"] = base / row["loss_passes_s"]
     return rows
+
+
+def _summed_gradient(model, chunks: list[dict], keep: int, tokens: int):
+    """The flattened gradient of the loss passes over `chunks` (micro-batches of rows): a dapo-style
+    loss, every micro-batch's token sum over the whole batch's `tokens`, as TRL normalises it."""
+    import torch
+
+    from rl.logprobs import score_tokens
+
+    model.zero_grad(set_to_none=True)
+    for chunk in chunks:
+        logps, _ = score_tokens(model, chunk["ids"], chunk["attention"], keep, chunk["score"], compute_entropy=True)
+        mask = chunk["score"] & chunk["attention"][:, -keep:].bool()
+        (-(logps * mask).sum() / tokens).backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+@suite("micro_batches", options=["model", "config", "episodes", "micro_batch", "policy", "repeats"])
+def micro_batches(options: dict) -> list[dict]:
+    """A GRPO step's loss passes over one batch in TRL's shuffled micro-batches vs grouped by length."""
+    import torch
+
+    from rl.config import load_config
+    from rl.trl_hooks import regroup_by_length
+
+    overrides = [f"model.name={options['model']}"] if options.get("model") else []
+    cfg = load_config(options.get("config", "configs/sudoku-sft.yaml"), overrides)
+    n, micro = int(options.get("episodes", 16)), int(options.get("micro_batch", 4))
+    if n % micro:
+        raise ValueError(f"episodes={n}: must be a multiple of micro_batch ({micro})")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = _model(cfg, device)
+    ids, attention, keep, score, turns = _episodes(cfg, tokenizer, n, str(options.get("policy", "random")))
+    rows = {"ids": ids.to(device), "attention": attention.to(device), "score": score.to(device),
+            "completion_mask": attention[:, -keep:].to(device)}
+    shuffled = {k: v[torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(device)]
+                for k, v in rows.items()}
+    splits = {"shuffled": [{k: v[i:i + micro] for k, v in shuffled.items()} for i in range(0, n, micro)]}
+    splits["by_length"] = regroup_by_length(splits["shuffled"])
+    tokens = int((rows["score"] & rows["completion_mask"].bool()).sum())
+    lengths = rows["completion_mask"].sum(dim=1)
+    _summed_gradient(model, splits["shuffled"][:1], keep, tokens)  # warm-up
+    padded = {name: sum(len(c["ids"]) * int(c["completion_mask"].sum(1).max()) for c in chunks)
+              for name, chunks in splits.items()}
+
+    # the splits take turns, and swap places every pass: neither always runs first, and a slow stretch of the
+    # machine slows both
+    passes, grads = {name: [] for name in splits}, {}
+    for repeat in range(int(options.get("repeats", 2))):
+        for name in list(splits)[::-1 if repeat % 2 else 1]:
+            seconds, grads[name] = timed(functools.partial(_summed_gradient, model, splits[name], keep, tokens),
+                                         1, device)
+            passes[name].append(seconds)
+    out, reference = [], grads["shuffled"]
+    for name in splits:
+        out.append({"split": name, "episodes": n, "micro_batch": micro, "mean_turns": turns,
+                    "completion_tokens_min_mean_max": [int(lengths.min()), float(lengths.float().mean()),
+                                                       int(lengths.max())],
+                    "padded_completion_positions": padded[name], "loss_passes_s": min(passes[name]),
+                    "passes_s": [round(s, 3) for s in passes[name]],
+                    "gradient_max_diff": float((grads[name] - reference).abs().max() / reference.abs().max())})
+    for row in out:
+        row["speedup"] = out[0]["loss_passes_s"] / row["loss_passes_s"]
+    return out

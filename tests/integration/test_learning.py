@@ -1,5 +1,6 @@
 """GRPO through the full loop (rollouts, env_mask, rewards, TRL) makes a random tiny model learn."""
 
+import itertools
 import json
 
 import pytest
@@ -109,4 +110,47 @@ def test_scoring_only_the_model_tokens_trains_exactly_as_scoring_every_token(tmp
     assert logged[True][0]["reward_std"] > 0 and logged[True][0]["grad_norm"] > 0  # a real update to compare
     for ours, theirs in zip(logged[True], logged[False]):
         for key in ("loss", "grad_norm", "entropy", "kl"):
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.parametrize("per_generation", [4, 8])  # micro-batches per generation batch: 1 or 2 optimizer steps
+def test_micro_batches_grouped_by_length_train_exactly_as_trls_shuffled_split(tmp_path, monkeypatch, per_generation):
+    """Same episodes, same loss and gradient norm at every step, in both iterations over a reused batch, also when
+    one generation batch feeds two optimizer steps; grouped by length, each loss pass pads its completions to less.
+    (The logged entropy is a mean over micro-batches, each weighted alike, so it may differ.)"""
+    from trl import GRPOTrainer
+
+    passes = []
+    compute_loss = GRPOTrainer._compute_loss
+
+    def recording(self, model, inputs):
+        passes.append(inputs["completion_mask"].sum(dim=1).tolist())
+        return compute_loss(self, model, inputs)
+
+    monkeypatch.setattr(GRPOTrainer, "_compute_loss", recording)
+    logged, widths = {}, {}
+    for split in ("by_length", "shuffled"):
+        passes.clear()
+        cfg = load_config(None, [
+            f"output_dir={tmp_path}", f"name={split}", "model.name=tiny", "model.tool_format=first_digit",
+            "lora.enabled=true", "env.name=tests.integration.pick_env:PickEnv", "env.kwargs={max_steps: 10}",
+            "rollout.max_turns=10", "rollout.max_new_tokens=6", "rollout.max_completion_tokens=320",
+            "grpo.num_generations=8", f"grpo.steps_per_generation={per_generation}",
+            "grpo.per_device_train_batch_size=4", "grpo.gradient_accumulation_steps=4", "grpo.max_steps=4",
+            "grpo.num_iterations=2", "grpo.learning_rate=3e-3", "grpo.save_steps=1000", "grpo.seed=3",
+            "rewards.episode_return=1.0", "rewards.solved=0.0", "log.wandb=off", f"grpo.micro_batches={split}",
+        ])
+        logged[split] = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").open() if '"loss"' in line]
+        # 4 steps of 4 micro-batches; each generation batch trained on twice (num_iterations), in the same split
+        assert len(passes) == 16
+        for start in range(0, 16, 2 * per_generation):
+            assert passes[start:start + per_generation] == passes[start + per_generation:start + 2 * per_generation]
+        widths[split] = sum(len(p) * max(p) for p in passes)  # completion positions the loss passes run
+        if split == "by_length":  # each step's passes longest first, none longer than the last pass's shortest
+            for step in range(0, 16, 4):
+                assert all(min(a) >= max(b) for a, b in itertools.pairwise(passes[step:step + 4]))
+    assert widths["by_length"] < widths["shuffled"]
+    assert logged["by_length"][0]["grad_norm"] > 0
+    for ours, theirs in zip(logged["by_length"], logged["shuffled"], strict=True):
+        for key in ("loss", "grad_norm"):
             assert ours[key] == pytest.approx(theirs[key], rel=1e-4, abs=1e-6), key
