@@ -204,6 +204,7 @@ class _Rollout:
                            if leasing else None)
         self.generating, self.stepping = _Busy(), _Busy()
         self.generated_tokens = 0
+        self.ending: set[int] = set()  # episodes in their last act (`play`'s finally): giving their env back
         self.params = turn_params(chat, settings)
         self.closing_ids = chat.closing_ids() if self.params.stop_strings else []
         self.prefix_ids = chat.encode(settings.response_prefix) if settings.response_prefix else []
@@ -213,8 +214,9 @@ class _Rollout:
         try:
             await asyncio.gather(*plays)
         finally:  # after an episode raised, the others stop; each ends its env (`play`) before the pools go
-            for task in plays:
-                task.cancel()
+            for key, task in enumerate(plays):
+                if key not in self.ending:  # one already ending its env finishes that (a cancel would cut it short)
+                    task.cancel()
             await asyncio.gather(*plays, return_exceptions=True)
             self.pool.shutdown(wait=False, cancel_futures=True)  # a hung env thread must not block us
             if self.lease_pool is not None:
@@ -254,6 +256,7 @@ class _Rollout:
                 await self.env_call(ep, lambda text=text: _act(ep, self.chat, text, limit))
                 self.after_env(ep)
         finally:
+            self.ending.add(key)
             self.stream.retire(key)
             await self.lease_call(ep, "end_episode")
             self.finished += 1
