@@ -113,8 +113,9 @@ def test_server_dying_mid_episode_ends_the_step_with_a_clear_error(how):
             env.step(ToolCall("show_board"))
         elapsed = time.monotonic() - started
         assert url.replace("http", "ws") in str(failure.value) or url in str(failure.value)
-        if how == "kill":
-            assert "closed the connection during step" in str(failure.value) and elapsed < 1.5
+        if how == "kill":  # the client meets the closed socket mid-step, or has seen it close and reconnects
+            assert any(m in str(failure.value) for m in ("closed the connection during step",
+                                                         "cannot reach the server")) and elapsed < 1.5
         else:
             assert "step timed out after 1.5 s" in str(failure.value) and elapsed < 4.0
         assert env.url is None and env.pool.busy == 0  # the slot was given back
