@@ -81,15 +81,17 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fastest(runs: dict, repeats: int, before=None, stats=dict) -> dict[str, tuple[int, float, object, dict, list]]:
+def fastest(runs: dict, repeats: int, before=None, stats=dict,
+            swap: bool = False) -> dict[str, tuple[int, float, object, dict, list]]:
     """Per name, (tokens, seconds, what else its run returned, `stats()` after it, every pass's (tokens, seconds))
     of its fastest of `repeats` runs. The runs take turns, pass after pass, so a machine that is slower for a while
-    slows every row of a pass, not all the repeats of one row. A run returns (tokens generated, anything);
-    `before()` runs ahead of each."""
+    slows every row of a pass, not all the repeats of one row; with `swap`, every other pass runs them in reverse
+    order, so none always runs first (for runs that do not depend on an earlier one of their pass). A run returns
+    (tokens generated, anything); `before()` runs ahead of each."""
     best: dict[str, tuple] = {}
     passes: dict[str, list] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
+    for repeat in range(repeats):
+        for name, run in list(runs.items())[::-1 if swap and repeat % 2 else 1]:
             if before is not None:
                 before()
             started = time.perf_counter()

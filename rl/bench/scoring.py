@@ -23,7 +23,7 @@ import functools
 import resource
 from types import SimpleNamespace
 
-from rl.bench import suite, timed
+from rl.bench import fastest, suite, timed
 
 MODES = ("model_tokens", "trl")  # ours first: the CPU's peak-RSS mark only rises
 
@@ -167,8 +167,8 @@ def micro_batches(options: dict) -> list[dict]:
     ids, attention, keep, score, turns = _episodes(cfg, tokenizer, n, str(options.get("policy", "random")))
     rows = {"ids": ids.to(device), "attention": attention.to(device), "score": score.to(device),
             "completion_mask": attention[:, -keep:].to(device)}
-    shuffled = {k: v[torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(device)]
-                for k, v in rows.items()}
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(device)
+    shuffled = {k: v[order] for k, v in rows.items()}
     splits = {"shuffled": [{k: v[i:i + micro] for k, v in shuffled.items()} for i in range(0, n, micro)]}
     splits["by_length"] = regroup_by_length(splits["shuffled"])
     tokens = int((rows["score"] & rows["completion_mask"].bool()).sum())
@@ -177,22 +177,23 @@ def micro_batches(options: dict) -> list[dict]:
     padded = {name: sum(len(c["ids"]) * int(c["completion_mask"].sum(1).max()) for c in chunks)
               for name, chunks in splits.items()}
 
-    # the splits take turns, and swap places every pass: neither always runs first, and a slow stretch of the
-    # machine slows both
-    passes, grads = {name: [] for name in splits}, {}
-    for repeat in range(int(options.get("repeats", 2))):
-        for name in list(splits)[::-1 if repeat % 2 else 1]:
-            seconds, grads[name] = timed(functools.partial(_summed_gradient, model, splits[name], keep, tokens),
-                                         1, device)
-            passes[name].append(seconds)
-    out, reference = [], grads["shuffled"]
-    for name in splits:
+    def run(name: str) -> tuple[int, torch.Tensor]:
+        grads = _summed_gradient(model, splits[name], keep, tokens)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return padded[name], grads
+
+    # the splits take turns and swap places every pass: neither always runs first, a slow stretch slows both
+    results = fastest({name: functools.partial(run, name) for name in splits}, int(options.get("repeats", 2)),
+                      swap=True)
+    out, reference = [], results["shuffled"][2]
+    for name, (positions, seconds, grads, _, passes) in results.items():
         out.append({"split": name, "episodes": n, "micro_batch": micro, "mean_turns": turns,
                     "completion_tokens_min_mean_max": [int(lengths.min()), float(lengths.float().mean()),
                                                        int(lengths.max())],
-                    "padded_completion_positions": padded[name], "loss_passes_s": min(passes[name]),
-                    "passes_s": [round(s, 3) for s in passes[name]],
-                    "gradient_max_diff": float((grads[name] - reference).abs().max() / reference.abs().max())})
+                    "padded_completion_positions": positions, "loss_passes_s": seconds,
+                    "passes_s": [round(s, 3) for _, s in passes],
+                    "gradient_max_diff": float((grads - reference).abs().max() / reference.abs().max())})
     for row in out:
         row["speedup"] = out[0]["loss_passes_s"] / row["loss_passes_s"]
     return out

@@ -22,3 +22,13 @@ def test_rows_take_turns_and_each_keeps_its_fastest_pass(monkeypatch):
     # its result and stats from that same run, beside every pass's tokens and seconds
     assert best["a"] == (30, 1.0, "a-result-6", 2, [(10, 1.0), (30, 1.0), (20, 1.0)])
     assert best["b"] == (6, 1.0, "b-result-12", 3, [(5, 1.0), (4, 1.0), (6, 1.0)])  # stats read after new bests only
+
+
+def test_with_swap_every_other_pass_runs_the_rows_in_reverse(monkeypatch):
+    clock = itertools.count()
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: float(next(clock)))
+    order = []
+    runs = {name: lambda name=name: (order.append(name), (1, None))[1] for name in ("a", "b")}
+    best = fastest(runs, 3, swap=True)
+    assert order == ["a", "b", "b", "a", "a", "b"]  # neither always runs first
+    assert list(best) == ["a", "b"] and all(len(row[4]) == 3 for row in best.values())  # rows keep their order
