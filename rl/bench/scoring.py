@@ -15,6 +15,8 @@ measured in the same run; the log-probabilities of the model's tokens must agree
 places every pass: TRL's shuffled split and `grpo.micro_batches=by_length` (`rl.trl_hooks.regroup_by_length`),
 over episodes of varied length (the random player's by default). Each micro-batch pads to its own longest
 completion; the summed gradient (a dapo loss, normalised over the whole batch) must be the same both ways.
+`--set profile=N` adds a row with the N kernels that took the most device time (on a CPU, the operators that took the
+most CPU time) in one more run of the grouped passes, under `torch.profiler`: where a loss pass goes.
 """
 
 from __future__ import annotations
@@ -149,7 +151,28 @@ def _summed_gradient(model, chunks: list[dict], keep: int, tokens: int):
     return grads
 
 
-@suite("micro_batches", options=["model", "config", "episodes", "micro_batch", "policy", "repeats"])
+def _top_operators(fn, top: int) -> list[dict]:
+    """The `top` operators of one call of `fn` by their own time: on a GPU its kernels (and copies) by device time,
+    on a CPU the operators by CPU time; each with its calls, milliseconds and share of all of that kind's time.
+    (On a GPU an operator such as aten::mm also carries its kernels' device time: counting both would count it
+    twice.)"""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+        fn()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages()
+              if getattr(e, key) > 0 and (e.device_type != DeviceType.CPU) == cuda]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    return [{"operator": e.key, "calls": e.count, "self_ms": round(getattr(e, key) / 1e3, 3),
+             "share": round(getattr(e, key) / total, 4)}
+            for e in sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]]
+
+
+@suite("micro_batches", options=["model", "config", "episodes", "micro_batch", "policy", "repeats", "profile"])
 def micro_batches(options: dict) -> list[dict]:
     """A GRPO step's loss passes over one batch in TRL's shuffled micro-batches vs grouped by length."""
     import torch
@@ -196,4 +219,7 @@ def micro_batches(options: dict) -> list[dict]:
                     "gradient_max_diff": float((grads - reference).abs().max() / reference.abs().max())})
     for row in out:
         row["speedup"] = out[0]["loss_passes_s"] / row["loss_passes_s"]
+    if int(options.get("profile", 0)) > 0:
+        out.append({"split": "by_length, profiled", "episodes": n, "micro_batch": micro,
+                    "top_operators": _top_operators(functools.partial(run, "by_length"), int(options["profile"]))})
     return out

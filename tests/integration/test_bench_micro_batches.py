@@ -19,3 +19,18 @@ def test_grouping_by_length_pads_less_and_sums_the_same_gradient():
     assert grouped["speedup"] == pytest.approx(shuffled["loss_passes_s"] / grouped["loss_passes_s"])
     with pytest.raises(ValueError, match=r"episodes=6: must be a multiple of micro_batch \(4\)"):
         suite({"model": "tiny", "episodes": 6, "micro_batch": 4})
+
+
+def test_profile_names_the_operators_a_loss_pass_spends_its_time_in():
+    from rl.bench import load_suites
+
+    rows = load_suites()["micro_batches"]({"model": "tiny", "episodes": 4, "micro_batch": 2, "repeats": 1,
+                                           "profile": 6})
+    assert [r["split"] for r in rows] == ["shuffled", "by_length", "by_length, profiled"]
+    top = rows[-1]["top_operators"]
+    assert len(top) == 6
+    assert all(op["calls"] > 0 and op["self_ms"] > 0 for op in top)
+    assert [op["self_ms"] for op in top] == sorted((op["self_ms"] for op in top), reverse=True)
+    assert 0 < sum(op["share"] for op in top) <= 1.0001
+    # a loss pass of a transformer runs matrix products, forward and backward
+    assert any(op["operator"] in ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear") for op in top), top
