@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
+import rl.attention  # noqa: F401 - registers model.attn_implementation=sdpa_bf16 with transformers
 from rl.chat import load_template
 from rl.config import LoraSection, ModelSection
 from rl.config_checks import BUILT_IN_MODELS
@@ -242,6 +243,8 @@ def load_model(cfg: ModelSection, tokenizer=None):
         torch.set_float32_matmul_precision("high" if cfg.tf32 else "highest")
     if cfg.name in (TINY, TINY_VLM):
         model = _built_in(cfg.name, dtype, tokenizer)
+        if cfg.attn_implementation != model.config._attn_implementation:
+            model.set_attn_implementation(cfg.attn_implementation)
     else:
         model = _from_pretrained(model_path(cfg.name), dtype, cfg.attn_implementation)
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):

@@ -1,4 +1,5 @@
-"""Matmul precision: full float32 against TF32 (`model.tf32`, float32 weights) and bfloat16.
+"""Matmul precision: full float32 against TF32 (`model.tf32`, float32 weights), bfloat16, and float32 weights with
+TF32 matmuls and bfloat16 attention (`model.attn_implementation: sdpa_bf16`, rl/attention.py).
 
     python launch/bench.py --suite precision --set rows=256 --set context=1000
     python launch/bench.py --suite precision --set arch=path/to/config.json   # random weights, no download
@@ -15,10 +16,12 @@ import functools
 
 from rl.bench import suite, timed
 
-MODES = {"float32": ("float32", "highest"), "tf32": ("float32", "high"), "bfloat16": ("bfloat16", "highest")}
+# mode: (weights' dtype, float32 matmul precision, attention implementation)
+MODES = {"float32": ("float32", "highest", "sdpa"), "tf32": ("float32", "high", "sdpa"),
+         "bfloat16": ("bfloat16", "highest", "sdpa"), "bf16_attention": ("float32", "high", "sdpa_bf16")}
 
 
-def _model(options: dict, dtype):
+def _model(options: dict, dtype, attn_implementation: str = "sdpa"):
     import torch
 
     from rl.config import ModelSection
@@ -28,8 +31,10 @@ def _model(options: dict, dtype):
         from transformers import AutoConfig, AutoModelForCausalLM
 
         torch.manual_seed(0)
-        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(options["arch"]), dtype=dtype)
-    section = ModelSection(name=options.get("model", "gemma-3-270m"), dtype=str(dtype).removeprefix("torch."))
+        return AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(options["arch"]), dtype=dtype,
+                                                attn_implementation=attn_implementation)
+    section = ModelSection(name=options.get("model", "gemma-3-270m"), dtype=str(dtype).removeprefix("torch."),
+                           attn_implementation=attn_implementation)
     return load_model(section)[0]
 
 
@@ -52,7 +57,8 @@ def _train_step(model, batch) -> None:
 @suite("precision", options=["model", "arch", "rows", "context", "new_tokens", "train_rows", "train_len",
                                  "repeats", "modes"])
 def precision(options: dict) -> list[dict]:
-    """Generation, train step and log-prob drift: full float32 vs TF32 vs bfloat16, same model."""
+    """Generation, train step and log-prob drift: full float32 vs TF32 vs bfloat16 vs bfloat16 attention, same
+    model."""
     import torch
 
     rows, context = int(options.get("rows", 64)), int(options.get("context", 512))
@@ -68,8 +74,8 @@ def precision(options: dict) -> list[dict]:
     out, reference = [], None
     try:
         for mode in ["float32"] + [m for m in modes if m != "float32"]:  # the baseline first: drift is against it
-            dtype_name, matmul = MODES[mode]
-            model = _model(options, getattr(torch, dtype_name)).to(device)
+            dtype_name, matmul, attention = MODES[mode]
+            model = _model(options, getattr(torch, dtype_name), attention).to(device)
             # after loading: load_model sets the precision itself for float32 on a GPU (model.tf32)
             torch.set_float32_matmul_precision(matmul)
             vocab = model.config.get_text_config().vocab_size

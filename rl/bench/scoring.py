@@ -15,8 +15,10 @@ measured in the same run; the log-probabilities of the model's tokens must agree
 places every pass: TRL's shuffled split and `grpo.micro_batches=by_length` (`rl.trl_hooks.regroup_by_length`),
 over episodes of varied length (the random player's by default). Each micro-batch pads to its own longest
 completion; the summed gradient (a dapo loss, normalised over the whole batch) must be the same both ways.
-`--set profile=N` adds a row with the N kernels that took the most device time (on a CPU, the operators that took the
-most CPU time) in one more run of the grouped passes, under `torch.profiler`: where a loss pass goes.
+`--set attention=sdpa_bf16` (comma-separated) runs the grouped split again with each such attention implementation
+(`model.attn_implementation`), in the same turns. `--set profile=N` adds a row with the N kernels that took the
+most device time (on a CPU, the operators that took the most CPU time) in one more run of the grouped passes, under
+`torch.profiler`: where a loss pass goes.
 """
 
 from __future__ import annotations
@@ -172,7 +174,8 @@ def _top_operators(fn, top: int) -> list[dict]:
             for e in sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]]
 
 
-@suite("micro_batches", options=["model", "config", "episodes", "micro_batch", "policy", "repeats", "profile"])
+@suite("micro_batches", options=["model", "config", "episodes", "micro_batch", "policy", "repeats", "profile",
+                                 "attention"])
 def micro_batches(options: dict) -> list[dict]:
     """A GRPO step's loss passes over one batch in TRL's shuffled micro-batches vs grouped by length."""
     import torch
@@ -200,18 +203,26 @@ def micro_batches(options: dict) -> list[dict]:
     padded = {name: sum(len(c["ids"]) * int(c["completion_mask"].sum(1).max()) for c in chunks)
               for name, chunks in splits.items()}
 
-    def run(name: str) -> tuple[int, torch.Tensor]:
+    own = model.config._attn_implementation
+
+    def run(name: str, attention: str = own) -> tuple[int, torch.Tensor]:
+        if model.config._attn_implementation != attention:
+            model.set_attn_implementation(attention)
         grads = _summed_gradient(model, splits[name], keep, tokens)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return padded[name], grads
 
-    # the splits take turns and swap places every pass: neither always runs first, a slow stretch slows both
-    results = fastest({name: functools.partial(run, name) for name in splits}, int(options.get("repeats", 2)),
-                      swap=True)
+    runs = {name: functools.partial(run, name) for name in splits}
+    for other in [a.strip() for a in str(options.get("attention", "")).split(",") if a.strip()]:
+        runs[f"by_length, {other}"] = functools.partial(run, "by_length", other)  # the grouped split again
+    # the runs take turns and swap places every pass: none always runs first, a slow stretch slows them all
+    results = fastest(runs, int(options.get("repeats", 2)), swap=True)
     out, reference = [], results["shuffled"][2]
     for name, (positions, seconds, grads, _, passes) in results.items():
-        out.append({"split": name, "episodes": n, "micro_batch": micro, "mean_turns": turns,
+        split, _, other = name.partition(", ")
+        out.append({"split": split, "attention": other or own, "episodes": n, "micro_batch": micro,
+                    "mean_turns": turns,
                     "completion_tokens_min_mean_max": [int(lengths.min()), float(lengths.float().mean()),
                                                        int(lengths.max())],
                     "padded_completion_positions": positions, "loss_passes_s": seconds,

@@ -34,3 +34,15 @@ def test_profile_names_the_operators_a_loss_pass_spends_its_time_in():
     assert 0 < sum(op["share"] for op in top) <= 1.0001
     # a loss pass of a transformer runs matrix products, forward and backward
     assert any(op["operator"] in ("aten::mm", "aten::addmm", "aten::bmm", "aten::linear") for op in top), top
+
+
+def test_attention_reruns_the_grouped_split_with_bfloat16_attention_in_the_same_turns():
+    from rl.bench import load_suites
+
+    rows = load_suites()["micro_batches"]({"model": "tiny", "episodes": 4, "micro_batch": 2, "repeats": 1,
+                                           "attention": "sdpa_bf16"})
+    assert [(r["split"], r["attention"]) for r in rows] == [("shuffled", "sdpa"), ("by_length", "sdpa"),
+                                                            ("by_length", "sdpa_bf16")]
+    plain, half = rows[1], rows[2]
+    assert half["padded_completion_positions"] == plain["padded_completion_positions"]  # the same micro-batches
+    assert plain["gradient_max_diff"] < 1e-5 < half["gradient_max_diff"] < 5e-2  # rounded attention, same update
