@@ -16,21 +16,39 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from rl.config import ConfigError
 
 BF16_SDPA = "sdpa_bf16"
+
+
+def _half(x: torch.Tensor) -> torch.Tensor:
+    """`x` in bfloat16; an additive float mask's large negatives kept finite (float32's lowest is -inf there)."""
+    half = torch.bfloat16
+    return x.clamp(min=torch.finfo(half).min).to(half) if x.is_floating_point() else x
 
 
 def bf16_sdpa_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                                 value: torch.Tensor, attention_mask: torch.Tensor | None,
                                 **kwargs) -> tuple[torch.Tensor, None]:
-    """transformers' SDPA attention with query, key and value (and a float mask) in bfloat16; the output in the
-    query's dtype."""
-    dtype, half = query.dtype, torch.bfloat16
-    if attention_mask is not None and attention_mask.is_floating_point():
-        attention_mask = attention_mask.to(half)
-    out, weights = sdpa_attention_forward(module, query.to(half), key.to(half), value.to(half), attention_mask,
-                                          **kwargs)
-    return out.to(dtype), weights
+    """transformers' SDPA attention with a float32 model's query, key and value (a float mask and position bias
+    too) in bfloat16, and the output back in float32. Other dtypes go to SDPA as they are."""
+    if query.dtype != torch.float32:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    if kwargs.get("position_bias") is not None:
+        kwargs["position_bias"] = _half(kwargs["position_bias"])
+    mask = _half(attention_mask) if attention_mask is not None else None
+    out, weights = sdpa_attention_forward(module, _half(query), _half(key), _half(value), mask, **kwargs)
+    return out.to(query.dtype), weights
+
+
+def check_attn_implementation(name: str, key: str = "model.attn_implementation") -> None:
+    """Refuses an attention implementation transformers would not know, naming the ones it would."""
+    known = ["eager", *sorted(ALL_ATTENTION_FUNCTIONS.valid_keys())]
+    if name not in known and "/" not in name:
+        raise ConfigError(f"{key}={name!r}: unknown attention implementation (accepted: {', '.join(known)}, "
+                          "or a hub kernel named 'org/repo')")
 
 
 AttentionInterface.register(BF16_SDPA, bf16_sdpa_attention_forward)

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-import rl.attention  # noqa: F401 - registers model.attn_implementation=sdpa_bf16 with transformers
+from rl.attention import check_attn_implementation  # importing it registers model.attn_implementation=sdpa_bf16
 from rl.chat import load_template
 from rl.config import LoraSection, ModelSection
 from rl.config_checks import BUILT_IN_MODELS
@@ -237,14 +237,13 @@ def load_model(cfg: ModelSection, tokenizer=None):
     """(model, tokenizer) for a config; the model's generation config stops at end of turn."""
     from rl.chat import stop_token_ids
 
+    check_attn_implementation(cfg.attn_implementation)  # before any weights load
     tokenizer = tokenizer or load_tokenizer(cfg)
     dtype = resolve_dtype(cfg.dtype)
     if dtype == torch.float32 and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high" if cfg.tf32 else "highest")
     if cfg.name in (TINY, TINY_VLM):
-        model = _built_in(cfg.name, dtype, tokenizer)
-        if cfg.attn_implementation != model.config._attn_implementation:
-            model.set_attn_implementation(cfg.attn_implementation)
+        model = _built_in(cfg.name, dtype, cfg.attn_implementation, tokenizer)
     else:
         model = _from_pretrained(model_path(cfg.name), dtype, cfg.attn_implementation)
     if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
@@ -278,7 +277,7 @@ def _from_pretrained(path: str, dtype: torch.dtype, attn_implementation: str) ->
     from peft import PeftModel
 
     if base_name in (TINY, TINY_VLM):
-        base = _built_in(base_name, dtype)
+        base = _built_in(base_name, dtype, attn_implementation)
     else:
         base = _from_pretrained(model_path(base_name), dtype, attn_implementation)
     model = PeftModel.from_pretrained(base, path).merge_and_unload()
@@ -288,13 +287,15 @@ def _from_pretrained(path: str, dtype: torch.dtype, attn_implementation: str) ->
     return model
 
 
-def _built_in(name: str, dtype: torch.dtype, tokenizer=None) -> torch.nn.Module:
+def _built_in(name: str, dtype: torch.dtype, attn_implementation: str = "sdpa", tokenizer=None) -> torch.nn.Module:
     """A model built from config (seeded, so always the same weights), named by `name` so that a
     LoRA adapter trained on it records it as its base and can be loaded again."""
     if name == TINY:
         model = tiny_model(len(tokenizer or tiny_tokenizer()))
     else:
         model = tiny_vlm(tokenizer or tiny_vlm_tokenizer())
+    if model.config._attn_implementation != attn_implementation:
+        model.set_attn_implementation(attn_implementation)
     model.name_or_path = model.config._name_or_path = name  # peft reads the attribute
     return model.to(dtype)
 

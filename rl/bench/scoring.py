@@ -174,55 +174,25 @@ def _top_operators(fn, top: int) -> list[dict]:
             for e in sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]]
 
 
-@suite("micro_batches", options=["model", "config", "episodes", "micro_batch", "policy", "repeats", "profile",
-                                 "attention"])
-def micro_batches(options: dict) -> list[dict]:
-    """A GRPO step's loss passes over one batch in TRL's shuffled micro-batches vs grouped by length."""
+def _splits(rows: dict, n: int, micro: int) -> dict[str, list[dict]]:
+    """The batch's rows in TRL's shuffled micro-batches (one seeded permutation) and regrouped by length."""
     import torch
 
-    from rl.config import load_config
     from rl.trl_hooks import regroup_by_length
 
-    overrides = [f"model.name={options['model']}"] if options.get("model") else []
-    cfg = load_config(options.get("config", "configs/sudoku-sft.yaml"), overrides)
-    n, micro = int(options.get("episodes", 16)), int(options.get("micro_batch", 4))
-    if n % micro:
-        raise ValueError(f"episodes={n}: must be a multiple of micro_batch ({micro})")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = _model(cfg, device)
-    ids, attention, keep, score, turns = _episodes(cfg, tokenizer, n, str(options.get("policy", "random")))
-    rows = {"ids": ids.to(device), "attention": attention.to(device), "score": score.to(device),
-            "completion_mask": attention[:, -keep:].to(device)}
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(device)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).to(rows["ids"].device)
     shuffled = {k: v[order] for k, v in rows.items()}
     splits = {"shuffled": [{k: v[i:i + micro] for k, v in shuffled.items()} for i in range(0, n, micro)]}
     splits["by_length"] = regroup_by_length(splits["shuffled"])
-    tokens = int((rows["score"] & rows["completion_mask"].bool()).sum())
-    lengths = rows["completion_mask"].sum(dim=1)
-    _summed_gradient(model, splits["shuffled"][:1], keep, tokens)  # warm-up
-    padded = {name: sum(len(c["ids"]) * int(c["completion_mask"].sum(1).max()) for c in chunks)
-              for name, chunks in splits.items()}
+    return splits
 
-    own = model.config._attn_implementation
 
-    def run(name: str, attention: str = own) -> tuple[int, torch.Tensor]:
-        if model.config._attn_implementation != attention:
-            model.set_attn_implementation(attention)
-        grads = _summed_gradient(model, splits[name], keep, tokens)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return padded[name], grads
-
-    runs = {name: functools.partial(run, name) for name in splits}
-    for other in [a.strip() for a in str(options.get("attention", "")).split(",") if a.strip()]:
-        runs[f"by_length, {other}"] = functools.partial(run, "by_length", other)  # the grouped split again
-    # the runs take turns and swap places every pass: none always runs first, a slow stretch slows them all
-    results = fastest(runs, int(options.get("repeats", 2)), swap=True)
+def _split_rows(results: dict, own: str, lengths, common: dict) -> list[dict]:
+    """One row per run: its split, attention, padded positions, time and gradient against the shuffled split's;
+    `speedup` against the shuffled split, and a run with another attention's against the grouped split's."""
     out, reference = [], results["shuffled"][2]
     for name, (positions, seconds, grads, _, passes) in results.items():
-        split, _, other = name.partition(", ")
-        out.append({"split": split, "attention": other or own, "episodes": n, "micro_batch": micro,
-                    "mean_turns": turns,
+        out.append({"split": name, "attention": name.partition(", ")[2] or own, **common,
                     "completion_tokens_min_mean_max": [int(lengths.min()), float(lengths.float().mean()),
                                                        int(lengths.max())],
                     "padded_completion_positions": positions, "loss_passes_s": seconds,
@@ -230,6 +200,54 @@ def micro_batches(options: dict) -> list[dict]:
                     "gradient_max_diff": float((grads - reference).abs().max() / reference.abs().max())})
     for row in out:
         row["speedup"] = out[0]["loss_passes_s"] / row["loss_passes_s"]
+        if row["attention"] != own:
+            row["attention_speedup"] = out[1]["loss_passes_s"] / row["loss_passes_s"]
+    return out
+
+
+@suite("micro_batches", options=["model", "config", "episodes", "micro_batch", "policy", "repeats", "profile",
+                                 "attention"])
+def micro_batches(options: dict) -> list[dict]:
+    """A GRPO step's loss passes over one batch in TRL's shuffled micro-batches vs grouped by length."""
+    import torch
+
+    from rl.attention import check_attn_implementation
+    from rl.config import load_config
+
+    overrides = [f"model.name={options['model']}"] if options.get("model") else []
+    cfg = load_config(options.get("config", "configs/sudoku-sft.yaml"), overrides)
+    n, micro = int(options.get("episodes", 16)), int(options.get("micro_batch", 4))
+    if n % micro:
+        raise ValueError(f"episodes={n}: must be a multiple of micro_batch ({micro})")
+    others = [a.strip() for a in str(options.get("attention", "")).split(",") if a.strip()]
+    for other in others:  # before anything loads
+        check_attn_implementation(other, "attention")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = _model(cfg, device)
+    ids, attention, keep, score, turns = _episodes(cfg, tokenizer, n, str(options.get("policy", "random")))
+    rows = {"ids": ids.to(device), "attention": attention.to(device), "score": score.to(device),
+            "completion_mask": attention[:, -keep:].to(device)}
+    splits, own = _splits(rows, n, micro), model.config._attn_implementation
+    tokens = int((rows["score"] & rows["completion_mask"].bool()).sum())
+    padded = {name: sum(len(c["ids"]) * int(c["completion_mask"].sum(1).max()) for c in chunks)
+              for name, chunks in splits.items()}
+
+    def run(name: str, attention: str = own, chunks: slice = slice(None)) -> tuple[int, torch.Tensor]:
+        if model.config._attn_implementation != attention:  # each run sets its own: the order may swap
+            model.set_attn_implementation(attention)
+        grads = _summed_gradient(model, splits[name][chunks], keep, tokens)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return padded[name], grads
+
+    for warm in [own, *others]:  # first-call allocations and kernel choices, for each attention
+        run("shuffled", warm, slice(1))
+    runs = {name: functools.partial(run, name) for name in splits}
+    runs.update({f"by_length, {other}": functools.partial(run, "by_length", other) for other in others})
+    # the runs take turns and swap places every pass: none always runs first, a slow stretch slows them all
+    results = fastest(runs, int(options.get("repeats", 2)), swap=True)
+    out = _split_rows(results, own, rows["completion_mask"].sum(dim=1),
+                      {"episodes": n, "micro_batch": micro, "mean_turns": turns})
     if int(options.get("profile", 0)) > 0:
         out.append({"split": "by_length, profiled", "episodes": n, "micro_batch": micro,
                     "top_operators": _top_operators(functools.partial(run, "by_length"), int(options["profile"]))})

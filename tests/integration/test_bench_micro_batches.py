@@ -37,12 +37,19 @@ def test_profile_names_the_operators_a_loss_pass_spends_its_time_in():
 
 
 def test_attention_reruns_the_grouped_split_with_bfloat16_attention_in_the_same_turns():
+    import pytest
+
     from rl.bench import load_suites
 
-    rows = load_suites()["micro_batches"]({"model": "tiny", "episodes": 4, "micro_batch": 2, "repeats": 1,
-                                           "attention": "sdpa_bf16"})
+    suite = load_suites()["micro_batches"]
+    rows = suite({"model": "tiny", "episodes": 4, "micro_batch": 2, "attention": "sdpa_bf16"})
     assert [(r["split"], r["attention"]) for r in rows] == [("shuffled", "sdpa"), ("by_length", "sdpa"),
-                                                            ("by_length", "sdpa_bf16")]
+                                                            ("by_length, sdpa_bf16", "sdpa_bf16")]
+    assert all(len(r["passes_s"]) == 2 for r in rows)  # the second pass in reverse: float32 after bfloat16
     plain, half = rows[1], rows[2]
-    assert half["padded_completion_positions"] == plain["padded_completion_positions"]  # the same micro-batches
     assert plain["gradient_max_diff"] < 1e-5 < half["gradient_max_diff"] < 5e-2  # rounded attention, same update
+    assert half["attention_speedup"] == pytest.approx(plain["loss_passes_s"] / half["loss_passes_s"])
+    assert "attention_speedup" not in plain
+    with pytest.raises(ValueError, match=r"attention='sdpa_bf61': unknown attention implementation \(accepted: "
+                                         r"eager, .*sdpa_bf16"):
+        suite({"model": "tiny", "attention": "sdpa_bf61"})

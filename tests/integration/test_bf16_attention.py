@@ -1,8 +1,8 @@
 """`model.attn_implementation: sdpa_bf16`: a float32 model whose attention runs in bfloat16 (rl/attention.py)."""
 
 import json
+import math
 
-import pytest
 import torch
 
 from rl.config import ModelSection, load_config
@@ -10,8 +10,11 @@ from rl.models import load_model
 
 
 def _pair(monkeypatch):
-    """The tiny model twice with the same float32 weights, plain SDPA and sdpa_bf16, its sliding window (8) shorter
-    than the batch; and the dtypes SDPA was handed, in order."""
+    """A small Gemma 3 twice with the same float32 weights, plain SDPA and sdpa_bf16: one sliding-window layer
+    (window 8, shorter than the batch) and one full-attention layer, so both masks are used; and the dtypes SDPA
+    was handed, in order."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
     seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -22,10 +25,12 @@ def _pair(monkeypatch):
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
     models = {}
     for impl in ("sdpa", "sdpa_bf16"):
-        model, _ = load_model(ModelSection(name="tiny", dtype="float32", attn_implementation=impl))
-        model.config.sliding_window = 8  # both layer kinds then mask: the window, and the padding
-        models[impl] = model
-    models["sdpa_bf16"].load_state_dict(models["sdpa"].state_dict())
+        config = Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                  num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
+                                  layer_types=["sliding_attention", "full_attention"], pad_token_id=0)
+        torch.manual_seed(0)
+        models[impl] = Gemma3ForCausalLM(config)
+        models[impl].set_attn_implementation(impl)
     return models, seen
 
 
@@ -50,6 +55,7 @@ def test_attention_runs_in_bfloat16_and_the_rest_stays_float32(monkeypatch):
         assert dtypes == ({(torch.bfloat16,) * 3} if impl == "sdpa_bf16" else {(torch.float32,) * 3}), impl
     assert logits["sdpa_bf16"].dtype == torch.float32
     assert models["sdpa_bf16"].model.layers[0].self_attn.q_proj.weight.dtype == torch.float32
+    assert [layer.self_attn.is_sliding for layer in models["sdpa"].model.layers] == [True, False]
     real = attention.bool()
     plain, half = logits["sdpa"][real].log_softmax(-1), logits["sdpa_bf16"][real].log_softmax(-1)
     gap = (plain - half).abs().max().item()
@@ -69,7 +75,15 @@ def test_gradients_flow_through_the_bfloat16_attention_in_float32(monkeypatch):
     assert 0 < rel < 5e-2, rel
 
 
-def test_a_grpo_run_trains_with_bfloat16_attention(tmp_path):
+def test_a_grpo_run_trains_with_bfloat16_attention(tmp_path, monkeypatch):
+    seen = set()
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(query, key, value, *args, **kwargs):
+        seen.add((query.dtype, torch.is_grad_enabled()))
+        return sdpa(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
     cfg = load_config(None, [
         f"output_dir={tmp_path}", "name=bf16-attention", "model.name=tiny", "model.dtype=float32",
         "model.attn_implementation=sdpa_bf16", "model.tool_format=first_digit", "lora.enabled=true",
@@ -82,5 +96,36 @@ def test_a_grpo_run_trains_with_bfloat16_attention(tmp_path):
 
     logged = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").open() if '"loss"' in line]
     assert [entry["step"] for entry in logged] == [1, 2]
-    assert all(entry["grad_norm"] == pytest.approx(entry["grad_norm"]) for entry in logged)  # finite: NaN != NaN
+    assert all(math.isfinite(entry["grad_norm"]) for entry in logged)
     assert logged[0]["reward_std"] > 0 and logged[0]["grad_norm"] > 0  # a real update
+    assert seen == {(torch.bfloat16, False), (torch.bfloat16, True)}  # generation and the loss passes alike
+
+
+def test_a_float_mask_stays_finite_and_other_dtypes_pass_through():
+    from rl.attention import bf16_sdpa_attention_forward
+
+    module = torch.nn.Module()
+    module.is_causal = False
+    query, key, value = (torch.randn(1, 2, 5, 16, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    mask = torch.zeros(1, 1, 5, 5)
+    mask[..., 3:] = torch.finfo(torch.float32).min  # float32's lowest overflows bfloat16 to -inf
+    out, _ = bf16_sdpa_attention_forward(module, query, key, value, mask)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    kept = torch.nn.functional.scaled_dot_product_attention(query, key[..., :3, :], value[..., :3, :])
+    assert (out - kept.transpose(1, 2)).abs().max() < 5e-2  # the masked keys ignored, as in float32
+    half = [t.to(torch.float16) for t in (query, key, value)]
+    same, _ = bf16_sdpa_attention_forward(module, *half, None)
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    assert same.dtype == torch.float16  # not float32: left as it is, never rounded to bfloat16
+    assert torch.equal(same, sdpa_attention_forward(module, *half, None)[0])
+
+
+def test_an_unknown_attention_implementation_is_refused_before_the_model_loads():
+    import pytest
+
+    from rl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model.attn_implementation='sdpa_bf61': unknown attention "
+                                          r"implementation \(accepted: eager, .*sdpa, sdpa_bf16"):
+        load_model(ModelSection(name="tiny", attn_implementation="sdpa_bf61"))

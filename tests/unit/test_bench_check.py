@@ -20,6 +20,8 @@ def test_a_speedup_below_the_tolerated_share_of_the_baselines_is_a_regression():
     assert regressions(result(float32=1.0, tf32=1.5), baseline, tolerance=0.3) == []
     assert regressions(result(float32=1.0), baseline) == ["mode=tf32: no such row in this run"]
     assert regressions(result(float32=1.0, tf32=2.0, bfloat16=0.1), baseline) == []  # rows the baseline lacks: new
+    profiled = {**baseline, "rows": [*baseline["rows"], {"mode": "tf32, profiled", "top_operators": []}]}
+    assert regressions(result(float32=1.0, tf32=2.0), profiled) == []  # a row with no speedup holds nothing to
     with pytest.raises(ValueError, match="baseline is of suite 'scoring', this run of 'precision'"):
         regressions(result(float32=1.0), result("scoring", model_tokens=2.0))
 
