@@ -32,6 +32,9 @@ SCALE_REWARDS = ("group", "batch", "none")
 WANDB_MODES = ("auto", "online", "offline", "off")
 NONFINITE_REWARDS = ("error", "drop")  # grpo.nonfinite_rewards: stop the run, or count and leave the value out
 MICRO_BATCHES = ("auto", "by_length", "shuffled")  # grpo.micro_batches
+# model.attn_implementation: transformers' own names, rl/attention.py's, or a hub kernel ('org/repo')
+ATTN_IMPLEMENTATIONS = ("sdpa", "sdpa_bf16", "eager", "flex_attention", "flash_attention_2", "flash_attention_3",
+                        "flash_attention_4", "paged|eager")
 BUILT_IN_MODELS = ("gemma-3-270m", "tiny", "tiny-vlm")  # rl/models.py builds or converts these
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
@@ -72,6 +75,8 @@ SEED = Rule(lambda v: _finite(v) and 0 <= v < 2**32, "must be an integer in [0, 
 # accepted where the field's type allows it (rollout.vllm.kv_cache_gib: vLLM sizes the cache itself).
 RULES: dict[str, Rule] = {
     "model.dtype": one_of(MODEL_DTYPES),
+    "model.attn_implementation": Rule(lambda v: v in ATTN_IMPLEMENTATIONS or bool(HUB_ID.fullmatch(str(v))),
+                                      f"accepted: {', '.join(ATTN_IMPLEMENTATIONS)}, or a hub kernel 'org/repo'"),
     "lora.r": COUNT, "lora.alpha": POSITIVE, "lora.dropout": within(0, 1, high_open=True),
     "rollout.max_turns": COUNT, "rollout.max_new_tokens": COUNT, "rollout.max_completion_tokens": COUNT,
     "rollout.temperature": POSITIVE, "rollout.top_p": within(0, 1, low_open=True),

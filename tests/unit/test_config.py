@@ -33,6 +33,10 @@ def test_yaml_and_dotted_overrides(tmp_path):
     ("eval.transcripts=-1", r"eval\.transcripts=-1: must be an integer >= 0"),
     ("novalue", "bad override 'novalue'"),
     ("grpo.micro_batches=sorted", r"unknown grpo.micro_batches 'sorted' \(accepted: auto, by_length, shuffled\)"),
+    ("model.attn_implementation=sdpa_bf61",
+     r"unknown model.attn_implementation 'sdpa_bf61' \(accepted: sdpa, sdpa_bf16, eager, .*hub kernel 'org/repo'\)"),
+    ("model.attn_implementation=sdpa_bf16", None),
+    ("model.attn_implementation=kernels-community/flash-attn", None),
     ("grpo.micro_batches=by_length", None),  # accepted with the default loss (dapo)
     ("grpo.micro_batches=by_length;grpo.loss_type=bnpo",
      "grpo.micro_batches=by_length: grpo.loss_type=bnpo normalises each micro-batch by its own token count"),
