@@ -3,7 +3,7 @@
 Gemma 3's attention reaches PyTorch's SDPA with a mask (its sliding-window layers need one, and so does padding),
 which rules out SDPA's flash kernel; in float32 the memory-efficient kernel then runs without tensor cores. In a
 GRPO step's loss passes on one H100 that attention took 5.7 of 10.9 seconds (`rl/bench/baselines/README.md`,
-"Where a loss pass goes"). `sdpa_bf16` hands SDPA the query, key and value in bfloat16 (the mask as SDPA takes it)
+"Where a loss pass goes"). `sdpa_bf16` hands SDPA the query, key and value (and a float mask) in bfloat16
 and returns the output in the model's dtype: everything else, the weights, their gradients and the optimizer, stays
 as it was. Its cost is precision: the attention's inputs keep 8 bits of mantissa, so the trainer's logprobs move
 further from a float32 engine's (the GRPO step's sync check reports that gap). Registered with transformers'
