@@ -16,9 +16,6 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-from rl.config import ConfigError
 
 BF16_SDPA = "sdpa_bf16"
 
@@ -41,14 +38,6 @@ def bf16_sdpa_attention_forward(module: torch.nn.Module, query: torch.Tensor, ke
     mask = _half(attention_mask) if attention_mask is not None else None
     out, weights = sdpa_attention_forward(module, _half(query), _half(key), _half(value), mask, **kwargs)
     return out.to(query.dtype), weights
-
-
-def check_attn_implementation(name: str, key: str = "model.attn_implementation") -> None:
-    """Refuses an attention implementation transformers would not know, naming the ones it would."""
-    known = ["eager", *sorted(ALL_ATTENTION_FUNCTIONS.valid_keys())]
-    if name not in known and "/" not in name:
-        raise ConfigError(f"{key}={name!r}: unknown attention implementation (accepted: {', '.join(known)}, "
-                          "or a hub kernel named 'org/repo')")
 
 
 AttentionInterface.register(BF16_SDPA, bf16_sdpa_attention_forward)

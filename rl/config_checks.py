@@ -67,6 +67,18 @@ def one_of(names: tuple[str, ...]) -> Rule:
     return Rule(lambda v: v in names, f"accepted: {', '.join(names)}")
 
 
+def known_attn_implementation(name: Any) -> bool:
+    return name in ATTN_IMPLEMENTATIONS or bool(HUB_ID.fullmatch(str(name)))
+
+
+def check_attn_implementation(name: str, key: str = "model.attn_implementation") -> None:
+    """The config's rule for an attention implementation, for one named elsewhere (a model section built in code,
+    a bench option)."""
+    if not known_attn_implementation(name):
+        raise ConfigError(f"{key}={name!r}: unknown attention implementation (accepted: "
+                          f"{', '.join(sorted(ATTN_IMPLEMENTATIONS))}, or a hub kernel named 'org/repo')")
+
+
 COUNT, POSITIVE, NON_NEGATIVE = at_least(1, integer=True), above(0), at_least(0)
 SHARE = within(0, 1)
 SEED = Rule(lambda v: _finite(v) and 0 <= v < 2**32, "must be an integer in [0, 2**32)")  # numpy's range
@@ -75,7 +87,7 @@ SEED = Rule(lambda v: _finite(v) and 0 <= v < 2**32, "must be an integer in [0, 
 # accepted where the field's type allows it (rollout.vllm.kv_cache_gib: vLLM sizes the cache itself).
 RULES: dict[str, Rule] = {
     "model.dtype": one_of(MODEL_DTYPES),
-    "model.attn_implementation": Rule(lambda v: v in ATTN_IMPLEMENTATIONS or bool(HUB_ID.fullmatch(str(v))),
+    "model.attn_implementation": Rule(known_attn_implementation,
                                       f"accepted: {', '.join(ATTN_IMPLEMENTATIONS)}, or a hub kernel 'org/repo'"),
     "lora.r": COUNT, "lora.alpha": POSITIVE, "lora.dropout": within(0, 1, high_open=True),
     "rollout.max_turns": COUNT, "rollout.max_new_tokens": COUNT, "rollout.max_completion_tokens": COUNT,

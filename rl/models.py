@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
-from rl.attention import check_attn_implementation  # importing it registers model.attn_implementation=sdpa_bf16
+import rl.attention  # noqa: F401 - registers model.attn_implementation=sdpa_bf16 with transformers
 from rl.chat import load_template
 from rl.config import LoraSection, ModelSection
-from rl.config_checks import BUILT_IN_MODELS
+from rl.config_checks import BUILT_IN_MODELS, check_attn_implementation
 
 GEMMA_270M, TINY, TINY_VLM = BUILT_IN_MODELS  # named where configs are checked, without torch
 # the chat templates the built-in models get when model.chat_template names none (Gemma 3 270M is a base model)

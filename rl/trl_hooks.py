@@ -268,9 +268,11 @@ def regroup_by_length(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     first = chunks[0]
     if "num_images" in first:  # image columns are split by image, not by row
         raise RuntimeError("regroup_by_length: a batch with image inputs keeps TRL's split")
+    whole = {key for key, value in first.items()  # kept as they are: None, and 0-dim tensors
+             if value is None or isinstance(value, torch.Tensor) and value.ndim == 0}
     merged: dict[str, Any] = {}
     for key, value in first.items():
-        if value is None or isinstance(value, torch.Tensor) and value.ndim == 0:
+        if key in whole:
             merged[key] = value
         elif isinstance(value, torch.Tensor):
             merged[key] = torch.cat([chunk[key] for chunk in chunks])
@@ -280,7 +282,7 @@ def regroup_by_length(chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
     order = torch.argsort(merged["completion_mask"].sum(dim=1), descending=True, stable=True)
     index = order.tolist()
     for key, value in merged.items():
-        if value is None or isinstance(value, torch.Tensor) and value.ndim == 0:
+        if key in whole:
             continue
         if len(value) != rows:
             raise RuntimeError(f"the generation batch's column {key!r} has {len(value)} rows, not {rows}: "

@@ -211,8 +211,8 @@ def micro_batches(options: dict) -> list[dict]:
     """A GRPO step's loss passes over one batch in TRL's shuffled micro-batches vs grouped by length."""
     import torch
 
-    from rl.attention import check_attn_implementation
     from rl.config import load_config
+    from rl.config_checks import check_attn_implementation
 
     overrides = [f"model.name={options['model']}"] if options.get("model") else []
     cfg = load_config(options.get("config", "configs/sudoku-sft.yaml"), overrides)
