@@ -106,3 +106,78 @@ def test_a_stream_sets_the_gil_switch_interval_it_is_given_while_open_and_leaves
 
     assert asyncio.run(run()).token_ids
     assert seen == [before, 0.0005, 0.0005, before]
+
+
+def admissions(backend, admit_every: int) -> tuple[list, list]:
+    """Three episodes asking for turns of 2, 5 and 9 tokens, each three times in a row, on a stream admitting at
+    every `admit_every`-th step: their tokens, and the engine's log of steps and requests added (with whether it
+    was busy then)."""
+    log = []
+    engine = backend.llm.llm_engine
+    add, step = engine.add_request, engine.step
+
+    def logged_add(*args, **kwargs):
+        log.append(("add", engine.has_unfinished_requests()))
+        return add(*args, **kwargs)
+
+    def logged_step():
+        log.append(("step", None))
+        return step()
+
+    async def episode(stream, key):
+        out = []
+        for turn in range(3):
+            params = replace(GREEDY, max_new_tokens=[2, 5, 9][(key + turn) % 3])
+            out.append((await stream.generate(key, PROMPTS[key] + [20 + turn], params)).token_ids)
+        return out
+
+    async def run():
+        backend.admit_every = admit_every
+        stream = backend.stream()
+        try:
+            return await asyncio.gather(*(episode(stream, key) for key in range(3)))
+        finally:
+            backend.admit_every = 1
+            await stream.aclose()
+
+    engine.add_request, engine.step = logged_add, logged_step
+    try:
+        return asyncio.run(run()), log
+    finally:
+        del engine.add_request, engine.step  # the instance's own: the class's methods again
+
+
+def busy_gaps(log) -> list[int]:
+    """For each request added to a running batch after an engine step: the steps since the last request added."""
+    gaps, since = [], None
+    for kind, busy in log:
+        if kind == "step":
+            since = None if since is None else since + 1
+            continue
+        if busy and since:
+            gaps.append(since)
+        since = 0
+    return gaps
+
+
+def test_a_busy_engine_admits_new_turns_together_at_every_nth_step_and_they_generate_the_same(backend):
+    asked_at_once, eager = admissions(backend, 1)
+    batched, log = admissions(backend, 4)
+    assert batched == asked_at_once and all(len(t) for turns in batched for t in turns)  # greedy: the same tokens
+    assert sum(kind == "add" for kind, _ in log) == 9
+    # a turn joins a running batch only 3 or more steps after the last one joined (at most 3 steps' wait)
+    assert busy_gaps(log) and min(busy_gaps(log)) >= 3, log
+    assert min(busy_gaps(eager)) < 3, eager  # at 1, the next step takes it in
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "4"])
+def test_admit_every_must_be_a_whole_number_of_steps(backend, bad):
+    async def run():
+        backend.admit_every = bad
+        try:
+            backend.stream()
+        finally:
+            backend.admit_every = 1
+
+    with pytest.raises(ValueError, match=f"admit_every={bad!r}: accepted: a whole number of engine steps"):
+        asyncio.run(run())
