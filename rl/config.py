@@ -37,14 +37,14 @@ class VLLMSection:
     # The engine's weights: auto = the trainer's dtype (float32 weights get TF32 with model.tf32), or bfloat16 /
     # float16 / float32; another dtype samples from a policy unlike the one the loss scores (sync_check_tokens).
     dtype: str = "auto"
-    # After every weight push, score this many tokens of the last batch's first episode under the engine and the
-    # trainer and log the largest and mean logprob difference (rollout/sync_logprob_diff_max, _mean): proof that the
-    # engine samples from the trained weights; beside it the gap before the push (_stale_max, _stale_mean). 0 = off.
+    # After every weight push, score this many tokens of the last batch's first episode under the
+    # engine and the trainer and log the largest and mean logprob difference
+    # (rollout/sync_logprob_diff_max, _mean): proof that the engine samples from the trained weights; beside it the
+    # engine's gap from before the push (_stale_max, _stale_mean), what a lost push would read. 0 = off.
     sync_check_tokens: int = 256
     # Python's GIL switch interval while the engine serves a rollout; null leaves the process's own (5 ms). 0.0005 cut
     # episodes' GIL waits beside a stand-in engine on a CPU, but gained nothing on a GPU (rl/bench/baselines/README.md).
     switch_interval_s: float | None = None
-    admit_every: int = 1  # a busy engine takes in new turns together, at every n-th step (rl/vllm_stream.py)
     # More `vllm.LLM` arguments for the in-process engine, e.g. {compilation_config: {cudagraph_mode: FULL}} or
     # {enforce_eager: true}; the keys the fields above set are refused (see VLLM_ENGINE_ARGS_SET_BY).
     engine_args: dict[str, Any] = field(default_factory=dict)

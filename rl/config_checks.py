@@ -97,7 +97,7 @@ RULES: dict[str, Rule] = {
     "rollout.max_observation_chars": at_least(64, integer=True),  # room for the marker saying what was cut
     "rollout.vllm.gpu_memory_utilization": within(0, 1, low_open=True), "rollout.vllm.kv_cache_gib": POSITIVE,
     "rollout.vllm.max_model_len": COUNT, "rollout.vllm.sync_check_tokens": at_least(0, integer=True),
-    "rollout.vllm.switch_interval_s": POSITIVE, "rollout.vllm.admit_every": COUNT,
+    "rollout.vllm.switch_interval_s": POSITIVE,
     "rollout.vllm.timeout_s": POSITIVE, "rollout.vllm.retries": at_least(0, integer=True),
     "grpo.learning_rate": POSITIVE, "grpo.per_device_train_batch_size": COUNT,
     "grpo.gradient_accumulation_steps": COUNT, "grpo.max_steps": COUNT, "grpo.loss_type": one_of(LOSS_TYPES),

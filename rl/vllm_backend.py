@@ -126,7 +126,6 @@ class VLLMBackend:
         self.last_sync: dict[str, float] = {}  # {"tensors": n, "seconds": s} of the last push
         self._stops: dict[tuple[str, ...], StopStrings] = {}
         self.switch_interval_s: float | None = None  # the GIL's while a stream is open (None: the process's own)
-        self.admit_every = 1  # a stream admits new requests at every n-th engine step (`rl.vllm_stream`)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, tokenizer, directory: str | Path, **kwargs) -> VLLMBackend:
@@ -152,7 +151,6 @@ class VLLMBackend:
                                  kv_cache_gib=settings.kv_cache_gib, max_model_len=settings.max_model_len,
                                  **getattr(settings, "engine_args", {}), **kwargs)
         backend.switch_interval_s = getattr(settings, "switch_interval_s", backend.switch_interval_s)
-        backend.admit_every = getattr(settings, "admit_every", backend.admit_every)
         return backend
 
     # ------------------------------------------------------------------ generation
@@ -196,7 +194,7 @@ class VLLMBackend:
 
     def stream(self) -> EngineStream:
         """Per-episode requests, continuously batched by the engine (see `rl.vllm_stream`)."""
-        return EngineStream(self, self.switch_interval_s, self.admit_every)
+        return EngineStream(self, self.switch_interval_s)
 
     @staticmethod
     def _sampling_params(params: SamplingParams, index: int):

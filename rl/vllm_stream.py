@@ -114,28 +114,19 @@ def _restore_switch_interval() -> None:
 
 
 class EngineStream:
-    """Each episode's turn joins the engine's running batch as soon as it is asked for.
+    """Each episode's turn joins the engine's running batch the moment it is asked for.
 
     A driver thread owns the engine while the stream is open: it adds queued requests,
     runs `engine.step()` while any request is unfinished, and resolves each episode's
     future as soon as its own request finishes, so the episode can step its env while the
     others keep generating. Requests are matched by their id, never by position. While it
     is open, the process's GIL switch interval is `switch_interval_s` (None: left as it is).
-
-    `admit_every`: while the engine is busy, requests asked for join its batch together, at every
-    `admit_every`-th engine step, so each waits at most `admit_every - 1` steps; 1 admits them at the
-    next step. A step that takes in new requests computes their prompt tokens, and on a GPU runs
-    slower than a step that only decodes (`rl/bench/baselines/README.md`); fewer of them, each
-    taking in more, can make a rollout faster. An idle engine admits at once.
     """
 
     _STOP = object()
 
-    def __init__(self, backend, switch_interval_s: float | None = None, admit_every: int = 1):
-        if not isinstance(admit_every, int) or isinstance(admit_every, bool) or admit_every < 1:
-            raise ValueError(f"admit_every={admit_every!r}: accepted: a whole number of engine steps, 1 or more")
+    def __init__(self, backend, switch_interval_s: float | None = None):
         self.backend = backend
-        self.admit_every = admit_every
         self.engine = backend.llm.llm_engine
         self.loop = asyncio.get_running_loop()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
@@ -186,22 +177,20 @@ class EngineStream:
 
     def _drive(self) -> None:
         rows: dict[str, _Row] = {}
-        waiting: list[tuple] = []  # asked for, not yet admitted (`admit_every`)
         try:
-            self._serve(rows, waiting)
+            self._serve(rows)
         except Exception as e:  # noqa: BLE001 - the driver itself broke: every caller, now or later, hears it
-            for row in [*rows.values(), *(item[3] for item in waiting)]:
+            for row in rows.values():
                 self._resolve(row.future, e)
             while (item := self.inbox.get()) is not self._STOP:
                 self._resolve(item[3].future, e)
 
-    def _serve(self, rows: dict[str, _Row], waiting: list[tuple]) -> None:
+    def _serve(self, rows: dict[str, _Row]) -> None:
         call = None  # an `exclusive` call waiting for the running requests to finish
-        steps = 0  # engine steps since requests were last admitted
         while True:
             while call is None:
-                try:  # sleep only while the engine is idle and nothing waits
-                    item = self.inbox.get(block=not waiting and not self.engine.has_unfinished_requests())
+                try:  # sleep only while the engine is idle
+                    item = self.inbox.get(block=not self.engine.has_unfinished_requests())
                 except queue.Empty:
                     break
                 if item is self._STOP:
@@ -211,16 +200,9 @@ class EngineStream:
                 if item[0] is None:
                     call = item
                     break
-                waiting.append(item)
-            busy = self.engine.has_unfinished_requests()
-            if waiting and (steps >= self.admit_every - 1 or call is not None or not busy):
-                for item in waiting:  # asked for before a waiting `exclusive` call: served before it
-                    self._add(rows, *item)
-                waiting.clear()
-                steps = 0
+                self._add(rows, *item)
             if self.engine.has_unfinished_requests():
                 self._step(rows)
-                steps += 1
             elif call is not None:
                 _, fn, _, row = call
                 call = None

@@ -242,30 +242,26 @@ _VLLM, _HF = "vllm colocate (VLLMBackend)", "hf (TransformersBackend)"
 _SHORT = "vllm colocate (VLLMBackend), GIL switch interval 0.5 ms"  # beside the backend's own (Python's, by default)
 
 
-def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, ceiling: float,
-                     admit_every: int = 1) -> list[dict]:
+def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, ceiling: float) -> list[dict]:
     """Whole episodes on each backend, and the engine's raw rate on the very turns the vLLM rollout played in the
-    same pass: bare (the ceiling), and with the rollout's stop strings (vLLM detokenizes for them). `admit_every`
-    above 1 adds the rollout admitting new turns at every n-th engine step (`rl.vllm_stream.EngineStream`)."""
+    same pass: bare (the ceiling), and with the rollout's stop strings (vLLM detokenizes for them)."""
     from envs.base import closing_envs
     from rl.rollout import run_episodes, turn_params
 
     settings, max_turns, vllm, hf = cfg.rollout, cfg.rollout.max_turns, backends[_VLLM], backends[_HF]
-    own, played = (vllm.switch_interval_s, vllm.admit_every), []
+    own, played = vllm.switch_interval_s, []
 
-    def episodes(backend, interval=own[0], admit=own[1], replayed=False):
+    def episodes(backend, interval=own, replayed=False):
         timing: dict = {}
-        vllm.switch_interval_s, vllm.admit_every = interval, admit
+        vllm.switch_interval_s = interval
         with closing_envs([env_cls(**cfg.env.kwargs) for _ in range(n)]) as batch_envs:
             trajectories = run_episodes(batch_envs, list(range(n)), backend, chat, settings, metrics=timing)
         if replayed:
             played.append(trajectories)  # the turns this pass's replays play
-        return timing["generated_tokens"], (trajectories, timing, interval, admit)
+        return timing["generated_tokens"], (trajectories, timing, interval)
 
     runs = {_VLLM: lambda: episodes(vllm, replayed=True), _SHORT: lambda: episodes(vllm, 0.0005),
             _HF: lambda: episodes(hf)}
-    if admit_every > 1:
-        runs[f"{_VLLM}, admitting every {admit_every} steps"] = lambda: episodes(vllm, admit=admit_every)
     for name, sampling in {"vllm raw LLM.generate, same turns": _bare(settings.temperature, _seeded()),
                            "vllm raw LLM.generate, same turns, vLLM's stop strings":
                                _as_rollout(vllm, turn_params(chat, settings))}.items():
@@ -274,7 +270,7 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
     try:  # each run from an empty prefix cache, its engine steps counted
         results = fastest(runs, repeats, lambda: (vllm.llm.reset_prefix_cache(), steps.reset()), steps.row)
     finally:
-        vllm.switch_interval_s, vllm.admit_every = own
+        vllm.switch_interval_s = own
         steps.close()
     rows = []
     for name, (tokens, seconds, result, engine, passes) in results.items():
@@ -282,13 +278,13 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
                "tokens_per_s": tokens / seconds, "vs_raw_vllm": tokens / seconds / ceiling,
                "passes": [t / s for t, s in passes], "pass_tokens": [t for t, _ in passes]}
         if result is not None:
-            trajectories, timing, interval, admit = result
+            trajectories, timing, interval = result
             row.update(episodes_per_s=n / seconds, model_turns=sum(t.info["model_turns"] for t in trajectories) / n,
                        generation_s=timing["generation_s"], env_s=timing["env_s"])
         if name != _HF:
             row.update(engine)
-        if result is not None and name != _HF:
-            row.update(switch_interval_s=interval, admit_every=admit)
+        if name in (_VLLM, _SHORT):
+            row["switch_interval_s"] = interval
         rows.append(row)
     bare, vllm_stops = rows[-2], rows[-1]["tokens_per_s"]
     for row in rows:  # each row's fastest pass against the bare replay's; and pass by pass, on the same turns
@@ -298,8 +294,7 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
     return rows
 
 
-@suite("generation", options=["model", "prompts", "repeats", "max_turns", "max_new_tokens", "admit_every",
-                              *ENGINE_OPTIONS])
+@suite("generation", options=["model", "prompts", "repeats", "max_turns", "max_new_tokens", *ENGINE_OPTIONS])
 def generation(options: dict) -> list[dict]:
     """Generated tokens/s on Sudoku prompts: transformers vs vLLM colocate vs raw vllm.LLM.generate."""
     from vllm.inputs import TokensPrompt
@@ -310,9 +305,6 @@ def generation(options: dict) -> list[dict]:
     n = int(options.get("prompts", 16))
     repeats = int(options.get("repeats", 2))
     max_turns = int(options.get("max_turns", 4))  # 0 = skip the multi-turn rows
-    admit = int(options.get("admit_every", 1))  # above 1: the rollout again, admitting at every n-th step
-    if admit < 1:
-        raise ValueError(f"admit_every={admit}: accepted: a whole number of engine steps, 1 or more")
     cfg, model, tokenizer, chat, env_cls = _setup(options)
     settings = cfg.rollout
     settings.max_new_tokens = int(options.get("max_new_tokens", settings.max_new_tokens))
@@ -348,7 +340,7 @@ def generation(options: dict) -> list[dict]:
         if max_turns > 0:
             settings.max_turns = max_turns
             backends = {_VLLM: vllm, _HF: hf}
-            rows += _multi_turn_rows(cfg, env_cls, chat, backends, n, repeats, ceiling, admit)
+            rows += _multi_turn_rows(cfg, env_cls, chat, backends, n, repeats, ceiling)
         return rows
 
 

@@ -15,7 +15,7 @@ def test_the_rollout_is_measured_against_replays_of_its_own_turns_with_engine_st
     # a 256-token step budget: each turn's prompts (4 Sudoku prompts of a few hundred tokens) take several steps
     rows = load_suites()["generation"]({"model": "tiny", "prompts": 4, "max_turns": 3, "repeats": 2,
                                         "max_new_tokens": 12, "kv_cache_gib": 0.25,
-                                        "engine_args": {"max_num_batched_tokens": 256}, "admit_every": 3})
+                                        "engine_args": {"max_num_batched_tokens": 256}})
     assert not torch.distributed.is_initialized()  # the suite shut its engine down, and the group it set up
     by_name = {(r["test"], r["backend"]): r for r in rows}
     multi = "4 episodes, max_turns 3"
@@ -47,18 +47,5 @@ def test_the_rollout_is_measured_against_replays_of_its_own_turns_with_engine_st
     short_switch = by_name[(multi, "vllm colocate (VLLMBackend), GIL switch interval 0.5 ms")]
     assert short_switch["tokens"] > 0 and short_switch["engine_steps"] > 0
     assert (rollout["switch_interval_s"], short_switch["switch_interval_s"]) == (None, 0.0005)
-    # and admitting new turns at every 3rd engine step, the default admitting at once
-    admitting = by_name[(multi, "vllm colocate (VLLMBackend), admitting every 3 steps")]
-    assert admitting["tokens"] > 0 and admitting["engine_steps"] > admitting["prefill_steps"] >= 1
-    assert (rollout["admit_every"], short_switch["admit_every"], admitting["admit_every"]) == (1, 1, 3)
-    assert admitting["switch_interval_s"] is None
     # the hf rollout has no engine steps of its own
     assert "engine_steps" not in by_name[(multi, "hf (TransformersBackend)")]
-
-
-@pytest.mark.parametrize("bad", ["0", "-1"])
-def test_admit_every_below_one_is_refused_before_a_model_loads(bad):
-    from rl.bench import load_suites
-
-    with pytest.raises(ValueError, match=f"admit_every={bad}: accepted: a whole number of engine steps, 1 or more"):
-        load_suites()["generation"]({"model": "no-such-model", "admit_every": bad})
