@@ -177,18 +177,18 @@ class EngineStream:
 
     def _drive(self) -> None:
         rows: dict[str, _Row] = {}
+        held: list[tuple] = []  # an `exclusive` call waiting for the running requests to finish
         try:
-            self._serve(rows)
+            self._serve(rows, held)
         except Exception as e:  # noqa: BLE001 - the driver itself broke: every caller, now or later, hears it
-            for row in rows.values():
+            for row in [*rows.values(), *(item[3] for item in held)]:
                 self._resolve(row.future, e)
             while (item := self.inbox.get()) is not self._STOP:
                 self._resolve(item[3].future, e)
 
-    def _serve(self, rows: dict[str, _Row]) -> None:
-        call = None  # an `exclusive` call waiting for the running requests to finish
+    def _serve(self, rows: dict[str, _Row], held: list[tuple]) -> None:
         while True:
-            while call is None:
+            while not held:
                 try:  # sleep only while the engine is idle
                     item = self.inbox.get(block=not self.engine.has_unfinished_requests())
                 except queue.Empty:
@@ -198,14 +198,13 @@ class EngineStream:
                         self.engine.abort_request(list(rows))
                     return
                 if item[0] is None:
-                    call = item
+                    held.append(item)
                     break
                 self._add(rows, *item)
             if self.engine.has_unfinished_requests():
                 self._step(rows)
-            elif call is not None:
-                _, fn, _, row = call
-                call = None
+            elif held:
+                _, fn, _, row = held.pop()
                 try:
                     self._resolve(row.future, _Result(fn()))
                 except Exception as e:  # noqa: BLE001 - goes to the caller

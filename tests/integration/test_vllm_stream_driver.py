@@ -106,3 +106,31 @@ def test_a_stream_sets_the_gil_switch_interval_it_is_given_while_open_and_leaves
 
     assert asyncio.run(run()).token_ids
     assert seen == [before, 0.0005, 0.0005, before]
+
+
+def test_a_driver_that_breaks_while_a_weight_update_waits_tells_the_update_and_later_requests(backend, monkeypatch):
+    engine = backend.llm.llm_engine
+
+    def broken():
+        raise RuntimeError("engine state broke")
+
+    async def run():
+        stream = backend.stream()
+        try:
+            assert (await stream.generate(0, PROMPTS[0], GREEDY)).token_ids
+            await asyncio.sleep(0.5)  # the driver sleeps on its empty inbox
+            monkeypatch.setattr(engine, "has_unfinished_requests", broken)
+            # the driver takes the update in, then breaks before it can run it: the update hears why, not nothing
+            update = await asyncio.wait_for(asyncio.gather(stream.exclusive(lambda: "updated"),
+                                                           return_exceptions=True), 60)
+            later = await asyncio.wait_for(asyncio.gather(stream.generate(1, PROMPTS[1], GREEDY),
+                                                          return_exceptions=True), 60)
+            return update + later
+        finally:
+            monkeypatch.undo()
+            await stream.aclose()
+
+    got = asyncio.run(run())
+    assert [type(e) for e in got] == [RuntimeError, RuntimeError]
+    assert [str(e) for e in got] == ["engine state broke"] * 2
+    assert backend.generate([PROMPTS[0]], GREEDY)[0].token_ids  # the engine itself serves on
