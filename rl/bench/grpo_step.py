@@ -106,6 +106,10 @@ def step_parts(rows: list[dict]) -> dict:
     for key in ("sync_logprob_diff_mean", "sync_logprob_diff_stale_mean"):
         if all(f"rollout/{key}" in r for r in timed):
             parts[key] = mean(lambda r, k=f"rollout/{key}": r[k])
+    # every step, the first (untimed) one too, as its row in the run's log has it
+    parts["per_step"] = [{"step": r.get("step"), "reward": r.get("reward"), "solved": r.get("env/solved"),
+                          "turns": r.get("env/model_turns"), "step_s": r["perf/step_s"],
+                          "generation_s": r.get("rollout/wall_s")} for r in rows if "perf/step_s" in r]
     return parts
 
 

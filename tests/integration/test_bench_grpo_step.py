@@ -1,6 +1,7 @@
 """The grpo_step suite on a CPU: a tiny GRPO run per backend, each step's time split into generation, scoring and
 training from the run's own metrics."""
 
+import statistics
 
 import pytest
 
@@ -20,6 +21,13 @@ def test_each_backend_trains_in_its_own_run_and_its_step_splits_into_three_posit
         # the step's wall time holds the rollout and the scoring: training is what is left, and it is not nothing
         assert row["generation_s"] > 0 and row["scoring_s"] > 0 and row["training_s"] > 0
         assert row["generation_s"] + row["scoring_s"] + row["training_s"] == pytest.approx(row["step_s"])
+        # and each step as the run logged it, the first one too: the timed ones make the means
+        steps = row["per_step"]
+        assert [s["step"] for s in steps] == [1, 2, 3] and all(s["turns"] >= 1 for s in steps)
+        assert statistics.fmean(s["solved"] for s in steps[1:]) == pytest.approx(row["solved"])
+        assert statistics.fmean(s["generation_s"] for s in steps[1:]) == pytest.approx(row["generation_s"])
+        assert statistics.fmean(s["step_s"] for s in steps[1:]) == pytest.approx(row["step_s"])
+        assert all(isinstance(s["reward"], float) for s in steps)
     vllm, hf = rows
     assert vllm["weight_sync_s"] > 0 and hf["weight_sync_s"] == 0  # the engine got the weights of every step
     # each push checked, after it and before it (these tiny steps may not move the weights: test_vllm_training
