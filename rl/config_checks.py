@@ -72,11 +72,11 @@ def known_attn_implementation(name: Any) -> bool:
 
 
 def check_attn_implementation(name: str, key: str = "model.attn_implementation") -> None:
-    """The config's rule for an attention implementation, for one named elsewhere (a model section built in code,
-    a bench option)."""
+    """The config's rule for an attention implementation (its message too), for one named elsewhere (a model
+    section built in code, a bench option)."""
     if not known_attn_implementation(name):
-        raise ConfigError(f"{key}={name!r}: unknown attention implementation (accepted: "
-                          f"{', '.join(sorted(ATTN_IMPLEMENTATIONS))}, or a hub kernel named 'org/repo')")
+        raise ConfigError(f"{key}={name!r}: unknown attention implementation "
+                          f"({RULES['model.attn_implementation'].says})")
 
 
 COUNT, POSITIVE, NON_NEGATIVE = at_least(1, integer=True), above(0), at_least(0)

@@ -87,7 +87,7 @@ def grpo_command(opts: dict, backend: str, out: Path) -> list[str]:
 
 
 def step_parts(rows: list[dict]) -> dict:
-    """Mean seconds per step of each part, over the steps after the first."""
+    """Mean seconds per step of each part, over the steps after the first; and every step's own row (`per_step`)."""
     timed = [r for r in rows if "perf/step_s" in r and "time/generate_and_score_s" in r][1:]
     if not timed:
         raise RuntimeError(f"grpo_step: no timed step after the first in {len(rows)} metrics rows")

@@ -198,10 +198,11 @@ def _split_rows(results: dict, own: str, lengths, common: dict) -> list[dict]:
                     "padded_completion_positions": positions, "loss_passes_s": seconds,
                     "passes_s": [round(s, 3) for _, s in passes],
                     "gradient_max_diff": float((grads - reference).abs().max() / reference.abs().max())})
+    shuffled, grouped = results["shuffled"][1], results["by_length"][1]
     for row in out:
-        row["speedup"] = out[0]["loss_passes_s"] / row["loss_passes_s"]
+        row["speedup"] = shuffled / row["loss_passes_s"]
         if row["attention"] != own:
-            row["attention_speedup"] = out[1]["loss_passes_s"] / row["loss_passes_s"]
+            row["attention_speedup"] = grouped / row["loss_passes_s"]
     return out
 
 
