@@ -182,12 +182,15 @@ class _EngineSteps:
                                    ("outputs", engine.output_processor, "process_outputs")]:
             self.hooks.append((owner, name, self._timed(phase, getattr(owner, name))))
         self.step = engine.step
+        compilation = getattr(getattr(engine, "vllm_config", None), "compilation_config", None)
+        self.graph_tokens = getattr(compilation, "max_cudagraph_capture_size", None)  # larger batches run eager
         for owner, name, hook in self.hooks:
             setattr(owner, name, hook)
         self.reset()
 
     def reset(self) -> None:
         self.steps, self.prefill_steps, self.prefilling, self.launching = 0, 0, False, "decode"
+        self.prefill_tokens: list[int] = []  # each prefill batch's tokens, decoding rows' included
         self.seconds = {kind: dict.fromkeys(("step", *_LAUNCH, *_TAKE, "rest"), 0.0) for kind in ("prefill", "decode")}
         self.now = dict.fromkeys(_LAUNCH + _TAKE, 0.0)  # the step under way's
 
@@ -206,7 +209,9 @@ class _EngineSteps:
         return scheduled
 
     def _update(self, scheduled, *args, **kwargs):
-        self.prefilling |= _prefills(scheduled)
+        if _prefills(scheduled):
+            self.prefilling = True
+            self.prefill_tokens.append(scheduled.total_num_scheduled_tokens)
         return self.update(scheduled, *args, **kwargs)
 
     def _step(self):
@@ -229,7 +234,11 @@ class _EngineSteps:
         counts = {"prefill": max(self.prefill_steps, 1), "decode": max(self.steps - self.prefill_steps, 1)}
         mean_ms = {kind: {phase: 1e3 * s / counts[kind] for phase, s in self.seconds[kind].items()}
                    for kind in counts}
-        return {"engine_steps": self.steps, "prefill_steps": self.prefill_steps,
+        tokens = self.prefill_tokens
+        sizes = {"prefill_batch_tokens_mean_max": [sum(tokens) / max(len(tokens), 1), max(tokens, default=0)]}
+        if self.graph_tokens is not None:
+            sizes["prefill_batches_past_cuda_graphs"] = sum(n > self.graph_tokens for n in tokens)
+        return {"engine_steps": self.steps, "prefill_steps": self.prefill_steps, **sizes,
                 "prefill_step_ms": mean_ms["prefill"].pop("step"), "decode_step_ms": mean_ms["decode"].pop("step"),
                 "prefill_phase_ms": mean_ms["prefill"], "decode_phase_ms": mean_ms["decode"]}
 

@@ -39,6 +39,9 @@ def test_the_rollout_is_measured_against_replays_of_its_own_turns_with_engine_st
             assert set(phases) == {"schedule", "execute", "sample", "update", "outputs", "rest"}
             assert phases["execute"] > 0 and min(phases.values()) >= -1e-6
             assert sum(phases.values()) == pytest.approx(row[f"{kind}_step_ms"])
+        # a prefill batch holds at most the 256-token step budget
+        mean_tokens, most = row["prefill_batch_tokens_mean_max"]
+        assert 1 <= mean_tokens <= most <= 256
     # the replay starts each turn's requests together, yet their prompts' later chunks are prefill steps too
     assert bare["prefill_steps"] > 3
     assert bare["prefill_steps"] <= rollout["prefill_steps"]  # the rollout's turns join one by one

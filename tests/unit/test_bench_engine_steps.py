@@ -16,8 +16,9 @@ PREFILL_S, DECODE_S = 0.010, 0.001
 
 def batch(new=(), cached=()):
     """A scheduled batch: `new` requests it starts and `cached` ones it goes on with, each (request, tokens)."""
+    tokens = dict(new) | dict(cached)
     return SimpleNamespace(scheduled_new_reqs=[SimpleNamespace(req_id=r) for r, _ in new],
-                           num_scheduled_tokens=dict(new) | dict(cached), prefill=None)
+                           num_scheduled_tokens=tokens, total_num_scheduled_tokens=sum(tokens.values()), prefill=None)
 
 
 PLAN = [batch(new=[("long", 512)]),  # the first chunk of a 1,000-token prompt
@@ -76,6 +77,7 @@ class FakeEngine:
         self.engine_core = SimpleNamespace(engine_core=SimpleNamespace(scheduler=self.scheduler,
                                                                        model_executor=executor))
         self.output_processor = FakeOutputs(clock)
+        self.vllm_config = SimpleNamespace(compilation_config=SimpleNamespace(max_cudagraph_capture_size=256))
 
     def step(self):
         core = self.engine_core.engine_core
@@ -103,6 +105,9 @@ def test_each_step_is_timed_under_the_batch_it_waited_for(monkeypatch, ahead):
         engine.step()
     row = steps.row()
     assert (row["engine_steps"], row["prefill_steps"]) == (len(PLAN) + ahead, 4)
+    # the prefill batches' tokens: 512, 488, 41 and 21; two of them larger than the largest CUDA graph (256)
+    assert row["prefill_batch_tokens_mean_max"] == [pytest.approx(1062 / 4), 512]
+    assert row["prefill_batches_past_cuda_graphs"] == 2
     launch, take = SCHEDULE_S + EXECUTE_S + SAMPLE_S, UPDATE_S + OUTPUTS_S
     ms = pytest.approx
     if not ahead:  # every step launches a batch and waits for it: the parts add up to the step
