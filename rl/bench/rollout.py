@@ -183,7 +183,7 @@ class _EngineSteps:
             self.hooks.append((owner, name, self._timed(phase, getattr(owner, name))))
         self.step = engine.step
         compilation = getattr(getattr(engine, "vllm_config", None), "compilation_config", None)
-        self.graph_tokens = getattr(compilation, "max_cudagraph_capture_size", None)  # larger batches run eager
+        self.graph_tokens = getattr(compilation, "max_cudagraph_capture_size", None)  # larger ones: no CUDA graph
         for owner, name, hook in self.hooks:
             setattr(owner, name, hook)
         self.reset()
