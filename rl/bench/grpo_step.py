@@ -88,7 +88,8 @@ def grpo_command(opts: dict, backend: str, out: Path) -> list[str]:
 
 def step_parts(rows: list[dict]) -> dict:
     """Mean seconds per step of each part, over the steps after the first; and every step's own row (`per_step`)."""
-    timed = [r for r in rows if "perf/step_s" in r and "time/generate_and_score_s" in r][1:]
+    logged = [r for r in rows if "perf/step_s" in r]  # the step rows, the first (untimed) one too
+    timed = [r for r in logged if "time/generate_and_score_s" in r][1:]
     if not timed:
         raise RuntimeError(f"grpo_step: no timed step after the first in {len(rows)} metrics rows")
 
@@ -106,10 +107,10 @@ def step_parts(rows: list[dict]) -> dict:
     for key in ("sync_logprob_diff_mean", "sync_logprob_diff_stale_mean"):
         if all(f"rollout/{key}" in r for r in timed):
             parts[key] = mean(lambda r, k=f"rollout/{key}": r[k])
-    # every step, the first (untimed) one too, as its row in the run's log has it
+    # every step as its row in the run's log has it
     parts["per_step"] = [{"step": r.get("step"), "reward": r.get("reward"), "solved": r.get("env/solved"),
                           "turns": r.get("env/model_turns"), "step_s": r["perf/step_s"],
-                          "generation_s": r.get("rollout/wall_s")} for r in rows if "perf/step_s" in r]
+                          "generation_s": r.get("rollout/wall_s")} for r in logged]
     return parts
 
 
