@@ -37,14 +37,15 @@ class VLLMSection:
     # The engine's weights: auto = the trainer's dtype (float32 weights get TF32 with model.tf32), or bfloat16 /
     # float16 / float32; another dtype samples from a policy unlike the one the loss scores (sync_check_tokens).
     dtype: str = "auto"
-    # After every weight push, score this many tokens of the last batch's first episode under the
-    # engine and the trainer and log the largest and mean logprob difference
-    # (rollout/sync_logprob_diff_max, _mean): proof that the engine samples from the trained weights; beside it the
-    # engine's gap from before the push (_stale_max, _stale_mean), what a lost push would read. 0 = off.
+    # After every weight push, score this many tokens of the last batch's first episode under the engine and the
+    # trainer and log the largest and mean logprob difference (rollout/sync_logprob_diff_max, _mean): proof that the
+    # engine samples from the trained weights; beside it the gap before the push (_stale_max, _stale_mean). 0 = off.
     sync_check_tokens: int = 256
-    # Python's GIL switch interval while the engine serves a rollout; null leaves the process's own (5 ms). 0.0005 cut
-    # episodes' GIL waits beside a stand-in engine on a CPU, but gained nothing on a GPU (rl/bench/baselines/README.md).
+    # Python's GIL switch interval while the engine serves a rollout; null leaves the process's own (rl/vllm_stream.py)
     switch_interval_s: float | None = None
+    # When a rollout's turns join the engine's batch: each at the next engine step, or together, once every live
+    # episode has asked (or rollout.batch_wait_s after the first), as in a round-based loop (rl/vllm_stream.py)
+    admit: str = "each"
     # More `vllm.LLM` arguments for the in-process engine, e.g. {compilation_config: {cudagraph_mode: FULL}} or
     # {enforce_eager: true}; the keys the fields above set are refused (see VLLM_ENGINE_ARGS_SET_BY).
     engine_args: dict[str, Any] = field(default_factory=dict)
@@ -64,8 +65,8 @@ class RolloutSection:
     step_timeout_s: float = 30.0  # per env step, including reset
     max_observation_chars: int = 8000  # longer observations are cut, with a marker (episode fact obs_truncated)
     env_workers: int = 16  # env threads shared by the batch's episodes
-    # Batch-only backends (transformers): a batch starts when every live episode waits for
-    # the model, or this long after the first one asked, so a slow env delays nobody more.
+    # Batch-only backends (transformers) and rollout.vllm.admit=together: a batch starts when every live episode
+    # waits for the model, or this long after the first one asked, so a slow env delays nobody more.
     batch_wait_s: float = 0.5
     system_prompt: str = ""
     # Text that opens every model turn, e.g. '<tool_call>\n{"name": "' to nudge a base model
@@ -139,10 +140,9 @@ class GRPOSection:
     # Optimizer steps per generated batch (GRPO's mu): >1 reuses each batch's episodes, with the clipped importance
     # ratio against the logprobs they were sampled with: the cheap way to learn more per episode played.
     num_iterations: int = 1
-    # Stop at the end of the first optimizer step after this many seconds of training (0 = no limit),
-    # saving a checkpoint, final/ and curve.png as if max_steps had been reached: a run that must fit
-    # a job's wall-clock allowance ends cleanly instead of being killed mid-step. Counted per process
-    # start, so a resumed run gets the whole allowance again.
+    # Stop at the end of the first optimizer step after this many seconds of training (0 = no limit), saving a
+    # checkpoint, final/ and curve.png as if max_steps had been reached: a run that must fit a job's allowance ends
+    # cleanly instead of being killed mid-step. Counted per process start: a resumed run gets it all again.
     time_limit_s: float = 0.0
     # Step-level credit in multi-turn episodes (rl/credit.py, after GiGPO): a turn's tokens get the
     # episode advantage plus this weight times the turn's advantage among the group's episodes that

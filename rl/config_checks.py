@@ -32,6 +32,7 @@ SCALE_REWARDS = ("group", "batch", "none")
 WANDB_MODES = ("auto", "online", "offline", "off")
 NONFINITE_REWARDS = ("error", "drop")  # grpo.nonfinite_rewards: stop the run, or count and leave the value out
 MICRO_BATCHES = ("auto", "by_length", "shuffled")  # grpo.micro_batches
+ADMIT = ("each", "together")  # rollout.vllm.admit
 # model.attn_implementation: transformers' own names, rl/attention.py's, or a hub kernel ('org/repo')
 ATTN_IMPLEMENTATIONS = ("sdpa", "sdpa_bf16", "eager", "flex_attention", "flash_attention_2", "flash_attention_3",
                         "flash_attention_4", "paged|eager")
@@ -97,7 +98,7 @@ RULES: dict[str, Rule] = {
     "rollout.max_observation_chars": at_least(64, integer=True),  # room for the marker saying what was cut
     "rollout.vllm.gpu_memory_utilization": within(0, 1, low_open=True), "rollout.vllm.kv_cache_gib": POSITIVE,
     "rollout.vllm.max_model_len": COUNT, "rollout.vllm.sync_check_tokens": at_least(0, integer=True),
-    "rollout.vllm.switch_interval_s": POSITIVE,
+    "rollout.vllm.switch_interval_s": POSITIVE, "rollout.vllm.admit": one_of(ADMIT),
     "rollout.vllm.timeout_s": POSITIVE, "rollout.vllm.retries": at_least(0, integer=True),
     "grpo.learning_rate": POSITIVE, "grpo.per_device_train_batch_size": COUNT,
     "grpo.gradient_accumulation_steps": COUNT, "grpo.max_steps": COUNT, "grpo.loss_type": one_of(LOSS_TYPES),

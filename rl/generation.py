@@ -103,7 +103,7 @@ Batch = Callable[[list[int], list[list[int]], SamplingParams], list[Generation]]
 def open_stream(backend: GenerationBackend, episodes: int, batch_wait_s: float) -> GenerationStream:
     opener = getattr(backend, "stream", None)
     if opener is not None:
-        return opener()
+        return opener(episodes, batch_wait_s)
     return BatchedStream(lambda keys, prompts, params: backend.generate(prompts, params), episodes, batch_wait_s)
 
 

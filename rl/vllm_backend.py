@@ -126,6 +126,7 @@ class VLLMBackend:
         self.last_sync: dict[str, float] = {}  # {"tensors": n, "seconds": s} of the last push
         self._stops: dict[tuple[str, ...], StopStrings] = {}
         self.switch_interval_s: float | None = None  # the GIL's while a stream is open (None: the process's own)
+        self.admit = "each"  # when a rollout's turns join the running batch (rollout.vllm.admit)
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, tokenizer, directory: str | Path, **kwargs) -> VLLMBackend:
@@ -151,6 +152,7 @@ class VLLMBackend:
                                  kv_cache_gib=settings.kv_cache_gib, max_model_len=settings.max_model_len,
                                  **getattr(settings, "engine_args", {}), **kwargs)
         backend.switch_interval_s = getattr(settings, "switch_interval_s", backend.switch_interval_s)
+        backend.admit = getattr(settings, "admit", backend.admit)
         return backend
 
     # ------------------------------------------------------------------ generation
@@ -192,9 +194,12 @@ class VLLMBackend:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit max_model_len={self.max_model_len} "
                              "(raise the backend's max_model_len)")
 
-    def stream(self) -> EngineStream:
-        """Per-episode requests, continuously batched by the engine (see `rl.vllm_stream`)."""
-        return EngineStream(self, self.switch_interval_s)
+    def stream(self, episodes: int | None = None, wait_s: float = 0.5) -> EngineStream:
+        """Per-episode requests, continuously batched by the engine (see `rl.vllm_stream`). With `admit` set to
+        "together", the turns of a rollout of `episodes` episodes join the batch together, once every live one has
+        asked (or `wait_s` after the first did)."""
+        together = self.admit == "together" and episodes is not None
+        return EngineStream(self, self.switch_interval_s, episodes if together else None, wait_s)
 
     @staticmethod
     def _sampling_params(params: SamplingParams, index: int):

@@ -59,7 +59,8 @@ class VLLMServerBackend:
 
     # ------------------------------------------------------------------ generation
 
-    def stream(self) -> ServerStream:
+    def stream(self, episodes: int | None = None, wait_s: float = 0.5) -> ServerStream:
+        """Each request sent at once (`episodes` and `wait_s` are for in-process engines: the servers batch)."""
         return ServerStream(self)
 
     def generate(self, prompts: list[list[int]], params: SamplingParams) -> list[Generation]:

@@ -114,23 +114,32 @@ def _restore_switch_interval() -> None:
 
 
 class EngineStream:
-    """Each episode's turn joins the engine's running batch the moment it is asked for.
+    """Each episode's turn joins the engine's running batch the moment it is asked for, or with `episodes` given,
+    once every live one of them has asked (`rollout.vllm.admit: together`).
 
     A driver thread owns the engine while the stream is open: it adds queued requests,
     runs `engine.step()` while any request is unfinished, and resolves each episode's
     future as soon as its own request finishes, so the episode can step its env while the
     others keep generating. Requests are matched by their id, never by position. While it
     is open, the process's GIL switch interval is `switch_interval_s` (None: left as it is).
+
+    With `episodes`, asked turns are held until every live episode (not retired, not paused) has asked, or
+    `wait_s` after the first of them, and then join the batch together, in one engine step: the batches of a
+    round-based loop, while each row is still handed back the moment it ends.
     """
 
     _STOP = object()
 
-    def __init__(self, backend, switch_interval_s: float | None = None):
+    def __init__(self, backend, switch_interval_s: float | None = None, episodes: int | None = None,
+                 wait_s: float = 0.5):
         self.backend = backend
         self.engine = backend.llm.llm_engine
         self.loop = asyncio.get_running_loop()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.requests = itertools.count()
+        self.live, self.wait_s = episodes, wait_s
+        self.asked: list[tuple] = []  # asked turns waiting for the others (with `episodes`)
+        self.timer: asyncio.TimerHandle | None = None
         self.thread = threading.Thread(target=self._drive, name="vllm-engine", daemon=True)
         self.switched = _lower_switch_interval(switch_interval_s)
         self.thread.start()
@@ -147,16 +156,48 @@ class EngineStream:
 
             sampling.stop, sampling.detokenize, sampling.output_kind = None, False, RequestOutputKind.DELTA
             row.context = list(prompt[-CONTEXT_TOKENS:])
-        self.inbox.put((f"episode-{key}-{n}", list(prompt), sampling, row))
+        request = (f"episode-{key}-{n}", list(prompt), sampling, row)
+        if self.live is None:
+            self.inbox.put(request)
+        else:
+            self.asked.append(request)
+            self._admit()
         finished = await row.future  # the row's `done`, with how it ended (see the module's docstring)
         return finished()
 
     def retire(self, key: int) -> None:
-        pass
+        if self.live is not None:
+            self.live -= 1
+            self._admit()
 
-    pause = resume = retire  # every request is served on its own: nothing waits for others
+    pause = retire  # a paused episode is not waited for
+
+    def resume(self, key: int) -> None:
+        if self.live is not None:
+            self.live += 1
+
+    def _admit(self, timed_out: bool = False) -> None:
+        """Hand the held turns to the driver, all in one item, once every live episode has asked (or `wait_s`
+        after the first of them asked)."""
+        if timed_out:
+            self.timer = None
+        if not self.asked:
+            return
+        if not timed_out and len(self.asked) < self.live:
+            if self.timer is None:
+                self.timer = self.loop.call_later(self.wait_s, self._admit, True)
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        # a turn whose episode was cancelled (its rollout raised) is dropped: nobody waits for it
+        self.asked, batch = [], [r for r in self.asked if not r[3].future.done()]
+        if batch:
+            self.inbox.put(batch)
 
     async def aclose(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
         self.inbox.put(self._STOP)
         try:
             await self.loop.run_in_executor(None, self.thread.join)
@@ -184,7 +225,8 @@ class EngineStream:
             for row in [*rows.values(), *(item[3] for item in held)]:
                 self._resolve(row.future, e)
             while (item := self.inbox.get()) is not self._STOP:
-                self._resolve(item[3].future, e)
+                for request in item if isinstance(item, list) else [item]:
+                    self._resolve(request[3].future, e)
 
     def _serve(self, rows: dict[str, _Row], held: list[tuple]) -> None:
         while True:
@@ -197,6 +239,10 @@ class EngineStream:
                     if rows:
                         self.engine.abort_request(list(rows))
                     return
+                if isinstance(item, list):  # turns admitted together
+                    for request in item:
+                        self._add(rows, *request)
+                    continue
                 if item[0] is None:
                     held.append(item)
                     break

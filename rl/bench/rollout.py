@@ -248,7 +248,7 @@ class _EngineSteps:
 
 
 _VLLM, _HF = "vllm colocate (VLLMBackend)", "hf (TransformersBackend)"
-_SHORT = "vllm colocate (VLLMBackend), GIL switch interval 0.5 ms"  # beside the backend's own (Python's, by default)
+_TOGETHER = "vllm colocate (VLLMBackend), turns admitted together"  # rollout.vllm.admit=together
 
 
 def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, ceiling: float) -> list[dict]:
@@ -258,18 +258,18 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
     from rl.rollout import run_episodes, turn_params
 
     settings, max_turns, vllm, hf = cfg.rollout, cfg.rollout.max_turns, backends[_VLLM], backends[_HF]
-    own, played = vllm.switch_interval_s, []
+    own, played = vllm.admit, []
 
-    def episodes(backend, interval=own, replayed=False):
+    def episodes(backend, admit="each", replayed=False):
         timing: dict = {}
-        vllm.switch_interval_s = interval
+        vllm.admit = admit
         with closing_envs([env_cls(**cfg.env.kwargs) for _ in range(n)]) as batch_envs:
             trajectories = run_episodes(batch_envs, list(range(n)), backend, chat, settings, metrics=timing)
         if replayed:
             played.append(trajectories)  # the turns this pass's replays play
-        return timing["generated_tokens"], (trajectories, timing, interval)
+        return timing["generated_tokens"], (trajectories, timing, admit)
 
-    runs = {_VLLM: lambda: episodes(vllm, replayed=True), _SHORT: lambda: episodes(vllm, 0.0005),
+    runs = {_VLLM: lambda: episodes(vllm, replayed=True), _TOGETHER: lambda: episodes(vllm, "together"),
             _HF: lambda: episodes(hf)}
     for name, sampling in {"vllm raw LLM.generate, same turns": _bare(settings.temperature, _seeded()),
                            "vllm raw LLM.generate, same turns, vLLM's stop strings":
@@ -279,7 +279,7 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
     try:  # each run from an empty prefix cache, its engine steps counted
         results = fastest(runs, repeats, lambda: (vllm.llm.reset_prefix_cache(), steps.reset()), steps.row)
     finally:
-        vllm.switch_interval_s = own
+        vllm.admit = own
         steps.close()
     rows = []
     for name, (tokens, seconds, result, engine, passes) in results.items():
@@ -287,13 +287,13 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
                "tokens_per_s": tokens / seconds, "vs_raw_vllm": tokens / seconds / ceiling,
                "passes": [t / s for t, s in passes], "pass_tokens": [t for t, _ in passes]}
         if result is not None:
-            trajectories, timing, interval = result
+            trajectories, timing, admit = result
             row.update(episodes_per_s=n / seconds, model_turns=sum(t.info["model_turns"] for t in trajectories) / n,
                        generation_s=timing["generation_s"], env_s=timing["env_s"])
         if name != _HF:
             row.update(engine)
-        if name in (_VLLM, _SHORT):
-            row["switch_interval_s"] = interval
+        if name in (_VLLM, _TOGETHER):
+            row["admit"] = admit
         rows.append(row)
     bare, vllm_stops = rows[-2], rows[-1]["tokens_per_s"]
     for row in rows:  # each row's fastest pass against the bare replay's; and pass by pass, on the same turns

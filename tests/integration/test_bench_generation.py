@@ -45,10 +45,10 @@ def test_the_rollout_is_measured_against_replays_of_its_own_turns_with_engine_st
     # the replay starts each turn's requests together, yet their prompts' later chunks are prefill steps too
     assert bare["prefill_steps"] > 3
     assert bare["prefill_steps"] <= rollout["prefill_steps"]  # the rollout's turns join one by one
-    # the rollout again at a 0.5 ms GIL switch interval, the run's own leaving Python's (unseeded on a CPU: other
-    # tokens)
-    short_switch = by_name[(multi, "vllm colocate (VLLMBackend), GIL switch interval 0.5 ms")]
-    assert short_switch["tokens"] > 0 and short_switch["engine_steps"] > 0
-    assert (rollout["switch_interval_s"], short_switch["switch_interval_s"]) == (None, 0.0005)
+    # the rollout again with its turns admitted together (rollout.vllm.admit=together), its own turns: each turn
+    # index's requests join in one step, as the replay's do (unseeded on a CPU: other tokens)
+    together = by_name[(multi, "vllm colocate (VLLMBackend), turns admitted together")]
+    assert together["tokens"] > 0 and together["engine_steps"] > together["prefill_steps"] >= 1
+    assert (rollout["admit"], together["admit"]) == ("each", "together")
     # the hf rollout has no engine steps of its own
     assert "engine_steps" not in by_name[(multi, "hf (TransformersBackend)")]

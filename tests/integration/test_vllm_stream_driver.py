@@ -4,6 +4,7 @@ steps (`rl.vllm_stream`). Its result, and an error in it, still reach that episo
 
 import asyncio
 import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -134,3 +135,74 @@ def test_a_driver_that_breaks_while_a_weight_update_waits_tells_the_update_and_l
     assert [type(e) for e in got] == [RuntimeError, RuntimeError]
     assert [str(e) for e in got] == ["engine state broke"] * 2
     assert backend.generate([PROMPTS[0]], GREEDY)[0].token_ids  # the engine itself serves on
+
+
+def added_after_steps(engine, monkeypatch) -> dict[str, int]:
+    """Request id -> how many engine steps had run when the driver added it (recorded from now on)."""
+    steps, added = [0], {}
+    step, add = engine.step, engine.add_request
+
+    def counted():
+        steps[0] += 1
+        return step()
+
+    def recorded(request_id, *args, **kwargs):
+        added[request_id] = steps[0]
+        return add(request_id, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "step", counted)
+    monkeypatch.setattr(engine, "add_request", recorded)
+    return added
+
+
+def test_turns_admitted_together_wait_for_every_live_episode_then_join_in_one_step(backend, monkeypatch):
+    expected = backend.generate(PROMPTS, GREEDY)  # the three prompts as one batch
+    added = added_after_steps(backend.llm.llm_engine, monkeypatch)
+    monkeypatch.setattr(backend, "admit", "together")
+
+    async def run():
+        stream = backend.stream(episodes=4, wait_s=60)
+        try:
+            async def late(key):  # asks long after the others' turns would have ended on their own
+                await asyncio.sleep(1.0)
+                return await stream.generate(key, PROMPTS[key], GREEDY)
+
+            async def ends(key):  # its episode ends without asking: nobody waits for it
+                await asyncio.sleep(0.2)
+                stream.retire(key)
+
+            started = time.perf_counter()
+            got = await asyncio.gather(stream.generate(0, PROMPTS[0], GREEDY), stream.generate(1, PROMPTS[1], GREEDY),
+                                       late(2), ends(3))
+            return got[:3], time.perf_counter() - started
+        finally:
+            await stream.aclose()
+
+    got, seconds = asyncio.run(run())
+    assert len(added) == 3 and len(set(added.values())) == 1, added  # all added before one and the same step
+    assert 1.0 <= seconds < 60  # held for the late episode, not for wait_s nor for the one that ended
+    assert [g.token_ids for g in got] == [e.token_ids for e in expected]
+
+
+def test_turns_held_for_a_slow_episode_go_without_it_after_wait_s(backend, monkeypatch):
+    added = added_after_steps(backend.llm.llm_engine, monkeypatch)
+    monkeypatch.setattr(backend, "admit", "together")
+
+    async def run():
+        stream = backend.stream(episodes=2, wait_s=0.3)
+        started = time.perf_counter()
+        try:
+            async def timed(key, delay):
+                await asyncio.sleep(delay)
+                gen = await stream.generate(key, PROMPTS[key], GREEDY)
+                return gen, time.perf_counter() - started
+
+            return await asyncio.gather(timed(0, 0), timed(1, 3.0))
+        finally:
+            await stream.aclose()
+
+    (first, first_s), (second, second_s) = asyncio.run(run())
+    assert first.token_ids and second.token_ids
+    assert 0.3 <= first_s < 3.0 <= second_s  # the first went after wait_s, without the slow one
+    assert sorted(added) == sorted(added, key=added.get)  # added apart: the slow one later
+    assert len(set(added.values())) == 2

@@ -33,6 +33,7 @@ def test_yaml_and_dotted_overrides(tmp_path):
     ("eval.transcripts=-1", r"eval\.transcripts=-1: must be an integer >= 0"),
     ("novalue", "bad override 'novalue'"),
     ("grpo.micro_batches=sorted", r"unknown grpo.micro_batches 'sorted' \(accepted: auto, by_length, shuffled\)"),
+    ("rollout.vllm.admit=rounds", r"unknown rollout.vllm.admit 'rounds' \(accepted: each, together\)"),
     ("model.attn_implementation=sdpa_bf61",
      r"unknown model.attn_implementation 'sdpa_bf61' \(accepted: sdpa, sdpa_bf16, eager, .*hub kernel 'org/repo'\)"),
     ("model.attn_implementation=sdpa_bf16", None),
