@@ -43,8 +43,8 @@ class VLLMSection:
     sync_check_tokens: int = 256
     # Python's GIL switch interval while the engine serves a rollout; null leaves the process's own (rl/vllm_stream.py)
     switch_interval_s: float | None = None
-    # When a rollout's turns join the engine's batch: each at the next engine step, or together, once every live
-    # episode has asked (or rollout.batch_wait_s after the first), as in a round-based loop (rl/vllm_stream.py)
+    # When a rollout's turns join the in-process engine's batch: each at the next step, or together, once every live
+    # episode has asked (a slow env holds them rollout.batch_wait_s at most), as in a round-based loop (vllm_stream)
     admit: str = "each"
     # More `vllm.LLM` arguments for the in-process engine, e.g. {compilation_config: {cudagraph_mode: FULL}} or
     # {enforce_eager: true}; the keys the fields above set are refused (see VLLM_ENGINE_ARGS_SET_BY).

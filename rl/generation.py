@@ -5,7 +5,8 @@ The rollout engine talks only to `GenerationBackend` (`generate`, `update_weight
 through a `GenerationStream`:
 
 - a backend that can serve requests one by one (vLLM's engine, a vLLM server) opens its
-  own stream with `backend.stream()`: each request joins the running batch at once;
+  own stream with `backend.stream(episodes, wait_s)`: each request joins the running batch at
+  once (an in-process engine set to `rollout.vllm.admit: together` holds them for the others);
 - any other backend gets a `BatchedStream`, which gathers requests into batched
   `generate` calls (the transformers backend, scripted test policies, experts).
 """

@@ -123,9 +123,10 @@ class EngineStream:
     others keep generating. Requests are matched by their id, never by position. While it
     is open, the process's GIL switch interval is `switch_interval_s` (None: left as it is).
 
-    With `episodes`, asked turns are held until every live episode (not retired, not paused) has asked, or
-    `wait_s` after the first of them, and then join the batch together, in one engine step: the batches of a
-    round-based loop, while each row is still handed back the moment it ends.
+    With `episodes`, asked turns are held until every live episode (not retired, not paused) has asked, and then
+    are added together, before one engine step (a long prefill may still take several: `max_num_batched_tokens`):
+    the batches of a round-based loop, while each row is still handed back the moment it ends. Once no admitted
+    turn is left generating, a slow episode (its env step) holds the others for at most `wait_s`.
     """
 
     _STOP = object()
@@ -139,6 +140,7 @@ class EngineStream:
         self.requests = itertools.count()
         self.live, self.wait_s = episodes, wait_s
         self.asked: list[tuple] = []  # asked turns waiting for the others (with `episodes`)
+        self.running = 0  # admitted turns not yet handed back (with `episodes`)
         self.timer: asyncio.TimerHandle | None = None
         self.thread = threading.Thread(target=self._drive, name="vllm-engine", daemon=True)
         self.switched = _lower_switch_interval(switch_interval_s)
@@ -177,14 +179,14 @@ class EngineStream:
             self.live += 1
 
     def _admit(self, timed_out: bool = False) -> None:
-        """Hand the held turns to the driver, all in one item, once every live episode has asked (or `wait_s`
-        after the first of them asked)."""
+        """Hand the held turns to the driver, all in one item, once every live episode has asked, or `wait_s` after
+        the last admitted turn came back while some episode had still not asked."""
         if timed_out:
             self.timer = None
         if not self.asked:
             return
         if not timed_out and len(self.asked) < self.live:
-            if self.timer is None:
+            if self.timer is None and not self.running:
                 self.timer = self.loop.call_later(self.wait_s, self._admit, True)
             return
         if self.timer is not None:
@@ -193,11 +195,22 @@ class EngineStream:
         # a turn whose episode was cancelled (its rollout raised) is dropped: nobody waits for it
         self.asked, batch = [], [r for r in self.asked if not r[3].future.done()]
         if batch:
+            self.running += len(batch)
+            for request in batch:
+                request[3].future.add_done_callback(self._came_back)
             self.inbox.put(batch)
+
+    def _came_back(self, _future: asyncio.Future) -> None:
+        self.running -= 1
+        self._admit()
 
     async def aclose(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
+        for request in self.asked:  # held turns of episodes still waiting: they hear it, rather than hang
+            if not request[3].future.done():
+                request[3].future.set_exception(RuntimeError("the stream closed before this turn was admitted"))
+        self.asked = []
         self.inbox.put(self._STOP)
         try:
             await self.loop.run_in_executor(None, self.thread.join)
@@ -238,6 +251,9 @@ class EngineStream:
                 if item is self._STOP:
                     if rows:
                         self.engine.abort_request(list(rows))
+                        closed = RuntimeError("the stream closed while this turn was generating")
+                        for row in rows.values():
+                            self._resolve(row.future, closed)
                     return
                 if isinstance(item, list):  # turns admitted together
                     for request in item:

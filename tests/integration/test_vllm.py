@@ -245,7 +245,8 @@ def test_lora_is_merged_into_the_pushed_weights(backend, model):
 
 
 def test_a_runs_engine_args_reach_the_engine(tmp_path):
-    """In a process of its own: a second engine in this one would tear down the module engine's parallel state."""
+    """And its other settings (rollout.vllm.admit). In a process of its own: a second engine in this one would tear
+    down the module engine's parallel state."""
     import subprocess
     import sys
     from pathlib import Path
@@ -257,16 +258,17 @@ from rl.generation import SamplingParams
 from rl.models import tiny_model, tiny_tokenizer
 from rl.vllm_backend import VLLMBackend
 tokenizer = tiny_tokenizer()
-settings = VLLMSection(kv_cache_gib=0.25, max_model_len=1024, engine_args={"max_num_seqs": 7})
+settings = VLLMSection(kv_cache_gib=0.25, max_model_len=1024, engine_args={"max_num_seqs": 7}, admit="together")
 engine = VLLMBackend.from_settings(tiny_model(len(tokenizer)), tokenizer, sys.argv[1], settings, seed=0)
 config = engine.llm.llm_engine.vllm_config
 [out] = engine.generate([[1, 2, 3]], SamplingParams(temperature=0.0, max_new_tokens=4))
-print("RESULT", config.scheduler_config.max_num_seqs, config.model_config.max_model_len, len(out.token_ids) >= 1)
+print("RESULT", config.scheduler_config.max_num_seqs, config.model_config.max_model_len, len(out.token_ids) >= 1,
+      engine.admit)
 """
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=600,
                           cwd=root, check=False)
-    assert "RESULT 7 1024 True" in done.stdout, done.stderr[-3000:]
+    assert "RESULT 7 1024 True together" in done.stdout, done.stderr[-3000:]
 
 
 def test_sleep_mode_is_refused_where_vllm_has_none():

@@ -155,54 +155,155 @@ def added_after_steps(engine, monkeypatch) -> dict[str, int]:
     return added
 
 
-def test_turns_admitted_together_wait_for_every_live_episode_then_join_in_one_step(backend, monkeypatch):
-    expected = backend.generate(PROMPTS, GREEDY)  # the three prompts as one batch
+def together(backend, monkeypatch, episodes: int, wait_s: float, plays) -> tuple[list, dict[str, int]]:
+    """Run `plays(stream)` (a coroutine function) on a stream that admits the turns of `episodes` together; its
+    results, and each request's engine steps before it was added. Fails rather than hangs (30 s)."""
     added = added_after_steps(backend.llm.llm_engine, monkeypatch)
     monkeypatch.setattr(backend, "admit", "together")
 
     async def run():
-        stream = backend.stream(episodes=4, wait_s=60)
+        stream = backend.stream(episodes=episodes, wait_s=wait_s)
         try:
-            async def late(key):  # asks long after the others' turns would have ended on their own
-                await asyncio.sleep(1.0)
-                return await stream.generate(key, PROMPTS[key], GREEDY)
-
-            async def ends(key):  # its episode ends without asking: nobody waits for it
-                await asyncio.sleep(0.2)
-                stream.retire(key)
-
-            started = time.perf_counter()
-            got = await asyncio.gather(stream.generate(0, PROMPTS[0], GREEDY), stream.generate(1, PROMPTS[1], GREEDY),
-                                       late(2), ends(3))
-            return got[:3], time.perf_counter() - started
+            return await asyncio.wait_for(plays(stream), 30)
         finally:
             await stream.aclose()
 
-    got, seconds = asyncio.run(run())
+    return asyncio.run(run()), added
+
+
+def after(seconds: float, fn, *args):
+    async def later():
+        await asyncio.sleep(seconds)
+        return await fn(*args) if asyncio.iscoroutinefunction(fn) else fn(*args)
+    return later()
+
+
+def test_turns_admitted_together_wait_for_every_live_episode_then_join_in_one_step(backend, monkeypatch):
+    expected = backend.generate(PROMPTS, GREEDY)  # the three prompts as one batch
+
+    async def plays(stream):
+        started = time.perf_counter()
+        got = await asyncio.gather(stream.generate(0, PROMPTS[0], GREEDY), stream.generate(1, PROMPTS[1], GREEDY),
+                                   after(1.0, stream.generate, 2, PROMPTS[2], GREEDY),  # long after the others
+                                   after(0.2, stream.retire, 3))  # ends without asking: nobody waits for it
+        return got[:3], time.perf_counter() - started
+
+    (got, seconds), added = together(backend, monkeypatch, 4, 60, plays)
     assert len(added) == 3 and len(set(added.values())) == 1, added  # all added before one and the same step
-    assert 1.0 <= seconds < 60  # held for the late episode, not for wait_s nor for the one that ended
+    assert 1.0 <= seconds < 30  # held for the late episode, not for wait_s nor for the one that ended
     assert [g.token_ids for g in got] == [e.token_ids for e in expected]
 
 
-def test_turns_held_for_a_slow_episode_go_without_it_after_wait_s(backend, monkeypatch):
-    added = added_after_steps(backend.llm.llm_engine, monkeypatch)
-    monkeypatch.setattr(backend, "admit", "together")
+def test_held_turns_go_when_the_last_episode_they_wait_for_ends_or_pauses(backend, monkeypatch):
+    async def plays(stream):
+        async def turn_then_end(key):
+            gen = await stream.generate(key, PROMPTS[key], GREEDY)
+            stream.retire(key)
+            return gen, time.perf_counter() - started
 
-    async def run():
-        stream = backend.stream(episodes=2, wait_s=0.3)
+        async def pause_then_ask(key):  # waits for a server, say: the others go without it
+            await after(0.3, stream.pause, key)
+            await after(1.0, stream.resume, key)
+            return await turn_then_end(key)
+
         started = time.perf_counter()
-        try:
-            async def timed(key, delay):
-                await asyncio.sleep(delay)
-                gen = await stream.generate(key, PROMPTS[key], GREEDY)
-                return gen, time.perf_counter() - started
+        return await asyncio.gather(turn_then_end(0), turn_then_end(1), pause_then_ask(2))
 
-            return await asyncio.gather(timed(0, 0), timed(1, 3.0))
-        finally:
-            await stream.aclose()
+    got, added = together(backend, monkeypatch, 3, 60, plays)
+    (_, first_s), (_, second_s), (third, third_s) = got
+    assert 0.3 <= max(first_s, second_s) < 1.3 <= third_s < 30 and third.token_ids  # never wait_s (60 s)
+    first, second, third = (added[next(r for r in added if r.startswith(f"episode-{k}-"))] for k in range(3))
+    assert first == second < third, added
 
-    (first, first_s), (second, second_s) = asyncio.run(run())
+    async def plays(stream):  # the episode that ends without asking lets the held turn go at once
+        return await asyncio.gather(stream.generate(0, PROMPTS[0], GREEDY), after(0.3, stream.retire, 1))
+
+    (gen, _), added = together(backend, monkeypatch, 2, 60, plays)
+    assert gen.token_ids and len(added) == 1
+
+
+def test_held_turns_go_without_a_slow_episode_once_wait_s_passed_with_the_engine_idle(backend, monkeypatch):
+    async def plays(stream):
+        started = time.perf_counter()
+
+        async def timed(key, delay):
+            gen = await after(delay, stream.generate, key, PROMPTS[key], GREEDY)
+            return gen, time.perf_counter() - started
+
+        return await asyncio.gather(timed(0, 0), timed(1, 3.0))
+
+    ((first, first_s), (second, second_s)), added = together(backend, monkeypatch, 2, 0.3, plays)
     assert first.token_ids and second.token_ids
     assert 0.3 <= first_s < 3.0 <= second_s  # the first went after wait_s, without the slow one
-    assert sorted(added) == sorted(added, key=added.get)  # added apart: the slow one later
-    assert len(set(added.values())) == 2
+    assert len(set(added.values())) == 2  # added apart
+
+
+def test_a_held_turn_whose_episode_was_cancelled_is_dropped_and_closing_tells_the_ones_still_held(backend,
+                                                                                                monkeypatch):
+    async def plays(stream):
+        doomed = asyncio.ensure_future(stream.generate(0, PROMPTS[0], GREEDY))
+        await asyncio.sleep(0.1)
+        doomed.cancel()  # its rollout raised, say
+        gen = await stream.generate(1, PROMPTS[1], GREEDY)  # both asked: admitted, without the cancelled one
+        return gen
+
+    gen, added = together(backend, monkeypatch, 2, 60, plays)
+    assert gen.token_ids and list(added) == [next(r for r in added if r.startswith("episode-1-"))]
+
+    async def held_when_closed():
+        stream = backend.stream(episodes=2, wait_s=60)
+        waiting = asyncio.ensure_future(stream.generate(0, PROMPTS[0], GREEDY))
+        await asyncio.sleep(0.1)
+        await stream.aclose()
+        return await asyncio.wait_for(asyncio.gather(waiting, return_exceptions=True), 30)
+
+    [error] = asyncio.run(held_when_closed())
+    assert isinstance(error, RuntimeError) and "closed before this turn was admitted" in str(error)
+
+
+def test_wait_s_runs_only_while_no_admitted_turn_is_generating(backend, monkeypatch):
+    engine = backend.llm.llm_engine
+    step = engine.step
+
+    def slow():  # a step of a bigger model: a 12-token turn then takes about 0.6 s, past wait_s
+        time.sleep(0.05)
+        return step()
+
+    monkeypatch.setattr(engine, "step", slow)
+
+    async def plays(stream):
+        async def turns(key, new_tokens):
+            for _ in range(2):
+                await stream.generate(key, PROMPTS[key], replace(GREEDY, max_new_tokens=new_tokens))
+            stream.retire(key)
+
+        await asyncio.gather(turns(0, 1), turns(1, 12))
+
+    _, added = together(backend, monkeypatch, 2, 0.3, plays)
+    # the short turn's episode asked again at once, and waited for the long turn instead of going alone after 0.3 s
+    first, second = ([added[r] for r in added if r.startswith(f"episode-{k}-")] for k in range(2))
+    assert first == second and len(set(first)) == 2, added
+
+
+def test_a_rollout_with_turns_admitted_together_adds_each_round_before_one_step(backend, tiny_tokenizer, monkeypatch):
+    from rl.chat import ChatFormat
+    from rl.config import RolloutSection
+    from rl.rollout import run_episodes
+    from rl.toolcalls import get_format
+    from tests.integration.pick_env import PickEnv
+
+    added = added_after_steps(backend.llm.llm_engine, monkeypatch)
+    monkeypatch.setattr(backend, "admit", "together")
+    chat = ChatFormat(tiny_tokenizer, get_format("first_digit"), {})
+    settings = RolloutSection(max_turns=3, max_new_tokens=8, max_completion_tokens=200)
+    trajectories = run_episodes([PickEnv() for _ in range(4)], [0, 1, 2, 3], backend, chat, settings)
+    turns: dict[int, list[tuple[int, int]]] = {}  # episode -> (request number, steps before it was added)
+    for request, steps in added.items():  # episode-<episode>-<request number, counting across the rollout>
+        _, episode, n = request.split("-")
+        turns.setdefault(int(episode), []).append((int(n), steps))
+    assert [len(turns[k]) for k in range(4)] == [t.info["model_turns"] for t in trajectories]
+    rounds: dict[int, set[int]] = {}
+    for episode_turns in turns.values():
+        for k, (_, steps) in enumerate(sorted(episode_turns)):
+            rounds.setdefault(k, set()).add(steps)
+    assert len(rounds) > 1 and all(len(steps) == 1 for steps in rounds.values()), rounds  # one step per round
