@@ -66,7 +66,7 @@ class RolloutSection:
     max_observation_chars: int = 8000  # longer observations are cut, with a marker (episode fact obs_truncated)
     env_workers: int = 16  # env threads shared by the batch's episodes
     # Batch-only backends (transformers) and rollout.vllm.admit=together: a batch starts when every live episode
-    # waits for the model, or this long after the first one asked, so a slow env delays nobody more.
+    # waits for the model, or this long after one waits with nothing generating, so a slow env delays nobody more.
     batch_wait_s: float = 0.5
     system_prompt: str = ""
     # Text that opens every model turn, e.g. '<tool_call>\n{"name": "' to nudge a base model
