@@ -44,7 +44,7 @@ class VLLMSection:
     # Python's GIL switch interval while the engine serves a rollout; null leaves the process's own (rl/vllm_stream.py)
     switch_interval_s: float | None = None
     # When a rollout's turns join the in-process engine's batch: each at the next step, or together, once every live
-    # episode has asked (a slow env holds them rollout.batch_wait_s at most), as in a round-based loop (vllm_stream)
+    # episode asked (with none generating, a slow env holds them rollout.batch_wait_s at most): rl/vllm_stream.py
     admit: str = "each"
     # More `vllm.LLM` arguments for the in-process engine, e.g. {compilation_config: {cudagraph_mode: FULL}} or
     # {enforce_eager: true}; the keys the fields above set are refused (see VLLM_ENGINE_ARGS_SET_BY).

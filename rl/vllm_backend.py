@@ -197,7 +197,7 @@ class VLLMBackend:
     def stream(self, episodes: int | None = None, wait_s: float = 0.5) -> EngineStream:
         """Per-episode requests, continuously batched by the engine (see `rl.vllm_stream`). With `admit` set to
         "together", the turns of a rollout of `episodes` episodes join the batch together, once every live one has
-        asked (a slow env step holds the others `wait_s` at most)."""
+        asked (with none generating, a slow env step holds the others `wait_s` at most)."""
         together = self.admit == "together" and episodes is not None
         return EngineStream(self, self.switch_interval_s, episodes if together else None, wait_s)
 

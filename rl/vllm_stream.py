@@ -180,9 +180,11 @@ class EngineStream:
 
     def _admit(self, timed_out: bool = False) -> None:
         """Hand the held turns to the driver, all in one item, once every live episode has asked, or `wait_s` after
-        the last admitted turn came back while some episode had still not asked."""
+        a turn was held with no admitted one generating."""
         if timed_out:
             self.timer = None
+        # a turn whose episode was cancelled (its rollout raised; the episode retires) is dropped: nobody waits for it
+        self.asked = [r for r in self.asked if not r[3].future.done()]
         if not self.asked:
             return
         if not timed_out and len(self.asked) < self.live:
@@ -192,13 +194,11 @@ class EngineStream:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        # a turn whose episode was cancelled (its rollout raised) is dropped: nobody waits for it
-        self.asked, batch = [], [r for r in self.asked if not r[3].future.done()]
-        if batch:
-            self.running += len(batch)
-            for request in batch:
-                request[3].future.add_done_callback(self._came_back)
-            self.inbox.put(batch)
+        batch, self.asked = self.asked, []
+        self.running += len(batch)
+        for request in batch:
+            request[3].future.add_done_callback(self._came_back)
+        self.inbox.put(batch)
 
     def _came_back(self, _future: asyncio.Future) -> None:
         self.running -= 1
