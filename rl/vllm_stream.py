@@ -183,8 +183,10 @@ class EngineStream:
         a turn was held with no admitted one generating."""
         if timed_out:
             self.timer = None
-        # a turn whose episode was cancelled (its rollout raised; the episode retires) is dropped: nobody waits for it
-        self.asked = [r for r in self.asked if not r[3].future.done()]
+        if timed_out or len(self.asked) >= self.live:  # once a round, not at every ask
+            # a turn whose episode was cancelled (its rollout raised; the episode retires) is dropped: nobody waits
+            # for it, and it must not make a round look complete
+            self.asked = [r for r in self.asked if not r[3].future.done()]
         if not self.asked:
             return
         if not timed_out and len(self.asked) < self.live:
