@@ -108,6 +108,66 @@ def open_stream(backend: GenerationBackend, episodes: int, batch_wait_s: float) 
     return BatchedStream(lambda keys, prompts, params: backend.generate(prompts, params), episodes, batch_wait_s)
 
 
+class RoundGate:
+    """Asked turns held until every live episode has asked (a round), then released together, in one call.
+
+    Once no released turn is still out (not yet answered), the first turn held starts a `wait_s` timer: a straggler
+    (an episode in a slow env step) holds the others that long at most. A held turn whose episode was cancelled
+    (its rollout raised; the episode retires) is dropped, and does not count toward a round. `BatchedStream` and
+    the in-process vLLM stream (`rollout.vllm.admit: together`) both gate their turns by it.
+    """
+
+    def __init__(self, episodes: int, wait_s: float, release: Callable[[list], None]):
+        self.live, self.wait_s, self.release = episodes, wait_s, release
+        self.held: list[tuple[asyncio.Future, object]] = []
+        self.out = 0  # released turns not yet answered
+        self.timer: asyncio.TimerHandle | None = None
+
+    def ask(self, future: asyncio.Future, turn) -> None:
+        """Hold `turn`, answered through `future`."""
+        self.held.append((future, turn))
+        self._check()
+
+    def retire(self) -> None:
+        self.live -= 1
+        self._check()
+
+    def resume(self) -> None:
+        self.live += 1
+
+    def close(self) -> list:
+        """Stop the timer; the turns still held (their futures not yet done), which will never be released."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        held, self.held = [turn for future, turn in self.held if not future.done()], []
+        return held
+
+    def _check(self, timed_out: bool = False) -> None:
+        if timed_out:
+            self.timer = None
+        if timed_out or len(self.held) >= self.live:  # once a round, not at every ask
+            self.held = [(future, turn) for future, turn in self.held if not future.done()]
+        if not self.held:
+            return
+        if not timed_out and len(self.held) < self.live:
+            if self.timer is None and not self.out:
+                self.timer = asyncio.get_running_loop().call_later(self.wait_s, self._check, True)
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        held, self.held = self.held, []
+        self.out += len(held)
+        for future, _ in held:
+            future.add_done_callback(self._answered)
+        self.release([turn for _, turn in held])
+
+    def _answered(self, _future: asyncio.Future) -> None:
+        self.out -= 1
+        self._check()
+
+
 class BatchedStream:
     """Per-episode requests gathered into batched calls, for backends that only batch.
 
@@ -115,84 +175,55 @@ class BatchedStream:
     envs move in lockstep, in episode order, with the batch composition of a round-based
     loop (deterministic, and as large as it can be). When some episode is still in a slow
     env step, the waiting ones start anyway `wait_s` after the first of them asked, so a
-    straggler delays nobody for longer than that. One batch runs at a time, in a worker
-    thread; requests that arrive meanwhile form the next.
+    straggler delays nobody for longer than that (`RoundGate`). One batch runs at a time, in a
+    worker thread; requests that arrive meanwhile form the next.
     """
 
     def __init__(self, batch: Batch, episodes: int, wait_s: float):
         self.batch = batch
-        self.live = episodes
-        self.wait_s = wait_s
-        self.pending: list[tuple[int, list[int], SamplingParams, asyncio.Future]] = []
-        self.running = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.gate = RoundGate(episodes, wait_s, self._start)
         self.worker = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
 
     async def generate(self, key: int, prompt: list[int], params: SamplingParams) -> Generation:
         future = asyncio.get_running_loop().create_future()
-        self.pending.append((key, prompt, params, future))
-        self._kick()
+        self.gate.ask(future, (key, prompt, params, future))
         return await future
 
     def retire(self, key: int) -> None:
-        self.live -= 1
-        self._kick()
+        self.gate.retire()
 
     pause = retire  # a paused episode is not waited for
 
     def resume(self, key: int) -> None:
-        self.live += 1
+        self.gate.resume()
 
     async def aclose(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        self.gate.close()
         self.worker.shutdown(wait=False, cancel_futures=True)
 
-    def _kick(self) -> None:
-        if self.running or not self.pending:
-            return
-        if len(self.pending) >= self.live:
-            self._start()
-        elif self.timer is None:
-            self.timer = asyncio.get_running_loop().call_later(self.wait_s, self._start)
-
-    def _start(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if self.running or not self.pending:
-            return
-        # a request whose episode was cancelled (its batch raised) is dropped: nobody waits for its turn
-        requests, self.pending = sorted((r for r in self.pending if not r[3].done()), key=lambda r: r[0]), []
-        if not requests:
-            return
-        self.running = True
-        asyncio.get_running_loop().create_task(self._run(requests))
+    def _start(self, requests: list) -> None:
+        asyncio.get_running_loop().create_task(self._run(sorted(requests, key=lambda r: r[0])))
 
     async def _run(self, requests: list) -> None:
         loop = asyncio.get_running_loop()
-        try:
-            # One call per distinct sampling setting; only the token budget may differ within one.
-            groups: dict[str, list] = {}
-            for request in requests:
-                groups.setdefault(repr(replace(request[2], max_new_tokens=0)), []).append(request)
-            for group in groups.values():
-                params = replace(group[0][2], max_new_tokens=max(r[2].max_new_tokens for r in group))
-                keys, prompts = [r[0] for r in group], [r[1] for r in group]
-                try:
-                    outputs = await loop.run_in_executor(self.worker, self.batch, keys, prompts, params)
-                except Exception as e:  # noqa: BLE001 - handed to the episodes that asked
-                    outputs = [e] * len(group)
-                for (_, _, _, future), out in zip(group, outputs):
-                    if future.done():
-                        continue
-                    if isinstance(out, Exception):
-                        future.set_exception(out)
-                    else:
-                        future.set_result(out)
-        finally:
-            self.running = False
-            self._kick()
+        # One call per distinct sampling setting; only the token budget may differ within one.
+        groups: dict[str, list] = {}
+        for request in requests:
+            groups.setdefault(repr(replace(request[2], max_new_tokens=0)), []).append(request)
+        for group in groups.values():
+            params = replace(group[0][2], max_new_tokens=max(r[2].max_new_tokens for r in group))
+            keys, prompts = [r[0] for r in group], [r[1] for r in group]
+            try:
+                outputs = await loop.run_in_executor(self.worker, self.batch, keys, prompts, params)
+            except Exception as e:  # noqa: BLE001 - handed to the episodes that asked
+                outputs = [e] * len(group)
+            for (_, _, _, future), out in zip(group, outputs):
+                if future.done():
+                    continue
+                if isinstance(out, Exception):
+                    future.set_exception(out)
+                else:
+                    future.set_result(out)
 
 
 class TransformersBackend:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rl.generation import Generation, SamplingParams
+from rl.generation import Generation, RoundGate, SamplingParams
 from rl.stop_strings import CONTEXT_TOKENS, StopStrings
 
 
@@ -123,10 +123,10 @@ class EngineStream:
     others keep generating. Requests are matched by their id, never by position. While it
     is open, the process's GIL switch interval is `switch_interval_s` (None: left as it is).
 
-    With `episodes`, asked turns are held until every live episode (not retired, not paused) has asked, and then
-    are added together, before one engine step (a long prefill may still take several: `max_num_batched_tokens`):
-    the batches of a round-based loop, while each row is still handed back the moment it ends. Once no admitted
-    turn is left generating, a slow episode (its env step) holds the others for at most `wait_s`.
+    With `episodes`, a `RoundGate` holds asked turns until every live episode (not retired, not paused) has asked;
+    they are then added together, before one engine step (a long prefill may still take several:
+    `max_num_batched_tokens`): the batches of a round-based loop, while each row is still handed back the moment it
+    ends. Once no admitted turn is left generating, a slow episode (its env step) holds the others `wait_s` at most.
     """
 
     _STOP = object()
@@ -138,10 +138,7 @@ class EngineStream:
         self.loop = asyncio.get_running_loop()
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.requests = itertools.count()
-        self.live, self.wait_s = episodes, wait_s
-        self.asked: list[tuple] = []  # asked turns waiting for the others (with `episodes`)
-        self.running = 0  # admitted turns not yet handed back (with `episodes`)
-        self.timer: asyncio.TimerHandle | None = None
+        self.gate = None if episodes is None else RoundGate(episodes, wait_s, self.inbox.put)  # a round: one item
         self.thread = threading.Thread(target=self._drive, name="vllm-engine", daemon=True)
         self.switched = _lower_switch_interval(switch_interval_s)
         self.thread.start()
@@ -159,60 +156,26 @@ class EngineStream:
             sampling.stop, sampling.detokenize, sampling.output_kind = None, False, RequestOutputKind.DELTA
             row.context = list(prompt[-CONTEXT_TOKENS:])
         request = (f"episode-{key}-{n}", list(prompt), sampling, row)
-        if self.live is None:
+        if self.gate is None:
             self.inbox.put(request)
         else:
-            self.asked.append(request)
-            self._admit()
+            self.gate.ask(row.future, request)
         finished = await row.future  # the row's `done`, with how it ended (see the module's docstring)
         return finished()
 
     def retire(self, key: int) -> None:
-        if self.live is not None:
-            self.live -= 1
-            self._admit()
+        if self.gate is not None:
+            self.gate.retire()
 
     pause = retire  # a paused episode is not waited for
 
     def resume(self, key: int) -> None:
-        if self.live is not None:
-            self.live += 1
-
-    def _admit(self, timed_out: bool = False) -> None:
-        """Hand the held turns to the driver, all in one item, once every live episode has asked, or `wait_s` after
-        a turn was held with no admitted one generating."""
-        if timed_out:
-            self.timer = None
-        if timed_out or len(self.asked) >= self.live:  # once a round, not at every ask
-            # a turn whose episode was cancelled (its rollout raised; the episode retires) is dropped: nobody waits
-            # for it, and it must not make a round look complete
-            self.asked = [r for r in self.asked if not r[3].future.done()]
-        if not self.asked:
-            return
-        if not timed_out and len(self.asked) < self.live:
-            if self.timer is None and not self.running:
-                self.timer = self.loop.call_later(self.wait_s, self._admit, True)
-            return
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        batch, self.asked = self.asked, []
-        self.running += len(batch)
-        for request in batch:
-            request[3].future.add_done_callback(self._came_back)
-        self.inbox.put(batch)
-
-    def _came_back(self, _future: asyncio.Future) -> None:
-        self.running -= 1
-        self._admit()
+        if self.gate is not None:
+            self.gate.resume()
 
     async def aclose(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-        for request in self.asked:  # held turns of episodes still waiting: they hear it, rather than hang
-            if not request[3].future.done():
-                request[3].future.set_exception(RuntimeError("the stream closed before this turn was admitted"))
-        self.asked = []
+        for request in self.gate.close() if self.gate is not None else []:  # held turns: they hear it, not hang
+            request[3].future.set_exception(RuntimeError("the stream closed before this turn was admitted"))
         self.inbox.put(self._STOP)
         try:
             await self.loop.run_in_executor(None, self.thread.join)
