@@ -111,14 +111,15 @@ def open_stream(backend: GenerationBackend, episodes: int, batch_wait_s: float) 
 class RoundGate:
     """Asked turns held until every live episode has asked (a round), then released together, in one call.
 
-    Once no released turn is still out (not yet answered), the first turn held starts a `wait_s` timer: a straggler
-    (an episode in a slow env step) holds the others that long at most. A held turn whose episode was cancelled
-    (its rollout raised; the episode retires) is dropped, and does not count toward a round. `BatchedStream` and
-    the in-process vLLM stream (`rollout.vllm.admit: together`) both gate their turns by it.
+    A `wait_s` timer starts when a turn is held with no released turn still out (not yet answered), or when the
+    last one out is answered: a straggler (an episode in a slow env step) holds the others that long at most. A held
+    turn whose episode was cancelled (its rollout raised; the episode retires) is dropped, and does not count toward
+    a round. `BatchedStream` and the in-process vLLM stream (`rollout.vllm.admit: together`) gate turns by it.
     """
 
     def __init__(self, episodes: int, wait_s: float, release: Callable[[list], None]):
         self.live, self.wait_s, self.release = episodes, wait_s, release
+        self.loop = asyncio.get_running_loop()
         self.held: list[tuple[asyncio.Future, object]] = []
         self.out = 0  # released turns not yet answered
         self.timer: asyncio.TimerHandle | None = None
@@ -135,13 +136,15 @@ class RoundGate:
     def resume(self) -> None:
         self.live += 1
 
-    def close(self) -> list:
-        """Stop the timer; the turns still held (their futures not yet done), which will never be released."""
+    def close(self) -> None:
+        """Stop the timer; the turns still held will never be released: their episodes hear it, rather than hang."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        held, self.held = [turn for future, turn in self.held if not future.done()], []
-        return held
+        for future, _ in self.held:
+            if not future.done():
+                future.set_exception(RuntimeError("the stream closed before this turn was admitted"))
+        self.held = []
 
     def _check(self, timed_out: bool = False) -> None:
         if timed_out:
@@ -152,7 +155,7 @@ class RoundGate:
             return
         if not timed_out and len(self.held) < self.live:
             if self.timer is None and not self.out:
-                self.timer = asyncio.get_running_loop().call_later(self.wait_s, self._check, True)
+                self.timer = self.loop.call_later(self.wait_s, self._check, True)
             return
         if self.timer is not None:
             self.timer.cancel()
@@ -174,9 +177,10 @@ class BatchedStream:
     A batch starts when every live episode waits for the model, so episodes with fast
     envs move in lockstep, in episode order, with the batch composition of a round-based
     loop (deterministic, and as large as it can be). When some episode is still in a slow
-    env step, the waiting ones start anyway `wait_s` after the first of them asked, so a
-    straggler delays nobody for longer than that (`RoundGate`). One batch runs at a time, in a
-    worker thread; requests that arrive meanwhile form the next.
+    env step, the waiting ones start anyway `wait_s` after the first of them asked (or after
+    the batch running then ended), so a straggler delays nobody for longer than that
+    (`RoundGate`). Batches run one at a time, in one worker thread; requests that arrive
+    meanwhile form the next.
     """
 
     def __init__(self, batch: Batch, episodes: int, wait_s: float):
@@ -215,6 +219,8 @@ class BatchedStream:
             keys, prompts = [r[0] for r in group], [r[1] for r in group]
             try:
                 outputs = await loop.run_in_executor(self.worker, self.batch, keys, prompts, params)
+                if len(outputs) != len(group):  # a turn left unanswered would stall the gate's rounds
+                    raise RuntimeError(f"the backend returned {len(outputs)} generations for {len(group)} prompts")
             except Exception as e:  # noqa: BLE001 - handed to the episodes that asked
                 outputs = [e] * len(group)
             for (_, _, _, future), out in zip(group, outputs):

@@ -174,8 +174,8 @@ class EngineStream:
             self.gate.resume()
 
     async def aclose(self) -> None:
-        for request in self.gate.close() if self.gate is not None else []:  # held turns: they hear it, not hang
-            request[3].future.set_exception(RuntimeError("the stream closed before this turn was admitted"))
+        if self.gate is not None:
+            self.gate.close()  # held turns' episodes hear it, rather than hang
         self.inbox.put(self._STOP)
         try:
             await self.loop.run_in_executor(None, self.thread.join)

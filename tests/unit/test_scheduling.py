@@ -86,3 +86,35 @@ def test_turns_of_episodes_cancelled_while_they_waited_are_never_generated():
 
     asyncio.run(batch())
     assert asked == []
+
+
+def test_a_backend_answering_fewer_prompts_than_asked_fails_that_batch_instead_of_stalling_the_rounds():
+    calls = []
+
+    def generate(keys, prompts, params):
+        calls.append(keys)
+        return [Generation([1], [0.0])] * (1 if len(calls) == 1 else len(keys))
+
+    async def rollout():
+        stream = BatchedStream(generate, episodes=2, wait_s=5.0)
+        asked = (stream.generate(key, [1, 2], SamplingParams()) for key in (0, 1))
+        first = await asyncio.wait_for(asyncio.gather(*asked, return_exceptions=True), 2)
+        again = await asyncio.wait_for(asyncio.gather(*(stream.generate(k, [1], SamplingParams()) for k in (0, 1))), 2)
+        await stream.aclose()
+        return first, again
+
+    first, again = asyncio.run(rollout())
+    assert all(isinstance(e, RuntimeError) and "1 generations for 2 prompts" in str(e) for e in first)
+    assert [g.token_ids for g in again] == [[1], [1]] and calls == [[0, 1], [0, 1]]
+
+
+def test_closing_the_stream_fails_turns_still_held():
+    async def rollout():
+        stream = BatchedStream(lambda keys, prompts, params: [Generation([1], [0.0])] * len(keys), 2, wait_s=5.0)
+        held = asyncio.ensure_future(stream.generate(0, [1], SamplingParams()))
+        await asyncio.sleep(0)  # it waits for episode 1
+        await stream.aclose()
+        return await asyncio.wait_for(asyncio.gather(held, return_exceptions=True), 2)
+
+    [error] = asyncio.run(rollout())
+    assert isinstance(error, RuntimeError) and "closed before this turn was admitted" in str(error)
