@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rl.config import RolloutSection
 from rl.generation import Generation, SamplingParams, holds_version
 from rl.resume import end_process_group
 from rl.stop_strings import CONTEXT_TOKENS, StopStrings
@@ -194,7 +195,7 @@ class VLLMBackend:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit max_model_len={self.max_model_len} "
                              "(raise the backend's max_model_len)")
 
-    def stream(self, episodes: int | None = None, wait_s: float = 0.5) -> EngineStream:
+    def stream(self, episodes: int | None = None, wait_s: float = RolloutSection.batch_wait_s) -> EngineStream:
         """Per-episode requests, continuously batched by the engine (see `rl.vllm_stream`). With `admit` set to
         "together", the turns of a rollout of `episodes` episodes join the batch together, once every live one has
         asked (with none generating, a slow env step holds the others `wait_s` at most)."""

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rl.config import RolloutSection
 from rl.generation import Generation, GenerationError, SamplingParams, holds_version, run_sync
 
 if TYPE_CHECKING:
@@ -59,7 +60,8 @@ class VLLMServerBackend:
 
     # ------------------------------------------------------------------ generation
 
-    def stream(self, episodes: int | None = None, wait_s: float = 0.5) -> ServerStream:
+    def stream(self, episodes: int | None = None,
+               wait_s: float = RolloutSection.batch_wait_s) -> ServerStream:
         """Each request sent at once (`episodes` and `wait_s` are for in-process engines: the servers batch)."""
         return ServerStream(self)
 

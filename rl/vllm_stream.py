@@ -131,8 +131,7 @@ class EngineStream:
 
     _STOP = object()
 
-    def __init__(self, backend, switch_interval_s: float | None = None, episodes: int | None = None,
-                 wait_s: float = 0.5):
+    def __init__(self, backend, switch_interval_s: float | None, episodes: int | None, wait_s: float):
         self.backend = backend
         self.engine = backend.llm.llm_engine
         self.loop = asyncio.get_running_loop()
