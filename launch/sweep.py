@@ -10,6 +10,7 @@ another. Running the same command again resumes: finished trials are kept, kille
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -66,7 +67,9 @@ def keep_sweep_file(parser: argparse.ArgumentParser, spec: SweepSpec) -> None:
     if kept.exists() and kept.read_text() != text:
         parser.exit(2, f"error: {kept} holds another version of {spec.path}: a started sweep's file cannot change "
                        f"(give the new one another name:)\n")
-    kept.write_text(text)
+    tmp = kept.with_name(f".sweep.yaml.{os.getpid()}")  # whole or absent: a worker starting beside this one reads it
+    tmp.write_text(text)
+    os.replace(tmp, kept)
 
 
 def dry_run(spec: SweepSpec, devices) -> str:

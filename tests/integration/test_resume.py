@@ -27,6 +27,11 @@ def rows(path):
     return [json.loads(line) for line in path.open()] if path.exists() else []
 
 
+def finished_rows(path):
+    """The lines written whole: a run killed or still writing may leave its last one half written."""
+    return [json.loads(line) for line in path.open() if line.endswith("\n")] if path.exists() else []
+
+
 def kill_when(cmd, ready, cwd, timeout=400):
     """Start `cmd`, SIGKILL its process group as soon as `ready()` holds; fail if it ends first."""
     log = Path(cwd) / "killed-run.log"  # a file, not a pipe: a full pipe would stall the run
@@ -67,15 +72,15 @@ def test_kill_9_mid_step_and_mid_checkpoint_then_resume_logs_every_step_once(tmp
     run = tmp_path / "killed"
     # 1. killed while step 3 runs: its episodes are logged (generated at step 2), checkpoint-2 is complete
     kill_when(grpo(tmp_path, 4), lambda: (run / "checkpoint-2" / "trainer_state.json").exists()
-              and any(r["step"] == 2 for r in rows(run / "episodes.jsonl")), tmp_path)
+              and any(r["step"] == 2 for r in finished_rows(run / "episodes.jsonl")), tmp_path)
     cut_off(run / "checkpoint-3")
-    assert any(r["step"] == 2 for r in rows(run / "episodes.jsonl"))  # logged past the checkpoint
+    assert any(r["step"] == 2 for r in finished_rows(run / "episodes.jsonl"))  # logged past the checkpoint
 
     # 2. resumed, then killed while checkpoint-3 is written (step 3 is in metrics.jsonl by then)
     started = time.time()
     kill_when(grpo(tmp_path, 4, "--resume"), lambda: saving(run / "checkpoint-3", started), tmp_path)
     cut_off(run / "checkpoint-3")
-    assert [r["step"] for r in rows(run / "metrics.jsonl") if "reward" in r] == [1, 2, 3]  # logged past it
+    assert [r["step"] for r in finished_rows(run / "metrics.jsonl") if "reward" in r] == [1, 2, 3]  # logged past it
     assert not (run / "final").exists()
 
     # 3. resumed to the end: each step once in metrics.jsonl (held-out rows too), episodes.jsonl, heldout/
