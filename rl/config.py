@@ -28,7 +28,7 @@ VISION_MODULES = ["vision_tower", "vision_model", "multi_modal_projector", "visu
 
 @dataclass
 class VLLMSection:
-    """vLLM engine (`rollout.backend: vllm`, in the trainer's process) or servers (`vllm-server`)."""
+    """vLLM engine (`rollout.backend: vllm`, on the trainer's device) or servers (`vllm-server`)."""
 
     gpu_memory_utilization: float = 0.3  # share of GPU memory (of RAM on CPU) for weights + KV cache
     kv_cache_gib: float | None = None  # KV cache size; None = vLLM's sizing from gpu_memory_utilization
@@ -41,13 +41,13 @@ class VLLMSection:
     # trainer and log the largest and mean logprob difference (rollout/sync_logprob_diff_max, _mean): proof that the
     # engine samples from the trained weights; beside it the gap before the push (_stale_max, _stale_mean). 0 = off.
     sync_check_tokens: int = 256
-    # Python's GIL switch interval while the engine serves a rollout; null leaves the process's own (rl/vllm_stream.py)
-    switch_interval_s: float | None = None
-    # When a rollout's turns join the in-process engine's batch: each at the next step, or together, once every live
-    # episode asked (with none generating, a slow env holds them rollout.batch_wait_s at most): rl/vllm_stream.py
+    switch_interval_s: float | None = None  # the GIL's switch interval during a rollout; null: as it is
+    # When a rollout's turns join the engine's batch: each at the next step, or together, once every live episode
+    # asked (with none generating, a slow env holds them rollout.batch_wait_s at most): rl/vllm_stream.py
     admit: str = "each"
-    # More `vllm.LLM` arguments for the in-process engine, e.g. {compilation_config: {cudagraph_mode: FULL}} or
-    # {enforce_eager: true}; the keys the fields above set are refused (see VLLM_ENGINE_ARGS_SET_BY).
+    engine_process: bool = False  # the engine core in its own process, off the trainer's GIL: rl/vllm_worker.py
+    # More `vllm.LLM` arguments, e.g. {compilation_config: {cudagraph_mode: FULL}} or {enforce_eager: true}; the
+    # keys the fields above set are refused (see VLLM_ENGINE_ARGS_SET_BY).
     engine_args: dict[str, Any] = field(default_factory=dict)
     urls: list[str] = field(default_factory=list)  # vllm-server: servers started with launch/serve_vllm.py
     timeout_s: float = 300.0  # vllm-server: per request
@@ -69,15 +69,15 @@ class RolloutSection:
     # waits for the model, or this long after one waits with nothing generating, so a slow env delays nobody more.
     batch_wait_s: float = 0.5
     system_prompt: str = ""
-    # Text that opens every model turn, e.g. '<tool_call>\n{"name": "' to nudge a base model
-    # into calling tools. Its tokens are context (env_mask 0); parsing sees prefix + reply.
+    # Text that opens every model turn, e.g. '<tool_call>\n{"name": "' to nudge a base model into calling tools. Its
+    # tokens are context (env_mask 0); parsing sees prefix + reply.
     response_prefix: str = ""
-    # End a model turn right after its first tool call (a stop string such as </tool_call>).
-    # Base models otherwise ramble past the call; it also means one call per turn.
+    # End a model turn right after its first tool call (a stop string such as </tool_call>). Base models otherwise
+    # ramble past the call; it also means one call per turn.
     stop_after_tool_call: bool = False
     chat_template_kwargs: dict[str, Any] = field(default_factory=lambda: {"enable_thinking": False})
-    # Generation during training: hf (transformers generate), vllm (an engine in the trainer's
-    # process, weights pushed after every optimizer step), vllm-server (launch/serve_vllm.py).
+    # Generation during training: hf (transformers generate), vllm (an engine on the trainer's device, weights pushed
+    # after every optimizer step: rollout.vllm), vllm-server (launch/serve_vllm.py).
     backend: str = "hf"
     vllm: VLLMSection = field(default_factory=VLLMSection)
 

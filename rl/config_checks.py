@@ -244,6 +244,8 @@ VLLM_ENGINE_ARGS_SET_BY = {
     "max_model_len": "rollout.vllm.max_model_len",
     "enable_sleep_mode": "rollout.vllm.enable_sleep_mode", "weights_version": "nothing (the trainer's step)",
     "logprobs_mode": "nothing (the loss needs processed_logprobs)",
+    "engine_process": "rollout.vllm.engine_process",
+    "worker_extension_cls": "nothing (an engine in its own process takes weights through rl.vllm_worker)",
 }
 
 

@@ -1,8 +1,11 @@
-"""vLLM colocate backend: an in-process `vllm.LLM` behind the `GenerationBackend` protocol.
+"""vLLM colocate backend: a `vllm.LLM` on the trainer's device behind the `GenerationBackend` protocol.
 
-The engine runs in the trainer's own process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so a
-weight update hands vLLM the trainer's tensors directly: no disk, no IPC, no second copy
-of the model beside the engine's own.
+By default the engine runs in the trainer's own process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`), so
+a weight update hands vLLM the trainer's tensors directly: no disk, no IPC, no second copy of
+the model beside the engine's own. With `engine_process=True` (`rollout.vllm.engine_process`)
+its core runs in a process of its own, as vLLM runs it by default, so its steps never wait
+for the trainer's Python (the episodes' env steps, their next turn's tokens); weights then
+reach it as CUDA IPC handles (`rl.vllm_worker`).
 
 Weight sync goes through vLLM's layerwise in-place reload (`reload_weights` with a
 `weights_iterator` in checkpoint format). That path rebuilds whatever the platform derives
@@ -37,14 +40,11 @@ from rl.generation import Generation, SamplingParams, holds_version
 from rl.resume import end_process_group
 from rl.stop_strings import CONTEXT_TOKENS, StopStrings
 from rl.vllm_stream import EngineStream, sampled_logprobs, stopped_generation
-from rl.vllm_weights import fused_groups, save_for_vllm, small_vocab_runner, weights_for_sync
+from rl.vllm_weights import fused_groups, quiet_reload, save_for_vllm, small_vocab_runner, weights_for_sync
+from rl.vllm_worker import WORKER_EXTENSION, send_weights
 
 if TYPE_CHECKING:
     import torch
-
-# vLLM warns about every layer a reload leaves untouched; a partial push is deliberate.
-_RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
-                   "vllm.model_executor.model_loader.reload.inplace")
 
 
 class VLLMBackend:
@@ -80,8 +80,9 @@ class VLLMBackend:
     def __init__(self, model_path: str | Path, *, tokenizer_path: str | Path | None = None, dtype: str = "auto",
                  gpu_memory_utilization: float = 0.3, kv_cache_gib: float | None = None, max_model_len: int = 4096,
                  enable_sleep_mode: bool = False, enable_prefix_caching: bool = True, seed: int = 0,
-                 enforce_eager: bool | None = None, weights_version: int | None = None, **engine_kwargs: Any):
-        _in_process()
+                 enforce_eager: bool | None = None, weights_version: int | None = None, engine_process: bool = False,
+                 **engine_kwargs: Any):
+        _engine_mode(engine_process)
         from vllm import LLM
         from vllm.platforms import current_platform
 
@@ -91,6 +92,11 @@ class VLLMBackend:
                              "(only CUDA, ROCm, XPU); use enable_sleep_mode=False")
         if kv_cache_gib is not None:
             engine_kwargs["kv_cache_memory_bytes"] = int(kv_cache_gib * 2**30)
+        if engine_process:
+            if engine_kwargs.get("worker_extension_cls", WORKER_EXTENSION) != WORKER_EXTENSION:
+                raise ValueError(f"worker_extension_cls={engine_kwargs['worker_extension_cls']!r}: an engine in its "
+                                 f"own process takes the trainer's weights through {WORKER_EXTENSION}")
+            engine_kwargs["worker_extension_cls"] = WORKER_EXTENSION
         import torch
 
         # vLLM's worker sets the process's float32 matmul precision from VLLM_FLOAT32_MATMUL_PRECISION
@@ -118,6 +124,7 @@ class VLLMBackend:
         # engine made is ended with it (`shutdown`).
         self.owns_process_group = not had_group and _process_group()
         self.ended = False  # by `shutdown`
+        self.engine_process = engine_process
         self.max_model_len = max_model_len
         self.model_name = str(model_path)
         self.vocab_size = self.llm.llm_engine.model_config.get_vocab_size()
@@ -148,8 +155,9 @@ class VLLMBackend:
         dtype = getattr(settings, "dtype", "auto")
         if dtype == "auto":
             dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-        backend = cls.from_model(model, tokenizer, directory, dtype=dtype,
-                                 seed=seed, gpu_memory_utilization=settings.gpu_memory_utilization,
+        backend = cls.from_model(model, tokenizer, directory, dtype=dtype, seed=seed,
+                                 engine_process=getattr(settings, "engine_process", False),
+                                 gpu_memory_utilization=settings.gpu_memory_utilization,
                                  kv_cache_gib=settings.kv_cache_gib, max_model_len=settings.max_model_len,
                                  **getattr(settings, "engine_args", {}), **kwargs)
         backend.switch_interval_s = getattr(settings, "switch_interval_s", backend.switch_interval_s)
@@ -240,7 +248,7 @@ class VLLMBackend:
         """
         if holds_version(self, version):
             return False
-        groups = fused_groups(self._engine_model())
+        groups = self.fused_groups()
         self.load_weights(weights_for_sync(model, groups, changing_only=self._frozen_in_sync), version)
         return True
 
@@ -260,8 +268,11 @@ class VLLMBackend:
                 sent += 1
                 yield name, tensor
 
-        with torch.no_grad(), _quiet(_RELOAD_LOGGERS):
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
+        if self.engine_process:
+            send_weights(self.llm, counted())
+        else:
+            with torch.no_grad(), quiet_reload():
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
         self.llm.reset_prefix_cache()  # cached KV blocks belong to the old weights
         self.weights_version = version
         self._frozen_in_sync = True
@@ -279,11 +290,10 @@ class VLLMBackend:
         out = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids))], sampling, use_tqdm=False)[0]
         return [entry[token].logprob for entry, token in zip(out.prompt_logprobs[1:], ids[1:])]
 
-    def _engine_model(self):
-        return self.llm.llm_engine.model_executor.driver_worker.worker.get_model()
-
     def fused_groups(self) -> dict[str, list[str]]:
-        return fused_groups(self._engine_model())
+        if self.engine_process:
+            return self.llm.collective_rpc("toolgym_fused_groups")[0]
+        return fused_groups(self.llm.llm_engine.model_executor.driver_worker.worker.get_model())
 
     def sleep(self) -> None:
         """Free the engine's memory for the optimizer step (needs enable_sleep_mode; else a no-op)."""
@@ -306,26 +316,27 @@ class VLLMBackend:
         the launcher's to end, and the engine then stays up until the process exits. `end_group`: the process
         ends next (a launched run's last step), so the engine goes now, and the launcher's group with it.
         """
-        if self.ended or not (self.owns_process_group or end_group):
+        if self.ended or not (self.owns_process_group or end_group or self.engine_process):
             return
+        ends_group = self.owns_process_group or end_group  # an engine in its own process leaves this one's group
         self.ended, self.owns_process_group = True, False
         try:
             self.llm.llm_engine.engine_core.shutdown()
-            end_process_group()  # where vLLM's shutdown leaves the default group
+            if ends_group:
+                end_process_group()  # where vLLM's shutdown leaves the default group
         except Exception:  # the run's results are written by now: a failed teardown is logged, not raised
             logging.getLogger(__name__).warning("shutting the vLLM engine down failed", exc_info=True)
 
 
 # ---------------------------------------------------------------------- process setup
 
-def _in_process() -> None:
-    """Run the engine core in this process, so weight updates can hand it tensors directly."""
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+def _engine_mode(own_process: bool) -> None:
+    """Start the next engine's core in this process (weight updates hand it tensors directly) or in its own."""
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1" if own_process else "0"
     import vllm.envs
 
-    if vllm.envs.VLLM_ENABLE_V1_MULTIPROCESSING:  # an earlier engine froze vLLM's env cache
-        raise RuntimeError("VLLMBackend needs VLLM_ENABLE_V1_MULTIPROCESSING=0 before the first vLLM engine "
-                           "of the process starts")
+    if vllm.envs.VLLM_ENABLE_V1_MULTIPROCESSING != own_process:  # an in-process engine froze vLLM's env cache
+        vllm.envs.disable_envs_cache()  # read afresh; the next in-process engine caches them again
 
 
 def _process_group() -> bool:
@@ -333,16 +344,3 @@ def _process_group() -> bool:
     import torch.distributed
 
     return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-@contextlib.contextmanager
-def _quiet(names: tuple[str, ...]):
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)

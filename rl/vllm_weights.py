@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,10 @@ from rl.generation import holds_version
 
 if TYPE_CHECKING:
     import torch
+
+# vLLM warns about every layer a reload leaves untouched; a partial push is deliberate.
+_RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
+                   "vllm.model_executor.model_loader.reload.inplace")
 
 
 def sync_gap(backend, model: torch.nn.Module, ids: list[int], before: list[float] | None = None) -> dict[str, float]:
@@ -205,3 +210,17 @@ def small_vocab_runner(model_path: str | Path) -> Iterator[bool]:
 def _vocab_size(model_path: str | Path) -> int | None:
     config = json.loads((Path(model_path) / "config.json").read_text())
     return config.get("vocab_size") or config.get("text_config", {}).get("vocab_size")
+
+
+@contextlib.contextmanager
+def quiet_reload() -> Iterator[None]:
+    """vLLM's reload without its warning for every layer a partial push leaves untouched."""
+    loggers = [logging.getLogger(n) for n in _RELOAD_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -18,12 +18,16 @@ captures CUDA graphs; each step's parts come from the run's metrics.jsonl:
 - on an in-process engine, the check of each weight push: `sync_logprob_diff_mean` (engine vs trainer after the
   push) and `sync_logprob_diff_stale_mean` (before it), in nats per token.
 
+A `vllm` entry may set `rollout.vllm` fields for its own run, each as `:field=value`, so two settings of the engine
+race in one run: `backends=vllm,vllm:engine_process=true,hf` or `backends=vllm:admit=each,vllm:admit=together`.
+
 Every row also has episodes/s and its step time over the first backend's (`step_s_over_first`); the parts are
 process 0's (every process waits for the others at the step's collectives).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 import subprocess
@@ -37,12 +41,33 @@ ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ("vllm", "hf")
 
 
+def backend_runs(given: str) -> list[tuple[str, list[str]]]:
+    """`backends` as (entry, its own overrides): `vllm:admit=each` is vllm with rollout.vllm.admit=each."""
+    from rl.config import VLLMSection
+
+    fields = [f.name for f in dataclasses.fields(VLLMSection)]
+    runs = []
+    for entry in (b.strip() for b in given.split(",")):
+        if not entry:
+            continue
+        backend, *sets = entry.split(":")
+        if backend not in BACKENDS:
+            raise ValueError(f"backends={given!r}: {backend!r} is no backend (accepted: vllm and/or hf, "
+                             "comma-separated; vllm-server needs servers started apart)")
+        bad = [s for s in sets if backend != "vllm" or s.partition("=")[0] not in fields or "=" not in s]
+        if bad:
+            raise ValueError(f"backends={given!r}: {entry!r} sets {bad} (accepted after vllm: "
+                             f":field=value, a field of rollout.vllm: {', '.join(fields)})")
+        runs.append((entry, [f"rollout.vllm.{s}" for s in sets]))
+    if not runs:
+        raise ValueError(f"backends={given!r}: none given (accepted: vllm and/or hf, comma-separated)")
+    if len({entry for entry, _ in runs}) < len(runs):
+        raise ValueError(f"backends={given!r}: an entry is given twice")
+    return runs
+
+
 def resolve_options(options: dict) -> dict:
-    backends = [b.strip() for b in str(options.get("backends", "vllm,hf")).split(",") if b.strip()]
-    unknown = [b for b in backends if b not in BACKENDS]
-    if not backends or unknown:
-        raise ValueError(f"backends={options.get('backends')!r}: {unknown or 'none given'} "
-                         "(accepted: vllm and/or hf, comma-separated; vllm-server needs servers started apart)")
+    backends = backend_runs(str(options.get("backends", "vllm,hf")))
     steps, episodes = int(options.get("steps", 3)), int(options.get("episodes", 256))
     if steps < 2:
         raise ValueError(f"steps={steps}: must be at least 2 "
@@ -66,24 +91,31 @@ def _here(name: str) -> str:
     return str(Path(name).resolve()) if Path(name).exists() else name
 
 
-def grpo_command(opts: dict, backend: str, out: Path) -> list[str]:
-    """launch/grpo.py for one backend: `episodes` per optimizer step, no checkpoint, no wandb."""
+def run_name(entry: str) -> str:
+    """The run's folder for a `backends` entry: `vllm:admit=each` runs as vllm-admit-each."""
+    return entry.replace(":", "-").replace("=", "-")
+
+
+def grpo_command(opts: dict, entry: tuple[str, list[str]], out: Path) -> list[str]:
+    """launch/grpo.py for one `backends` entry: `episodes` per optimizer step, no checkpoint, no wandb."""
     from rl.config import load_config
 
-    cfg = load_config(Path(opts["config"]), opts["overrides"])
+    name, own = entry
+    overrides = [*opts["overrides"], *own]
+    cfg = load_config(Path(opts["config"]), overrides)
     per_step = cfg.grpo.per_device_train_batch_size * opts["processes"]
     if opts["episodes"] % per_step or opts["episodes"] % cfg.grpo.num_generations:
         raise ValueError(f"episodes={opts['episodes']}: must be a multiple of grpo.per_device_train_batch_size "
                          f"x processes ({per_step}) and grpo.num_generations ({cfg.grpo.num_generations})")
     sets = [f"grpo.max_steps={opts['steps']}", f"grpo.gradient_accumulation_steps={opts['episodes'] // per_step}",
-            f"grpo.save_steps={opts['steps'] + 1}", f"rollout.backend={backend}", "log.wandb=off",
-            f"output_dir={out}", *opts["overrides"]]
+            f"grpo.save_steps={opts['steps'] + 1}", f"rollout.backend={name.split(':')[0]}", "log.wandb=off",
+            f"output_dir={out}", *overrides]
     launcher = [sys.executable]
     if opts["accelerate"]:
         launcher += ["-m", "accelerate.commands.launch", "--config_file", opts["accelerate"],
                      "--num_processes", str(opts["processes"]), "--main_process_port", str(free_port())]
     return launcher + [str(ROOT / "launch" / "grpo.py"), "--config", opts["config"], "--env", cfg.env.name,
-            "--model", opts["model"], "--name", backend] + [arg for s in sets for arg in ("--set", s)]
+            "--model", opts["model"], "--name", run_name(name)] + [arg for s in sets for arg in ("--set", s)]
 
 
 def step_parts(rows: list[dict]) -> dict:
@@ -121,10 +153,11 @@ def grpo_step(options: dict) -> list[dict]:
     opts = resolve_options(options)
     rows = []
     with tempfile.TemporaryDirectory(prefix="grpo-step-") as tmp:
-        for backend in opts["backends"]:
-            command = grpo_command(opts, backend, Path(tmp))
+        for entry in opts["backends"]:
+            backend = entry[0]
+            command = grpo_command(opts, entry, Path(tmp))
             done = subprocess.run(command, cwd=ROOT, check=False)  # its output shows as it trains
-            metrics = Path(tmp) / backend / "metrics.jsonl"
+            metrics = Path(tmp) / run_name(backend) / "metrics.jsonl"
             if done.returncode != 0 or not metrics.exists():
                 raise RuntimeError(f"grpo_step: the {backend} run exited with code {done.returncode}; its output "
                                    f"is above (command: {' '.join(command)})")

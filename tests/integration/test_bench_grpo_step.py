@@ -14,8 +14,10 @@ TINY = ("grpo.num_generations=2;grpo.per_device_train_batch_size=2;rollout.max_t
 def test_each_backend_trains_in_its_own_run_and_its_step_splits_into_three_positive_parts(tmp_path):
     from rl.bench import load_suites
 
-    rows = load_suites()["grpo_step"]({"model": "tiny", "steps": 3, "episodes": 4, "overrides": TINY})
-    assert [r["backend"] for r in rows] == ["vllm", "hf"]
+    backends = "vllm,vllm:engine_process=true,hf"  # the second: vllm with rollout.vllm.engine_process=true
+    rows = load_suites()["grpo_step"]({"model": "tiny", "steps": 3, "episodes": 4, "overrides": TINY,
+                                       "backends": backends})
+    assert [r["backend"] for r in rows] == backends.split(",")
     for row in rows:
         assert row["steps_timed"] == 2 and row["episodes"] == 4  # the first step (engine start) left out
         # the step's wall time holds the rollout and the scoring: training is what is left, and it is not nothing
@@ -28,12 +30,14 @@ def test_each_backend_trains_in_its_own_run_and_its_step_splits_into_three_posit
         assert statistics.fmean(s["generation_s"] for s in steps[1:]) == pytest.approx(row["generation_s"])
         assert statistics.fmean(s["step_s"] for s in steps[1:]) == pytest.approx(row["step_s"])
         assert all(isinstance(s["reward"], float) for s in steps)
-    vllm, hf = rows
-    assert vllm["weight_sync_s"] > 0 and hf["weight_sync_s"] == 0  # the engine got the weights of every step
-    # each push checked, after it and before it (these tiny steps may not move the weights: test_vllm_training
-    # shows the gap before a push that did)
-    assert 0 <= vllm["sync_logprob_diff_mean"] <= vllm["sync_logprob_diff_stale_mean"] + 1e-6
+    *engines, hf = rows
+    for vllm in engines:  # its engine in the trainer's process, then in its own
+        assert vllm["weight_sync_s"] > 0 and hf["weight_sync_s"] == 0  # the engine got the weights of every step
+        # each push checked, after it and before it (these tiny steps may not move the weights: test_vllm_training
+        # shows the gap before a push that did)
+        assert 0 <= vllm["sync_logprob_diff_mean"] <= vllm["sync_logprob_diff_stale_mean"] + 1e-6
     assert "sync_logprob_diff_mean" not in hf
+    vllm = engines[0]
     assert hf["step_s_over_first"] == pytest.approx(hf["step_s"] / vllm["step_s"]) and vllm["step_s_over_first"] == 1
 
 
@@ -50,7 +54,13 @@ def test_under_accelerate_a_run_of_two_processes_is_timed_the_same_way(tmp_path,
 
 
 @pytest.mark.parametrize("options, error", [
-    ({"backends": "vllm,tgi"}, r"backends='vllm,tgi': \['tgi'\] \(accepted: vllm and/or hf"),
+    ({"backends": "vllm,tgi"}, r"backends='vllm,tgi': 'tgi' is no backend \(accepted: vllm and/or hf"),
+    ({"backends": "vllm:admit"}, r"'vllm:admit' sets \['admit'\] \(accepted after vllm: :field=value, a field of "
+                                 r"rollout.vllm: .*engine_process"),
+    ({"backends": "hf:admit=each"}, r"'hf:admit=each' sets \['admit=each'\]"),
+    ({"backends": "vllm:engine=true"}, r"sets \['engine=true'\]"),
+    ({"backends": "vllm,vllm"}, r"backends='vllm,vllm': an entry is given twice"),
+    ({"backends": " , "}, r"none given"),
     ({"steps": 1}, r"steps=1: must be at least 2"),
     ({"episodes": 12}, r"episodes=12: must be a multiple of grpo.per_device_train_batch_size x processes \(16\)"),
     ({"processes": 2}, r"processes=2: must be 1, or more with accelerate=<config file>"),
@@ -60,4 +70,5 @@ def test_bad_options_are_refused_before_anything_trains(options, error):
     from rl.bench.grpo_step import grpo_command, resolve_options
 
     with pytest.raises(ValueError, match=error):
-        grpo_command(resolve_options(options), "vllm", None)
+        opts = resolve_options(options)
+        grpo_command(opts, opts["backends"][0], None)

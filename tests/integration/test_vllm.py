@@ -1,4 +1,5 @@
-"""The vLLM colocate backend on a real in-process engine (tiny model, CPU): generation, weight sync.
+"""The vLLM colocate backend on a real engine (tiny model, CPU), its core in this process and in its
+own: generation, weight sync.
 
 Logprob tolerance: 1e-4 absolute. Engine and trainer both run float32 here; measured
 differences are about 5e-7.
@@ -28,16 +29,17 @@ def model(tiny_tokenizer):
     return m.eval()
 
 
-@pytest.fixture(scope="module")
-def backend(model, tiny_tokenizer, tmp_path_factory):
-    # One engine for the whole file: starting one costs seconds. Tests that change its
-    # weights put the original model back before they end.
+@pytest.fixture(scope="module", params=[False, True], ids=["in-process", "engine-process"])
+def backend(request, model, tiny_tokenizer, tmp_path_factory):
+    # One engine per mode for the whole file: starting one costs seconds. Tests that change its weights put the
+    # original model back before they end. Every test runs on an engine core in this process and in its own.
     torch.set_float32_matmul_precision("high")  # what model.tf32 sets for a trainer on a GPU
     engine = VLLMBackend.from_model(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny-vllm"), dtype="float32",
-                                    kv_cache_gib=0.25, max_model_len=2048, seed=0)
+                                    kv_cache_gib=0.25, max_model_len=2048, seed=0, engine_process=request.param)
     engine.precision_after_start = torch.get_float32_matmul_precision()
     torch.set_float32_matmul_precision("highest")
-    return engine
+    yield engine
+    engine.shutdown()
 
 
 def test_starting_an_engine_keeps_the_processs_float32_matmul_precision(backend):

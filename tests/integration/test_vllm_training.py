@@ -1,6 +1,6 @@
-"""GRPO with vLLM generating the rollouts (tiny model, CPU): the engine in the trainer's
-process (`rollout.backend: vllm`) and a served one (`vllm-server`) hold the trainer's
-weights after every optimizer step."""
+"""GRPO with vLLM generating the rollouts (tiny model, CPU): the engine on the trainer's device
+(`rollout.backend: vllm`, its core in the trainer's process or in its own) and a served one
+(`vllm-server`) hold the trainer's weights after every optimizer step."""
 
 import sys
 
@@ -47,8 +47,11 @@ def engine_matches_trainer(trainer, backend):
     assert gen.logprobs == pytest.approx(forward_logprobs(merged.eval(), SEQUENCE_PROMPT, gen.token_ids), abs=TOL)
 
 
-def test_colocated_engine_follows_every_optimizer_step(tmp_path):
-    trainer = build_trainer(config(tmp_path, "vllm"))
+@pytest.mark.parametrize("engine_process", [False, True], ids=["in-process", "engine-process"])
+def test_colocated_engine_follows_every_optimizer_step(tmp_path, engine_process):
+    import multiprocessing
+
+    trainer = build_trainer(config(tmp_path, "vllm", f"rollout.vllm.engine_process={engine_process}"))
     rollouts = trainer.rollout_func
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     trainer.train()
@@ -69,6 +72,10 @@ def test_colocated_engine_follows_every_optimizer_step(tmp_path):
     assert metrics[1]["rollout/sync_logprob_diff_stale_mean"] > 10 * metrics[1]["rollout/sync_logprob_diff_mean"]
     assert metrics[1]["rollout/sync_logprob_diff_stale_max"] > TOL
     assert rollouts.sync_check and len(rollouts.probe_ids) > 1
+    cores = [p for p in multiprocessing.active_children() if "EngineCore" in p.name]
+    assert len(cores) == engine_process  # the engine's own process, where it has one
+    backend.shutdown()
+    assert not any(p.is_alive() for p in cores)
 
 
 def test_engine_dtype_is_the_trainers_unless_the_config_names_one(tmp_path):
