@@ -6,21 +6,23 @@
     python launch/bench.py --suite weight_sync
 
 Both load Gemma 3 270M (float32 on CPU; bf16 on a GPU, where the model sits for the hf backend) and
-start one in-process vLLM engine. Rates are the best of `repeats` runs, since a shared machine
+start one vLLM engine, its core in this process; `--set engine_process=true` runs it in a process of its own,
+`both` starts one of each and adds their rows. Rates are the best of `repeats` runs, since a shared machine
 mostly adds noise that only slows runs down.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 from rl.bench import fastest, suite
+from rl.bench.engine_steps import EngineSteps
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sudoku.yaml"
-ENGINE_OPTIONS = ["kv_cache_gib", "max_model_len", "engine_args"]  # what `_engine` reads
+ENGINE_OPTIONS = ["kv_cache_gib", "max_model_len", "engine_args", "engine_process"]  # what `_engine` reads
 
 
 def _setup(options: dict):
@@ -41,17 +43,27 @@ def _setup(options: dict):
     return cfg, model, tokenizer, chat, envs.resolve(cfg.env.name)
 
 
+def _engine_modes(options: dict) -> list[bool]:
+    """Where the suite's engines run their core (`engine_process`): this process (false), its own (true), or one
+    engine of each (both: the rows of one run compare them)."""
+    given = str(options.get("engine_process", "false")).lower()
+    modes = {"false": [False], "true": [True], "both": [False, True]}
+    if given not in modes:
+        raise ValueError(f"engine_process={options['engine_process']!r} is not accepted (accepted: false, true, both)")
+    return modes[given]
+
+
 @contextmanager
-def _engine(cfg, model, tokenizer, options: dict):
+def _engine(cfg, model, tokenizer, options: dict, own_process: bool = False):
     """The suite's vLLM engine, shut down (with the process group it set up) when the suite is done."""
-    engine = _start_engine(cfg, model, tokenizer, options)
+    engine = _start_engine(cfg, model, tokenizer, options, own_process)
     try:
         yield engine
     finally:
         engine.shutdown()
 
 
-def _start_engine(cfg, model, tokenizer, options: dict):
+def _start_engine(cfg, model, tokenizer, options: dict, own_process: bool):
     import tempfile
 
     from rl.config_checks import engine_args_problem
@@ -59,7 +71,7 @@ def _start_engine(cfg, model, tokenizer, options: dict):
     from rl.vllm_backend import VLLMBackend
 
     sizes = {"dtype": str(model.dtype).removeprefix("torch."), "kv_cache_gib": float(options.get("kv_cache_gib", 1.0)),
-             "max_model_len": int(options.get("max_model_len", 2048))}
+             "max_model_len": int(options.get("max_model_len", 2048)), "engine_process": own_process}
     extra = options.get("engine_args") or {}  # more vllm.LLM arguments, as rollout.vllm.engine_args takes them
     problem = engine_args_problem(extra) if isinstance(extra, dict) else "is no mapping (e.g. {enforce_eager: true})"
     if problem:
@@ -147,140 +159,60 @@ def _as_rollout(vllm, params):
     return sampling
 
 
-def _prefills(scheduled) -> bool:
-    """Whether an engine batch computed prompt tokens: it started a request, or went on with one for more than one
-    token (a long prompt's later chunks, a preempted request's recompute; a decoding row computes one token a
-    step, as there is no speculative decoding here). `scheduled` is the batch's vLLM SchedulerOutput."""
-    return bool(scheduled.scheduled_new_reqs) or any(n > 1 for n in scheduled.num_scheduled_tokens.values())
-
-
-_LAUNCH, _TAKE = ("schedule", "execute", "sample"), ("update", "outputs")
-
-
-class _EngineSteps:
-    """The engine's steps during a run: prefill steps, which compute prompt tokens (a turn's prompt joins the
-    batch, or a later chunk of a long one is computed; decoding rows ride along), and decode steps, which compute
-    none, with their mean milliseconds. A step is labelled by the batch whose output it waited for (the one the
-    scheduler is handed back): with async scheduling (vLLM's default on CUDA) a step schedules the next batch
-    while it waits for the last one, and a step that only fills that pipeline counts as a decode step.
-
-    Each kind's milliseconds per batch are also split by where they went (`prefill_phase_ms`, `decode_phase_ms`):
-    launching the batch, in the step that scheduled it (the scheduler choosing it, `schedule`; the model runner
-    preparing it and launching the forward pass, `execute`; and the sampling, `sample`), and taking it back, in the
-    step that waited for it (the scheduler's `update`, the request `outputs`, and the `rest`: the wait for the
-    device, with async scheduling; without it, `sample` holds that wait). Without async scheduling both are one
-    step, and the parts add up to the step."""
-
-    def __init__(self, engine):
-        core = engine.engine_core.engine_core
-        self.engine, self.scheduler, executor = engine, core.scheduler, core.model_executor
-        self.schedule = self._timed("schedule", self.scheduler.schedule)
-        self.update = self._timed("update", self.scheduler.update_from_output)
-        self.hooks = [(engine, "step", self._step), (self.scheduler, "update_from_output", self._update),
-                      (self.scheduler, "schedule", self._schedule)]
-        for phase, owner, name in [("execute", executor, "execute_model"), ("sample", executor, "sample_tokens"),
-                                   ("outputs", engine.output_processor, "process_outputs")]:
-            self.hooks.append((owner, name, self._timed(phase, getattr(owner, name))))
-        self.step = engine.step
-        compilation = getattr(getattr(engine, "vllm_config", None), "compilation_config", None)
-        self.graph_tokens = getattr(compilation, "max_cudagraph_capture_size", None)  # larger ones: no CUDA graph
-        for owner, name, hook in self.hooks:
-            setattr(owner, name, hook)
-        self.reset()
-
-    def reset(self) -> None:
-        self.steps, self.prefill_steps, self.prefilling, self.launching = 0, 0, False, "decode"
-        self.prefill_tokens: list[int] = []  # each prefill batch's tokens, decoding rows' included
-        self.seconds = {kind: dict.fromkeys(("step", *_LAUNCH, *_TAKE, "rest"), 0.0) for kind in ("prefill", "decode")}
-        self.now = dict.fromkeys(_LAUNCH + _TAKE, 0.0)  # the step under way's
-
-    def _timed(self, phase: str, method):
-        def timed(*args, **kwargs):
-            started = time.perf_counter()
-            try:
-                return method(*args, **kwargs)
-            finally:
-                self.now[phase] += time.perf_counter() - started
-        return timed
-
-    def _schedule(self, *args, **kwargs):
-        scheduled = self.schedule(*args, **kwargs)
-        self.launching = "prefill" if scheduled is not None and _prefills(scheduled) else "decode"
-        return scheduled
-
-    def _update(self, scheduled, *args, **kwargs):
-        if _prefills(scheduled):
-            self.prefilling = True
-            self.prefill_tokens.append(scheduled.total_num_scheduled_tokens)
-        return self.update(scheduled, *args, **kwargs)
-
-    def _step(self):
-        started = time.perf_counter()
-        out = self.step()
-        seconds = time.perf_counter() - started
-        self.steps += 1
-        self.prefill_steps += self.prefilling
-        waited = self.seconds["prefill" if self.prefilling else "decode"]
-        waited["step"] += seconds
-        waited["rest"] += seconds - sum(self.now.values())
-        for phase in _LAUNCH:
-            self.seconds[self.launching][phase] += self.now[phase]
-        for phase in _TAKE:
-            waited[phase] += self.now[phase]
-        self.prefilling, self.launching, self.now = False, "decode", dict.fromkeys(_LAUNCH + _TAKE, 0.0)
-        return out
-
-    def row(self) -> dict:
-        counts = {"prefill": max(self.prefill_steps, 1), "decode": max(self.steps - self.prefill_steps, 1)}
-        mean_ms = {kind: {phase: 1e3 * s / counts[kind] for phase, s in self.seconds[kind].items()}
-                   for kind in counts}
-        tokens = self.prefill_tokens
-        sizes = {"prefill_batch_tokens_mean_max": [sum(tokens) / max(len(tokens), 1), max(tokens, default=0)]}
-        if self.graph_tokens is not None:
-            sizes["prefill_batches_past_cuda_graphs"] = sum(n > self.graph_tokens for n in tokens)
-        return {"engine_steps": self.steps, "prefill_steps": self.prefill_steps, **sizes,
-                "prefill_step_ms": mean_ms["prefill"].pop("step"), "decode_step_ms": mean_ms["decode"].pop("step"),
-                "prefill_phase_ms": mean_ms["prefill"], "decode_phase_ms": mean_ms["decode"]}
-
-    def close(self) -> None:
-        for owner, name, _ in self.hooks:
-            delattr(owner, name)  # the instance attributes: the class's methods again
-
-
 _VLLM, _HF = "vllm colocate (VLLMBackend)", "hf (TransformersBackend)"
 _TOGETHER = "vllm colocate (VLLMBackend), turns admitted together"  # rollout.vllm.admit=together
+_PROC = "vllm colocate (VLLMBackend), engine core in its own process"  # rollout.vllm.engine_process=true
+_PROC_TOGETHER = f"{_PROC}, turns admitted together"
+_PROC_REPLAY = "vllm raw LLM.generate, same turns, engine core in its own process"
 
 
 def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, ceiling: float) -> list[dict]:
     """Whole episodes on each backend, and the engine's raw rate on the very turns the vLLM rollout played in the
-    same pass: bare (the ceiling), and with the rollout's stop strings (vLLM detokenizes for them)."""
+    same pass: bare (the ceiling), and with the rollout's stop strings (vLLM detokenizes for them). With an engine
+    whose core runs in its own process (`backends[_PROC]`), its rollouts and a bare replay on it too."""
     from envs.base import closing_envs
     from rl.rollout import run_episodes, turn_params
 
     settings, max_turns, vllm, hf = cfg.rollout, cfg.rollout.max_turns, backends[_VLLM], backends[_HF]
-    own, played = vllm.admit, []
+    proc, played = backends.get(_PROC), []
+    engines = [e for e in (vllm, proc) if e is not None]
+    own = [e.admit for e in engines]
 
     def episodes(backend, admit="each", replayed=False):
         timing: dict = {}
-        vllm.admit = admit
+        backend.admit = admit
         with closing_envs([env_cls(**cfg.env.kwargs) for _ in range(n)]) as batch_envs:
             trajectories = run_episodes(batch_envs, list(range(n)), backend, chat, settings, metrics=timing)
         if replayed:
             played.append(trajectories)  # the turns this pass's replays play
         return timing["generated_tokens"], (trajectories, timing, admit)
 
-    runs = {_VLLM: lambda: episodes(vllm, replayed=True), _TOGETHER: lambda: episodes(vllm, "together"),
-            _HF: lambda: episodes(hf)}
-    for name, sampling in {"vllm raw LLM.generate, same turns": _bare(settings.temperature, _seeded()),
+    bare = _bare(settings.temperature, _seeded())
+    runs = {_VLLM: lambda: episodes(vllm, replayed=True), _TOGETHER: lambda: episodes(vllm, "together")}
+    if proc is not None:
+        runs.update({_PROC: lambda: episodes(proc), _PROC_TOGETHER: lambda: episodes(proc, "together"),
+                     _PROC_REPLAY: lambda: (_replay(proc.llm, _model_turns(played[-1]), bare), None)})
+    runs[_HF] = lambda: episodes(hf)
+    for name, sampling in {"vllm raw LLM.generate, same turns": bare,
                            "vllm raw LLM.generate, same turns, vLLM's stop strings":
                                _as_rollout(vllm, turn_params(chat, settings))}.items():
         runs[name] = lambda f=sampling: (_replay(vllm.llm, _model_turns(played[-1]), f), None)
-    steps = _EngineSteps(vllm.llm.llm_engine)
+    # the engine's steps, counted where its core runs in this process
+    steps = None if vllm.engine_process else EngineSteps(vllm.llm.llm_engine)
+
+    def reset() -> None:
+        for engine in engines:
+            engine.llm.reset_prefix_cache()
+        if steps is not None:
+            steps.reset()
+
     try:  # each run from an empty prefix cache, its engine steps counted
-        results = fastest(runs, repeats, lambda: (vllm.llm.reset_prefix_cache(), steps.reset()), steps.row)
+        results = fastest(runs, repeats, reset, steps.row if steps is not None else dict)
     finally:
-        vllm.admit = own
-        steps.close()
+        for engine, admit in zip(engines, own):
+            engine.admit = admit
+        if steps is not None:
+            steps.close()
     rows = []
     for name, (tokens, seconds, result, engine, passes) in results.items():
         row = {"test": f"{n} episodes, max_turns {max_turns}", "backend": name, "tokens": tokens, "seconds": seconds,
@@ -291,8 +223,9 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
             row.update(episodes_per_s=n / seconds, model_turns=sum(t.info["model_turns"] for t in trajectories) / n,
                        generation_s=timing["generation_s"], env_s=timing["env_s"])
         if name != _HF:
-            row.update(engine)
-        if name in (_VLLM, _TOGETHER):
+            on_proc = name in (_PROC, _PROC_TOGETHER, _PROC_REPLAY)
+            row.update({} if on_proc else engine, engine_process=on_proc or vllm.engine_process)
+        if result is not None and name != _HF:
             row["admit"] = admit
         rows.append(row)
     bare, vllm_stops = rows[-2], rows[-1]["tokens_per_s"]
@@ -318,7 +251,8 @@ def generation(options: dict) -> list[dict]:
     settings = cfg.rollout
     settings.max_new_tokens = int(options.get("max_new_tokens", settings.max_new_tokens))
     hf = TransformersBackend(model, tokenizer)
-    with _engine(cfg, model, tokenizer, options) as vllm:  # shut down at the end
+    with ExitStack() as stack:  # the engines shut down at the end
+        vllm, *proc = [stack.enter_context(_engine(cfg, model, tokenizer, options, m)) for m in _engine_modes(options)]
         prompts = _first_turn_prompts(cfg, chat, env_cls, n)
         params = replace(turn_params(chat, settings), seed=0 if _seeded() else None)
         requests = [TokensPrompt(prompt_token_ids=p) for p in prompts]
@@ -348,14 +282,15 @@ def generation(options: dict) -> list[dict]:
 
         if max_turns > 0:
             settings.max_turns = max_turns
-            backends = {_VLLM: vllm, _HF: hf}
+            backends = {_VLLM: vllm, _HF: hf, **({_PROC: proc[0]} if proc else {})}
             rows += _multi_turn_rows(cfg, env_cls, chat, backends, n, repeats, ceiling)
         return rows
 
 
 @suite("weight_sync", options=["model", "repeats", *ENGINE_OPTIONS])
 def weight_sync(options: dict) -> list[dict]:
-    """Seconds to push trainer weights into the vLLM engine: full model, LoRA-only, and via a checkpoint on disk."""
+    """Seconds to push trainer weights into the vLLM engine: full model, LoRA-only, and via a checkpoint on disk; on
+    an engine core in this process, in its own (CUDA IPC handles; by value on a CPU), or both (`engine_process`)."""
     import tempfile
 
     import torch
@@ -365,30 +300,36 @@ def weight_sync(options: dict) -> list[dict]:
 
     cfg, model, tokenizer, *_ = _setup(options)
     repeats = int(options.get("repeats", 2))
-    with _engine(cfg, model, tokenizer, options) as vllm:  # shut down at the end
+    with ExitStack() as stack:  # the engines shut down at the end
+        engines = [stack.enter_context(_engine(cfg, model, tokenizer, options, m)) for m in _engine_modes(options)]
         rows = []
 
-        def push(name: str, fn) -> None:
+        def push(vllm, name: str, fn) -> None:
             times = []
             for _ in range(repeats):
                 started = time.perf_counter()
                 fn()
                 times.append(time.perf_counter() - started)
-            rows.append({"route": name, "tensors": vllm.last_sync.get("tensors", ""), "seconds": min(times)})
+            where = "engine core in its own process" if vllm.engine_process else "in-process iterator"
+            rows.append({"route": f"{where}, {name}", "tensors": vllm.last_sync.get("tensors", ""),
+                         "seconds": min(times)})
 
-        push("in-process iterator, full model", lambda: vllm.update_weights(model))
+        for vllm in engines:
+            push(vllm, "full model", lambda e=vllm: e.update_weights(model))
         with tempfile.TemporaryDirectory() as tmp:
-            # what a separate engine process would need; leaves a tied lm_head stale (see rl/vllm_backend)
-            def via_disk():
+            # what a separate engine process would need without IPC; leaves a tied lm_head stale (rl/vllm_backend)
+            def via_disk(vllm):
                 model.save_pretrained(tmp)
                 vllm.llm.collective_rpc("reload_weights", kwargs={"weights_path": tmp})
-            vllm.last_sync = {}
-            push("save_pretrained + reload_weights(weights_path)", via_disk)
+            for vllm in engines:
+                vllm.last_sync = {}
+                push(vllm, "save_pretrained + reload_weights(weights_path)", lambda e=vllm: via_disk(e))
         peft_model = get_peft_model(model, lora_config(cfg.lora, model))
         with torch.no_grad():
             for name, p in peft_model.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 1e-3)
-        push(f"in-process iterator, LoRA r={cfg.lora.r} merged (trainable tensors only)",
-             lambda: vllm.update_weights(peft_model))
+        for vllm in engines:
+            push(vllm, f"LoRA r={cfg.lora.r} merged (trainable tensors only)",
+                 lambda e=vllm: e.update_weights(peft_model))
         return rows

@@ -52,3 +52,39 @@ def test_the_rollout_is_measured_against_replays_of_its_own_turns_with_engine_st
     assert (rollout["admit"], together["admit"]) == ("each", "together")
     # the hf rollout has no engine steps of its own
     assert "engine_steps" not in by_name[(multi, "hf (TransformersBackend)")]
+
+
+def test_with_engine_process_both_an_engine_core_in_its_own_process_plays_and_replays_in_the_same_passes():
+    from rl.bench import load_suites
+
+    rows = load_suites()["generation"]({"model": "tiny", "prompts": 4, "max_turns": 3, "repeats": 2,
+                                        "max_new_tokens": 12, "kv_cache_gib": 0.25, "engine_process": "both"})
+    by_name = {(r["test"], r["backend"]): r for r in rows}
+    multi = "4 episodes, max_turns 3"
+    rollout = by_name[(multi, "vllm colocate (VLLMBackend)")]
+    own = by_name[(multi, "vllm colocate (VLLMBackend), engine core in its own process")]
+    own_together = by_name[(multi, "vllm colocate (VLLMBackend), engine core in its own process, turns admitted "
+                                   "together")]
+    own_replay = by_name[(multi, "vllm raw LLM.generate, same turns, engine core in its own process")]
+    bare = by_name[(multi, "vllm raw LLM.generate, same turns")]
+    # the replay on the other engine plays the very turns the in-process rollout played in each pass
+    assert own_replay["pass_tokens"] == bare["pass_tokens"] == rollout["pass_tokens"]
+    assert min(own["pass_tokens"]) > 0 and min(own_together["pass_tokens"]) > 0
+    assert (own["admit"], own_together["admit"], rollout["admit"]) == ("each", "together", "each")
+    assert [r["engine_process"] for r in (rollout, bare, own, own_together, own_replay)] == [False] * 2 + [True] * 3
+    # engine steps are counted on the in-process engine only: another process's are out of reach
+    assert rollout["engine_steps"] > 0 and not any("engine_steps" in r for r in (own, own_together, own_replay))
+    assert own["vs_raw_same_turns"] == pytest.approx(own["tokens_per_s"] / bare["tokens_per_s"])
+
+
+def test_weight_sync_pushes_the_same_tensors_into_an_engine_core_in_either_process():
+    from rl.bench import load_suites
+
+    rows = load_suites()["weight_sync"]({"model": "tiny", "repeats": 1, "kv_cache_gib": 0.25,
+                                         "engine_process": "both"})
+    routes = {r["route"]: r for r in rows}
+    for name in ("full model", "LoRA r=16 merged (trainable tensors only)"):
+        here, there = routes[f"in-process iterator, {name}"], routes[f"engine core in its own process, {name}"]
+        assert here["tensors"] == there["tensors"] > 0 and here["seconds"] > 0 and there["seconds"] > 0
+    with pytest.raises(ValueError, match=r"engine_process='yes' is not accepted \(accepted: false, true, both\)"):
+        load_suites()["weight_sync"]({"model": "tiny", "engine_process": "yes"})

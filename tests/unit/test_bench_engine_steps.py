@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from rl.bench import rollout
-from rl.bench.rollout import _EngineSteps
+from rl.bench.engine_steps import EngineSteps
 
 PREFILL_S, DECODE_S = 0.010, 0.001
 
@@ -100,7 +100,7 @@ def test_each_step_is_timed_under_the_batch_it_waited_for(monkeypatch, ahead):
     for b, prefill in zip(PLAN, PREFILLS):
         b.prefill = prefill
     engine = FakeEngine(PLAN, clock, ahead)
-    steps = _EngineSteps(engine)
+    steps = EngineSteps(engine)
     for _ in range(len(PLAN) + ahead):  # async: one more step drains the last batch
         engine.step()
     row = steps.row()
