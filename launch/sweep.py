@@ -12,6 +12,7 @@ another. Running the same command again resumes: finished trials are kept, kille
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -67,9 +68,13 @@ def keep_sweep_file(parser: argparse.ArgumentParser, spec: SweepSpec) -> None:
     if kept.exists() and kept.read_text() != text:
         parser.exit(2, f"error: {kept} holds another version of {spec.path}: a started sweep's file cannot change "
                        f"(give the new one another name:)\n")
-    tmp = kept.with_name(f".sweep.yaml.{os.getpid()}")  # whole or absent: a worker starting beside this one reads it
-    tmp.write_text(text)
-    os.replace(tmp, kept)
+    fd, tmp = tempfile.mkstemp(prefix=".sweep.yaml.", dir=kept.parent)  # whole or absent for a worker beside it
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, kept)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def dry_run(spec: SweepSpec, devices) -> str:

@@ -220,6 +220,9 @@ def _check_rollout_and_eval(cfg: RunConfig) -> None:
     problem = engine_args_problem(r.vllm.engine_args)
     if problem:
         raise ConfigError(f"rollout.vllm.engine_args {problem}")
+    if r.vllm.engine_process and "worker_extension_cls" in r.vllm.engine_args:
+        raise ConfigError("rollout.vllm.engine_args sets worker_extension_cls, which an engine in its own process "
+                          "(rollout.vllm.engine_process=true) needs for the trainer's weights (rl/vllm_worker.py)")
 
 
 def engine_args_problem(args: dict) -> str | None:
@@ -245,7 +248,6 @@ VLLM_ENGINE_ARGS_SET_BY = {
     "enable_sleep_mode": "rollout.vllm.enable_sleep_mode", "weights_version": "nothing (the trainer's step)",
     "logprobs_mode": "nothing (the loss needs processed_logprobs)",
     "engine_process": "rollout.vllm.engine_process",
-    "worker_extension_cls": "nothing (an engine in its own process takes weights through rl.vllm_worker)",
 }
 
 

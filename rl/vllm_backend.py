@@ -41,7 +41,7 @@ from rl.resume import end_process_group
 from rl.stop_strings import CONTEXT_TOKENS, StopStrings
 from rl.vllm_stream import EngineStream, sampled_logprobs, stopped_generation
 from rl.vllm_weights import fused_groups, quiet_reload, save_for_vllm, small_vocab_runner, weights_for_sync
-from rl.vllm_worker import WORKER_EXTENSION, send_weights
+from rl.vllm_worker import WORKER_EXTENSION, WeightSender
 
 if TYPE_CHECKING:
     import torch
@@ -108,7 +108,7 @@ class VLLMBackend:
             os.environ["VLLM_FLOAT32_MATMUL_PRECISION"] = precision
         had_group = _process_group()
         try:
-            with contextlib.nullcontext() if on_cpu else small_vocab_runner(model_path):
+            with contextlib.nullcontext() if on_cpu else small_vocab_runner(model_path), _on_this_gpu(engine_process):
                 self.llm = LLM(
                     model=str(model_path), tokenizer=str(tokenizer_path or model_path), dtype=dtype, seed=seed,
                     gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
@@ -131,6 +131,8 @@ class VLLMBackend:
         self.sleep_mode = enable_sleep_mode
         self.weights_version = weights_version
         self._frozen_in_sync = weights_version is not None  # the engine already holds every frozen tensor
+        self._sender = WeightSender(self.llm) if engine_process else None
+        self._groups: dict[str, list[str]] | None = None  # the engine model's fused layers, asked once
         self.last_sync: dict[str, float] = {}  # {"tensors": n, "seconds": s} of the last push
         self._stops: dict[tuple[str, ...], StopStrings] = {}
         self.switch_interval_s: float | None = None  # the GIL's while a stream is open (None: the process's own)
@@ -269,7 +271,7 @@ class VLLMBackend:
                 yield name, tensor
 
         if self.engine_process:
-            send_weights(self.llm, counted())
+            self._sender.send(counted())
         else:
             with torch.no_grad(), quiet_reload():
                 self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
@@ -291,9 +293,10 @@ class VLLMBackend:
         return [entry[token].logprob for entry, token in zip(out.prompt_logprobs[1:], ids[1:])]
 
     def fused_groups(self) -> dict[str, list[str]]:
-        if self.engine_process:
-            return self.llm.collective_rpc("toolgym_fused_groups")[0]
-        return fused_groups(self.llm.llm_engine.model_executor.driver_worker.worker.get_model())
+        if self._groups is None:
+            self._groups = (self.llm.collective_rpc("toolgym_fused_groups")[0] if self.engine_process else
+                            fused_groups(self.llm.llm_engine.model_executor.driver_worker.worker.get_model()))
+        return self._groups
 
     def sleep(self) -> None:
         """Free the engine's memory for the optimizer step (needs enable_sleep_mode; else a no-op)."""
@@ -337,6 +340,27 @@ def _engine_mode(own_process: bool) -> None:
 
     if vllm.envs.VLLM_ENABLE_V1_MULTIPROCESSING != own_process:  # an in-process engine froze vLLM's env cache
         vllm.envs.disable_envs_cache()  # read afresh; the next in-process engine caches them again
+
+
+@contextlib.contextmanager
+def _on_this_gpu(engine_process: bool) -> Iterator[None]:
+    """An engine core started in its own process inside it sees only this process's current GPU, as its first:
+    vLLM's one-GPU engine takes the first GPU it sees, and under a launcher each rank trains on its own."""
+    import torch
+
+    if not (engine_process and torch.cuda.is_available() and torch.cuda.device_count() > 1):
+        yield
+        return
+    found = os.environ.get("CUDA_VISIBLE_DEVICES")
+    seen = found.split(",") if found else [str(i) for i in range(torch.cuda.device_count())]
+    os.environ["CUDA_VISIBLE_DEVICES"] = seen[torch.cuda.current_device()]  # read by the process it starts
+    try:
+        yield
+    finally:
+        if found is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = found
 
 
 def _process_group() -> bool:

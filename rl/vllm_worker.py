@@ -1,14 +1,19 @@
 """A vLLM engine core in a process of its own (`rollout.vllm.engine_process: true`): how the trainer's weights reach it.
 
 In the trainer's process the engine takes the trainer's tensors directly (`VLLMBackend.load_weights`). In its own
-process it cannot: what crosses is one `LLM.collective_rpc` call to a method vLLM adds to its worker
-(`WeightReceiver`, named as `worker_extension_cls`), whose payload says where each tensor is.
+process it cannot: a push is a few `LLM.collective_rpc` calls to a method vLLM adds to its worker (`WeightReceiver`,
+named as `worker_extension_cls`), each call's payload saying where its tensors are (`WeightSender`).
 
-- A CUDA tensor travels as a CUDA IPC handle (`torch.multiprocessing.reductions.reduce_tensor`): the engine's process
-  maps the trainer's own memory and copies from it, with no copy through the host. The trainer keeps the tensors
-  alive until the call has returned (`send_weights`).
-- CPU tensors (a CPU engine, as in tests and on a laptop) are written once into a safetensors file in shared memory
-  (`/dev/shm` where there is one), which the engine's process reads. Sent by value inside the call, Gemma 3 270M's
+- Each call carries at most `CHUNK_BYTES` of tensors, or one decoder layer where a layer is larger: a layer's tensors
+  never split (vLLM fuses q/k/v and gate/up into one layer, loaded together), and the tensors outside the decoder
+  layers (the embedding and a tied lm_head, the final norm) travel together in the last call. So a push never holds
+  more than about a call's worth of copies (merged LoRA layers are made one at a time, as they are sent).
+- CUDA tensors are copied into one buffer on the trainer's GPU, shared with the engine's process once per push as a
+  CUDA IPC handle (`torch.multiprocessing.reductions.reduce_tensor`): the engine copies out of it on the same GPU,
+  with no trip through the host. The buffer is freed at the end of the push. The trainer's own tensors are never
+  shared: torch keeps a record of every share for as long as the shared memory lives.
+- CPU tensors (a CPU engine, as in tests and on a laptop) are written into a safetensors file in shared memory
+  (`/dev/shm`, where it has room), which the engine's process reads. Sent by value inside the call, Gemma 3 270M's
   float32 weights took 21.3 s to push on a 2-core CPU, against 1.0 s for the in-process engine.
 
 The engine's process then loads them as the in-process engine does: vLLM's layerwise reload (`reload_weights`),
@@ -17,90 +22,189 @@ whose rules `rl/vllm_backend.py` states (a fused layer's shards together, tied t
 
 from __future__ import annotations
 
+import itertools
 import pickle
+import re
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 WORKER_EXTENSION = "rl.vllm_worker.WeightReceiver"  # `worker_extension_cls` of an engine in its own process
+CHUNK_BYTES = 256 * 2**20  # a push's tensors cross in calls of about this size
+_ALIGN = 256  # bytes: each tensor's offset in the shared buffer, so any dtype can view it
+_LAYER = re.compile(r"^(.*?\.layers\.\d+)\.")  # a decoder layer's prefix, e.g. model.layers.3
+_files = itertools.count()  # names of the files CPU tensors cross in
 
 
-def pack(weights: Iterable[tuple[str, Any]], cpu_file: Path) -> tuple[bytes, list]:
-    """(checkpoint name, tensor) pairs as one payload for `WeightReceiver.toolgym_load`, and the CUDA tensors it
-    points at, which must stay alive until the engine has loaded them. CPU tensors go into `cpu_file`, each storage
-    once (a tied lm_head is the embedding's)."""
-    import torch
+def chunks(weights: Iterable[tuple[str, Any]], limit: int = CHUNK_BYTES) -> Iterator[list[tuple[str, Any]]]:
+    """The (name, tensor) pairs of a push, in calls of at most `limit` bytes or one decoder layer: a layer's tensors
+    never split, and those outside the decoder layers come together, last."""
+    rest: list = []
+    chunk: list = []
+    group: list = []
+    layer = None
+
+    def nbytes(pairs) -> int:
+        return sum(t.numel() * t.element_size() for _, t in pairs)
+
+    for name, tensor in weights:
+        found = _LAYER.match(name)
+        if found is None:
+            rest.append((name, tensor))
+            continue
+        if found.group(1) != layer and group:
+            if chunk and nbytes(chunk) + nbytes(group) > limit:
+                yield chunk
+                chunk = []
+            chunk, group = chunk + group, []
+        layer = found.group(1)
+        group.append((name, tensor))
+    if chunk and group and nbytes(chunk) + nbytes(group) > limit:
+        yield chunk
+        chunk = []
+    chunk += group
+    if chunk and rest and nbytes(chunk) + nbytes(rest) > limit:
+        yield chunk
+        chunk = []
+    if chunk + rest:
+        yield chunk + rest
+
+
+class WeightSender:
+    """The trainer's side of a push into an engine core in its own process (`send`)."""
+
+    def __init__(self, llm, chunk_bytes: int = CHUNK_BYTES):
+        self.llm, self.chunk_bytes = llm, chunk_bytes
+        self.buffer = None  # the push's shared CUDA buffer, and its handle
+        self.handle: tuple | None = None
+
+    def send(self, weights: Iterable[tuple[str, Any]]) -> int:
+        """Load `weights` ((checkpoint name, tensor) pairs) into the engine; returns how many were sent."""
+        sent = 0
+        with ExitStack() as stack:
+            stack.callback(self._free)
+            folders = [Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="toolgym-weights-", dir=d)))
+                       for d in (["/dev/shm"] if Path("/dev/shm").is_dir() else []) + [None]]
+            for chunk in chunks(weights, self.chunk_bytes):
+                payload, written = self._pack(chunk, folders)
+                try:
+                    sent += self.llm.collective_rpc("toolgym_load", args=(payload,))[0]
+                finally:
+                    if written is not None:
+                        written.unlink()
+        return sent
+
+    def _pack(self, chunk: list[tuple[str, Any]], folders: list[Path]) -> tuple[bytes, Path | None]:
+        """One call's payload, and the file it wrote its CPU tensors to (in the first of `folders` with room)."""
+        import torch
+
+        entries, on_cpu, keys, cuda = [], {}, {}, []
+        with torch.no_grad():
+            for name, tensor in chunk:
+                tensor = tensor.detach()
+                if tensor.is_cuda:
+                    cuda.append((name, tensor))
+                    continue
+                same = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()))
+                if same not in keys:  # a tied lm_head is the embedding's tensor: written once
+                    keys[same] = str(len(on_cpu))
+                    on_cpu[keys[same]] = tensor.contiguous()
+                entries.append((name, "cpu", keys[same]))
+            entries += self._copy_to_buffer(cuda)
+        written = _write(on_cpu, folders) if on_cpu else None
+        payload = {"entries": entries, "buffer": self.handle if cuda else None,
+                   "file": None if written is None else str(written)}
+        return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL), written
+
+    def _copy_to_buffer(self, tensors: list[tuple[str, Any]]) -> list[tuple]:
+        """Copy `tensors` into the push's shared buffer (made, or made larger, here); their entries."""
+        if not tensors:
+            return []
+        import torch
+
+        spans, end = [], 0
+        for _, t in tensors:
+            spans.append(end)
+            end += -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
+        if self.buffer is None or self.buffer.numel() < end:
+            self._free()  # shared once per buffer: the engine let go of the last one when its call returned
+            device = tensors[0][1].device
+            self.buffer = torch.empty(end, dtype=torch.uint8, device=device)
+            from torch.multiprocessing.reductions import reduce_tensor
+
+            uuid = str(torch.cuda.get_device_properties(device).uuid)
+            self.handle = (uuid, reduce_tensor(self.buffer)[1])
+        entries = []
+        for (name, t), start in zip(tensors, spans):
+            size = t.numel() * t.element_size()
+            self.buffer[start:start + size].copy_(t.contiguous().reshape(-1).view(torch.uint8))
+            entries.append((name, "cuda", (start, size, list(t.shape), str(t.dtype).removeprefix("torch."))))
+        torch.cuda.current_stream(self.buffer.device).synchronize()  # written before the engine reads it
+        return entries
+
+    def _free(self) -> None:
+        if self.buffer is not None:
+            import torch
+
+            self.buffer = self.handle = None
+            torch.cuda.ipc_collect()  # the buffer's shared block, now that the engine has let go of it
+
+
+def _write(tensors: dict, folders: list[Path]) -> Path:
+    """`tensors` as a safetensors file in the first of `folders` with room for them (a container's /dev/shm may
+    hold 64 MiB), else in the last."""
     from safetensors.torch import save_file
-    from torch.multiprocessing.reductions import reduce_tensor
 
-    entries, kept, on_cpu, keys = [], [], {}, {}
-    with torch.no_grad():
-        for name, tensor in weights:
-            tensor = tensor.detach().contiguous()
-            if tensor.is_cuda:
-                kept.append(tensor)
-                entries.append((name, "cuda", reduce_tensor(tensor)[1]))
-                continue
-            same = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape))
-            if same not in keys:
-                keys[same] = str(len(on_cpu))
-                on_cpu[keys[same]] = tensor
-            entries.append((name, "cpu", keys[same]))
-    if kept:
-        torch.cuda.synchronize()  # merged LoRA tensors are computed asynchronously: done before another process reads
-    payload = {"entries": entries, "file": str(cpu_file) if on_cpu else None}
-    if on_cpu:
-        save_file(on_cpu, str(cpu_file))
-    return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL), kept
-
-
-def send_weights(llm, weights: Iterable[tuple[str, Any]]) -> int:
-    """Load `weights` into the engine of `llm` (a `vllm.LLM` whose core runs in its own process); returns how many."""
-    shm = Path("/dev/shm")
-    with tempfile.TemporaryDirectory(prefix="toolgym-weights-", dir=shm if shm.is_dir() else None) as scratch:
-        payload, kept = pack(weights, Path(scratch) / "weights.safetensors")
-        try:
-            loaded = llm.collective_rpc("toolgym_load", args=(payload,))
-        finally:
-            if kept:
-                import torch
-
-                kept.clear()
-                torch.cuda.ipc_collect()  # the handles' shared blocks, now that the engine has let go of them
-    return loaded[0]
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    folder = next((f for f in folders if shutil.disk_usage(f).free > 1.1 * size + 2**20), folders[-1])
+    path = folder / f"chunk-{next(_files)}.safetensors"
+    save_file(tensors, str(path))
+    return path
 
 
 class WeightReceiver:
     """Methods vLLM adds to its worker in the engine's process (`worker_extension_cls`)."""
 
     def toolgym_load(self, payload: bytes) -> int:
-        """Load the trainer's weights sent by `send_weights`; returns how many tensors were loaded."""
+        """Load one call's tensors of a push sent by `WeightSender`; returns how many were loaded."""
         import torch
-        from torch.multiprocessing.reductions import rebuild_cuda_tensor
 
         from rl.vllm_weights import quiet_reload
 
         sent = pickle.loads(payload)  # the trainer's own payload, over vLLM's socket
-        on_cpu = {}
+        buffer = self._toolgym_buffer(*sent["buffer"]) if sent["buffer"] is not None else None
+        on_cpu: dict = {}
         if sent["file"] is not None:
             from safetensors.torch import load_file
 
             on_cpu = load_file(sent["file"])
         weights = []
-        for name, kind, value in sent["entries"]:
+        for name, kind, where in sent["entries"]:
             if kind == "cuda":
-                args = list(value)
-                args[6] = self.device.index  # the handle's device, as this process numbers it
-                value = rebuild_cuda_tensor(*args)
+                start, size, shape, dtype = where
+                weights.append((name, buffer[start:start + size].view(getattr(torch, dtype)).view(shape)))
             else:
-                value = on_cpu[value]
-            weights.append((name, value))
+                weights.append((name, on_cpu[where]))
         with torch.no_grad(), quiet_reload():
             self.reload_weights(weights_iterator=iter(weights))
-        if any(kind == "cuda" for _, kind, _ in sent["entries"]):
-            torch.cuda.synchronize()  # the copies out of the trainer's memory are done before it frees or changes it
+        if buffer is not None:
+            torch.cuda.synchronize()  # done copying out of the trainer's buffer before it is written again or freed
         return len(weights)
+
+    def _toolgym_buffer(self, uuid: str, args: tuple):
+        import torch
+        from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+        mine = str(torch.cuda.get_device_properties(self.device).uuid)
+        if uuid != mine:
+            raise RuntimeError(f"the trainer's weights are on GPU {uuid} and this engine on {mine}: an engine in its "
+                               "own process must be on the trainer's GPU (rollout.vllm.engine_process)")
+        args = list(args)
+        args[6] = self.device.index  # the handle's device, as this process numbers it
+        return rebuild_cuda_tensor(*args)
 
     def toolgym_fused_groups(self) -> dict[str, list[str]]:
         """`rl.vllm_weights.fused_groups` of the engine's model."""

@@ -15,7 +15,7 @@ captures CUDA graphs; each step's parts come from the run's metrics.jsonl:
 - scoring: `time/generate_and_score_s` minus that: the logprob passes, rewards, advantages, sample log;
 - training: the step's wall time (`perf/step_s`, optimizer step included) minus `time/generate_and_score_s`:
   the loss passes, clipping and the optimizer step;
-- on an in-process engine, the check of each weight push: `sync_logprob_diff_mean` (engine vs trainer after the
+- on `vllm`, the check of each weight push: `sync_logprob_diff_mean` (engine vs trainer after the
   push) and `sync_logprob_diff_stale_mean` (before it), in nats per token.
 
 A `vllm` entry may set `rollout.vllm` fields for its own run, each as `:field=value`, so two settings of the engine
@@ -45,7 +45,7 @@ def backend_runs(given: str) -> list[tuple[str, list[str]]]:
     """`backends` as (entry, its own overrides): `vllm:admit=each` is vllm with rollout.vllm.admit=each."""
     from rl.config import VLLMSection
 
-    fields = [f.name for f in dataclasses.fields(VLLMSection)]
+    fields = [f.name for f in dataclasses.fields(VLLMSection) if not str(f.type).startswith(("dict", "list"))]
     runs = []
     for entry in (b.strip() for b in given.split(",")):
         if not entry:
@@ -56,8 +56,8 @@ def backend_runs(given: str) -> list[tuple[str, list[str]]]:
                              "comma-separated; vllm-server needs servers started apart)")
         bad = [s for s in sets if backend != "vllm" or s.partition("=")[0] not in fields or "=" not in s]
         if bad:
-            raise ValueError(f"backends={given!r}: {entry!r} sets {bad} (accepted after vllm: "
-                             f":field=value, a field of rollout.vllm: {', '.join(fields)})")
+            raise ValueError(f"backends={given!r}: {entry!r} sets {bad} (accepted after vllm: :field=value, a field "
+                             f"of rollout.vllm that takes one value: {', '.join(fields)}; others go in overrides)")
         runs.append((entry, [f"rollout.vllm.{s}" for s in sets]))
     if not runs:
         raise ValueError(f"backends={given!r}: none given (accepted: vllm and/or hf, comma-separated)")

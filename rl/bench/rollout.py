@@ -213,9 +213,15 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
             engine.admit = admit
         if steps is not None:
             steps.close()
+    return _turn_rows(results, f"{n} episodes, max_turns {max_turns}", n, ceiling, vllm.engine_process)
+
+
+def _turn_rows(results: dict, test: str, n: int, ceiling: float, own_process: bool) -> list[dict]:
+    """The multi-turn runs' rows (`fastest`'s results, the two replays of the in-process engine last), each against
+    the bare replay's and the stop-string replay's rates; `own_process`: the first engine's core runs in its own."""
     rows = []
     for name, (tokens, seconds, result, engine, passes) in results.items():
-        row = {"test": f"{n} episodes, max_turns {max_turns}", "backend": name, "tokens": tokens, "seconds": seconds,
+        row = {"test": test, "backend": name, "tokens": tokens, "seconds": seconds,
                "tokens_per_s": tokens / seconds, "vs_raw_vllm": tokens / seconds / ceiling,
                "passes": [t / s for t, s in passes], "pass_tokens": [t for t, _ in passes]}
         if result is not None:
@@ -224,9 +230,9 @@ def _multi_turn_rows(cfg, env_cls, chat, backends: dict, n: int, repeats: int, c
                        generation_s=timing["generation_s"], env_s=timing["env_s"])
         if name != _HF:
             on_proc = name in (_PROC, _PROC_TOGETHER, _PROC_REPLAY)
-            row.update({} if on_proc else engine, engine_process=on_proc or vllm.engine_process)
-        if result is not None and name != _HF:
-            row["admit"] = admit
+            row.update({} if on_proc else engine, engine_process=on_proc or own_process)
+            if result is not None:
+                row["admit"] = admit
         rows.append(row)
     bare, vllm_stops = rows[-2], rows[-1]["tokens_per_s"]
     for row in rows:  # each row's fastest pass against the bare replay's; and pass by pass, on the same turns
@@ -293,7 +299,8 @@ def generation(options: dict) -> list[dict]:
 @suite("weight_sync", options=["model", "repeats", *ENGINE_OPTIONS])
 def weight_sync(options: dict) -> list[dict]:
     """Seconds to push trainer weights into the vLLM engine: full model, LoRA-only, and via a checkpoint on disk; on
-    an engine core in this process, in its own (CUDA IPC handles; by value on a CPU), or both (`engine_process`)."""
+    an engine core in this process, in its own (a buffer shared as a CUDA IPC handle; on a CPU a file in shared
+    memory: rl/vllm_worker.py), or both (`engine_process`)."""
     import tempfile
 
     import torch

@@ -63,8 +63,8 @@ def test_with_engine_process_both_an_engine_core_in_its_own_process_plays_and_re
     multi = "4 episodes, max_turns 3"
     rollout = by_name[(multi, "vllm colocate (VLLMBackend)")]
     own = by_name[(multi, "vllm colocate (VLLMBackend), engine core in its own process")]
-    own_together = by_name[(multi, "vllm colocate (VLLMBackend), engine core in its own process, turns admitted "
-                                   "together")]
+    own_together = by_name[(multi, ("vllm colocate (VLLMBackend), engine core in its own process, turns admitted "
+                                   "together"))]
     own_replay = by_name[(multi, "vllm raw LLM.generate, same turns, engine core in its own process")]
     bare = by_name[(multi, "vllm raw LLM.generate, same turns")]
     # the replay on the other engine plays the very turns the in-process rollout played in each pass

@@ -55,10 +55,11 @@ def test_under_accelerate_a_run_of_two_processes_is_timed_the_same_way(tmp_path,
 
 @pytest.mark.parametrize("options, error", [
     ({"backends": "vllm,tgi"}, r"backends='vllm,tgi': 'tgi' is no backend \(accepted: vllm and/or hf"),
-    ({"backends": "vllm:admit"}, r"'vllm:admit' sets \['admit'\] \(accepted after vllm: :field=value, a field of "
-                                 r"rollout.vllm: .*engine_process"),
+    ({"backends": "vllm:admit"}, (r"'vllm:admit' sets \['admit'\] \(accepted after vllm: :field=value, a field of "
+                                 r"rollout.vllm that takes one value: .*engine_process")),
     ({"backends": "hf:admit=each"}, r"'hf:admit=each' sets \['admit=each'\]"),
     ({"backends": "vllm:engine=true"}, r"sets \['engine=true'\]"),
+    ({"backends": "vllm:engine_args={}"}, r"sets \['engine_args=\{\}'\]"),
     ({"backends": "vllm,vllm"}, r"backends='vllm,vllm': an entry is given twice"),
     ({"backends": " , "}, r"none given"),
     ({"steps": 1}, r"steps=1: must be at least 2"),

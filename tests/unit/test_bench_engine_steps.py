@@ -1,4 +1,4 @@
-"""The generation suite's split of engine steps (rl/bench/rollout.py): a step whose batch computes any prompt
+"""The generation suite's split of engine steps (rl/bench/engine_steps.py): a step whose batch computes any prompt
 tokens, a long prompt's later chunks and a recompute included, is a prefill step; only the others are decode
 steps. Each step is timed under the batch it waited for, also when the engine schedules one batch ahead (async
 scheduling), and split by where the step spent it. Fake scheduler outputs with the fields of vLLM's SchedulerOutput
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from rl.bench import rollout
+from rl.bench import engine_steps
 from rl.bench.engine_steps import EngineSteps
 
 PREFILL_S, DECODE_S = 0.010, 0.001
@@ -96,7 +96,7 @@ class FakeEngine:
 @pytest.mark.parametrize("ahead", [False, True], ids=["sync", "async"])
 def test_each_step_is_timed_under_the_batch_it_waited_for(monkeypatch, ahead):
     clock = [0.0]
-    monkeypatch.setattr(rollout.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(engine_steps.time, "perf_counter", lambda: clock[0])
     for b, prefill in zip(PLAN, PREFILLS):
         b.prefill = prefill
     engine = FakeEngine(PLAN, clock, ahead)

@@ -57,6 +57,10 @@ def test_yaml_and_dotted_overrides(tmp_path):
     ("rollout.vllm.engine_args={kv_cache_gib: 2}",
      "sets kv_cache_gib, which toolgym sets itself: use kv_cache_gib: rollout.vllm"),
     ("rollout.vllm.engine_args={1: 2}", r"rollout.vllm.engine_args has keys \[1\] that are no argument names"),
+    ("rollout.vllm.engine_process=true;rollout.vllm.engine_args={worker_extension_cls: my.Ext}",
+     r"sets worker_extension_cls, which an engine in its own process \(rollout.vllm.engine_process=true\) needs"),
+    ("rollout.vllm.engine_args={worker_extension_cls: my.Ext}", None),  # an in-process engine may have one
+    ("rollout.vllm.engine_args={engine_process: true}", "use engine_process: rollout.vllm.engine_process"),
 ])
 def test_bad_config_is_named(override, message):
     if message is None:
