@@ -5,7 +5,8 @@ a weight update hands vLLM the trainer's tensors directly: no disk, no IPC, no s
 the model beside the engine's own. With `engine_process=True` (`rollout.vllm.engine_process`)
 its core runs in a process of its own, as vLLM runs it by default, so its steps never wait
 for the trainer's Python (the episodes' env steps, their next turn's tokens); weights then
-reach it as CUDA IPC handles (`rl.vllm_worker`).
+reach it through a buffer shared as a CUDA IPC handle, or a file in shared memory on a CPU
+(`rl.vllm_worker`).
 
 Weight sync goes through vLLM's layerwise in-place reload (`reload_weights` with a
 `weights_iterator` in checkpoint format). That path rebuilds whatever the platform derives
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
 
 
 class VLLMBackend:
-    """Batched generation from token ids with an in-process vLLM engine.
+    """Batched generation from token ids with a vLLM engine, its core in this process or in its own.
 
     Logprobs are those of the sampled tokens under the temperature-scaled distribution
     (vLLM's `processed_logprobs`). With `top_k`/`top_p` filtering on, vLLM renormalises
@@ -317,7 +318,8 @@ class VLLMBackend:
         not called. vLLM's own shutdown (executor, scheduler, its process groups) also destroys the process's
         default group, whoever made it, so it runs only where the engine made that group: a launcher's group is
         the launcher's to end, and the engine then stays up until the process exits. `end_group`: the process
-        ends next (a launched run's last step), so the engine goes now, and the launcher's group with it.
+        ends next (a launched run's last step), so the engine goes now, and the launcher's group with it. An engine
+        core in its own process is always shut down here, and leaves this process's group alone unless `end_group`.
         """
         if self.ended or not (self.owns_process_group or end_group or self.engine_process):
             return

@@ -101,49 +101,48 @@ class WeightSender:
         """One call's payload, and the file it wrote its CPU tensors to (in the first of `folders` with room)."""
         import torch
 
-        entries, on_cpu, keys, cuda = [], {}, {}, []
+        entries, on_cpu, keys, cuda = [], {}, {}, {}
         with torch.no_grad():
             for name, tensor in chunk:
                 tensor = tensor.detach()
-                if tensor.is_cuda:
-                    cuda.append((name, tensor))
-                    continue
                 same = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tuple(tensor.stride()))
-                if same not in keys:  # a tied lm_head is the embedding's tensor: written once
-                    keys[same] = str(len(on_cpu))
-                    on_cpu[keys[same]] = tensor.contiguous()
-                entries.append((name, "cpu", keys[same]))
-            entries += self._copy_to_buffer(cuda)
+                kept = cuda if tensor.is_cuda else on_cpu
+                if same not in keys:  # a tied lm_head is the embedding's tensor: sent once
+                    keys[same] = str(len(kept))
+                    kept[keys[same]] = tensor if tensor.is_cuda else tensor.contiguous()
+                entries.append((name, "cuda" if tensor.is_cuda else "cpu", keys[same]))
+            spans = self._copy_to_buffer(cuda)
         written = _write(on_cpu, folders) if on_cpu else None
+        entries = [(name, kind, spans[key] if kind == "cuda" else key) for name, kind, key in entries]
         payload = {"entries": entries, "buffer": self.handle if cuda else None,
                    "file": None if written is None else str(written)}
         return pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL), written
 
-    def _copy_to_buffer(self, tensors: list[tuple[str, Any]]) -> list[tuple]:
-        """Copy `tensors` into the push's shared buffer (made, or made larger, here); their entries."""
+    def _copy_to_buffer(self, tensors: dict[str, Any]) -> dict[str, tuple]:
+        """Copy `tensors` into the push's shared buffer (made, or made larger, here); where each one lies in it."""
         if not tensors:
-            return []
+            return {}
         import torch
 
-        spans, end = [], 0
-        for _, t in tensors:
-            spans.append(end)
+        starts, end = [], 0
+        for t in tensors.values():
+            starts.append(end)
             end += -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
         if self.buffer is None or self.buffer.numel() < end:
             self._free()  # shared once per buffer: the engine let go of the last one when its call returned
-            device = tensors[0][1].device
+            device = next(iter(tensors.values())).device
             self.buffer = torch.empty(end, dtype=torch.uint8, device=device)
             from torch.multiprocessing.reductions import reduce_tensor
 
             uuid = str(torch.cuda.get_device_properties(device).uuid)
             self.handle = (uuid, reduce_tensor(self.buffer)[1])
-        entries = []
-        for (name, t), start in zip(tensors, spans):
+        spans = {}
+        for (key, t), start in zip(tensors.items(), starts):
             size = t.numel() * t.element_size()
             self.buffer[start:start + size].copy_(t.contiguous().reshape(-1).view(torch.uint8))
-            entries.append((name, "cuda", (start, size, list(t.shape), str(t.dtype).removeprefix("torch."))))
+            spans[key] = (start, size, list(t.shape), str(t.dtype).removeprefix("torch."))
         torch.cuda.current_stream(self.buffer.device).synchronize()  # written before the engine reads it
-        return entries
+        return spans
 
     def _free(self) -> None:
         if self.buffer is not None:

@@ -95,16 +95,18 @@ class OtherProcess:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA IPC handles need a GPU")
 def test_cuda_weights_cross_through_a_shared_buffer_and_pushes_leave_no_memory_behind():
+    embed = torch.randn(16, 8, device="cuda")
     weights = [("model.layers.0.a.weight", torch.randn(64, 32, device="cuda")),
                ("model.layers.1.b.weight", torch.randn(32, 8, device="cuda").t()),
-               ("model.norm.weight", torch.randn(8, device="cuda", dtype=torch.bfloat16))]
+               ("model.norm.weight", torch.randn(8, device="cuda", dtype=torch.bfloat16)),
+               ("model.embed_tokens.weight", embed), ("lm_head.weight", embed)]  # tied: copied into the buffer once
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         engine = OtherProcess(pool)
         sender = WeightSender(engine, chunk_bytes=64 * 32 * 4)  # one layer a call
         allocated = []
         for _ in range(5):
             engine.sums = []
-            assert sender.send(iter(weights)) == 3
+            assert sender.send(iter(weights)) == 5
             allocated.append(torch.cuda.memory_allocated())
             assert [n for n, _ in engine.sums] == [n for n, _ in weights]
             assert [s for _, s in engine.sums] == pytest.approx([t.double().sum().item() for _, t in weights],
