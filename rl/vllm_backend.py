@@ -42,7 +42,7 @@ from rl.resume import end_process_group
 from rl.stop_strings import CONTEXT_TOKENS, StopStrings
 from rl.vllm_stream import EngineStream, sampled_logprobs, stopped_generation
 from rl.vllm_weights import fused_groups, quiet_reload, save_for_vllm, small_vocab_runner, weights_for_sync
-from rl.vllm_worker import WORKER_EXTENSION, WeightSender
+from rl.vllm_worker import WORKER_EXTENSION, WeightSender, check_shareable, gpu_uuid
 
 if TYPE_CHECKING:
     import torch
@@ -100,6 +100,9 @@ class VLLMBackend:
             engine_kwargs["worker_extension_cls"] = WORKER_EXTENSION
         import torch
 
+        if engine_process and torch.cuda.is_available():
+            check_shareable()
+
         # vLLM's worker sets the process's float32 matmul precision from VLLM_FLOAT32_MATMUL_PRECISION
         # (default "highest"); in the trainer's process that silently turned the trainer's TF32
         # (model.tf32) off. The engine takes the precision the process already has, and it stays.
@@ -133,6 +136,8 @@ class VLLMBackend:
         self.weights_version = weights_version
         self._frozen_in_sync = weights_version is not None  # the engine already holds every frozen tensor
         self._sender = WeightSender(self.llm) if engine_process else None
+        if engine_process:
+            self._check_engine_gpu()
         self._groups: dict[str, list[str]] | None = None  # the engine model's fused layers, asked once
         self.last_sync: dict[str, float] = {}  # {"tensors": n, "seconds": s} of the last push
         self._stops: dict[tuple[str, ...], StopStrings] = {}
@@ -271,11 +276,12 @@ class VLLMBackend:
                 sent += 1
                 yield name, tensor
 
-        if self.engine_process:
-            self._sender.send(counted())
-        else:
-            with torch.no_grad(), quiet_reload():
-                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
+        with torch.no_grad():
+            if self.engine_process:
+                self._sender.send(counted())
+            else:
+                with quiet_reload():
+                    self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": counted()})
         self.llm.reset_prefix_cache()  # cached KV blocks belong to the old weights
         self.weights_version = version
         self._frozen_in_sync = True
@@ -292,6 +298,16 @@ class VLLMBackend:
         sampling = VLLMSamplingParams(max_tokens=1, temperature=1.0, prompt_logprobs=0, detokenize=False)
         out = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids))], sampling, use_tqdm=False)[0]
         return [entry[token].logprob for entry, token in zip(out.prompt_logprobs[1:], ids[1:])]
+
+    def _check_engine_gpu(self) -> None:
+        """An engine core in its own process must be on the trainer's GPU, where the weights are shared from."""
+        import torch
+
+        engine = self.llm.collective_rpc("toolgym_gpu")[0]
+        if engine is not None and engine != (mine := gpu_uuid(torch.cuda.current_device())):
+            self.llm.llm_engine.engine_core.shutdown()
+            raise RuntimeError(f"the engine's process runs on GPU {engine} and the trainer on {mine}: an engine in "
+                               "its own process (rollout.vllm.engine_process) must be on the trainer's GPU")
 
     def fused_groups(self) -> dict[str, list[str]]:
         if self._groups is None:

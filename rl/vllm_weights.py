@@ -20,9 +20,11 @@ from rl.generation import holds_version
 if TYPE_CHECKING:
     import torch
 
-# vLLM warns about every layer a reload leaves untouched; a partial push is deliberate.
+# vLLM warns about every layer a reload leaves untouched; a partial push is deliberate. vLLM 0.26's model runner
+# also lists every weight a reload did not load (`_UNLOADED`), under a logger that says more worth keeping.
 _RELOAD_LOGGERS = ("vllm.model_executor.model_loader.reload.layerwise",
                    "vllm.model_executor.model_loader.reload.inplace")
+_RUNNER_LOGGER, _UNLOADED = "vllm.v1.worker.gpu_model_runner", "Following weights were not loaded"
 
 
 def sync_gap(backend, model: torch.nn.Module, ids: list[int], before: list[float] | None = None) -> dict[str, float]:
@@ -214,13 +216,28 @@ def _vocab_size(model_path: str | Path) -> int | None:
 
 @contextlib.contextmanager
 def quiet_reload() -> Iterator[None]:
-    """vLLM's reload without its warning for every layer a partial push leaves untouched."""
+    """vLLM's reload without its warnings for every layer or weight a partial push leaves untouched."""
     loggers = [logging.getLogger(n) for n in _RELOAD_LOGGERS]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
+    runner = logging.getLogger(_RUNNER_LOGGER)
+    unloaded = _Dropping(_UNLOADED)
+    runner.addFilter(unloaded)
     try:
         yield
     finally:
+        runner.removeFilter(unloaded)
         for lg, level in zip(loggers, levels):
             lg.setLevel(level)
+
+
+class _Dropping(logging.Filter):
+    """Drops the records whose message starts with `start`."""
+
+    def __init__(self, start: str):
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.start)

@@ -47,8 +47,8 @@ def chunks(weights: Iterable[tuple[str, Any]], limit: int = CHUNK_BYTES) -> Iter
     group: list = []
     layer = None
 
-    def nbytes(pairs) -> int:
-        return sum(t.numel() * t.element_size() for _, t in pairs)
+    def nbytes(pairs) -> int:  # a tied tensor once
+        return sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for _, t in pairs}.values())
 
     for name, tensor in weights:
         found = _LAYER.match(name)
@@ -128,14 +128,13 @@ class WeightSender:
         for t in tensors.values():
             starts.append(end)
             end += -(-t.numel() * t.element_size() // _ALIGN) * _ALIGN
-        if self.buffer is None or self.buffer.numel() < end:
-            self._free()  # shared once per buffer: the engine let go of the last one when its call returned
-            device = next(iter(tensors.values())).device
-            self.buffer = torch.empty(end, dtype=torch.uint8, device=device)
-            from torch.multiprocessing.reductions import reduce_tensor
+        from torch.multiprocessing.reductions import reduce_tensor
 
-            uuid = str(torch.cuda.get_device_properties(device).uuid)
-            self.handle = (uuid, reduce_tensor(self.buffer)[1])
+        if self.buffer is None or self.buffer.numel() < end:
+            self._free()  # the engine let go of the last one when its call returned
+            self.buffer = torch.empty(end, dtype=torch.uint8, device=next(iter(tensors.values())).device)
+        # shared again for every call: torch counts one opening per share, and holds the block while it is open
+        self.handle = (gpu_uuid(self.buffer.device), reduce_tensor(self.buffer)[1])
         spans = {}
         for (key, t), start in zip(tensors.items(), starts):
             size = t.numel() * t.element_size()
@@ -148,8 +147,26 @@ class WeightSender:
         if self.buffer is not None:
             import torch
 
-            self.buffer = self.handle = None
-            torch.cuda.ipc_collect()  # the buffer's shared block, now that the engine has let go of it
+            self.buffer = self.handle = None  # back to torch's cache once the engine has closed every share of it
+            torch.cuda.ipc_collect()  # any block torch still holds for a share the engine has closed since
+
+
+def gpu_uuid(device) -> str:
+    import torch
+
+    return str(torch.cuda.get_device_properties(device).uuid)
+
+
+def check_shareable() -> None:
+    """Refuse the CUDA allocator settings whose memory cannot be shared as an IPC handle with the engine's process."""
+    import os
+
+    settings = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") + "," + os.environ.get("PYTORCH_ALLOC_CONF", "")
+    for bad in ("expandable_segments:True", "backend:cudaMallocAsync"):
+        if bad.lower() in settings.replace(" ", "").lower():
+            raise ValueError(f"PYTORCH_CUDA_ALLOC_CONF holds {bad}: an engine in its own process "
+                             "(rollout.vllm.engine_process) takes the trainer's weights through CUDA IPC handles, "
+                             "which that allocator setting does not give; drop it or use engine_process=false")
 
 
 def _write(tensors: dict, folders: list[Path]) -> Path:
@@ -194,16 +211,19 @@ class WeightReceiver:
         return len(weights)
 
     def _toolgym_buffer(self, uuid: str, args: tuple):
-        import torch
         from torch.multiprocessing.reductions import rebuild_cuda_tensor
 
-        mine = str(torch.cuda.get_device_properties(self.device).uuid)
+        mine = gpu_uuid(self.device)
         if uuid != mine:
             raise RuntimeError(f"the trainer's weights are on GPU {uuid} and this engine on {mine}: an engine in its "
                                "own process must be on the trainer's GPU (rollout.vllm.engine_process)")
         args = list(args)
         args[6] = self.device.index  # the handle's device, as this process numbers it
         return rebuild_cuda_tensor(*args)
+
+    def toolgym_gpu(self) -> str | None:
+        """The UUID of the engine's GPU (None on a CPU)."""
+        return gpu_uuid(self.device) if self.device.type == "cuda" else None
 
     def toolgym_fused_groups(self) -> dict[str, list[str]]:
         """`rl.vllm_weights.fused_groups` of the engine's model."""

@@ -1,14 +1,17 @@
 """How the trainer's weights reach an engine core in its own process (`rl.vllm_worker`): the calls a push is cut
 into, and what arrives, on a CPU (a file in shared memory) and, where there is one, a GPU (a shared buffer)."""
 
+import logging
 import multiprocessing
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
-from rl.vllm_worker import WeightReceiver, WeightSender, chunks
+from rl.vllm_weights import quiet_reload
+from rl.vllm_worker import WeightReceiver, WeightSender, check_shareable, chunks
 
 
 class Worker(WeightReceiver):
@@ -28,11 +31,12 @@ class Engine:
     """A `vllm.LLM` stand-in whose collective_rpc calls a worker in this process, noting each call's file."""
 
     def __init__(self):
-        self.worker = Worker()
+        self.worker, self.paths = Worker(), []
 
     def collective_rpc(self, method, args=()):
         sent = pickle.loads(args[0])
         if sent["file"] is not None:
+            self.paths.append(Path(sent["file"]))
             with safe_open(sent["file"], "pt") as f:
                 self.worker.files.append(len(list(f.keys())))
         return [getattr(self.worker, method)(*args)]
@@ -68,7 +72,7 @@ def test_cpu_weights_arrive_equal_under_their_names_a_tied_storage_written_once_
     loaded = dict(engine.worker.loaded)
     assert all(torch.equal(loaded[name], tensor) for name, tensor in weights)  # the transposed one too
     assert engine.worker.files == [1, 1, 1]  # the last call's file holds the embedding once, for both names
-    assert sender.buffer is None
+    assert not any(p.exists() or p.parent.exists() for p in engine.paths)  # nothing left in shared memory
 
 
 def sums_in_another_process(payload: bytes) -> list[tuple[str, float]]:
@@ -95,7 +99,7 @@ class OtherProcess:
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA IPC handles need a GPU")
 def test_cuda_weights_cross_through_a_shared_buffer_and_pushes_leave_no_memory_behind():
-    embed = torch.randn(16, 8, device="cuda")
+    embed = torch.randn(128, 64, device="cuda")  # the last call the largest, as a real model's: the buffer grows
     weights = [("model.layers.0.a.weight", torch.randn(64, 32, device="cuda")),
                ("model.layers.1.b.weight", torch.randn(32, 8, device="cuda").t()),
                ("model.norm.weight", torch.randn(8, device="cuda", dtype=torch.bfloat16)),
@@ -114,3 +118,23 @@ def test_cuda_weights_cross_through_a_shared_buffer_and_pushes_leave_no_memory_b
             with torch.no_grad():
                 weights[0][1].add_(1.0)  # the trainer's next step: the next push carries it
         assert len(set(allocated)) == 1 and sender.buffer is None  # the push's buffer goes with it, every time
+
+
+@pytest.mark.parametrize("setting", ["expandable_segments:True", "max_split_size_mb:64,backend:cudaMallocAsync"])
+def test_allocator_settings_whose_memory_cannot_be_shared_are_refused(monkeypatch, setting):
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", setting)
+    with pytest.raises(ValueError, match=r"PYTORCH_CUDA_ALLOC_CONF holds .*: an engine in its own process"):
+        check_shareable()
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:64")
+    check_shareable()
+
+
+def test_a_reload_drops_vllm_0_26s_list_of_weights_not_loaded_and_keeps_the_rest(caplog):
+    runner = logging.getLogger("vllm.v1.worker.gpu_model_runner")
+    with caplog.at_level(logging.WARNING, logger=runner.name):
+        with quiet_reload():
+            runner.warning("Following weights were not loaded from checkpoint: %s", {"model.norm.weight"})
+            runner.warning("something else")
+        runner.warning("Following weights were not loaded from checkpoint: %s", {"x"})  # outside a push: kept
+    assert [r.getMessage() for r in caplog.records] == [
+        "something else", "Following weights were not loaded from checkpoint: {'x'}"]
