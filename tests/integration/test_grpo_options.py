@@ -160,8 +160,12 @@ def test_the_wandb_run_holds_the_whole_toolgym_config(tmp_path, monkeypatch):
     train(cfg)
     [log] = list((tmp_path / "held" / "wandb").glob("offline-run-*/run-*.wandb"))
     records = wandb_records(log)
-    [logged] = [json.loads(item.value_json) for r in records if r.WhichOneof("record_type") == "config"
-                for item in r.config.update if item.key == "toolgym"]
+    # a config update reaches the file as a config record, or folded into a run record's config
+    configs = [r.config if r.WhichOneof("record_type") == "config" else r.run.config for r in records
+               if r.WhichOneof("record_type") in ("config", "run")]
+    found = [json.loads(item.value_json) for c in configs for item in c.update if item.key == "toolgym"]
+    assert found, f"no toolgym config in the {len(records)} records of {log}"
+    logged = found[-1]
     assert logged["env"]["name"] == "sudoku" and logged["rollout"]["max_turns"] == 3
     assert logged["rewards"] == cfg.rewards and logged["log"]["tags"] == ["tiny", "test"]
     assert {r.run.run_group for r in records if r.WhichOneof("record_type") == "run"} == {"sweep-a"}
