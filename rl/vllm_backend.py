@@ -41,7 +41,7 @@ from rl.generation import Generation, SamplingParams, holds_version
 from rl.resume import end_process_group
 from rl.stop_strings import CONTEXT_TOKENS, StopStrings
 from rl.vllm_stream import EngineStream, sampled_logprobs, stopped_generation
-from rl.vllm_weights import fused_groups, quiet_reload, save_for_vllm, small_vocab_runner, weights_for_sync
+from rl.vllm_weights import fused_groups, quiet_reload, save_for_vllm, scoped_env, small_vocab_runner, weights_for_sync
 from rl.vllm_worker import WORKER_EXTENSION, WeightSender, check_shareable, gpu_uuid
 
 if TYPE_CHECKING:
@@ -108,11 +108,11 @@ class VLLMBackend:
         # (model.tf32) off. The engine takes the precision the process already has, and it stays.
         precision = torch.get_float32_matmul_precision()
         told = "VLLM_FLOAT32_MATMUL_PRECISION" in os.environ
-        if not told:
-            os.environ["VLLM_FLOAT32_MATMUL_PRECISION"] = precision
         had_group = _process_group()
         try:
-            with contextlib.nullcontext() if on_cpu else small_vocab_runner(model_path), _on_this_gpu(engine_process):
+            with contextlib.nullcontext() if on_cpu else small_vocab_runner(model_path), \
+                    scoped_env("VLLM_FLOAT32_MATMUL_PRECISION", None if told else precision), \
+                    scoped_env("CUDA_VISIBLE_DEVICES", _this_gpu() if engine_process else None):
                 self.llm = LLM(
                     model=str(model_path), tokenizer=str(tokenizer_path or model_path), dtype=dtype, seed=seed,
                     gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
@@ -120,8 +120,6 @@ class VLLMBackend:
                     enable_sleep_mode=enable_sleep_mode, enable_prefix_caching=enable_prefix_caching,
                     logprobs_mode="processed_logprobs", **engine_kwargs)
         finally:
-            if not told:
-                del os.environ["VLLM_FLOAT32_MATMUL_PRECISION"]
             torch.set_float32_matmul_precision(precision)
         # vLLM's worker sets up torch.distributed's default group when the process has none (a run of one
         # process); under a launcher (accelerate, one process per GPU) it joins the launcher's. Only one the
@@ -360,25 +358,17 @@ def _engine_mode(own_process: bool) -> None:
         vllm.envs.disable_envs_cache()  # read afresh; the next in-process engine caches them again
 
 
-@contextlib.contextmanager
-def _on_this_gpu(engine_process: bool) -> Iterator[None]:
-    """An engine core started in its own process inside it sees only this process's current GPU, as its first:
-    vLLM's one-GPU engine takes the first GPU it sees, and under a launcher each rank trains on its own."""
+def _this_gpu() -> str | None:
+    """CUDA_VISIBLE_DEVICES for an engine core started in its own process: only this process's current GPU, so
+    vLLM's one-GPU engine, which takes the first GPU it sees, is on it (under a launcher each rank trains on its
+    own). None where there is no choice to make (a CPU, one GPU)."""
     import torch
 
-    if not (engine_process and torch.cuda.is_available() and torch.cuda.device_count() > 1):
-        yield
-        return
+    if not (torch.cuda.is_available() and torch.cuda.device_count() > 1):
+        return None
     found = os.environ.get("CUDA_VISIBLE_DEVICES")
     seen = found.split(",") if found else [str(i) for i in range(torch.cuda.device_count())]
-    os.environ["CUDA_VISIBLE_DEVICES"] = seen[torch.cuda.current_device()]  # read by the process it starts
-    try:
-        yield
-    finally:
-        if found is None:
-            del os.environ["CUDA_VISIBLE_DEVICES"]
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = found
+    return seen[torch.cuda.current_device()]
 
 
 def _process_group() -> bool:

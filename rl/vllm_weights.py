@@ -199,14 +199,28 @@ def small_vocab_runner(model_path: str | Path) -> Iterator[bool]:
     vocab = None if "VLLM_USE_V2_MODEL_RUNNER" in os.environ else _vocab_size(model_path)
     chosen = vocab is not None and vocab < SMALL_VOCAB
     if chosen:
-        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
         print(f"[toolgym] vocabulary of {vocab} tokens (< {SMALL_VOCAB}): vLLM's V1 model runner "
               "(VLLM_USE_V2_MODEL_RUNNER=0 while the engine starts; set it to choose)", flush=True)
-    try:
+    with scoped_env("VLLM_USE_V2_MODEL_RUNNER", "0" if chosen else None):
         yield chosen
+
+
+@contextlib.contextmanager
+def scoped_env(name: str, value: str | None) -> Iterator[None]:
+    """The environment variable `name` set to `value` inside (None: left as it is), then as it was: what an engine
+    reads while it starts, and the processes it starts, without leaving it to later ones."""
+    if value is None:
+        yield
+        return
+    found = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
     finally:
-        if chosen:
-            os.environ.pop("VLLM_USE_V2_MODEL_RUNNER", None)
+        if found is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = found
 
 
 def _vocab_size(model_path: str | Path) -> int | None:

@@ -42,35 +42,36 @@ _files = itertools.count()  # names of the files CPU tensors cross in
 def chunks(weights: Iterable[tuple[str, Any]], limit: int = CHUNK_BYTES) -> Iterator[list[tuple[str, Any]]]:
     """The (name, tensor) pairs of a push, in calls of at most `limit` bytes or one decoder layer: a layer's tensors
     never split, and those outside the decoder layers come together, last."""
-    rest: list = []
     chunk: list = []
+    size = 0
+    for group in _groups(weights):
+        n = sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for _, t in group}.values())  # tied: once
+        if chunk and size + n > limit:
+            yield chunk
+            chunk, size = [], 0
+        chunk, size = chunk + group, size + n
+    if chunk:
+        yield chunk
+
+
+def _groups(weights: Iterable[tuple[str, Any]]) -> Iterator[list[tuple[str, Any]]]:
+    """Each decoder layer's (name, tensor) pairs in turn, then all those outside the layers together."""
+    rest: list = []
     group: list = []
     layer = None
-
-    def nbytes(pairs) -> int:  # a tied tensor once
-        return sum(t.numel() * t.element_size() for t in {t.data_ptr(): t for _, t in pairs}.values())
-
     for name, tensor in weights:
         found = _LAYER.match(name)
         if found is None:
             rest.append((name, tensor))
             continue
         if found.group(1) != layer and group:
-            if chunk and nbytes(chunk) + nbytes(group) > limit:
-                yield chunk
-                chunk = []
-            chunk, group = chunk + group, []
+            yield group
+            group = []
         layer = found.group(1)
         group.append((name, tensor))
-    if chunk and group and nbytes(chunk) + nbytes(group) > limit:
-        yield chunk
-        chunk = []
-    chunk += group
-    if chunk and rest and nbytes(chunk) + nbytes(rest) > limit:
-        yield chunk
-        chunk = []
-    if chunk + rest:
-        yield chunk + rest
+    for last in (group, rest):
+        if last:
+            yield last
 
 
 class WeightSender:
@@ -78,7 +79,7 @@ class WeightSender:
 
     def __init__(self, llm, chunk_bytes: int = CHUNK_BYTES):
         self.llm, self.chunk_bytes = llm, chunk_bytes
-        self.buffer = None  # the push's shared CUDA buffer, and its handle
+        self.buffer = None  # the push's shared CUDA buffer, and its handle for the call under way
         self.handle: tuple | None = None
 
     def send(self, weights: Iterable[tuple[str, Any]]) -> int:
@@ -134,7 +135,7 @@ class WeightSender:
             self._free()  # the engine let go of the last one when its call returned
             self.buffer = torch.empty(end, dtype=torch.uint8, device=next(iter(tensors.values())).device)
         # shared again for every call: torch counts one opening per share, and holds the block while it is open
-        self.handle = (gpu_uuid(self.buffer.device), reduce_tensor(self.buffer)[1])
+        self.handle = reduce_tensor(self.buffer)[1]
         spans = {}
         for (key, t), start in zip(tensors.items(), starts):
             size = t.numel() * t.element_size()
@@ -191,7 +192,7 @@ class WeightReceiver:
         from rl.vllm_weights import quiet_reload
 
         sent = pickle.loads(payload)  # the trainer's own payload, over vLLM's socket
-        buffer = self._toolgym_buffer(*sent["buffer"]) if sent["buffer"] is not None else None
+        buffer = self._toolgym_buffer(sent["buffer"]) if sent["buffer"] is not None else None
         on_cpu: dict = {}
         if sent["file"] is not None:
             from safetensors.torch import load_file
@@ -210,13 +211,11 @@ class WeightReceiver:
             torch.cuda.synchronize()  # done copying out of the trainer's buffer before it is written again or freed
         return len(weights)
 
-    def _toolgym_buffer(self, uuid: str, args: tuple):
+    def _toolgym_buffer(self, args: tuple):
+        """The trainer's shared buffer, opened on this engine's GPU: the trainer's own, checked when the engine
+        started (`VLLMBackend._check_engine_gpu`)."""
         from torch.multiprocessing.reductions import rebuild_cuda_tensor
 
-        mine = gpu_uuid(self.device)
-        if uuid != mine:
-            raise RuntimeError(f"the trainer's weights are on GPU {uuid} and this engine on {mine}: an engine in its "
-                               "own process must be on the trainer's GPU (rollout.vllm.engine_process)")
         args = list(args)
         args[6] = self.device.index  # the handle's device, as this process numbers it
         return rebuild_cuda_tensor(*args)
