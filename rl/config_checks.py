@@ -26,6 +26,7 @@ from rl.config import ConfigError, RunConfig
 BACKENDS = ("hf", "vllm", "vllm-server")
 VLLM_DTYPES = ("auto", "float32", "bfloat16", "float16")
 MODEL_DTYPES = VLLM_DTYPES
+AUTOCAST = ("none", "bfloat16")  # model.autocast
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")  # those that need no further settings
 LOSS_TYPES = ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -87,7 +88,7 @@ SEED = Rule(lambda v: _finite(v) and 0 <= v < 2**32, "must be an integer in [0, 
 # Every numeric or named setting whose range does not depend on another key, by dotted key. None is
 # accepted where the field's type allows it (rollout.vllm.kv_cache_gib: vLLM sizes the cache itself).
 RULES: dict[str, Rule] = {
-    "model.dtype": one_of(MODEL_DTYPES),
+    "model.dtype": one_of(MODEL_DTYPES), "model.autocast": one_of(AUTOCAST),
     "model.attn_implementation": Rule(known_attn_implementation,
                                       f"accepted: {', '.join(ATTN_IMPLEMENTATIONS)}, or a hub kernel 'org/repo'"),
     "lora.r": COUNT, "lora.alpha": POSITIVE, "lora.dropout": within(0, 1, high_open=True),
@@ -151,6 +152,9 @@ def check_config(cfg: RunConfig) -> None:
     _check_grpo(cfg)
     _check_rollout_and_eval(cfg)
     check_values(cfg)
+    if cfg.model.autocast != "none" and cfg.model.dtype == "float16":
+        raise ConfigError(f"model.autocast={cfg.model.autocast!r} needs float32 or bfloat16 weights, not "
+                          "model.dtype='float16' (float16 weights would go to bfloat16 matmuls and back)")
     if 0 < cfg.log.sample_episodes < cfg.log.token_episodes:  # 0 sample episodes: nothing logged, tokens neither
         raise ConfigError(f"log.token_episodes={cfg.log.token_episodes}: must be at most log.sample_episodes "
                           f"({cfg.log.sample_episodes}); only episodes written to episodes.jsonl carry tokens")
@@ -255,8 +259,8 @@ VLLM_ENGINE_ARGS_SET_BY = {
 SET_BY_TOOLGYM = {
     "output_dir": "output_dir", "run_name": "name", "max_completion_length": "rollout.max_completion_tokens",
     "temperature": "rollout.temperature", "top_p": "rollout.top_p", "top_k": "rollout.top_k",
-    "reward_weights": "rewards (a weight per reward)", "report_to": "log.wandb", "bf16": "model.dtype",
-    "fp16": "model.dtype", "use_cpu": "nothing (a GPU is used when there is one)",
+    "reward_weights": "rewards (a weight per reward)", "report_to": "log.wandb", "fp16": "model.dtype",
+    "bf16": "model.dtype or model.autocast", "use_cpu": "nothing (a GPU is used when there is one)",
     "chat_template_kwargs": "rollout.chat_template_kwargs", "use_vllm": "rollout.backend",
     "vllm_mode": "rollout.backend", "disable_tqdm": "nothing (the progress bar shows episode metrics)",
 }

@@ -147,7 +147,7 @@ def evaluate(cfg: RunConfig, policy: str = "", transcripts: list[dict] | None = 
             engine_dir = Path(tempfile.mkdtemp(prefix="toolgym-eval-"))
             backend = VLLMBackend.from_settings(model, tokenizer, engine_dir, cfg.rollout.vllm, seed=e.seed_start)
         else:  # vllm-server serves a training run's weights, not this model's; VLMs generate with transformers
-            backend = TransformersBackend(model, tokenizer)
+            backend = TransformersBackend(model, tokenizer, autocast=cfg.model.autocast)
         label = cfg.model.name
     chat = chat_for(cfg, tokenizer, images)
     settings = dataclasses.replace(cfg.rollout, temperature=e.temperature)

@@ -242,9 +242,10 @@ class TransformersBackend:
     name = "hf"
     takes_images = True  # a prompt may be an `rl.vision.ImagePrompt`, for a vision-language model
 
-    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int | None = None):
+    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int | None = None, autocast: str = "none"):
         self.model = model
         self.tokenizer = tokenizer
+        self.autocast = autocast  # model.autocast (none, bfloat16): generate at the loss passes' matmul precision
         self.pad_token_id = tokenizer.pad_token_id
         self.batch_size = batch_size
         self._stop_criteria: dict[tuple[str, ...], tuple[object, StopStrings]] = {}
@@ -302,7 +303,7 @@ class TransformersBackend:
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad():
+            with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=self.autocast == "bfloat16"):
                 result = self.model.generate(
                     input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
                     max_new_tokens=params.max_new_tokens, do_sample=not greedy,

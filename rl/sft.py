@@ -66,7 +66,8 @@ def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
         max_steps=s.max_steps, per_device_train_batch_size=s.per_device_train_batch_size,
         gradient_accumulation_steps=s.gradient_accumulation_steps, max_length=s.max_length,
         completion_only_loss=True, logging_steps=s.logging_steps, save_steps=s.save_steps, seed=s.seed,
-        report_to=_report_to(cfg), use_cpu=not torch.cuda.is_available(), bf16=model.dtype == torch.bfloat16,
+        report_to=_report_to(cfg), use_cpu=not torch.cuda.is_available(),
+        bf16=model.dtype == torch.bfloat16 or cfg.model.autocast == "bfloat16",  # weights, or mixed precision
         gradient_checkpointing=s.gradient_checkpointing,
         **({"remove_unused_columns": False, "dataset_kwargs": {"skip_prepare_dataset": True}} if extra else {}),
     )

@@ -247,7 +247,7 @@ def make_backend(cfg: RunConfig, model, tokenizer, step: int):
     current weights (LoRA merged), written once to the run directory."""
     kind, v = cfg.rollout.backend, cfg.rollout.vllm
     if kind == "hf":
-        return TransformersBackend(model, tokenizer)
+        return TransformersBackend(model, tokenizer, autocast=cfg.model.autocast)
     if kind == "vllm":
         from rl.vllm_backend import VLLMBackend
 
@@ -296,8 +296,7 @@ class WandbRunConfig(TrainerCallback):
 
 def grpo_args(cfg: RunConfig, model, reward_weights: list[float]) -> GRPOConfig:
     """TRL's `GRPOConfig` for the run: toolgym's typed keys, then any other GRPOConfig field (`grpo.*`)."""
-    g = cfg.grpo
-    on_gpu = torch.cuda.is_available()
+    g, on_gpu = cfg.grpo, torch.cuda.is_available()
     return GRPOConfig(
         output_dir=str(run_dir(cfg)), run_name=cfg.name, max_steps=g.max_steps, learning_rate=g.learning_rate,
         per_device_train_batch_size=g.per_device_train_batch_size,
@@ -310,7 +309,8 @@ def grpo_args(cfg: RunConfig, model, reward_weights: list[float]) -> GRPOConfig:
         lr_scheduler_type=g.lr_scheduler_type, max_grad_norm=g.max_grad_norm,
         max_completion_length=cfg.rollout.max_completion_tokens, temperature=cfg.rollout.temperature,
         top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, reward_weights=reward_weights,
-        report_to=_report_to(cfg), use_cpu=not on_gpu, bf16=model.dtype == torch.bfloat16,
+        report_to=_report_to(cfg), use_cpu=not on_gpu,
+        bf16=model.dtype == torch.bfloat16 or cfg.model.autocast == "bfloat16",  # weights, or mixed precision
         chat_template_kwargs=cfg.rollout.chat_template_kwargs, disable_tqdm=False, **g.trl_args,
     )
 

@@ -16,7 +16,8 @@ places every pass: TRL's shuffled split and `grpo.micro_batches=by_length` (`rl.
 over episodes of varied length (the random player's by default). Each micro-batch pads to its own longest
 completion; the summed gradient (a dapo loss, normalised over the whole batch) must be the same both ways.
 `--set attention=sdpa_bf16` (comma-separated) runs the grouped split again with each such attention implementation
-(`model.attn_implementation`), in the same turns. `--set profile=N` adds a row with the N kernels that took the
+(`model.attn_implementation`), in the same turns; `--set autocast=bfloat16` runs it again under bfloat16 mixed
+precision (`model.autocast`). `--set profile=N` adds a row with the N kernels that took the
 most device time (on a CPU, the operators that took the most CPU time) in one more run of the grouped passes, under
 `torch.profiler`: where a loss pass goes.
 """
@@ -136,16 +137,20 @@ def scoring(options: dict) -> list[dict]:
     return rows
 
 
-def _summed_gradient(model, chunks: list[dict], keep: int, tokens: int):
+def _summed_gradient(model, chunks: list[dict], keep: int, tokens: int, autocast: str = "none"):
     """The flattened gradient of the loss passes over `chunks` (micro-batches of rows): a dapo-style
-    loss, every micro-batch's token sum over the whole batch's `tokens`, as TRL normalises it."""
+    loss, every micro-batch's token sum over the whole batch's `tokens`, as TRL normalises it; each forward
+    under `torch.autocast` in bfloat16 with `autocast: bfloat16` (`model.autocast`), as the trainer runs it."""
     import torch
 
     from rl.logprobs import score_tokens
 
+    device = next(model.parameters()).device.type
+    cast = functools.partial(torch.autocast, device, torch.bfloat16, enabled=autocast == "bfloat16")
     model.zero_grad(set_to_none=True)
     for chunk in chunks:
-        logps, _ = score_tokens(model, chunk["ids"], chunk["attention"], keep, chunk["score"], compute_entropy=True)
+        logps, _ = score_tokens(model, chunk["ids"], chunk["attention"], keep, chunk["score"], compute_entropy=True,
+                                autocast=cast)
         mask = chunk["score"] & chunk["attention"][:, -keep:].bool()
         (-(logps * mask).sum() / tokens).backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
@@ -188,11 +193,15 @@ def _splits(rows: dict, n: int, micro: int) -> dict[str, list[dict]]:
 
 
 def _split_rows(results: dict, own: str, lengths, common: dict) -> list[dict]:
-    """One row per run: its split, attention, padded positions, time and gradient against the shuffled split's;
-    `speedup` against the shuffled split, and a run with another attention's against the grouped split's."""
+    """One row per run: its split, attention, autocast, padded positions, time and gradient against the shuffled
+    split's; `speedup` against the shuffled split, and a run with another attention's (`attention_speedup`) or
+    under the autocast (`autocast_speedup`) against the grouped split's."""
     out, reference = [], results["shuffled"][2]
     for name, (positions, seconds, grads, _, passes) in results.items():
-        out.append({"split": name, "attention": name.partition(", ")[2] or own, **common,
+        variant = name.partition(", ")[2]
+        autocast = variant.removeprefix("autocast ") if variant.startswith("autocast ") else "none"
+        out.append({"split": name, "attention": own if autocast != "none" else variant or own, "autocast": autocast,
+                    **common,
                     "completion_tokens_min_mean_max": [int(lengths.min()), float(lengths.float().mean()),
                                                        int(lengths.max())],
                     "padded_completion_positions": positions, "loss_passes_s": seconds,
@@ -203,17 +212,19 @@ def _split_rows(results: dict, own: str, lengths, common: dict) -> list[dict]:
         row["speedup"] = shuffled / row["loss_passes_s"]
         if row["attention"] != own:
             row["attention_speedup"] = grouped / row["loss_passes_s"]
+        if row["autocast"] != "none":
+            row["autocast_speedup"] = grouped / row["loss_passes_s"]
     return out
 
 
 @suite("micro_batches", options=["model", "config", "episodes", "micro_batch", "policy", "repeats", "profile",
-                                 "attention"])
+                                 "attention", "autocast"])
 def micro_batches(options: dict) -> list[dict]:
     """A GRPO step's loss passes over one batch in TRL's shuffled micro-batches vs grouped by length."""
     import torch
 
     from rl.config import load_config
-    from rl.config_checks import check_attn_implementation
+    from rl.config_checks import AUTOCAST, check_attn_implementation
 
     overrides = [f"model.name={options['model']}"] if options.get("model") else []
     cfg = load_config(options.get("config", "configs/sudoku-sft.yaml"), overrides)
@@ -223,6 +234,9 @@ def micro_batches(options: dict) -> list[dict]:
     others = [a.strip() for a in str(options.get("attention", "")).split(",") if a.strip()]
     for other in others:  # before anything loads
         check_attn_implementation(other, "attention")
+    autocast = str(options.get("autocast", "none"))
+    if autocast not in AUTOCAST:
+        raise ValueError(f"autocast={autocast!r}: accepted: {', '.join(AUTOCAST)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = _model(cfg, device)
     ids, attention, keep, score, turns = _episodes(cfg, tokenizer, n, str(options.get("policy", "random")))
@@ -233,10 +247,11 @@ def micro_batches(options: dict) -> list[dict]:
     padded = {name: sum(len(c["ids"]) * int(c["completion_mask"].sum(1).max()) for c in chunks)
               for name, chunks in splits.items()}
 
-    def run(name: str, attention: str = own, chunks: slice = slice(None)) -> tuple[int, torch.Tensor]:
+    def run(name: str, attention: str = own, chunks: slice = slice(None), cast: str = "none"
+            ) -> tuple[int, torch.Tensor]:
         if model.config._attn_implementation != attention:  # each run sets its own: the order may swap
             model.set_attn_implementation(attention)
-        grads = _summed_gradient(model, splits[name][chunks], keep, tokens)
+        grads = _summed_gradient(model, splits[name][chunks], keep, tokens, cast)
         if device.type == "cuda":
             torch.cuda.synchronize()
         return padded[name], grads
@@ -245,6 +260,9 @@ def micro_batches(options: dict) -> list[dict]:
         run("shuffled", warm, slice(1))
     runs = {name: functools.partial(run, name) for name in splits}
     runs.update({f"by_length, {other}": functools.partial(run, "by_length", other) for other in others})
+    if autocast != "none":
+        run("shuffled", own, slice(1), autocast)
+        runs[f"by_length, autocast {autocast}"] = functools.partial(run, "by_length", own, cast=autocast)
     # the runs take turns and swap places every pass: none always runs first, a slow stretch slows them all
     results = fastest(runs, int(options.get("repeats", 2)), swap=True)
     out = _split_rows(results, own, rows["completion_mask"].sum(dim=1),

@@ -51,3 +51,19 @@ def test_attention_reruns_the_grouped_split_with_bfloat16_attention_in_the_same_
     with pytest.raises(ValueError, match=r"attention='sdpa_bf61': unknown attention implementation \(accepted: "
                                          r"sdpa, sdpa_bf16, eager, "):
         suite({"model": "tiny", "attention": "sdpa_bf61"})
+
+
+def test_autocast_reruns_the_grouped_split_in_bfloat16_mixed_precision():
+    from rl.bench import load_suites
+
+    suite = load_suites()["micro_batches"]
+    rows = suite({"model": "tiny", "episodes": 4, "micro_batch": 2, "autocast": "bfloat16"})
+    assert [(r["split"], r["attention"], r["autocast"]) for r in rows] == [
+        ("shuffled", "sdpa", "none"), ("by_length", "sdpa", "none"),
+        ("by_length, autocast bfloat16", "sdpa", "bfloat16")]
+    plain, mixed = rows[1], rows[2]
+    assert plain["gradient_max_diff"] < 1e-5 < mixed["gradient_max_diff"] < 0.1  # bf16 products, same update
+    assert mixed["autocast_speedup"] == pytest.approx(plain["loss_passes_s"] / mixed["loss_passes_s"])
+    assert "autocast_speedup" not in plain and "attention_speedup" not in mixed
+    with pytest.raises(ValueError, match=r"autocast='float16': accepted: none, bfloat16"):
+        suite({"model": "tiny", "autocast": "float16"})

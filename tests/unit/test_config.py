@@ -37,6 +37,10 @@ def test_yaml_and_dotted_overrides(tmp_path):
     ("model.attn_implementation=sdpa_bf61",
      r"unknown model.attn_implementation 'sdpa_bf61' \(accepted: sdpa, sdpa_bf16, eager, .*hub kernel 'org/repo'\)"),
     ("model.attn_implementation=sdpa_bf16", None),
+    ("model.autocast=float16", r"unknown model.autocast 'float16' \(accepted: none, bfloat16\)"),
+    ("model.autocast=bfloat16;model.dtype=float16", r"model.autocast='bfloat16' needs float32 or bfloat16 weights"),
+    ("model.autocast=bfloat16;model.dtype=float32", None),
+    ("grpo.bf16=true", "grpo.bf16 is set by toolgym: use model.dtype or model.autocast"),
     ("model.attn_implementation=kernels-community/flash-attn", None),
     ("grpo.micro_batches=by_length", None),  # accepted with the default loss (dapo)
     ("grpo.micro_batches=by_length;grpo.loss_type=bnpo",

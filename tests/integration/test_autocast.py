@@ -1,0 +1,83 @@
+"""`model.autocast: bfloat16`: float32 weights and optimizer state, matmuls in bfloat16 (mixed precision)."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from rl.config import load_config
+
+
+def _recording_linear(monkeypatch) -> set:
+    """(output dtype, grad enabled) of every `F.linear` call from here on: the model's matmuls, LoRA's included."""
+    seen = set()
+    linear = torch.nn.functional.linear
+
+    def recording(*args, **kwargs):
+        out = linear(*args, **kwargs)
+        seen.add((out.dtype, torch.is_grad_enabled()))
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "linear", recording)
+    return seen
+
+
+@pytest.mark.parametrize("autocast, matmuls", [("bfloat16", torch.bfloat16), ("none", torch.float32)])
+def test_a_grpo_run_trains_float32_weights_with_bfloat16_matmuls(tmp_path, monkeypatch, autocast, matmuls):
+    seen = _recording_linear(monkeypatch)
+    cfg = load_config(None, [
+        f"output_dir={tmp_path}", f"name=autocast-{autocast}", "model.name=tiny", "model.dtype=float32",
+        f"model.autocast={autocast}", "model.tool_format=first_digit", "lora.enabled=true",
+        "env.name=tests.integration.pick_env:PickEnv", "rollout.max_turns=3", "rollout.max_new_tokens=6",
+        "rollout.max_completion_tokens=96", "grpo.num_generations=8", "grpo.per_device_train_batch_size=16",
+        "grpo.max_steps=2", "grpo.save_steps=1000", "grpo.seed=3", "grpo.learning_rate=3e-3",
+        "rewards.episode_return=1.0", "rewards.solved=0.0", "log.wandb=off",
+    ])
+    from safetensors.torch import load_file
+
+    from rl.trainer import train
+
+    out = train(cfg)
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").open() if '"loss"' in line]
+    assert [entry["step"] for entry in logged] == [1, 2]
+    assert all(math.isfinite(entry["grad_norm"]) for entry in logged)
+    assert logged[0]["reward_std"] > 0 and logged[0]["grad_norm"] > 0  # a real update
+    # generation (no grad) and the loss passes (grad) alike, and no matmul outside the autocast
+    assert seen == {(matmuls, False), (matmuls, True)}
+    adapter = load_file(out / "final" / "adapter_model.safetensors")
+    assert adapter and {t.dtype for t in adapter.values()} == {torch.float32}  # the trained weights stay float32
+
+
+def test_the_hf_backend_generates_under_the_autocast(monkeypatch):
+    from rl.generation import SamplingParams, TransformersBackend
+    from rl.models import load_model
+
+    model, tokenizer = load_model(load_config(None, ["model.name=tiny", "model.dtype=float32"]).model)
+    prompt = tokenizer("hello there")["input_ids"]
+    seen = _recording_linear(monkeypatch)
+    outputs = {}
+    for autocast in ("none", "bfloat16"):
+        seen.clear()
+        backend = TransformersBackend(model, tokenizer, autocast=autocast)
+        [outputs[autocast]] = backend.generate([prompt], SamplingParams(max_new_tokens=4, temperature=0.0))
+        assert {dtype for dtype, _ in seen} == {torch.bfloat16 if autocast == "bfloat16" else torch.float32}
+    assert next(model.parameters()).dtype == torch.float32  # the autocast casts per matmul, never the weights
+    assert all(math.isfinite(x) for x in outputs["bfloat16"].logprobs) and outputs["bfloat16"].token_ids
+
+
+def test_sft_trains_under_the_autocast_too(tmp_path, monkeypatch):
+    from rl.sft import train_sft
+
+    seen = _recording_linear(monkeypatch)
+    out = train_sft(load_config(None, [
+        f"output_dir={tmp_path}", "name=sft", "model.name=tiny", "model.dtype=float32", "model.autocast=bfloat16",
+        "env.name=sudoku", "sft.num_episodes=2", "sft.max_steps=1", "sft.save_steps=1",
+        "sft.per_device_train_batch_size=2", "log.wandb=off"]))
+    assert (torch.bfloat16, True) in seen and (torch.float32, True) not in seen
+    args = torch.load(out / "checkpoint-1" / "training_args.bin", weights_only=False)
+    assert args.bf16 is True
+    from safetensors.torch import load_file
+
+    adapter = load_file(out / "checkpoint-1" / "adapter_model.safetensors")
+    assert adapter and {t.dtype for t in adapter.values()} == {torch.float32}
