@@ -152,9 +152,10 @@ def check_config(cfg: RunConfig) -> None:
     _check_grpo(cfg)
     _check_rollout_and_eval(cfg)
     check_values(cfg)
-    if cfg.model.autocast != "none" and cfg.model.dtype == "float16":
-        raise ConfigError(f"model.autocast={cfg.model.autocast!r} needs float32 or bfloat16 weights, not "
-                          "model.dtype='float16' (float16 weights would go to bfloat16 matmuls and back)")
+    if cfg.model.autocast != "none" and cfg.model.dtype not in ("auto", "float32"):
+        raise ConfigError(f"model.autocast={cfg.model.autocast!r} keeps float32 weights: model.dtype "
+                          f"{cfg.model.dtype!r} is not accepted with it (accepted: float32, or auto, which is "
+                          "float32 then)")
     if 0 < cfg.log.sample_episodes < cfg.log.token_episodes:  # 0 sample episodes: nothing logged, tokens neither
         raise ConfigError(f"log.token_episodes={cfg.log.token_episodes}: must be at most log.sample_episodes "
                           f"({cfg.log.sample_episodes}); only episodes written to episodes.jsonl carry tokens")

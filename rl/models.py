@@ -27,7 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 
 import rl.attention  # noqa: F401 - registers model.attn_implementation=sdpa_bf16 with transformers
 from rl.chat import load_template
-from rl.config import LoraSection, ModelSection
+from rl.config import ConfigError, LoraSection, ModelSection
 from rl.config_checks import BUILT_IN_MODELS, check_attn_implementation
 
 GEMMA_270M, TINY, TINY_VLM = BUILT_IN_MODELS  # named where configs are checked, without torch
@@ -52,6 +52,17 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name not in dtypes:
         raise ValueError(f"unknown model.dtype {name!r} (accepted: auto, {', '.join(dtypes)})")
     return dtypes[name]
+
+
+def weights_dtype(cfg: ModelSection) -> torch.dtype:
+    """The weights' dtype: `model.dtype`, but float32 under `model.autocast` (mixed precision keeps float32
+    weights; `auto` would be bf16 on a GPU), on a GPU that has bfloat16 products."""
+    if cfg.autocast == "none":
+        return resolve_dtype(cfg.dtype)
+    if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"model.autocast={cfg.autocast!r}: this GPU ({torch.cuda.get_device_name()}) has no "
+                          "bfloat16 products (accepted here: none)")
+    return torch.float32
 
 
 def gemma_270m_path() -> Path:
@@ -214,7 +225,7 @@ def load_image_tokenizer(cfg: ModelSection, tokenizer):
     """What turns images into tokens for a vision-language model; None for a text model."""
     from rl.vision import ImageTokenizer
 
-    pixel_dtype = resolve_dtype(cfg.dtype)  # the model's: half the memory of float32 pixels in bf16
+    pixel_dtype = weights_dtype(cfg)  # the model's: half the memory of float32 pixels in bf16
     if cfg.name == TINY_VLM:
         return ImageTokenizer(tokenizer, tiny_image_processor(), pixel_dtype=pixel_dtype,
                               **{k: GEMMA4_MEDIA_TOKENS[k] for k in ("image_token", "boi_token", "eoi_token")})
@@ -239,7 +250,7 @@ def load_model(cfg: ModelSection, tokenizer=None):
 
     check_attn_implementation(cfg.attn_implementation)  # before any weights load
     tokenizer = tokenizer or load_tokenizer(cfg)
-    dtype = resolve_dtype(cfg.dtype)
+    dtype = weights_dtype(cfg)
     if dtype == torch.float32 and torch.cuda.is_available():
         torch.set_float32_matmul_precision("high" if cfg.tf32 else "highest")
     if cfg.name in (TINY, TINY_VLM):

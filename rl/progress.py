@@ -9,6 +9,7 @@ from pathlib import Path
 from accelerate.utils import broadcast_object_list
 from transformers import ProgressCallback, TrainerCallback
 
+from rl.config import RunConfig, to_dict
 from rl.plots import save_curve
 
 
@@ -110,3 +111,17 @@ class TimeLimit(TrainerCallback):
 def _duration(seconds: float) -> str:
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{max(minutes, 1)} min"
+
+
+class WandbRunConfig(TrainerCallback):
+    """Puts the whole resolved toolgym config (env, rollout, rewards, ...) into the wandb run's config,
+    beside TRL's arguments, once TRL's wandb callback has started the run."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import wandb
+
+        if state.is_world_process_zero and wandb.run is not None:
+            wandb.config.update({"toolgym": to_dict(self.cfg)}, allow_val_change=True)

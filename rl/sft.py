@@ -28,6 +28,7 @@ from rl.models import load_image_tokenizer, load_model, lora_config, save_adapte
 from rl.plots import save_curve
 from rl.progress import JsonlLogger
 from rl.resume import finished, main_process, resume_from
+from rl.sharding import check_autocast
 from rl.trainer import _report_to, run_dir
 from rl.trl_hooks import compact_lm_head
 from rl.vision import VisionSFTCollator
@@ -71,6 +72,7 @@ def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
         gradient_checkpointing=s.gradient_checkpointing,
         **({"remove_unused_columns": False, "dataset_kwargs": {"skip_prepare_dataset": True}} if extra else {}),
     )
+    check_autocast(cfg.model.autocast, args)
     trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
                          train_dataset=dataset.select_columns(columns), peft_config=lora_config(cfg.lora, model),
                          **extra)

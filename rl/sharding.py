@@ -11,6 +11,7 @@ already: nothing is gathered.
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 
@@ -83,3 +84,18 @@ class StepMemory(TrainerCallback):
         if torch.cuda.is_available():
             metrics["perf/peak_gpu_mem_gib"].append(torch.cuda.max_memory_allocated() / 2**30)
         metrics["perf/step_s"].append(time.perf_counter() - self.started)
+
+
+def check_autocast(autocast: str, args) -> None:
+    """`model.autocast` runs on one process or under DDP, never sharded: DeepSpeed casts every weight to bf16 (the
+    adapter too) and turns accelerate's autocast off; FSDP2's bf16 policy gathers the weights and reduces the
+    gradients in bf16. Neither keeps float32 weights with bf16 products. `args`: the trainer's TrainingArguments."""
+    if autocast == "none":
+        return
+    fsdp = bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("1", "true", "yes")
+    sharded = "DeepSpeed" if args.deepspeed_plugin is not None else "FSDP" if fsdp else None
+    if sharded:
+        from rl.config import ConfigError
+
+        raise ConfigError(f"model.autocast={autocast!r} is not supported under {sharded}, which would train "
+                          "bfloat16 weights (accepted there: none; the precision then follows model.dtype)")

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import TrainerCallback
 from trl import GRPOConfig
 
 import envs as envs_registry
@@ -27,7 +26,7 @@ from rewards import named_rewards
 from rl import trl_contract
 from rl.chat import ChatFormat
 from rl.cli import apply_run_environment, check_resolvable
-from rl.config import ConfigError, RunConfig, to_dict, to_yaml
+from rl.config import ConfigError, RunConfig, to_yaml
 from rl.config_checks import grouping_changes_gradient
 from rl.episode_log import Scores, sample_rows
 from rl.generation import TransformersBackend
@@ -36,10 +35,10 @@ from rl.heldout import HeldOutEval
 from rl.models import load_image_tokenizer, load_model, load_tokenizer, lora_config, save_adapters_offline
 from rl.plots import save_curve
 from rl.preflight import check_rewards
-from rl.progress import JsonlLogger, RunProgress, TimeLimit
+from rl.progress import JsonlLogger, RunProgress, TimeLimit, WandbRunConfig
 from rl.resume import checkpoint_step, end_process_group, finished, main_process, resume_from
 from rl.rollout import STEP_FACTS, Trajectory, run_episodes
-from rl.sharding import StepMemory, full_weights
+from rl.sharding import StepMemory, check_autocast, full_weights
 from rl.toolcalls import get_format
 from rl.trl_hooks import RolloutBatch, ToolGymGRPOTrainer, prompt_row, step_metrics, to_trl
 
@@ -280,24 +279,10 @@ def _report_to(cfg: RunConfig) -> list[str]:
     return ["wandb"]
 
 
-class WandbRunConfig(TrainerCallback):
-    """Puts the whole resolved toolgym config (env, rollout, rewards, ...) into the wandb run's config,
-    beside TRL's arguments, once TRL's wandb callback has started the run."""
-
-    def __init__(self, cfg: RunConfig):
-        self.cfg = cfg
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        import wandb
-
-        if state.is_world_process_zero and wandb.run is not None:
-            wandb.config.update({"toolgym": to_dict(self.cfg)}, allow_val_change=True)
-
-
 def grpo_args(cfg: RunConfig, model, reward_weights: list[float]) -> GRPOConfig:
     """TRL's `GRPOConfig` for the run: toolgym's typed keys, then any other GRPOConfig field (`grpo.*`)."""
     g, on_gpu = cfg.grpo, torch.cuda.is_available()
-    return GRPOConfig(
+    args = GRPOConfig(
         output_dir=str(run_dir(cfg)), run_name=cfg.name, max_steps=g.max_steps, learning_rate=g.learning_rate,
         per_device_train_batch_size=g.per_device_train_batch_size,
         gradient_accumulation_steps=g.gradient_accumulation_steps, num_generations=g.num_generations,
@@ -313,6 +298,8 @@ def grpo_args(cfg: RunConfig, model, reward_weights: list[float]) -> GRPOConfig:
         bf16=model.dtype == torch.bfloat16 or cfg.model.autocast == "bfloat16",  # weights, or mixed precision
         chat_template_kwargs=cfg.rollout.chat_template_kwargs, disable_tqdm=False, **g.trl_args,
     )
+    check_autocast(cfg.model.autocast, args)
+    return args
 
 
 def build_trainer(cfg: RunConfig):

@@ -30,7 +30,9 @@ _RUNNER_LOGGER, _UNLOADED = "vllm.v1.worker.gpu_model_runner", "Following weight
 def sync_gap(backend, model: torch.nn.Module, ids: list[int], before: list[float] | None = None) -> dict[str, float]:
     """How far the engine's logprobs of `ids` are from the trainer model's: {"max": .., "mean": ..}
     of |difference| over every token after the first. After a weight push, this is the check that
-    the engine samples from the weights being trained (float32/TF32 on both sides: about 1e-3).
+    the engine samples from the weights being trained (float32/TF32 on both sides: about 1e-3). Under
+    `model.autocast` the trainer's side runs in bfloat16 products too: accelerate wraps the trained model's
+    forward in its autocast, and the model given here (`rl.sharding.full_weights`) keeps that wrapper.
 
     `before`: the engine's logprobs of `ids` from before the push. Their gap to the trainer's
     ("stale_max", "stale_mean") is what the check would read had the push been lost: the scale

@@ -256,7 +256,7 @@ def generation(options: dict) -> list[dict]:
     cfg, model, tokenizer, chat, env_cls = _setup(options)
     settings = cfg.rollout
     settings.max_new_tokens = int(options.get("max_new_tokens", settings.max_new_tokens))
-    hf = TransformersBackend(model, tokenizer)
+    hf = TransformersBackend(model, tokenizer, autocast=cfg.model.autocast)
     with ExitStack() as stack:  # the engines shut down at the end
         vllm, *proc = [stack.enter_context(_engine(cfg, model, tokenizer, options, m)) for m in _engine_modes(options)]
         prompts = _first_turn_prompts(cfg, chat, env_cls, n)

@@ -226,17 +226,18 @@ def micro_batches(options: dict) -> list[dict]:
     from rl.config import load_config
     from rl.config_checks import AUTOCAST, check_attn_implementation
 
+    autocast = str(options.get("autocast", "none"))
+    if autocast not in AUTOCAST:
+        raise ValueError(f"autocast={autocast!r}: accepted: {', '.join(AUTOCAST)}")
     overrides = [f"model.name={options['model']}"] if options.get("model") else []
-    cfg = load_config(options.get("config", "configs/sudoku-sft.yaml"), overrides)
+    # the config's rules for it (float32 weights), and the weights it keeps
+    cfg = load_config(options.get("config", "configs/sudoku-sft.yaml"), [*overrides, f"model.autocast={autocast}"])
     n, micro = int(options.get("episodes", 16)), int(options.get("micro_batch", 4))
     if n % micro:
         raise ValueError(f"episodes={n}: must be a multiple of micro_batch ({micro})")
     others = [a.strip() for a in str(options.get("attention", "")).split(",") if a.strip()]
     for other in others:  # before anything loads
         check_attn_implementation(other, "attention")
-    autocast = str(options.get("autocast", "none"))
-    if autocast not in AUTOCAST:
-        raise ValueError(f"autocast={autocast!r}: accepted: {', '.join(AUTOCAST)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = _model(cfg, device)
     ids, attention, keep, score, turns = _episodes(cfg, tokenizer, n, str(options.get("policy", "random")))

@@ -81,3 +81,52 @@ def test_sft_trains_under_the_autocast_too(tmp_path, monkeypatch):
 
     adapter = load_file(out / "checkpoint-1" / "adapter_model.safetensors")
     assert adapter and {t.dtype for t in adapter.values()} == {torch.float32}
+
+
+@pytest.mark.parametrize("variable, launcher", [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
+                                                ("ACCELERATE_USE_FSDP", "FSDP")])
+def test_a_sharded_run_refuses_the_autocast(tmp_path, monkeypatch, variable, launcher):
+    """DeepSpeed would cast every weight to bf16 and drop the autocast; FSDP2's policy gathers weights in bf16."""
+    from types import SimpleNamespace
+
+    from rl.config import ConfigError
+    from rl.trainer import grpo_args
+
+    monkeypatch.setenv(variable, "true")  # as `accelerate launch` with such a config sets it
+    float32 = SimpleNamespace(dtype=torch.float32)
+    cfg = load_config(None, [f"output_dir={tmp_path}", "model.autocast=bfloat16", "log.wandb=off"])
+    try:
+        with pytest.raises(ConfigError, match=f"model.autocast='bfloat16' is not supported under {launcher}.*"
+                                              r"\(accepted there: none"):
+            grpo_args(cfg, float32, [1.0])
+        cfg.model.autocast = "none"
+        assert grpo_args(cfg, float32, [1.0]).bf16 is False
+    finally:  # the DeepSpeed arguments leave a process-wide config behind
+        from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
+
+
+def test_autocast_weights_are_float32_where_auto_would_be_bfloat16(monkeypatch):
+    from rl.config import ConfigError, ModelSection
+    from rl.models import weights_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU with bfloat16 products
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert weights_dtype(ModelSection(dtype="auto")) == torch.bfloat16
+    assert weights_dtype(ModelSection(dtype="auto", autocast="bfloat16")) == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)  # e.g. a T4
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla T4")
+    with pytest.raises(ConfigError, match=r"model.autocast='bfloat16': this GPU \(Tesla T4\) has no bfloat16 products"):
+        weights_dtype(ModelSection(autocast="bfloat16"))
+
+
+def test_eval_plays_the_hf_backend_under_the_autocast(monkeypatch):
+    from rl.evaluation import evaluate
+
+    seen = _recording_linear(monkeypatch)
+    for autocast, matmuls in (("bfloat16", torch.bfloat16), ("none", torch.float32)):
+        seen.clear()
+        result = evaluate(load_config(None, ["model.name=tiny", f"model.autocast={autocast}", "eval.episodes=2",
+                                             "eval.batch_size=2", "rollout.max_turns=2", "rollout.max_new_tokens=4"]))
+        assert result["episodes"] == 2 and {dtype for dtype, _ in seen} == {matmuls}, autocast

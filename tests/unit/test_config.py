@@ -38,7 +38,10 @@ def test_yaml_and_dotted_overrides(tmp_path):
      r"unknown model.attn_implementation 'sdpa_bf61' \(accepted: sdpa, sdpa_bf16, eager, .*hub kernel 'org/repo'\)"),
     ("model.attn_implementation=sdpa_bf16", None),
     ("model.autocast=float16", r"unknown model.autocast 'float16' \(accepted: none, bfloat16\)"),
-    ("model.autocast=bfloat16;model.dtype=float16", r"model.autocast='bfloat16' needs float32 or bfloat16 weights"),
+    ("model.autocast=bfloat16;model.dtype=bfloat16",
+     r"keeps float32 weights: model.dtype 'bfloat16' is not accepted with it \(accepted: float32, or auto"),
+    ("model.autocast=bfloat16;model.dtype=float16", r"model.dtype 'float16' is not accepted with it"),
+    ("model.autocast=bfloat16", None),  # auto: float32 weights then
     ("model.autocast=bfloat16;model.dtype=float32", None),
     ("grpo.bf16=true", "grpo.bf16 is set by toolgym: use model.dtype or model.autocast"),
     ("model.attn_implementation=kernels-community/flash-attn", None),
