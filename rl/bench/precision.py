@@ -1,5 +1,6 @@
-"""Matmul precision: full float32 against TF32 (`model.tf32`, float32 weights), bfloat16, and float32 weights with
-TF32 matmuls and bfloat16 attention (`model.attn_implementation: sdpa_bf16`, rl/attention.py).
+"""Matmul precision: full float32 against TF32 (`model.tf32`, float32 weights), bfloat16, float32 weights with
+TF32 matmuls and bfloat16 attention (`model.attn_implementation: sdpa_bf16`, rl/attention.py), and float32 weights
+under bfloat16 mixed precision (`model.autocast: bfloat16`: every product in bf16 under `torch.autocast`).
 
     python launch/bench.py --suite precision --set rows=256 --set context=1000
     python launch/bench.py --suite precision --set arch=path/to/config.json   # random weights, no download
@@ -16,9 +17,10 @@ import functools
 
 from rl.bench import suite, timed
 
-# mode: (weights' dtype, float32 matmul precision, attention implementation)
-MODES = {"float32": ("float32", "highest", "sdpa"), "tf32": ("float32", "high", "sdpa"),
-         "bfloat16": ("bfloat16", "highest", "sdpa"), "bf16_attention": ("float32", "high", "sdpa_bf16")}
+# mode: (weights' dtype, float32 matmul precision, attention implementation, bfloat16 autocast)
+MODES = {"float32": ("float32", "highest", "sdpa", False), "tf32": ("float32", "high", "sdpa", False),
+         "bfloat16": ("bfloat16", "highest", "sdpa", False), "bf16_attention": ("float32", "high", "sdpa_bf16", False),
+         "autocast": ("float32", "high", "sdpa", True)}
 
 
 def _model(options: dict, dtype, attn_implementation: str = "sdpa"):
@@ -38,27 +40,28 @@ def _model(options: dict, dtype, attn_implementation: str = "sdpa"):
     return load_model(section)[0]
 
 
-def _generate(model, prompts, new_tokens: int) -> None:
+def _generate(model, prompts, new_tokens: int, cast) -> None:
     import torch
 
-    with torch.no_grad():
+    with torch.no_grad(), cast():
         model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
                        max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
 
 
-def _train_step(model, batch) -> None:
+def _train_step(model, batch, cast) -> None:
     import torch
 
     model.zero_grad(set_to_none=True)
-    logits = model(batch).logits[:, :-1].float()
+    with cast():
+        logits = model(batch).logits[:, :-1].float()
     torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1)).backward()
 
 
 @suite("precision", options=["model", "arch", "rows", "context", "new_tokens", "train_rows", "train_len",
                                  "repeats", "modes"])
 def precision(options: dict) -> list[dict]:
-    """Generation, train step and log-prob drift: full float32 vs TF32 vs bfloat16 vs bfloat16 attention, same
-    model."""
+    """Generation, train step and log-prob drift: full float32 vs TF32 vs bfloat16 vs bfloat16 attention vs
+    mixed precision, same model."""
     import torch
 
     rows, context = int(options.get("rows", 64)), int(options.get("context", 512))
@@ -74,8 +77,9 @@ def precision(options: dict) -> list[dict]:
     out, reference = [], None
     try:
         for mode in ["float32"] + [m for m in modes if m != "float32"]:  # the baseline first: drift is against it
-            dtype_name, matmul, attention = MODES[mode]
+            dtype_name, matmul, attention, autocast = MODES[mode]
             model = _model(options, getattr(torch, dtype_name), attention).to(device)
+            cast = functools.partial(torch.autocast, device.type, torch.bfloat16, enabled=autocast)
             # after loading: load_model sets the precision itself for float32 on a GPU (model.tf32)
             torch.set_float32_matmul_precision(matmul)
             vocab = model.config.get_text_config().vocab_size
@@ -85,9 +89,9 @@ def precision(options: dict) -> list[dict]:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
 
-            generate_s, _ = timed(functools.partial(_generate, model, prompts, new_tokens), repeats, device)
-            train_s, _ = timed(functools.partial(_train_step, model, batch), repeats, device)
-            with torch.no_grad():
+            generate_s, _ = timed(functools.partial(_generate, model, prompts, new_tokens, cast), repeats, device)
+            train_s, _ = timed(functools.partial(_train_step, model, batch, cast), repeats, device)
+            with torch.no_grad(), cast():
                 logps = torch.log_softmax(model(batch).logits[:, :-1].float(), -1)
                 logps = logps.gather(-1, batch[:, 1:, None])[..., 0].cpu()
             reference = logps if reference is None else reference

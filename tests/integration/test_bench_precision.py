@@ -9,19 +9,20 @@ def test_precision_rows_measure_speed_and_logprob_drift_against_full_float32():
     rows = load_suites()["precision"]({"model": "tiny", "rows": 2, "context": 8, "new_tokens": 2, "train_len": 16,
                                        "repeats": 1})
     by_mode = {r["mode"]: r for r in rows}
-    assert list(by_mode) == ["float32", "tf32", "bfloat16", "bf16_attention"]
+    assert list(by_mode) == ["float32", "tf32", "bfloat16", "bf16_attention", "autocast"]
     base = by_mode["float32"]
     assert base["logprob_drift_max"] == 0 and base["generate_speedup"] == base["train_speedup"] == 1
     assert by_mode["bfloat16"]["logprob_drift_mean"] > 0  # bf16 weights do move the policy's logprobs
     # so does attention in bf16, less than bf16 everywhere
     assert 0 < by_mode["bf16_attention"]["logprob_drift_mean"] < by_mode["bfloat16"]["logprob_drift_mean"]
+    assert by_mode["autocast"]["logprob_drift_mean"] > 0  # and so do bf16 products on float32 weights
     for r in rows:
         assert r["generated_tokens_per_s"] == pytest.approx(2 * 2 / r["generate_s"])
         assert r["generate_speedup"] == pytest.approx(base["generate_s"] / r["generate_s"])
     small = {"model": "tiny", "rows": 1, "context": 4, "new_tokens": 1, "train_len": 8, "repeats": 1,
              "modes": "bfloat16"}
     assert [r["mode"] for r in load_suites()["precision"](small)] == ["bfloat16"]
-    accepted = r"\(accepted: float32, tf32, bfloat16, bf16_attention\)"
+    accepted = r"\(accepted: float32, tf32, bfloat16, bf16_attention, autocast\)"
     with pytest.raises(ValueError, match=r"unknown precision mode\(s\) \['fp8'\] " + accepted):
         load_suites()["precision"]({"model": "tiny", "modes": "fp8"})
 
@@ -46,4 +47,4 @@ def test_each_mode_is_timed_at_its_own_precision_whatever_model_loading_sets(mon
     monkeypatch.setattr(precision, "timed", recording)
     precision.precision({"model": "tiny", "rows": 1, "context": 4, "new_tokens": 1, "train_len": 8, "repeats": 1})
     # generate and train, per mode
-    assert seen == ["highest", "highest", "high", "high", "highest", "highest", "high", "high"]
+    assert seen == ["highest", "highest", "high", "high", "highest", "highest", "high", "high", "high", "high"]
