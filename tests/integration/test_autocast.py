@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -87,8 +88,6 @@ def test_sft_trains_under_the_autocast_too(tmp_path, monkeypatch):
                                                 ("ACCELERATE_USE_FSDP", "FSDP")])
 def test_a_sharded_run_refuses_the_autocast(tmp_path, monkeypatch, variable, launcher):
     """DeepSpeed would cast every weight to bf16 and drop the autocast; FSDP2's policy gathers weights in bf16."""
-    from types import SimpleNamespace
-
     from rl.config import ConfigError
     from rl.trainer import grpo_args
 
@@ -130,3 +129,32 @@ def test_eval_plays_the_hf_backend_under_the_autocast(monkeypatch):
         result = evaluate(load_config(None, ["model.name=tiny", f"model.autocast={autocast}", "eval.episodes=2",
                                              "eval.batch_size=2", "rollout.max_turns=2", "rollout.max_new_tokens=4"]))
         assert result["episodes"] == 2 and {dtype for dtype, _ in seen} == {matmuls}, autocast
+
+
+def test_the_sync_check_scores_the_trainers_weights_outside_the_autocast():
+    """accelerate wraps a mixed-precision model's forward in its autocast; the check of a weight push compares the
+    float32 weights with the float32 engine's, or the products' rounding hides whether the push arrived."""
+    from types import MethodType
+
+    from accelerate.utils import convert_outputs_to_fp32
+
+    from rl.models import load_model
+    from rl.vllm_weights import sync_gap
+
+    model, _ = load_model(load_config(None, ["model.name=tiny", "model.dtype=float32"]).model)
+    ids = list(range(3, 40))
+
+    def logprobs() -> list[float]:
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
+        return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1).tolist()
+
+    engine = SimpleNamespace(prompt_logprobs=lambda _: exact)  # an engine that holds the trainer's weights
+    exact = logprobs()
+    # as accelerate.Accelerator.prepare_model does under mixed_precision="bf16"
+    model._original_forward = model.forward
+    model.forward = MethodType(convert_outputs_to_fp32(torch.autocast("cpu", torch.bfloat16)(model.forward.__func__)),
+                               model)
+    rounded = logprobs()
+    assert max(abs(a - b) for a, b in zip(rounded, exact)) > 1e-3  # the wrapped forward computes in bf16
+    assert sync_gap(engine, model, ids)["max"] < 1e-6
