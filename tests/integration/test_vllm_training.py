@@ -130,3 +130,14 @@ print("RESULT", "after", dist.is_initialized(), flush=True)
     assert "RESULT before False" in done.stdout, done.stderr[-3000:]
     assert (tmp_path / "vllm-run" / "final").is_dir(), done.stderr[-3000:]  # the run itself trained and saved
     assert "RESULT after False" in done.stdout, done.stderr[-3000:]
+
+
+def test_under_mixed_precision_the_sync_check_still_tells_a_push_from_a_lost_one(tmp_path):
+    """model.autocast: the loss runs in bf16 products; the check compares the float32 weights with the engine's."""
+    trainer = build_trainer(config(tmp_path, "vllm", "model.autocast=bfloat16", "model.dtype=float32"))
+    assert trainer.args.bf16 and next(trainer.model.parameters()).dtype == torch.float32
+    trainer.train()
+    trainer.rollout_func.backend.shutdown()
+    metrics = [m for m in trainer.state.log_history if "reward" in m]
+    assert metrics[1]["rollout/sync_logprob_diff_max"] <= TOL
+    assert metrics[1]["rollout/sync_logprob_diff_stale_mean"] > 10 * metrics[1]["rollout/sync_logprob_diff_mean"]
