@@ -30,10 +30,11 @@ _RUNNER_LOGGER, _UNLOADED = "vllm.v1.worker.gpu_model_runner", "Following weight
 def sync_gap(backend, model: torch.nn.Module, ids: list[int], before: list[float] | None = None) -> dict[str, float]:
     """How far the engine's logprobs of `ids` are from the trainer model's: {"max": .., "mean": ..}
     of |difference| over every token after the first. After a weight push, this is the check that
-    the engine samples from the weights being trained (float32/TF32 on both sides: about 1e-3). The trainer's
-    side runs outside `model.autocast`: accelerate wraps the trained model's forward in its bf16 autocast (kept
-    by `rl.sharding.full_weights`), and bf16 products against a float32 engine gave a gap as large as a lost
-    push's (0.037 after a push, 0.037 before it, on one H100). The check is of the weights, compared like with like.
+    the engine samples from the weights being trained (float32/TF32 on both sides: about 1e-3; with
+    `sdpa_bf16` attention about 1e-2). The trainer's side runs outside `model.autocast`: accelerate wraps the
+    trained model's forward in its bf16 autocast (kept by `rl.sharding.full_weights`), and bf16 products against a
+    float32 engine gave a gap as large as a lost push's (0.037 after a push, 0.037 before it, on one H100). Weights
+    in bf16 compute in bf16 without it too, as their engine does.
 
     `before`: the engine's logprobs of `ids` from before the push. Their gap to the trainer's
     ("stale_max", "stale_mean") is what the check would read had the push been lost: the scale

@@ -149,8 +149,8 @@ def test_the_sync_check_scores_the_trainers_weights_outside_the_autocast():
             logits = model(input_ids=torch.tensor([ids])).logits[0, :-1].float()
         return torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1).tolist()
 
-    engine = SimpleNamespace(prompt_logprobs=lambda _: exact)  # an engine that holds the trainer's weights
     exact = logprobs()
+    engine = SimpleNamespace(prompt_logprobs=lambda _: exact)  # an engine that holds the trainer's weights
     # as accelerate.Accelerator.prepare_model does under mixed_precision="bf16"
     model._original_forward = model.forward
     model.forward = MethodType(convert_outputs_to_fp32(torch.autocast("cpu", torch.bfloat16)(model.forward.__func__)),

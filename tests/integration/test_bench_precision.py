@@ -32,7 +32,13 @@ def test_each_mode_is_timed_at_its_own_precision_whatever_model_loading_sets(mon
 
     from rl.bench import precision
 
-    load, timed, seen = precision._model, precision.timed, []
+    load, timed, seen, products = precision._model, precision.timed, [], []
+    linear = torch.nn.functional.linear
+
+    def recording_linear(*args, **kwargs):
+        out = linear(*args, **kwargs)
+        products[-1].add(out.dtype)
+        return out
 
     def loading_like_a_gpu(options, dtype, attention):  # load_model turns TF32 on for float32 weights on a GPU
         model = load(options, dtype, attention)
@@ -41,10 +47,15 @@ def test_each_mode_is_timed_at_its_own_precision_whatever_model_loading_sets(mon
 
     def recording(fn, repeats, device):
         seen.append(torch.get_float32_matmul_precision())
+        products.append(set())
         return timed(fn, repeats, device)
 
+    monkeypatch.setattr(torch.nn.functional, "linear", recording_linear)
     monkeypatch.setattr(precision, "_model", loading_like_a_gpu)
     monkeypatch.setattr(precision, "timed", recording)
     precision.precision({"model": "tiny", "rows": 1, "context": 4, "new_tokens": 1, "train_len": 8, "repeats": 1})
     # generate and train, per mode
     assert seen == ["highest", "highest", "high", "high", "highest", "highest", "high", "high", "high", "high"]
+    # the products each timed call ran: bfloat16 weights' and the autocast's in bf16, the others' in float32
+    f32, bf16 = {torch.float32}, {torch.bfloat16}
+    assert products == [f32, f32, f32, f32, bf16, bf16, f32, f32, bf16, bf16]

@@ -136,8 +136,12 @@ def test_under_mixed_precision_the_sync_check_still_tells_a_push_from_a_lost_one
     """model.autocast: the loss runs in bf16 products; the check compares the float32 weights with the engine's."""
     trainer = build_trainer(config(tmp_path, "vllm", "model.autocast=bfloat16", "model.dtype=float32"))
     assert trainer.args.bf16 and next(trainer.model.parameters()).dtype == torch.float32
-    trainer.train()
-    trainer.rollout_func.backend.shutdown()
+    try:
+        trainer.train()
+    finally:
+        trainer.rollout_func.backend.shutdown()
+    # accelerate wrapped the forward in its autocast and kept the one from before (what the check calls)
+    assert hasattr(trainer.accelerator.unwrap_model(trainer.model_wrapped), "_original_forward")
     metrics = [m for m in trainer.state.log_history if "reward" in m]
     assert metrics[1]["rollout/sync_logprob_diff_max"] <= TOL
     assert metrics[1]["rollout/sync_logprob_diff_stale_mean"] > 10 * metrics[1]["rollout/sync_logprob_diff_mean"]
