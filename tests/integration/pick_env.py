@@ -55,3 +55,13 @@ class FirstDigitFormat(ToolCallFormat):
 
 
 register_format(FirstDigitFormat())
+
+
+def two_step_run(tmp_path, name: str, *extra: str) -> list[str]:
+    """Overrides for two GRPO steps of the tiny float32 model with LoRA on this task, rewards that vary in a group."""
+    return [f"output_dir={tmp_path}", f"name={name}", "model.name=tiny", "model.dtype=float32",
+            "model.tool_format=first_digit", "lora.enabled=true", "env.name=tests.integration.pick_env:PickEnv",
+            "rollout.max_turns=3", "rollout.max_new_tokens=6", "rollout.max_completion_tokens=96",
+            "grpo.num_generations=8", "grpo.per_device_train_batch_size=16", "grpo.max_steps=2",
+            "grpo.save_steps=1000", "grpo.seed=3", "grpo.learning_rate=3e-3", "rewards.episode_return=1.0",
+            "rewards.solved=0.0", "log.wandb=off", *extra]

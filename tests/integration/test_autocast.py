@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rl.config import load_config
+from tests.integration.pick_env import two_step_run
 
 
 def _recording_linear(monkeypatch) -> set:
@@ -27,14 +28,7 @@ def _recording_linear(monkeypatch) -> set:
 @pytest.mark.parametrize("autocast, matmuls", [("bfloat16", torch.bfloat16), ("none", torch.float32)])
 def test_a_grpo_run_trains_float32_weights_with_bfloat16_matmuls(tmp_path, monkeypatch, autocast, matmuls):
     seen = _recording_linear(monkeypatch)
-    cfg = load_config(None, [
-        f"output_dir={tmp_path}", f"name=autocast-{autocast}", "model.name=tiny", "model.dtype=float32",
-        f"model.autocast={autocast}", "model.tool_format=first_digit", "lora.enabled=true",
-        "env.name=tests.integration.pick_env:PickEnv", "rollout.max_turns=3", "rollout.max_new_tokens=6",
-        "rollout.max_completion_tokens=96", "grpo.num_generations=8", "grpo.per_device_train_batch_size=16",
-        "grpo.max_steps=2", "grpo.save_steps=1000", "grpo.seed=3", "grpo.learning_rate=3e-3",
-        "rewards.episode_return=1.0", "rewards.solved=0.0", "log.wandb=off",
-    ])
+    cfg = load_config(None, two_step_run(tmp_path, f"autocast-{autocast}", f"model.autocast={autocast}"))
     from safetensors.torch import load_file
 
     from rl.trainer import train

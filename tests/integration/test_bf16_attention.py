@@ -8,6 +8,7 @@ import torch
 
 from rl.config import ModelSection, load_config
 from rl.models import load_model
+from tests.integration.pick_env import two_step_run
 
 
 def _pair(monkeypatch):
@@ -85,14 +86,7 @@ def test_a_grpo_run_trains_with_bfloat16_attention(tmp_path, monkeypatch):
         return sdpa(query, key, value, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
-    cfg = load_config(None, [
-        f"output_dir={tmp_path}", "name=bf16-attention", "model.name=tiny", "model.dtype=float32",
-        "model.attn_implementation=sdpa_bf16", "model.tool_format=first_digit", "lora.enabled=true",
-        "env.name=tests.integration.pick_env:PickEnv", "rollout.max_turns=3", "rollout.max_new_tokens=6",
-        "rollout.max_completion_tokens=96", "grpo.num_generations=8", "grpo.per_device_train_batch_size=16",
-        "grpo.max_steps=2", "grpo.save_steps=1000", "grpo.seed=3", "grpo.learning_rate=3e-3",
-        "rewards.episode_return=1.0", "rewards.solved=0.0", "log.wandb=off",
-    ])
+    cfg = load_config(None, two_step_run(tmp_path, "bf16-attention", "model.attn_implementation=sdpa_bf16"))
     from rl.trainer import train
 
     logged = [json.loads(line) for line in (train(cfg) / "metrics.jsonl").open() if '"loss"' in line]
