@@ -89,7 +89,7 @@ class ModelSection:
     # float32 weights on an NVIDIA GPU: matmuls in TF32 (fp32 range and accumulation, 10-bit inputs).
     # launch/bench.py --suite precision measures its speed and logprob drift against full fp32 and bf16.
     tf32: bool = True
-    autocast: str = "none"  # bfloat16: mixed precision, dtype's weights, matmuls in bf16 (training, hf generation)
+    autocast: str = "none"  # bfloat16: mixed precision, float32 weights, matmuls in bf16 (training, hf generation)
     attn_implementation: str = "sdpa"  # transformers' names, or sdpa_bf16: bfloat16 attention (rl/attention.py)
     chat_template: str = ""  # built-in name, trl:<name> or path; empty = the tokenizer's own
     tool_format: str = "hermes"
