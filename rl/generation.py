@@ -243,8 +243,10 @@ class TransformersBackend:
     takes_images = True  # a prompt may be an `rl.vision.ImagePrompt`, for a vision-language model
 
     def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int | None = None, autocast: str = "none"):
-        if autocast not in ("none", "bfloat16"):
-            raise ValueError(f"autocast={autocast!r}: accepted: none, bfloat16 (model.autocast)")
+        from rl.config_checks import AUTOCAST
+
+        if autocast not in AUTOCAST:
+            raise ValueError(f"autocast={autocast!r}: accepted: {', '.join(AUTOCAST)} (model.autocast)")
         self.model = model
         self.tokenizer = tokenizer
         self.autocast = autocast  # model.autocast (none, bfloat16): generate at the loss passes' matmul precision

@@ -28,7 +28,7 @@ from rl.models import load_image_tokenizer, load_model, lora_config, save_adapte
 from rl.plots import save_curve
 from rl.progress import JsonlLogger
 from rl.resume import finished, main_process, resume_from
-from rl.sharding import check_autocast
+from rl.sharding import check_autocast, trains_in_bf16
 from rl.trainer import _report_to, run_dir
 from rl.trl_hooks import compact_lm_head
 from rl.vision import VisionSFTCollator
@@ -68,8 +68,7 @@ def train_sft(cfg: RunConfig, resume: bool = False) -> Path:
         gradient_accumulation_steps=s.gradient_accumulation_steps, max_length=s.max_length,
         completion_only_loss=True, logging_steps=s.logging_steps, save_steps=s.save_steps, seed=s.seed,
         report_to=_report_to(cfg), use_cpu=not torch.cuda.is_available(),
-        bf16=model.dtype == torch.bfloat16 or cfg.model.autocast == "bfloat16",  # weights, or mixed precision
-        gradient_checkpointing=s.gradient_checkpointing,
+        bf16=trains_in_bf16(cfg.model.autocast, model), gradient_checkpointing=s.gradient_checkpointing,
         **({"remove_unused_columns": False, "dataset_kwargs": {"skip_prepare_dataset": True}} if extra else {}),
     )
     check_autocast(cfg.model.autocast, args)

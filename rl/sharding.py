@@ -86,6 +86,11 @@ class StepMemory(TrainerCallback):
         metrics["perf/step_s"].append(time.perf_counter() - self.started)
 
 
+def trains_in_bf16(autocast: str, model: torch.nn.Module) -> bool:
+    """The trainer's `bf16` flag: bfloat16 weights, or float32 ones under `model.autocast` (mixed precision)."""
+    return model.dtype == torch.bfloat16 or autocast == "bfloat16"
+
+
 def check_autocast(autocast: str, args) -> None:
     """`model.autocast` runs on one process or under DDP, never sharded: DeepSpeed casts every weight to bf16 (the
     adapter too) and turns accelerate's autocast off; FSDP2's bf16 policy gathers the weights and reduces the

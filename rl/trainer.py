@@ -38,7 +38,7 @@ from rl.preflight import check_rewards
 from rl.progress import JsonlLogger, RunProgress, TimeLimit, WandbRunConfig
 from rl.resume import checkpoint_step, end_process_group, finished, main_process, resume_from
 from rl.rollout import STEP_FACTS, Trajectory, run_episodes
-from rl.sharding import StepMemory, check_autocast, full_weights
+from rl.sharding import StepMemory, check_autocast, full_weights, trains_in_bf16
 from rl.toolcalls import get_format
 from rl.trl_hooks import RolloutBatch, ToolGymGRPOTrainer, prompt_row, step_metrics, to_trl
 
@@ -294,8 +294,7 @@ def grpo_args(cfg: RunConfig, model, reward_weights: list[float]) -> GRPOConfig:
         lr_scheduler_type=g.lr_scheduler_type, max_grad_norm=g.max_grad_norm,
         max_completion_length=cfg.rollout.max_completion_tokens, temperature=cfg.rollout.temperature,
         top_p=cfg.rollout.top_p, top_k=cfg.rollout.top_k, reward_weights=reward_weights,
-        report_to=_report_to(cfg), use_cpu=not on_gpu,
-        bf16=model.dtype == torch.bfloat16 or cfg.model.autocast == "bfloat16",  # weights, or mixed precision
+        report_to=_report_to(cfg), use_cpu=not on_gpu, bf16=trains_in_bf16(cfg.model.autocast, model),
         chat_template_kwargs=cfg.rollout.chat_template_kwargs, disable_tqdm=False, **g.trl_args,
     )
     check_autocast(cfg.model.autocast, args)

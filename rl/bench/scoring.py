@@ -192,16 +192,15 @@ def _splits(rows: dict, n: int, micro: int) -> dict[str, list[dict]]:
     return splits
 
 
-def _split_rows(results: dict, own: str, lengths, common: dict) -> list[dict]:
-    """One row per run: its split, attention, autocast, padded positions, time and gradient against the shuffled
-    split's; `speedup` against the shuffled split, and a run with another attention's (`attention_speedup`) or
-    under the autocast (`autocast_speedup`) against the grouped split's."""
+def _split_rows(results: dict, variants: dict, own: str, lengths, common: dict) -> list[dict]:
+    """One row per run: its split, attention, autocast (`variants`: name -> (split, attention, autocast)), padded
+    positions, time and gradient against the shuffled split's; `speedup` against the shuffled split, and a run with
+    another attention's (`attention_speedup`) or under the autocast (`autocast_speedup`) against the grouped
+    split's."""
     out, reference = [], results["shuffled"][2]
     for name, (positions, seconds, grads, _, passes) in results.items():
-        variant = name.partition(", ")[2]
-        autocast = variant.removeprefix("autocast ") if variant.startswith("autocast ") else "none"
-        out.append({"split": name, "attention": own if autocast != "none" else variant or own, "autocast": autocast,
-                    **common,
+        _, attention, autocast = variants[name]
+        out.append({"split": name, "attention": attention, "autocast": autocast, **common,
                     "completion_tokens_min_mean_max": [int(lengths.min()), float(lengths.float().mean()),
                                                        int(lengths.max())],
                     "padded_completion_positions": positions, "loss_passes_s": seconds,
@@ -257,16 +256,20 @@ def micro_batches(options: dict) -> list[dict]:
             torch.cuda.synchronize()
         return padded[name], grads
 
-    for warm in [own, *others]:  # first-call allocations and kernel choices, for each attention
-        run("shuffled", warm, slice(1))
-    runs = {name: functools.partial(run, name) for name in splits}
-    runs.update({f"by_length, {other}": functools.partial(run, "by_length", other) for other in others})
+    # name -> (split, attention, autocast): both splits as the config has them, then the grouped split again with
+    # each other attention, and under the autocast
+    variants = {name: (name, own, "none") for name in splits}
+    variants |= {f"by_length, {other}": ("by_length", other, "none") for other in others}
     if autocast != "none":
-        run("shuffled", own, slice(1), autocast)
-        runs[f"by_length, autocast {autocast}"] = functools.partial(run, "by_length", own, cast=autocast)
+        variants[f"by_length, autocast {autocast}"] = ("by_length", own, autocast)
+    # first-call allocations and kernel choices, for each attention and autocast
+    for attention, cast in dict.fromkeys((a, c) for _, a, c in variants.values()):
+        run("shuffled", attention, slice(1), cast)
+    runs = {name: functools.partial(run, split, attention, cast=cast)
+            for name, (split, attention, cast) in variants.items()}
     # the runs take turns and swap places every pass: none always runs first, a slow stretch slows them all
     results = fastest(runs, int(options.get("repeats", 2)), swap=True)
-    out = _split_rows(results, own, rows["completion_mask"].sum(dim=1),
+    out = _split_rows(results, variants, own, rows["completion_mask"].sum(dim=1),
                       {"episodes": n, "micro_batch": micro, "mean_turns": turns})
     if int(options.get("profile", 0)) > 0:
         out.append({"split": "by_length, profiled", "episodes": n, "micro_batch": micro,
