@@ -90,7 +90,7 @@ class ModelSection:
     # launch/bench.py --suite precision measures its speed and logprob drift against full fp32 and bf16.
     tf32: bool = True
     autocast: str = "none"  # bfloat16: mixed precision, float32 weights, matmuls in bf16 (training, hf generation)
-    attn_implementation: str = "sdpa"  # transformers' names, or sdpa_bf16: bfloat16 attention (rl/attention.py)
+    attn_implementation: str = "sdpa"  # transformers' names, sdpa_bf16 or sdpa_cudnn (bf16 on cuDNN): rl/attention.py
     chat_template: str = ""  # built-in name, trl:<name> or path; empty = the tokenizer's own
     tool_format: str = "hermes"
 

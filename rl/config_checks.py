@@ -35,8 +35,8 @@ NONFINITE_REWARDS = ("error", "drop")  # grpo.nonfinite_rewards: stop the run, o
 MICRO_BATCHES = ("auto", "by_length", "shuffled")  # grpo.micro_batches
 ADMIT = ("each", "together")  # rollout.vllm.admit
 # model.attn_implementation: transformers' own names, rl/attention.py's, or a hub kernel ('org/repo')
-ATTN_IMPLEMENTATIONS = ("sdpa", "sdpa_bf16", "eager", "flex_attention", "flash_attention_2", "flash_attention_3",
-                        "flash_attention_4", "paged|eager")
+ATTN_IMPLEMENTATIONS = ("sdpa", "sdpa_bf16", "sdpa_cudnn", "eager", "flex_attention", "flash_attention_2",
+                        "flash_attention_3", "flash_attention_4", "paged|eager")
 BUILT_IN_MODELS = ("gemma-3-270m", "tiny", "tiny-vlm")  # rl/models.py builds or converts these
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 

@@ -120,5 +120,5 @@ def test_an_unknown_attention_implementation_is_refused_before_the_model_loads()
     from rl.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"model.attn_implementation='sdpa_bf61': unknown attention "
-                                          r"implementation \(accepted: sdpa, sdpa_bf16, eager, "):
+                                          r"implementation \(accepted: sdpa, sdpa_bf16, sdpa_cudnn, eager, "):
         load_model(ModelSection(name="tiny", attn_implementation="sdpa_bf61"))
