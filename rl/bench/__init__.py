@@ -22,7 +22,7 @@ Suite = Callable[[dict], list[dict]]
 SUITES: dict[str, Suite] = {}
 OPTIONS: dict[str, tuple[str, ...]] = {}  # each suite's accepted options
 _MODULES = ["rl.bench.sandbox", "rl.bench.remote", "rl.bench.rollout", "rl.bench.agent_loop", "rl.bench.precision",
-            "rl.bench.scoring", "rl.bench.grpo_step"]  # each registers its suites
+            "rl.bench.scoring", "rl.bench.grpo_step", "rl.bench.attention"]  # each registers its suites
 
 
 def free_port() -> int:

@@ -260,8 +260,9 @@ def micro_batches(options: dict) -> list[dict]:
     # each other attention, and under the autocast
     variants = {name: (name, own, "none") for name in splits}
     variants |= {f"by_length, {other}": ("by_length", other, "none") for other in others}
-    if autocast != "none":
+    if autocast != "none":  # under the autocast: the grouped split with the config's attention, then each other
         variants[f"by_length, autocast {autocast}"] = ("by_length", own, autocast)
+        variants |= {f"by_length, {other}, autocast {autocast}": ("by_length", other, autocast) for other in others}
     # first-call allocations and kernel choices, for each attention and autocast
     for attention, cast in dict.fromkeys((a, c) for _, a, c in variants.values()):
         run("shuffled", attention, slice(1), cast)
@@ -271,7 +272,9 @@ def micro_batches(options: dict) -> list[dict]:
     results = fastest(runs, int(options.get("repeats", 2)), swap=True)
     out = _split_rows(results, variants, own, rows["completion_mask"].sum(dim=1),
                       {"episodes": n, "micro_batch": micro, "mean_turns": turns})
-    if int(options.get("profile", 0)) > 0:
-        out.append({"split": "by_length, profiled", "episodes": n, "micro_batch": micro,
-                    "top_operators": _top_operators(functools.partial(run, "by_length"), int(options["profile"]))})
+    if int(options.get("profile", 0)) > 0:  # the last variant: the grouped split with the most options applied
+        name, (split, attention, cast) = list(variants.items())[-1]
+        out.append({"split": f"{name}, profiled", "episodes": n, "micro_batch": micro,
+                    "top_operators": _top_operators(functools.partial(run, split, attention, cast=cast),
+                                                    int(options["profile"]))})
     return out

@@ -49,7 +49,7 @@ def test_attention_reruns_the_grouped_split_with_bfloat16_attention_in_the_same_
     assert half["attention_speedup"] == pytest.approx(plain["loss_passes_s"] / half["loss_passes_s"])
     assert "attention_speedup" not in plain
     with pytest.raises(ValueError, match=r"attention='sdpa_bf61': unknown attention implementation \(accepted: "
-                                         r"sdpa, sdpa_bf16, eager, "):
+                                         r"sdpa, sdpa_bf16, sdpa_cudnn, eager, "):
         suite({"model": "tiny", "attention": "sdpa_bf61"})
 
 
@@ -67,3 +67,18 @@ def test_autocast_reruns_the_grouped_split_in_bfloat16_mixed_precision():
     assert "autocast_speedup" not in plain and "attention_speedup" not in mixed
     with pytest.raises(ValueError, match=r"autocast='float16': accepted: none, bfloat16"):
         suite({"model": "tiny", "autocast": "float16"})
+
+
+def test_with_an_attention_too_each_runs_under_the_autocast_and_the_last_is_profiled():
+    from rl.bench import load_suites
+
+    rows = load_suites()["micro_batches"]({"model": "tiny", "episodes": 4, "micro_batch": 2, "repeats": 1,
+                                           "attention": "sdpa_cudnn", "autocast": "bfloat16", "profile": 3})
+    assert [(r["split"], r.get("attention"), r.get("autocast")) for r in rows] == [
+        ("shuffled", "sdpa", "none"), ("by_length", "sdpa", "none"), ("by_length, sdpa_cudnn", "sdpa_cudnn", "none"),
+        ("by_length, autocast bfloat16", "sdpa", "bfloat16"),
+        ("by_length, sdpa_cudnn, autocast bfloat16", "sdpa_cudnn", "bfloat16"),
+        ("by_length, sdpa_cudnn, autocast bfloat16, profiled", None, None)]
+    both = rows[4]
+    assert both["gradient_max_diff"] < 0.1 and "attention_speedup" in both and "autocast_speedup" in both
+    assert len(rows[-1]["top_operators"]) == 3
