@@ -35,7 +35,8 @@ def test_yaml_and_dotted_overrides(tmp_path):
     ("grpo.micro_batches=sorted", r"unknown grpo.micro_batches 'sorted' \(accepted: auto, by_length, shuffled\)"),
     ("rollout.vllm.admit=rounds", r"unknown rollout.vllm.admit 'rounds' \(accepted: each, together\)"),
     ("model.attn_implementation=sdpa_bf61",
-     r"unknown model.attn_implementation 'sdpa_bf61' \(accepted: sdpa, sdpa_bf16, sdpa_cudnn, eager, .*hub kernel 'org/repo'\)"),
+     (r"unknown model.attn_implementation 'sdpa_bf61' \(accepted: sdpa, sdpa_bf16, sdpa_cudnn, eager, "
+      r".*hub kernel 'org/repo'\)")),
     ("model.attn_implementation=sdpa_bf16", None),
     ("model.autocast=float16", r"unknown model.autocast 'float16' \(accepted: none, bfloat16\)"),
     ("model.autocast=bfloat16;model.dtype=bfloat16",
