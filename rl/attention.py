@@ -12,7 +12,7 @@ attention and mask interfaces when this module is imported (`rl.models` does).
 `sdpa_cudnn` is `sdpa_bf16` (the inputs of a float32 model's attention in bfloat16; under `model.autocast` they
 are already) with cuDNN's fused attention asked first in the loss passes. With a mask PyTorch's own order picks the
 memory-efficient kernel, whose backward pass took 45% of the device time of a GRPO step's loss passes under mixed
-precision on one H100; at one fixed shape cuDNN ran that attention's forward and backward 3.7x faster there
+precision on one H100; at one fixed shape cuDNN ran that attention's forward and backward 3.6x faster there
 (`rl/bench/baselines/README.md`, "cuDNN attention"). cuDNN builds an execution plan for every new shape (tens to
 hundreds of milliseconds, then cached), so:
 - only passes with gradients over whole sequences (query length = key length > 1, with a mask) go to it, their

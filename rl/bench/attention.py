@@ -8,13 +8,13 @@ others' lengths drawn between half and all of it), `heads` query heads and their
 (transformers does so when a mask is given), head size `head_dim`, in bfloat16 (`model.autocast: bfloat16` or
 `sdpa_bf16`). Each layer kind is timed: a sliding-window layer (`window` tokens) and a full-attention layer, both
 with the boolean mask transformers builds (causal, padding, window). Per kernel, the mean of `repeats` calls of
-forward and backward (after one untimed call), and the largest difference of its output from the memory-efficient
-kernel's (PyTorch's own pick with a mask) on the real rows. Kernels: SDPA's memory-efficient, cuDNN (the one
-`model.attn_implementation: sdpa_cudnn` asks first) and math; as references that compute something else, flash
-with `is_causal` and no mask (no window, no padding: a lower bound), and on a GPU flex attention with the same mask
-as a block mask (compiled). `lengths=vary` gives every timed call a length of its own (within 128 tokens of
-`length`): cuDNN then builds an execution plan per call, as it would in a GRPO step whose micro-batches all have
-lengths of their own.
+forward and backward (after one untimed call), and the largest difference of its output from the first kernel's on
+the real rows (on a GPU by default the memory-efficient kernel, PyTorch's own pick with a mask). Kernels: SDPA's
+memory-efficient, cuDNN (the one `model.attn_implementation: sdpa_cudnn` asks first) and math; as references that
+compute something else, flash with `is_causal` and no mask (no window, no padding: a lower bound), and on a GPU flex
+attention with the same mask as a block mask (compiled). `lengths=vary` gives every timed call a length of its own
+(within 128 tokens of `length`): cuDNN then builds an execution plan per call, as it would in a GRPO step whose
+micro-batches all have lengths of their own.
 """
 
 from __future__ import annotations
@@ -109,6 +109,9 @@ def attention_kernels(options: dict) -> list[dict]:
     if not kernels or any(k not in known for k in kernels):
         raise ValueError(f"kernels={options.get('kernels')!r}: accepted: comma-separated, of {', '.join(known)}")
     length, repeats = int(options.get("length", 1600)), int(options.get("repeats", 10))
+    if length < (130 if lengths == "vary" else 2):
+        raise ValueError(f"length={length}: must be at least 2, and 130 with lengths=vary (its calls are up to 128 "
+                         "tokens shorter)")
     rows = []
     for layer, window in (("sliding window", int(options.get("window", 512))), ("full attention", None)):
         reference = None

@@ -17,9 +17,9 @@ over episodes of varied length (the random player's by default). Each micro-batc
 completion; the summed gradient (a dapo loss, normalised over the whole batch) must be the same both ways.
 `--set attention=sdpa_bf16` (comma-separated) runs the grouped split again with each such attention implementation
 (`model.attn_implementation`), in the same turns; `--set autocast=bfloat16` runs it again under bfloat16 mixed
-precision (`model.autocast`). `--set profile=N` adds a row with the N kernels that took the
-most device time (on a CPU, the operators that took the most CPU time) in one more run of the grouped passes, under
-`torch.profiler`: where a loss pass goes.
+precision (`model.autocast`), with the config's attention and with each named one. `--set profile=N` adds a row with
+the N kernels that took the most device time (on a CPU, the operators that took the most CPU time) in one more run
+of the last row's passes, under `torch.profiler`: where a loss pass goes.
 """
 
 from __future__ import annotations
@@ -195,8 +195,8 @@ def _splits(rows: dict, n: int, micro: int) -> dict[str, list[dict]]:
 def _split_rows(results: dict, variants: dict, own: str, lengths, common: dict) -> list[dict]:
     """One row per run: its split, attention, autocast (`variants`: name -> (split, attention, autocast)), padded
     positions, time and gradient against the shuffled split's; `speedup` against the shuffled split, and a run with
-    another attention's (`attention_speedup`) or under the autocast (`autocast_speedup`) against the grouped
-    split's."""
+    another attention's (`attention_speedup`: against the config's attention under the same autocast) or under the
+    autocast (`autocast_speedup`) against the grouped split's."""
     out, reference = [], results["shuffled"][2]
     for name, (positions, seconds, grads, _, passes) in results.items():
         _, attention, autocast = variants[name]
@@ -209,8 +209,9 @@ def _split_rows(results: dict, variants: dict, own: str, lengths, common: dict) 
     shuffled, grouped = results["shuffled"][1], results["by_length"][1]
     for row in out:
         row["speedup"] = shuffled / row["loss_passes_s"]
-        if row["attention"] != own:
-            row["attention_speedup"] = grouped / row["loss_passes_s"]
+        if row["attention"] != own:  # against the grouped split with the config's attention, same autocast
+            same = grouped if row["autocast"] == "none" else results[f"by_length, autocast {row['autocast']}"][1]
+            row["attention_speedup"] = same / row["loss_passes_s"]
         if row["autocast"] != "none":
             row["autocast_speedup"] = grouped / row["loss_passes_s"]
     return out

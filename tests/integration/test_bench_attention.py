@@ -22,9 +22,11 @@ def test_each_kernel_is_timed_on_both_layer_kinds_against_the_first():
 
 
 def test_lengths_vary_and_bad_options_are_named():
-    rows = load_suites()["attention_kernels"]({**SMALL, "kernels": "math", "lengths": "vary"})
+    rows = load_suites()["attention_kernels"]({**SMALL, "length": 130, "kernels": "math", "lengths": "vary"})
     assert [r["lengths"] for r in rows] == ["vary", "vary"] and all(r["ms"] > 0 for r in rows)
     with pytest.raises(ValueError, match=r"lengths='some': accepted: fixed, vary"):
         load_suites()["attention_kernels"]({"lengths": "some"})
     with pytest.raises(ValueError, match=r"kernels='fast': accepted: comma-separated, of efficient, cudnn"):
         load_suites()["attention_kernels"]({"kernels": "fast"})
+    with pytest.raises(ValueError, match=r"length=64: must be at least 2, and 130 with lengths=vary"):
+        load_suites()["attention_kernels"]({**SMALL, "lengths": "vary"})

@@ -69,9 +69,16 @@ def test_autocast_reruns_the_grouped_split_in_bfloat16_mixed_precision():
         suite({"model": "tiny", "autocast": "float16"})
 
 
-def test_with_an_attention_too_each_runs_under_the_autocast_and_the_last_is_profiled():
-    from rl.bench import load_suites
+def test_with_an_attention_too_each_runs_under_the_autocast_and_the_last_is_profiled(monkeypatch):
+    from rl.bench import load_suites, scoring
 
+    profiled, top = [], scoring._top_operators
+
+    def recording(run, n):
+        profiled.append((run.args, run.keywords))
+        return top(run, n)
+
+    monkeypatch.setattr(scoring, "_top_operators", recording)
     rows = load_suites()["micro_batches"]({"model": "tiny", "episodes": 4, "micro_batch": 2, "repeats": 1,
                                            "attention": "sdpa_cudnn", "autocast": "bfloat16", "profile": 3})
     assert [(r["split"], r.get("attention"), r.get("autocast")) for r in rows] == [
@@ -79,6 +86,10 @@ def test_with_an_attention_too_each_runs_under_the_autocast_and_the_last_is_prof
         ("by_length, autocast bfloat16", "sdpa", "bfloat16"),
         ("by_length, sdpa_cudnn, autocast bfloat16", "sdpa_cudnn", "bfloat16"),
         ("by_length, sdpa_cudnn, autocast bfloat16, profiled", None, None)]
-    both = rows[4]
-    assert both["gradient_max_diff"] < 0.1 and "attention_speedup" in both and "autocast_speedup" in both
+    mixed, both = rows[3], rows[4]
+    assert both["gradient_max_diff"] < 0.1
+    # its attention against the config's under the same autocast; its autocast against none
+    assert both["attention_speedup"] == pytest.approx(mixed["loss_passes_s"] / both["loss_passes_s"])
+    assert both["autocast_speedup"] == pytest.approx(rows[1]["loss_passes_s"] / both["loss_passes_s"])
+    assert profiled == [(("by_length", "sdpa_cudnn"), {"cast": "bfloat16"})]  # the last row's run
     assert len(rows[-1]["top_operators"]) == 3

@@ -13,11 +13,12 @@ def _models(monkeypatch):
     a window shorter than the batch, and a full-attention layer); and the query shapes SDPA was handed."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    shapes = []
+    shapes, orders = [], []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def recording(query, key, value, *args, **kwargs):
         shapes.append((tuple(query.shape), tuple(key.shape), torch.is_grad_enabled(), kwargs.get("attn_mask")))
+        orders.append(torch._C._get_sdp_priority_order()[0])  # the kernel SDPA tries first
         return sdpa(query, key, value, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
@@ -29,23 +30,26 @@ def _models(monkeypatch):
         torch.manual_seed(0)
         models[impl] = Gemma3ForCausalLM(config)
         models[impl].set_attn_implementation(impl)
-    return models, shapes
+    return models, shapes, orders
 
 
 def _batch(length: int = 24):
-    ids = torch.randint(3, 64, (3, length), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(3, 64, (4, length), generator=torch.Generator().manual_seed(0))
     attention = torch.ones_like(ids)
-    attention[1, length - 8:] = 0  # right padding, as the loss passes have it
+    attention[1, length - 8:] = 0  # right padding, as the completions have it
     attention[2, length - 4:] = 0
+    attention[3, :5] = 0  # left padding, as TRL pads the prompts
     return ids, attention
 
 
 def test_a_loss_pass_runs_at_the_bucketed_length_and_gives_the_same_logits_and_gradients(monkeypatch):
-    models, shapes = _models(monkeypatch)
+    from torch.nn.attention import SDPBackend
+
+    models, shapes, orders = _models(monkeypatch)
     ids, attention = _batch()
     logits, grads = {}, {}
     for impl, model in models.items():
-        shapes.clear()
+        shapes.clear(), orders.clear()
         out = model(input_ids=ids, attention_mask=attention, labels=ids.masked_fill(attention == 0, -100))
         out.loss.backward()
         logits[impl] = out.logits.detach()
@@ -53,6 +57,8 @@ def test_a_loss_pass_runs_at_the_bucketed_length_and_gives_the_same_logits_and_g
         lengths = {(q[2], k[2]) for q, k, _, _ in shapes}
         assert lengths == ({(CUDNN_BUCKET, CUDNN_BUCKET)} if impl == "sdpa_cudnn" else {(24, 24)}), impl
         assert len(shapes) == 2  # one call per layer
+        first = SDPBackend.CUDNN_ATTENTION if impl == "sdpa_cudnn" else torch._C._get_sdp_priority_order()[0]
+        assert orders == [int(first)] * 2, impl
     for *_, mask in shapes:  # every added query row sees a key (on a GPU a row that sees none can be NaN)
         sees = mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min
         assert sees[..., 24:, :].any(dim=-1).all()
@@ -66,7 +72,7 @@ def test_a_loss_pass_runs_at_the_bucketed_length_and_gives_the_same_logits_and_g
 
 
 def test_a_length_already_on_the_bucket_is_not_padded(monkeypatch):
-    models, shapes = _models(monkeypatch)
+    models, shapes, _ = _models(monkeypatch)
     ids, attention = _batch(CUDNN_BUCKET)
     models["sdpa_cudnn"](input_ids=ids, attention_mask=attention).logits.sum().backward()
     assert {(q[2], k[2]) for q, k, _, _ in shapes} == {(CUDNN_BUCKET, CUDNN_BUCKET)}
@@ -74,7 +80,7 @@ def test_a_length_already_on_the_bucket_is_not_padded(monkeypatch):
 
 @pytest.mark.parametrize("batch_rows", [1, 3])
 def test_passes_without_gradients_and_generation_keep_their_own_lengths(monkeypatch, batch_rows):
-    models, shapes = _models(monkeypatch)
+    models, shapes, orders = _models(monkeypatch)
     ids, attention = _batch()
     ids, attention = ids[:batch_rows], attention[:batch_rows]
     model = models["sdpa_cudnn"]
@@ -87,3 +93,4 @@ def test_passes_without_gradients_and_generation_keep_their_own_lengths(monkeypa
     shapes.clear()
     model.generate(input_ids=ids, attention_mask=attention, max_new_tokens=3, do_sample=False, pad_token_id=0)
     assert shapes and all(q[2] <= 24 and not grad for q, _, grad, _ in shapes)  # the prompt, then one token a step
+    assert set(orders) == {torch._C._get_sdp_priority_order()[0]}  # PyTorch's own order: no cuDNN plan per step
