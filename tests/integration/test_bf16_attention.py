@@ -9,14 +9,12 @@ import torch
 from rl.config import ModelSection, load_config
 from rl.models import load_model
 from tests.integration.pick_env import two_step_run
+from tests.integration.small_gemma import small_gemmas
 
 
 def _pair(monkeypatch):
-    """A small Gemma 3 twice with the same float32 weights, plain SDPA and sdpa_bf16: one sliding-window layer
-    (window 8, shorter than the batch) and one full-attention layer, so both masks are used; and the dtypes SDPA
-    was handed, in order."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
+    """A small Gemma 3 twice with the same float32 weights (`small_gemmas`), plain SDPA and sdpa_bf16; and the
+    dtypes SDPA was handed, in order."""
     seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -25,15 +23,7 @@ def _pair(monkeypatch):
         return sdpa(query, key, value, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
-    models = {}
-    for impl in ("sdpa", "sdpa_bf16"):
-        config = Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                  num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
-                                  layer_types=["sliding_attention", "full_attention"], pad_token_id=0)
-        torch.manual_seed(0)
-        models[impl] = Gemma3ForCausalLM(config)
-        models[impl].set_attn_implementation(impl)
-    return models, seen
+    return small_gemmas("sdpa", "sdpa_bf16"), seen
 
 
 def _batch(vocab: int):

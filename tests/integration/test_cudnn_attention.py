@@ -6,13 +6,12 @@ import pytest
 import torch
 
 from rl.attention import CUDNN_BUCKET
+from tests.integration.small_gemma import small_gemmas
 
 
 def _models(monkeypatch):
-    """A small Gemma 3 twice with the same float32 weights, sdpa_bf16 and sdpa_cudnn (a sliding-window layer with
-    a window shorter than the batch, and a full-attention layer); and the query shapes SDPA was handed."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
+    """A small Gemma 3 twice with the same float32 weights, sdpa_bf16 and sdpa_cudnn; what SDPA was handed (query
+    and key shapes, whether gradients were on, the mask) and the kernel it was to try first."""
     shapes, orders = [], []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -22,15 +21,7 @@ def _models(monkeypatch):
         return sdpa(query, key, value, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
-    models = {}
-    for impl in ("sdpa_bf16", "sdpa_cudnn"):
-        config = Gemma3TextConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                  num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
-                                  layer_types=["sliding_attention", "full_attention"], pad_token_id=0)
-        torch.manual_seed(0)
-        models[impl] = Gemma3ForCausalLM(config)
-        models[impl].set_attn_implementation(impl)
-    return models, shapes, orders
+    return small_gemmas("sdpa_bf16", "sdpa_cudnn"), shapes, orders
 
 
 def _batch(length: int = 24):
