@@ -340,7 +340,14 @@ class VLLMBackend:
         ends_group = self.owns_process_group or end_group  # an engine in its own process leaves this one's group
         self.ended, self.owns_process_group = True, False
         try:
-            self.llm.llm_engine.engine_core.shutdown()
+            core = self.llm.llm_engine.engine_core
+            manager = getattr(getattr(core, "resources", None), "engine_manager", None)
+            processes = list(getattr(manager, "processes", []))  # the engine core's own, where it has one
+            core.shutdown()
+            # vLLM's shutdown signals its process, waits 5 s, then kills it without waiting for it to end: wait here,
+            # so that its memory (a GPU's too) is free when this returns, for an engine started next
+            for process in processes:
+                process.join(timeout=30)
             if ends_group:
                 end_process_group()  # where vLLM's shutdown leaves the default group
         except Exception:  # the run's results are written by now: a failed teardown is logged, not raised
