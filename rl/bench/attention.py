@@ -84,12 +84,12 @@ def _flex(q, k, v, lengths, window):
 def _time(kernel: str, options: dict, length: int, window, repeats: int, vary: bool, device):
     """Mean seconds of a forward and backward, and the first call's output with its inputs."""
     first = _inputs(options, length, device, window)
-    out = _call(kernel, *first[:4], first[4], first[5], window)
+    out = _call(kernel, *first, window)
     calls = [_inputs(options, length - 1 - n % 128, device, window, seed=n + 1) if vary else first
              for n in range(repeats)]
     started = time.perf_counter()
-    for q, k, v, mask, real, lengths in calls:
-        _call(kernel, q, k, v, mask, real, lengths, window)
+    for inputs in calls:
+        _call(kernel, *inputs, window)
     return (time.perf_counter() - started) / repeats, out, first
 
 
