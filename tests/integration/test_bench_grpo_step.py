@@ -14,7 +14,9 @@ TINY = ("grpo.num_generations=2;grpo.per_device_train_batch_size=2;rollout.max_t
 def test_each_backend_trains_in_its_own_run_and_its_step_splits_into_three_positive_parts(tmp_path):
     from rl.bench import load_suites
 
-    backends = "vllm,vllm:engine_process=true,hf"  # the second: vllm with rollout.vllm.engine_process=true
+    # vllm with its engine core in its own process (the in-process engine's run is the same code in the suite; its
+    # command line is checked below), and hf
+    backends = "vllm:engine_process=true,hf"
     rows = load_suites()["grpo_step"]({"model": "tiny", "steps": 3, "episodes": 4, "overrides": TINY,
                                        "backends": backends})
     assert [r["backend"] for r in rows] == backends.split(",")
@@ -30,14 +32,12 @@ def test_each_backend_trains_in_its_own_run_and_its_step_splits_into_three_posit
         assert statistics.fmean(s["generation_s"] for s in steps[1:]) == pytest.approx(row["generation_s"])
         assert statistics.fmean(s["step_s"] for s in steps[1:]) == pytest.approx(row["step_s"])
         assert all(isinstance(s["reward"], float) for s in steps)
-    *engines, hf = rows
-    for vllm in engines:  # its engine in the trainer's process, then in its own
-        assert vllm["weight_sync_s"] > 0 and hf["weight_sync_s"] == 0  # the engine got the weights of every step
-        # each push checked, after it and before it (these tiny steps may not move the weights: test_vllm_training
-        # shows the gap before a push that did)
-        assert 0 <= vllm["sync_logprob_diff_mean"] <= vllm["sync_logprob_diff_stale_mean"] + 1e-6
+    vllm, hf = rows
+    assert vllm["weight_sync_s"] > 0 and hf["weight_sync_s"] == 0  # the engine got the weights of every step
+    # each push checked, after it and before it (these tiny steps may not move the weights: test_vllm_training shows
+    # the gap before a push that did)
+    assert 0 <= vllm["sync_logprob_diff_mean"] <= vllm["sync_logprob_diff_stale_mean"] + 1e-6
     assert "sync_logprob_diff_mean" not in hf
-    vllm = engines[0]
     assert hf["step_s_over_first"] == pytest.approx(hf["step_s"] / vllm["step_s"]) and vllm["step_s_over_first"] == 1
 
 
@@ -51,6 +51,24 @@ def test_under_accelerate_a_run_of_two_processes_is_timed_the_same_way(tmp_path,
                                         "processes": 2})
     assert (row["processes"], row["steps_timed"], row["episodes"]) == (2, 1, 4)
     assert row["training_s"] > 0 and row["episodes_per_s"] == pytest.approx(4 / row["step_s"])
+
+
+def test_each_backend_entry_is_one_grpo_command_with_its_own_settings(tmp_path):
+    from rl.bench.grpo_step import grpo_command, resolve_options
+
+    opts = resolve_options({"model": "tiny", "steps": 2, "episodes": 4, "overrides": TINY,
+                            "backends": "vllm,vllm:engine_process=true:admit=together,hf"})
+    sets = []
+    for entry in opts["backends"]:
+        command = grpo_command(opts, entry, tmp_path)
+        name = command[command.index("--name") + 1]
+        sets.append((name, [command[i + 1] for i, arg in enumerate(command) if arg == "--set"]))
+    assert [name for name, _ in sets] == ["vllm", "vllm-engine_process-true-admit-together", "hf"]
+    for (name, own), backend in zip(sets, ("vllm", "vllm", "hf")):
+        assert f"rollout.backend={backend}" in own and "grpo.gradient_accumulation_steps=2" in own  # 4 episodes of 2
+        entry_sets = [s for s in own if s.startswith(("rollout.vllm.engine_process", "rollout.vllm.admit"))]
+        assert entry_sets == (["rollout.vllm.engine_process=true", "rollout.vllm.admit=together"]
+                              if name != backend else [])
 
 
 @pytest.mark.parametrize("options, error", [

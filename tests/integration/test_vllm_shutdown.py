@@ -60,10 +60,15 @@ if kept:
 print("RESULT", len(out.token_ids), made, dist.is_initialized(), kept)
 """
     root = Path(__file__).resolve().parents[2]
-    for group, expected in (("none", "RESULT 4 True False False"), ("launcher", "RESULT 4 False True True"),
-                            ("launcher, run's end", "RESULT 4 False False False")):
-        done = subprocess.run([sys.executable, "-c", script, str(tmp_path), group], capture_output=True, text=True,
-                              timeout=600, cwd=root, check=False)
-        assert expected in done.stdout, (group, done.stdout[-500:], done.stderr[-3000:])
+    cases = {"none": "RESULT 4 True False False", "launcher": "RESULT 4 False True True",
+             "launcher, run's end": "RESULT 4 False False False"}
+    started = {}  # the three at once, each with a folder of its own (the file store, the engine's)
+    for i, group in enumerate(cases):
+        (tmp_path / str(i)).mkdir()
+        started[group] = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / str(i)), group], cwd=root,
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for group, expected in cases.items():
+        stdout, stderr = started[group].communicate(timeout=600)
+        assert expected in stdout, (group, stdout[-500:], stderr[-3000:])
         # nothing left for the process's exit to tear down and fail on
-        assert done.returncode == 0 and "Exception ignored" not in done.stderr, (group, done.stderr[-3000:])
+        assert started[group].returncode == 0 and "Exception ignored" not in stderr, (group, stderr[-3000:])

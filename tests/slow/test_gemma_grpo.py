@@ -16,6 +16,7 @@ def test_two_grpo_steps_on_gemma_270m(tmp_path):
     cfg = load_config(ROOT / "configs" / "sudoku.yaml", [
         f"output_dir={tmp_path}", "name=gemma", "grpo.max_steps=2", "grpo.save_steps=2", "log.wandb=off",
         "rollout.max_turns=3", "rollout.max_new_tokens=32", "rollout.max_completion_tokens=256",
+        "grpo.num_generations=2", "grpo.per_device_train_batch_size=2",  # one group of 2 episodes a step
     ])
     assert cfg.model.name == "gemma-3-270m"
     out = train(cfg)
