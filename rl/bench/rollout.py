@@ -3,9 +3,13 @@
     python launch/bench.py --suite generation --set prompts=16 --set max_turns=4
     python launch/bench.py --suite generation --set prompts=64 --set max_turns=8 \
         --set 'engine_args={compilation_config: {cudagraph_mode: FULL}}'
+    python launch/bench.py --suite generation --set model=runs/sft --set config=configs/sudoku-sft.yaml \
+        --set prompts=256 --set max_turns=12   # a GRPO step's rollout of that config
     python launch/bench.py --suite weight_sync
 
-Both load Gemma 3 270M (float32 on CPU; bf16 on a GPU, where the model sits for the hf backend) and
+Both load Gemma 3 270M in the config's `model.dtype` (configs/sudoku.yaml's `auto`: float32 on CPU, bf16 on a GPU,
+where the model sits for the hf backend; `generation` takes the `config` whose env, chat format, dtype and rollout
+settings it plays, and the `model`) and
 start one vLLM engine, its core in this process; `--set engine_process=true` runs it in a process of its own,
 `both` starts one of each and adds their rows. Rates are the best of `repeats` runs, since a shared machine
 mostly adds noise that only slows runs down.
@@ -34,7 +38,11 @@ def _setup(options: dict):
     from rl.models import load_model
     from rl.toolcalls import get_format
 
-    cfg = load_config(CONFIG, [f"model.name={options.get('model', 'gemma-3-270m')}"])
+    config = Path(str(options.get("config", CONFIG)))
+    if not config.is_file():
+        raise ValueError(f"config={options['config']!r}: no such file (accepted: a toolgym config, e.g. "
+                         "configs/sudoku-sft.yaml; its env, chat format and rollout settings are played)")
+    cfg = load_config(config, [f"model.name={options.get('model', 'gemma-3-270m')}"])
     model, tokenizer = load_model(cfg.model)
     if torch.cuda.is_available():  # the hf backend generates where the trainer would hold the model
         model.to("cuda")
@@ -242,7 +250,8 @@ def _turn_rows(results: dict, test: str, n: int, ceiling: float, own_process: bo
     return rows
 
 
-@suite("generation", options=["model", "prompts", "repeats", "max_turns", "max_new_tokens", *ENGINE_OPTIONS])
+@suite("generation", options=["model", "config", "prompts", "repeats", "max_turns", "max_new_tokens",
+                              *ENGINE_OPTIONS])
 def generation(options: dict) -> list[dict]:
     """Generated tokens/s on Sudoku prompts: transformers vs vLLM colocate vs raw vllm.LLM.generate."""
     from vllm.inputs import TokensPrompt

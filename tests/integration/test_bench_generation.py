@@ -88,3 +88,18 @@ def test_weight_sync_pushes_the_same_tensors_into_an_engine_core_in_either_proce
         assert here["tensors"] == there["tensors"] > 0 and here["seconds"] > 0 and there["seconds"] > 0
     with pytest.raises(ValueError, match=r"engine_process='yes' is not accepted \(accepted: false, true, both\)"):
         load_suites()["weight_sync"]({"model": "tiny", "engine_process": "yes"})
+
+
+def test_the_suite_plays_the_config_it_is_given_and_names_a_missing_one():
+    from pathlib import Path
+
+    from rl.bench.rollout import _setup
+
+    root = Path(__file__).resolve().parents[2]
+    cfg, _, _, _, env_cls = _setup({"model": "tiny", "config": str(root / "configs" / "sudoku-sft.yaml")})
+    assert (cfg.model.name, cfg.model.dtype, cfg.env.kwargs["difficulty"]) == ("tiny", "float32", "hard")
+    assert (cfg.rollout.max_turns, cfg.rollout.response_prefix, env_cls.__name__) == (12, "", "SudokuEnv")
+    default, *_ = _setup({"model": "tiny"})
+    assert default.env.kwargs["difficulty"] == "easy" and default.rollout.response_prefix  # configs/sudoku.yaml
+    with pytest.raises(ValueError, match=r"config='nosuch.yaml': no such file \(accepted: a toolgym config"):
+        _setup({"model": "tiny", "config": "nosuch.yaml"})

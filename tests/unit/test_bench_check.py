@@ -63,7 +63,7 @@ def test_the_cli_refuses_an_option_the_suite_does_not_read_before_it_starts(tmp_
         main(["--suite", "generation", "--out", str(tmp_path), "--set", "promts=64", "--set", "max_turns=8",
               "--set", f"model={tmp_path / 'no-model'}"])  # a suite that started would stop here, not at 2
     assert exit_info.value.code == 2
-    assert ("error: unknown generation option(s) ['promts'] (accepted: model, prompts, repeats, max_turns, "
+    assert ("error: unknown generation option(s) ['promts'] (accepted: model, config, prompts, repeats, max_turns, "
             "max_new_tokens, kv_cache_gib, max_model_len, engine_args, engine_process)") in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
