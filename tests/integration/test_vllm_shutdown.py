@@ -62,13 +62,23 @@ print("RESULT", len(out.token_ids), made, dist.is_initialized(), kept)
     root = Path(__file__).resolve().parents[2]
     cases = {"none": "RESULT 4 True False False", "launcher": "RESULT 4 False True True",
              "launcher, run's end": "RESULT 4 False False False"}
-    started = {}  # the three at once, each with a folder of its own (the file store, the engine's)
-    for i, group in enumerate(cases):
-        (tmp_path / str(i)).mkdir()
-        started[group] = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / str(i)), group], cwd=root,
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for group, expected in cases.items():
-        stdout, stderr = started[group].communicate(timeout=600)
-        assert expected in stdout, (group, stdout[-500:], stderr[-3000:])
-        # nothing left for the process's exit to tear down and fail on
-        assert started[group].returncode == 0 and "Exception ignored" not in stderr, (group, stderr[-3000:])
+    started = {}  # the three at once, each with a folder of its own (the file store, the engine's, its output)
+    try:
+        for i, group in enumerate(cases):
+            folder = tmp_path / str(i)
+            folder.mkdir()
+            with (folder / "out").open("w") as out, (folder / "err").open("w") as err:
+                started[group] = (folder, subprocess.Popen([sys.executable, "-c", script, str(folder), group],
+                                                           cwd=root, stdout=out, stderr=err))
+        for group, expected in cases.items():
+            folder, process = started[group]
+            process.wait(timeout=600)
+            stdout, stderr = (folder / "out").read_text(), (folder / "err").read_text()
+            assert expected in stdout, (group, stdout[-500:], stderr[-3000:])
+            # nothing left for the process's exit to tear down and fail on
+            assert process.returncode == 0 and "Exception ignored" not in stderr, (group, stderr[-3000:])
+    finally:  # a failed or timed-out case leaves none of them running
+        for _, process in started.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
