@@ -101,5 +101,5 @@ def test_the_suite_plays_the_config_it_is_given_and_names_a_missing_one():
     assert (cfg.rollout.max_turns, cfg.rollout.response_prefix, env_cls.__name__) == (12, "", "SudokuEnv")
     default, *_ = _setup({"model": "tiny"})
     assert default.env.kwargs["difficulty"] == "easy" and default.rollout.response_prefix  # configs/sudoku.yaml
-    with pytest.raises(ValueError, match=r"config='nosuch.yaml': no such file \(accepted: a toolgym config"):
+    with pytest.raises(ValueError, match=r"config file 'nosuch.yaml' not found"):
         _setup({"model": "tiny", "config": "nosuch.yaml"})
