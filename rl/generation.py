@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
+from rl.engine_clock import EngineClock
 from rl.stop_strings import CONTEXT_TOKENS, StopStrings
 
 if TYPE_CHECKING:
@@ -187,6 +188,7 @@ class BatchedStream:
         self.batch = batch
         self.gate = RoundGate(episodes, wait_s, self._start)
         self.worker = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="generate")
+        self.clock = EngineClock()  # its batched calls
 
     async def generate(self, key: int, prompt: list[int], params: SamplingParams) -> Generation:
         future = asyncio.get_running_loop().create_future()
@@ -218,7 +220,7 @@ class BatchedStream:
             params = replace(group[0][2], max_new_tokens=max(r[2].max_new_tokens for r in group))
             keys, prompts = [r[0] for r in group], [r[1] for r in group]
             try:
-                outputs = await loop.run_in_executor(self.worker, self.batch, keys, prompts, params)
+                outputs = await loop.run_in_executor(self.worker, self.clock.timed, self.batch, keys, prompts, params)
                 if len(outputs) != len(group):  # a turn left unanswered would stall the gate's rounds
                     raise RuntimeError(f"the backend returned {len(outputs)} generations for {len(group)} prompts")
             except Exception as e:  # noqa: BLE001 - handed to the episodes that asked

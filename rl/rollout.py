@@ -333,13 +333,13 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
                  progress: Callable[[int, int, int], None] | None = None) -> list[Trajectory]:
     """Play one episode per (env, seed) pair, all together, and return their trajectories.
 
-    `metrics`, if given, receives timing and token counts for the whole batch:
-    `generation_s` / `env_s` are the wall time during which some episode was generating /
-    in an env step (they overlap), `wall_s` the whole rollout. `policy`, if given, stands
-    in for the model (experts, random play): it sees the env and returns an action, which
-    is rendered in the tool-call format and laid out exactly as model tokens would be.
-    `progress`, if given, is called as each episode ends with (episodes ended, episodes, tokens
-    generated so far).
+    `metrics`, if given, receives timing and token counts for the whole batch: `generation_s` / `env_s` are the wall
+    time during which some episode was generating / in an env step (they overlap), `wall_s` the whole rollout; where
+    this process runs the engine's steps (an engine in this process or its core's outputs, a batch-only backend's
+    calls: `EngineClock`), `engine_steps` and `engine_busy_s`, the time in them. `policy`, if given, stands in for the
+    model (experts, random play): it sees the env and returns an action, which is rendered in the tool-call format and
+    laid out exactly as model tokens would be. `progress`, if given, is called as each episode ends with (episodes
+    ended, episodes, tokens generated so far).
     """
     if len(envs) != len(seeds):
         raise ValueError(f"got {len(envs)} envs but {len(seeds)} seeds")
@@ -364,6 +364,9 @@ def run_episodes(envs: list[ToolEnv], seeds: list[int | None], backend: Generati
     if metrics is not None:
         metrics.update(generation_s=rollout.generating.total, env_s=rollout.stepping.total,
                        generated_tokens=rollout.generated_tokens, wall_s=time.perf_counter() - started)
+        clock = getattr(rollout.stream, "clock", None)  # a stream that runs the engine's steps (not a server's)
+        if clock is not None:
+            metrics.update(engine_steps=clock.steps, engine_busy_s=clock.busy_s)
     return [_trajectory(ep) for ep in episodes]
 
 

@@ -195,6 +195,9 @@ class EpisodeRollouts:
         metrics["rollout/generation_s"].append(timing.get("generation_s", 0.0))
         metrics["rollout/env_s"].append(timing.get("env_s", 0.0))
         metrics["rollout/wall_s"].append(elapsed)
+        if "engine_steps" in timing:  # the rest of the rollout the engine waited for its episodes
+            metrics["rollout/engine_steps"].append(timing["engine_steps"])
+            metrics["rollout/engine_busy_s"].append(timing["engine_busy_s"])
         sync = getattr(self.backend, "last_sync", None)
         if sync:
             metrics["rollout/weight_sync_s"].append(sync["seconds"])

@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rl.engine_clock import EngineClock
 from rl.generation import Generation, RoundGate, SamplingParams
 from rl.stop_strings import CONTEXT_TOKENS, StopStrings
 
@@ -140,6 +141,7 @@ class EngineStream:
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.requests = itertools.count()
         self.gate = None if episodes is None else RoundGate(episodes, wait_s, self.inbox.put)  # a round: one item
+        self.clock = EngineClock()  # its engine steps, in the driver thread
         self.thread = threading.Thread(target=self._drive, name="vllm-engine", daemon=True)
         self.switched = _lower_switch_interval(switch_interval_s)
         self.thread.start()
@@ -249,7 +251,7 @@ class EngineStream:
 
     def _step(self, rows: dict[str, _Row]) -> None:
         try:
-            outputs = self.engine.step()
+            outputs = self.clock.timed(self.engine.step)
         except Exception as e:  # noqa: BLE001 - the engine is broken: every waiting episode hears it
             for row in rows.values():
                 self._resolve(row.future, e)

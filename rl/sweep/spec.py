@@ -46,8 +46,8 @@ TRAIN_METRICS = (
     "step_time", "kl", "train/nonfinite_update", "completions/mean_length", "completions/min_length",
     "completions/max_length", "completions/clipped_ratio", "completions/mean_terminated_length",
     *(f"env/{k}" for k in (*STEP_FACTS, "crashed", "generation_failed")), "rollout/tokens_per_s",
-    "rollout/generation_s", "rollout/env_s", "rollout/wall_s", "step_advantage/shared_state_turns",
-    "step_advantage/abs_mean")
+    "rollout/generation_s", "rollout/env_s", "rollout/wall_s", "rollout/engine_steps", "rollout/engine_busy_s",
+    "step_advantage/shared_state_turns", "step_advantage/abs_mean")
 HELDOUT_METRICS = ("heldout/solve_rate", "heldout/mean_return", "heldout/invalid_call_rate",
                    "heldout/format_error_rate")
 # What an eval.py result holds (rl/evaluation.py summarize_infos), for `read: eval`

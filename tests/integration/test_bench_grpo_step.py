@@ -32,6 +32,9 @@ def test_each_backend_trains_in_its_own_run_and_its_step_splits_into_three_posit
         assert statistics.fmean(s["generation_s"] for s in steps[1:]) == pytest.approx(row["generation_s"])
         assert statistics.fmean(s["step_s"] for s in steps[1:]) == pytest.approx(row["step_s"])
         assert all(isinstance(s["reward"], float) for s in steps)
+        # the engine's steps (hf: its batched calls) ran in the trainer's process, and took part of the generation
+        assert row["engine_steps"] >= 1 and 0 < row["engine_busy_s"] < row["generation_s"]
+        assert statistics.fmean(s["engine_busy_s"] for s in steps[1:]) == pytest.approx(row["engine_busy_s"])
     vllm, hf = rows
     assert vllm["weight_sync_s"] > 0 and hf["weight_sync_s"] == 0  # the engine got the weights of every step
     # each push checked, after it and before it (these tiny steps may not move the weights: test_vllm_training shows

@@ -295,12 +295,17 @@ def test_a_rollout_with_turns_admitted_together_adds_each_round_before_one_step(
     from rl.toolcalls import get_format
     from tests.integration.pick_env import PickEnv
 
-    added = added_after_steps(backend.llm.llm_engine, monkeypatch)
+    engine, stepped, metrics = backend.llm.llm_engine, [], {}
+    added = added_after_steps(engine, monkeypatch)
+    step = engine.step
+    monkeypatch.setattr(engine, "step", lambda: stepped.append(1) or step())
     monkeypatch.setattr(backend, "admit", "together")
     chat = ChatFormat(tiny_tokenizer, get_format("first_digit"), {})
     # batch_wait_s: on a slow machine, an episode's env step must not let the others go without it
     settings = RolloutSection(max_turns=3, max_new_tokens=8, max_completion_tokens=200, batch_wait_s=30)
-    trajectories = run_episodes([PickEnv() for _ in range(4)], [0, 1, 2, 3], backend, chat, settings)
+    trajectories = run_episodes([PickEnv() for _ in range(4)], [0, 1, 2, 3], backend, chat, settings, metrics=metrics)
+    # the rollout's engine clock counted every engine step, and the time in them is part of the rollout
+    assert metrics["engine_steps"] == len(stepped) > 0 and 0 < metrics["engine_busy_s"] < metrics["wall_s"]
     turns: dict[int, list[tuple[int, int]]] = {}  # episode -> (request number, steps before it was added)
     for request, steps in added.items():  # episode-<episode>-<request number, counting across the rollout>
         _, episode, n = request.split("-")

@@ -63,6 +63,21 @@ def test_overlapping_time_is_reported_as_wall_time(chat, scripted):
     assert metrics["generated_tokens"] > 0
 
 
+def test_the_engine_clock_holds_the_backends_calls_and_not_the_env_steps_between_them(chat, scripted):
+    metrics = {}
+
+    def slow(context, turn):
+        time.sleep(0.05)  # per row: a call for both episodes takes 0.1 s
+        return SHOW
+
+    run_episodes([TimedEnv(0.2) for _ in range(2)], [0, 1], scripted(slow), chat,
+                 RolloutSection(max_turns=3, batch_wait_s=30), metrics=metrics)
+    assert metrics["engine_steps"] == 3  # one batched call a round
+    assert 0.3 <= metrics["engine_busy_s"] < 0.55
+    # the three rounds' env steps (0.2 s each, the two episodes' side by side) are the rest of the rollout
+    assert metrics["wall_s"] - metrics["engine_busy_s"] >= 0.55 and metrics["env_s"] >= 0.55
+
+
 def test_turns_of_episodes_cancelled_while_they_waited_are_never_generated():
     """A batch that raises cancels its other episodes (rl/rollout.py); a batch-only backend must not be handed
     the turns they were waiting for once they stop, when it would start their batch."""
