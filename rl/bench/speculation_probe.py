@@ -6,8 +6,8 @@ themselves, and drafts of its own earlier tokens get accepted); 16 rows of 24 to
 `--temperature`, once without speculation and once with `speculative_config` (`ngram` on a CPU, `ngram_gpu` on CUDA),
 each engine in a process of its own, float32 on both sides. Per engine, one JSON line: its steps, the tokens, the
 NaN logprobs, the tokens under a logprob of -1, and the largest gap between a finite engine logprob and the
-trainer's forward pass (log_softmax(logits / T) of the sampled token; T = 1 for greedy decoding). What vLLM 0.32's CPU engine gave:
-rl/bench/baselines/README.md, "n-gram speculation: NaN logprobs on vLLM 0.32's CPU engine".
+trainer's forward pass (log_softmax(logits / T) of the sampled token; T = 1 for greedy decoding). What vLLM 0.32's
+CPU engine gave: rl/bench/baselines/README.md, "n-gram speculation: NaN logprobs on vLLM 0.32's CPU engine".
 
     python -m rl.bench.speculation_probe [--temperature 1.0] [--logprobs-mode processed_logprobs]
 """

@@ -69,6 +69,8 @@ def test_yaml_and_dotted_overrides(tmp_path):
      r"sets worker_extension_cls, which an engine in its own process \(rollout.vllm.engine_process=true\) needs"),
     ("rollout.vllm.engine_args={worker_extension_cls: my.Ext}", None),  # an in-process engine may have one
     ("rollout.vllm.engine_args={engine_process: true}", "use engine_process: rollout.vllm.engine_process"),
+    ("rollout.vllm.engine_args={speculative_config: {method: ngram, num_speculative_tokens: 4}}",
+     "sets speculative_config, which is not accepted: sampled with n-gram speculation"),
 ])
 def test_bad_config_is_named(override, message):
     if message is None:
