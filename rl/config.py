@@ -47,8 +47,7 @@ class VLLMSection:
     admit: str = "each"
     engine_process: bool = False  # the engine core in its own process, off the trainer's GIL: rl/vllm_worker.py
     # More `vllm.LLM` arguments, e.g. {compilation_config: {cudagraph_mode: FULL}} or {enforce_eager: true}; the
-    # keys the fields above set are refused (see VLLM_ENGINE_ARGS_SET_BY), and speculative_config (its sampled
-    # tokens' logprobs: rl/bench/speculation_probe.py).
+    # keys the fields above set are refused (VLLM_ENGINE_ARGS_SET_BY), as is speculative_config (rl/config_checks.py)
     engine_args: dict[str, Any] = field(default_factory=dict)
     urls: list[str] = field(default_factory=list)  # vllm-server: servers started with launch/serve_vllm.py
     timeout_s: float = 300.0  # vllm-server: per request

@@ -141,7 +141,7 @@ class EngineStream:
         self.inbox: queue.SimpleQueue = queue.SimpleQueue()
         self.requests = itertools.count()
         self.gate = None if episodes is None else RoundGate(episodes, wait_s, self.inbox.put)  # a round: one item
-        self.clock = EngineClock()  # its engine steps, in the driver thread
+        self.clock = EngineClock()  # its engine steps with their outputs' handling, in the driver thread
         self.thread = threading.Thread(target=self._drive, name="vllm-engine", daemon=True)
         self.switched = _lower_switch_interval(switch_interval_s)
         self.thread.start()
@@ -232,7 +232,7 @@ class EngineStream:
                     break
                 self._add(rows, *item)
             if self.engine.has_unfinished_requests():
-                self._step(rows)
+                self.clock.timed(self._step, rows)
             elif held:
                 _, fn, _, row = held.pop()
                 try:
@@ -251,7 +251,7 @@ class EngineStream:
 
     def _step(self, rows: dict[str, _Row]) -> None:
         try:
-            outputs = self.clock.timed(self.engine.step)
+            outputs = self.engine.step()
         except Exception as e:  # noqa: BLE001 - the engine is broken: every waiting episode hears it
             for row in rows.values():
                 self._resolve(row.future, e)

@@ -44,12 +44,12 @@ def one_engine(speculate: bool, temperature: float, logprobs_mode: str) -> dict:
     from rl.vllm_weights import save_for_vllm
 
     model, tokenizer = sharp_tiny_model()
-    folder = tempfile.mkdtemp(prefix="speculation-probe-")
-    save_for_vllm(model, tokenizer, folder)
+    folder = tempfile.TemporaryDirectory(prefix="speculation-probe-")  # removed as the process ends
+    save_for_vllm(model, tokenizer, folder.name)
     on_gpu = torch.cuda.is_available()
     method = "ngram_gpu" if on_gpu else "ngram"
     spec = {"method": method, "num_speculative_tokens": 4, "prompt_lookup_min": 2, "prompt_lookup_max": 4}
-    llm = LLM(model=folder, dtype="float32", kv_cache_memory_bytes=2**28, max_model_len=2048, seed=0,
+    llm = LLM(model=folder.name, dtype="float32", kv_cache_memory_bytes=2**28, max_model_len=2048, seed=0,
               enforce_eager=not on_gpu, logprobs_mode=logprobs_mode, speculative_config=spec if speculate else None,
               gpu_memory_utilization=0.3)
     steps, step = [], llm.llm_engine.step

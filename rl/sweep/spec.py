@@ -40,7 +40,7 @@ RESERVED = {"name": "the sweep names each trial's run", "output_dir": "set it un
             "to <output_dir>/<sweep name>/)", "grpo.seed": "list the seeds under seeds:",
             "log.group": "the sweep's wandb group is its name"}
 # What a GRPO run logs in metrics.jsonl (TRL's GRPOTrainer, rl/trainer.py, rl/trl_hooks.py, rl/heldout.py);
-# rewards/<name>/mean|std come from the run's rewards.
+# rewards/<name>/mean|std come from the run's rewards; rollout/engine_* not on rollout.backend=vllm-server.
 TRAIN_METRICS = (
     "reward", "reward_std", "loss", "grad_norm", "learning_rate", "entropy", "frac_reward_zero_std", "num_tokens",
     "step_time", "kl", "train/nonfinite_update", "completions/mean_length", "completions/min_length",

@@ -73,7 +73,7 @@ def test_the_engine_clock_holds_the_backends_calls_and_not_the_env_steps_between
     run_episodes([TimedEnv(0.2) for _ in range(2)], [0, 1], scripted(slow), chat,
                  RolloutSection(max_turns=3, batch_wait_s=30), metrics=metrics)
     assert metrics["engine_steps"] == 3  # one batched call a round
-    assert 0.3 <= metrics["engine_busy_s"] < 0.55
+    assert 0.3 <= metrics["engine_busy_s"] < 0.85  # the env steps counted in would make it 0.9 s or more
     # the three rounds' env steps (0.2 s each, the two episodes' side by side) are the rest of the rollout
     assert metrics["wall_s"] - metrics["engine_busy_s"] >= 0.55 and metrics["env_s"] >= 0.55
 
