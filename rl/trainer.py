@@ -195,7 +195,7 @@ class EpisodeRollouts:
         metrics["rollout/generation_s"].append(timing.get("generation_s", 0.0))
         metrics["rollout/env_s"].append(timing.get("env_s", 0.0))
         metrics["rollout/wall_s"].append(elapsed)
-        if "engine_steps" in timing:  # the rest of the rollout the engine waited for its episodes
+        if "engine_steps" in timing:  # the engine's steps, where they run in this process (rl/engine_clock.py)
             metrics["rollout/engine_steps"].append(timing["engine_steps"])
             metrics["rollout/engine_busy_s"].append(timing["engine_busy_s"])
         sync = getattr(self.backend, "last_sync", None)

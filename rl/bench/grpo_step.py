@@ -16,8 +16,8 @@ captures CUDA graphs; each step's parts come from the run's metrics.jsonl:
 - training: the step's wall time (`perf/step_s`, optimizer step included) minus `time/generate_and_score_s`:
   the loss passes, clipping and the optimizer step;
 - engine: `rollout/engine_steps` and `rollout/engine_busy_s`, the engine's steps (`hf`: its batched `generate`
-  calls) and the time in them, where they run in the trainer's process (`rl/engine_clock.py`); generation minus
-  the weight push and that time is the engine waiting for its episodes (env steps, their next turns' tokens);
+  calls) and the time in them, where they run in the trainer's process (`rl/engine_clock.py`); the rest of the
+  generation is the weight push and its check, adding requests, and the engine waiting for its episodes;
 - on `vllm`, the check of each weight push: `sync_logprob_diff_mean` (engine vs trainer after the
   push) and `sync_logprob_diff_stale_mean` (before it), in nats per token.
 
@@ -139,8 +139,7 @@ def step_parts(rows: list[dict]) -> dict:
              "solved": mean(lambda r: r.get("env/solved", 0.0))}
     # an engine's check of each push (rl.vllm_weights.push_checked): the mean logprob gap to the trainer after
     # the push, and before it (the engine still on the last step's weights)
-    # and where the engine's steps run in the trainer's process (rl.engine_clock), their count and time in them:
-    # the rest of the generation is the weight push and the engine waiting for its episodes
+    # and where the engine's steps run in the trainer's process (rl.engine_clock), their count and time in them
     for key in ("sync_logprob_diff_mean", "sync_logprob_diff_stale_mean", "engine_steps", "engine_busy_s"):
         if all(f"rollout/{key}" in r for r in timed):
             parts[key] = mean(lambda r, k=f"rollout/{key}": r[k])
