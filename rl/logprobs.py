@@ -25,6 +25,14 @@ import torch
 SCORE_MASK = "score_mask"  # the training batch's column: (B, T) bool, True on the model's tokens
 
 
+def forward_logprobs(model, prompt: list[int], ids: list[int], temperature: float = 1.0) -> list[float]:
+    """What the trainer computes for `ids` sampled after `prompt`, in one forward pass: log_softmax(logits / T) of
+    the taken tokens (the quantity a generation backend's logprobs are checked against)."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1] / temperature
+    return torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1).tolist()
+
+
 def pad_masks(masks: list[list[int]], width: int, device: Any = None) -> torch.Tensor:
     """Per-row 0/1 lists -> (rows, width) bool, right-padded with False (padding is never scored)."""
     out = torch.zeros(len(masks), width, dtype=torch.bool)

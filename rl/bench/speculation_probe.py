@@ -41,6 +41,7 @@ def one_engine(speculate: bool, temperature: float, logprobs_mode: str) -> dict:
     import torch
     from vllm import LLM, SamplingParams
 
+    from rl.logprobs import forward_logprobs
     from rl.vllm_weights import save_for_vllm
 
     model, tokenizer = sharp_tiny_model()
@@ -58,12 +59,9 @@ def one_engine(speculate: bool, temperature: float, logprobs_mode: str) -> dict:
     rows = [out.outputs[0] for out in llm.generate([{"prompt_token_ids": PROMPT}] * 16, params, use_tqdm=False)]
     engine = [[entry[t].logprob for entry, t in zip(row.logprobs, row.token_ids)] for row in rows]
     gaps = []
-    with torch.no_grad():
-        for row, logprobs in zip(rows, engine):
-            ids = list(row.token_ids)
-            logits = model(torch.tensor([PROMPT + ids])).logits[0, len(PROMPT) - 1:-1].float() / (temperature or 1.0)
-            trainer = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1).tolist()
-            gaps += [abs(a - b) for a, b in zip(logprobs, trainer) if not math.isnan(a)]
+    for row, logprobs in zip(rows, engine):
+        trainer = forward_logprobs(model, PROMPT, list(row.token_ids), temperature or 1.0)
+        gaps += [abs(a - b) for a, b in zip(logprobs, trainer) if not math.isnan(a)]
     flat = [x for row in engine for x in row]
     return {"speculation": method if speculate else None, "temperature": temperature, "logprobs_mode": logprobs_mode,
             "engine_steps": len(steps), "tokens": len(flat), "nan_logprobs": sum(map(math.isnan, flat)),

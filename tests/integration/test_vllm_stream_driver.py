@@ -138,9 +138,10 @@ def test_a_driver_that_breaks_while_a_weight_update_waits_tells_the_update_and_l
     assert backend.generate([PROMPTS[0]], GREEDY)[0].token_ids  # the engine itself serves on
 
 
-def added_after_steps(engine, monkeypatch) -> dict[str, int]:
-    """Request id -> how many engine steps had run when the driver added it (recorded from now on)."""
-    steps, added = [0], {}
+def added_after_steps(engine, monkeypatch, steps: list[int] | None = None) -> dict[str, int]:
+    """Request id -> how many engine steps had run when the driver added it (recorded from now on); `steps`, if
+    given (one number), is the count it keeps."""
+    steps, added = steps if steps is not None else [0], {}
     step, add = engine.step, engine.add_request
 
     def counted():
@@ -295,17 +296,15 @@ def test_a_rollout_with_turns_admitted_together_adds_each_round_before_one_step(
     from rl.toolcalls import get_format
     from tests.integration.pick_env import PickEnv
 
-    engine, stepped, metrics = backend.llm.llm_engine, [], {}
-    added = added_after_steps(engine, monkeypatch)
-    step = engine.step
-    monkeypatch.setattr(engine, "step", lambda: stepped.append(1) or step())
+    stepped, metrics = [0], {}
+    added = added_after_steps(backend.llm.llm_engine, monkeypatch, stepped)
     monkeypatch.setattr(backend, "admit", "together")
     chat = ChatFormat(tiny_tokenizer, get_format("first_digit"), {})
     # batch_wait_s: on a slow machine, an episode's env step must not let the others go without it
     settings = RolloutSection(max_turns=3, max_new_tokens=8, max_completion_tokens=200, batch_wait_s=30)
     trajectories = run_episodes([PickEnv() for _ in range(4)], [0, 1, 2, 3], backend, chat, settings, metrics=metrics)
     # the rollout's engine clock counted every engine step, and the time in them is part of the rollout
-    assert metrics["engine_steps"] == len(stepped) > 0 and 0 < metrics["engine_busy_s"] < metrics["wall_s"]
+    assert metrics["engine_steps"] == stepped[0] > 0 and 0 < metrics["engine_busy_s"] < metrics["wall_s"]
     turns: dict[int, list[tuple[int, int]]] = {}  # episode -> (request number, steps before it was added)
     for request, steps in added.items():  # episode-<episode>-<request number, counting across the rollout>
         _, episode, n = request.split("-")
