@@ -24,8 +24,10 @@ GREEDY = SamplingParams(temperature=0, max_new_tokens=12)
 @pytest.fixture(scope="module")
 def backend(tiny_tokenizer, tmp_path_factory):
     model = tiny_model(len(tiny_tokenizer), seed=3).eval()
-    return VLLMBackend.from_model(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny-vllm"), dtype="float32",
-                                  kv_cache_gib=0.25, max_model_len=2048, seed=0)
+    engine = VLLMBackend.from_model(model, tiny_tokenizer, tmp_path_factory.mktemp("tiny-vllm"), dtype="float32",
+                                    kv_cache_gib=0.25, max_model_len=2048, seed=0)
+    yield engine
+    engine.shutdown()  # and the process group it set up: later files' tests start without one
 
 
 def streamed(backend, params, prompts=PROMPTS) -> list:
