@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 
 import pytest
@@ -84,6 +85,18 @@ def lm_head_rows(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", Counting)
     return projected
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_process_group_left(request):
+    """A file's tests end the process group they set up (a vLLM engine's shutdown ends the one it made): with the
+    files shared out among workers (`pytest -n 2`), a group left behind would meet whichever file a worker runs next.
+    Fails the file that leaves one, and ends it."""
+    yield
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
+        pytest.fail(f"{request.module.__name__} left a torch.distributed process group set up")
 
 
 TIERS = ("unit", "integration", "slow")  # fastest first: a break in a pure-Python unit shows in minutes

@@ -82,9 +82,12 @@ def test_engine_dtype_is_the_trainers_unless_the_config_names_one(tmp_path):
     from rl.config import ConfigError
 
     trainer = build_trainer(config(tmp_path, "vllm", "grpo.max_steps=1", "rollout.vllm.dtype=bfloat16"))
-    trainer.train()
-    assert trainer.model.dtype == torch.float32
-    assert trainer.rollout_func.backend.llm.llm_engine.model_config.dtype == torch.bfloat16
+    try:
+        trainer.train()
+        assert trainer.model.dtype == torch.float32
+        assert trainer.rollout_func.backend.llm.llm_engine.model_config.dtype == torch.bfloat16
+    finally:
+        trainer.rollout_func.backend.shutdown()  # and the process group it set up
     with pytest.raises(ConfigError, match="rollout.vllm.dtype='fp8' is not accepted"):
         config(tmp_path, "vllm", "rollout.vllm.dtype=fp8")
 
