@@ -94,8 +94,16 @@ def no_process_group_left(request):
     Fails the file that leaves one, and ends it."""
     yield
     distributed = sys.modules.get("torch.distributed")
-    if distributed is not None and distributed.is_available() and distributed.is_initialized():
-        distributed.destroy_process_group()
+    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+        return
+    try:  # vLLM's records of its groups go too, or the next engine in this process would take them as set up
+        vllm_state = sys.modules.get("vllm.distributed.parallel_state")
+        if vllm_state is not None:
+            vllm_state.destroy_model_parallel()
+            vllm_state.destroy_distributed_environment()
+        if distributed.is_initialized():
+            distributed.destroy_process_group()
+    finally:
         pytest.fail(f"{request.module.__name__} left a torch.distributed process group set up")
 
 

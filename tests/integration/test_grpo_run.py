@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.integration.servers import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -40,6 +42,7 @@ def test_two_processes_under_accelerate(tmp_path):
     """Data-parallel ranks each roll out their own slice of the batch; metrics are gathered."""
     result = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+         "--main_process_port", str(free_port()),  # not 29500: another test's run may hold it (pytest -n 2)
          str(ROOT / "launch" / "grpo.py"), "--env", "sudoku", "--model", "tiny", "--name", "ddp",
          "--set", f"output_dir={tmp_path}", "--set", "log.wandb=off", "--set", "grpo.max_steps=1",
          "--set", "grpo.per_device_train_batch_size=4", "--set", "grpo.gradient_accumulation_steps=1",

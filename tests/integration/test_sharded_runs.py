@@ -42,6 +42,8 @@ def launch(config: str, out: Path, name: str, *args: str, machine: tuple[int, in
     if machine is not None:
         rank, port = machine
         command += ["--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", str(port)]
+    else:  # not accelerate's default 29500: another test's run may hold it (pytest -n 2)
+        command += ["--main_process_port", str(free_port())]
     command += [str(PROBE), str(out), name, *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)

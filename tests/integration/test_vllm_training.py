@@ -73,8 +73,10 @@ def test_colocated_engine_follows_every_optimizer_step(tmp_path, engine_process)
     assert metrics[1]["rollout/sync_logprob_diff_stale_max"] > TOL
     assert rollouts.sync_check and len(rollouts.probe_ids) > 1
     cores = [p for p in multiprocessing.active_children() if "EngineCore" in p.name]
-    assert len(cores) == engine_process  # the engine's own process, where it has one
-    backend.shutdown()
+    try:
+        assert len(cores) == engine_process  # the engine's own process, where it has one
+    finally:
+        backend.shutdown()
     assert not any(p.is_alive() for p in cores)
 
 
