@@ -107,6 +107,32 @@ def no_process_group_left(request):
         pytest.fail(f"{request.module.__name__} left a torch.distributed process group set up")
 
 
+def _torch_settings(torch) -> dict:
+    """torch's process-wide settings a file may change, each as (its value now, its default, how to put that back)."""
+    return {"default dtype": (torch.get_default_dtype(), torch.float32, torch.set_default_dtype),
+            "float32 matmul precision": (torch.get_float32_matmul_precision(), "highest",
+                                         torch.set_float32_matmul_precision),
+            "grad mode": (torch.is_grad_enabled(), True, torch.set_grad_enabled),
+            **{f"autocast on {device}": (torch.is_autocast_enabled(device), False,
+                                         lambda on, device=device: torch.set_autocast_enabled(device, on))
+               for device in ("cpu", "cuda")}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_torch_setting_left(request):
+    """Fails the file that leaves one of torch's process-wide settings changed, and puts it back: with the files
+    shared out among workers, the next file on that worker would run under it."""
+    yield
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    left = {name: (now, default, put) for name, (now, default, put) in _torch_settings(torch).items() if now != default}
+    for now, default, put in left.values():
+        put(default)
+    if left:
+        pytest.fail(f"{request.module.__name__} left torch's " + ", ".join(f"{n} {v[0]}" for n, v in left.items()))
+
+
 TIERS = ("unit", "integration", "slow")  # fastest first: a break in a pure-Python unit shows in minutes
 
 
