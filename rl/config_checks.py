@@ -241,10 +241,10 @@ def engine_args_problem(args: dict) -> str | None:
         return (f"sets {', '.join(taken)}, which toolgym sets itself: use "
                 + "; ".join(f"{k}: {VLLM_ENGINE_ARGS_SET_BY[k]}" for k in taken))
     if args.get("speculative_config") is not None:
-        return ("sets speculative_config, which is not accepted: sampled with n-gram speculation, vLLM 0.32's engine "
-                "gave tokens NaN or wrong logprobs, or a distribution unlike plain sampling's, and a rollout needs "
-                "both right (rl/bench/baselines/README.md, 'n-gram speculation'; python -m rl.bench.speculation_probe "
-                "checks an engine)")
+        return ("sets speculative_config, which is not accepted: sampled with n-gram speculation, vLLM 0.32's CPU "
+                "engine gave NaN or wrong logprobs and a skewed sampler (vLLM issue 55005), and a GPU's engine is not "
+                "checked yet; a rollout needs both right (rl/bench/baselines/README.md, 'n-gram speculation'; "
+                "python -m rl.bench.speculation_probe checks an engine)")
     return None
 
 
