@@ -87,50 +87,50 @@ def lm_head_rows(monkeypatch) -> list[int]:
     return projected
 
 
-@pytest.fixture(scope="module", autouse=True)
-def no_process_group_left(request):
-    """A file's tests end the process group they set up (a vLLM engine's shutdown ends the one it made): with the
-    files shared out among workers (`pytest -n 2`), a group left behind would meet whichever file a worker runs next.
-    Fails the file that leaves one, and ends it."""
-    yield
+def _end_process_group() -> str | None:
+    """Ends a torch.distributed group left set up (vLLM's records of its groups too, or the next engine in this
+    process would take them as set up); what was left, if anything."""
     distributed = sys.modules.get("torch.distributed")
     if distributed is None or not distributed.is_available() or not distributed.is_initialized():
-        return
-    try:  # vLLM's records of its groups go too, or the next engine in this process would take them as set up
-        vllm_state = sys.modules.get("vllm.distributed.parallel_state")
-        if vllm_state is not None:
-            vllm_state.destroy_model_parallel()
-            vllm_state.destroy_distributed_environment()
-        if distributed.is_initialized():
-            distributed.destroy_process_group()
-    finally:
-        pytest.fail(f"{request.module.__name__} left a torch.distributed process group set up")
+        return None
+    vllm_state = sys.modules.get("vllm.distributed.parallel_state")
+    if vllm_state is not None:
+        vllm_state.destroy_model_parallel()
+        vllm_state.destroy_distributed_environment()
+    if distributed.is_initialized():
+        distributed.destroy_process_group()
+    return "a torch.distributed process group set up"
 
 
-def _torch_settings(torch) -> dict:
-    """torch's process-wide settings a file may change, each as (its value now, its default, how to put that back)."""
-    return {"default dtype": (torch.get_default_dtype(), torch.float32, torch.set_default_dtype),
-            "float32 matmul precision": (torch.get_float32_matmul_precision(), "highest",
-                                         torch.set_float32_matmul_precision),
-            "grad mode": (torch.is_grad_enabled(), True, torch.set_grad_enabled),
-            **{f"autocast on {device}": (torch.is_autocast_enabled(device), False,
-                                         lambda on, device=device: torch.set_autocast_enabled(device, on))
-               for device in ("cpu", "cuda")}}
+def _restore_torch_settings() -> str | None:
+    """Puts back torch's process-wide settings a file may change; which were changed, if any."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    settings = {  # name: (value now, default, how to put it back)
+        "default dtype": (torch.get_default_dtype(), torch.float32, torch.set_default_dtype),
+        "float32 matmul precision": (torch.get_float32_matmul_precision(), "highest",
+                                     torch.set_float32_matmul_precision),
+        "grad mode": (torch.is_grad_enabled(), True, torch.set_grad_enabled),
+        **{f"autocast on {device}": (torch.is_autocast_enabled(device), False,
+                                     lambda on, device=device: torch.set_autocast_enabled(device, on))
+           for device in ("cpu", "cuda")}}
+    left = [f"{name} {now}" for name, (now, default, _) in settings.items() if now != default]
+    for now, default, put in settings.values():
+        if now != default:
+            put(default)
+    return f"torch's {', '.join(left)}" if left else None
 
 
 @pytest.fixture(scope="module", autouse=True)
-def no_torch_setting_left(request):
-    """Fails the file that leaves one of torch's process-wide settings changed, and puts it back: with the files
-    shared out among workers, the next file on that worker would run under it."""
+def nothing_left_behind(request):
+    """Fails the file that leaves a torch.distributed group set up (a vLLM engine's shutdown ends the one it made)
+    or one of torch's process-wide settings changed, and puts things back: with the files shared out among workers
+    (`pytest -n 2`), the next file on that worker would run under them."""
     yield
-    torch = sys.modules.get("torch")
-    if torch is None:
-        return
-    left = {name: (now, default, put) for name, (now, default, put) in _torch_settings(torch).items() if now != default}
-    for now, default, put in left.values():
-        put(default)
+    left = [what for what in (_end_process_group(), _restore_torch_settings()) if what]
     if left:
-        pytest.fail(f"{request.module.__name__} left torch's " + ", ".join(f"{n} {v[0]}" for n, v in left.items()))
+        pytest.fail(f"{request.module.__name__} left {'; '.join(left)}")
 
 
 TIERS = ("unit", "integration", "slow")  # fastest first: a break in a pure-Python unit shows in minutes

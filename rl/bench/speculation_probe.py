@@ -53,10 +53,10 @@ def expand_by_torch(x, cu_num_tokens, num_tokens, replace_from=0, replace_to=0):
 
     counts = torch.diff(cu_num_tokens, prepend=cu_num_tokens.new_zeros(1))
     out = torch.repeat_interleave(x, counts, output_size=num_tokens)
-    return torch.where(out == replace_from, torch.full_like(out, replace_to), out)
+    return out if replace_from == replace_to else out.masked_fill(out == replace_from, replace_to)
 
 
-def one_engine(speculate: bool, temperature: float, logprobs_mode: str, expand: bool = False, rows: int = 16,
+def one_engine(speculate: bool, temperature: float, logprobs_mode: str, expand: bool = False, n_rows: int = 16,
                seed: int = 5) -> dict:
     import torch
     import vllm.v1.sample.rejection_sampler as rejection
@@ -79,7 +79,7 @@ def one_engine(speculate: bool, temperature: float, logprobs_mode: str, expand: 
     steps, step = [], llm.llm_engine.step
     llm.llm_engine.step = lambda: steps.append(1) or step()
     params = SamplingParams(temperature=temperature, max_tokens=24, logprobs=0)  # the engine's seed: rows differ
-    rows = [out.outputs[0] for out in llm.generate([{"prompt_token_ids": PROMPT}] * rows, params, use_tqdm=False)]
+    rows = [out.outputs[0] for out in llm.generate([{"prompt_token_ids": PROMPT}] * n_rows, params, use_tqdm=False)]
     engine = [[entry[t].logprob for entry, t in zip(row.logprobs, row.token_ids)] for row in rows]
     gaps = []
     for row, logprobs in zip(rows, engine):
